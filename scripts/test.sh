@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The README's test command: a fresh virtualenv with the CPU torch wheel, the package with its dev extra, pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then python3 -m venv "$VENV"; fi
+"$VENV/bin/python" -m pip install -q --upgrade pip
+# The CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
+"$VENV/bin/python" -m pip install -q "torch==2.13.0"
+"$VENV/bin/python" -m pip install -q -e ".[dev]"
+if ! command -v espeak-ng >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq espeak-ng) >/dev/null 2>&1 || echo "warning: espeak-ng could not be installed"
+fi
+exec "$VENV/bin/python" -m pytest -q "$@"
