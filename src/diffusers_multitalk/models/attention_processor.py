@@ -1,0 +1,211 @@
+"""Attention processors of the MultiTalk transformer.
+
+The self- and text/image cross-attention follow diffusers' ``WanAttnProcessor``; they differ in two places that
+MultiTalk needs: the image/text split of the cross-attention context is a config value (diffusers assumes 512 text
+tokens, the original checkpoints' configs may say otherwise), and the self-attention can return, for every video
+token, how strongly it attends to each person's region of the first latent frame (the input of L-RoPE).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers.models.attention import AttentionModuleMixin
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.transformers.transformer_wan import _get_added_kv_projections, _get_qkv_projections
+
+
+def apply_wan_rotary_emb(hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    """Rotates interleaved channel pairs of ``hidden_states`` [B, S, H, D] by Wan's 3-D RoPE tables."""
+    x1, x2 = hidden_states.unflatten(-1, (-1, 2)).unbind(-1)
+    cos = freqs_cos[..., 0::2]
+    sin = freqs_sin[..., 1::2]
+    out = torch.empty_like(hidden_states)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(hidden_states)
+
+
+def apply_rotary_emb_1d(hidden_states: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """1-D RoPE on interleaved channel pairs (the rotation L-RoPE uses), computed in float32.
+
+    Args:
+        hidden_states: [B, S, H, D].
+        positions: [S] or [B, S] (fractional) positions.
+    """
+    head_dim = hidden_states.shape[-1]
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=hidden_states.device, dtype=torch.float32) / head_dim))
+    angles = positions.to(torch.float32)[..., None] * inv_freq  # [(B,) S, D/2]
+    if angles.ndim == 2:
+        angles = angles.unsqueeze(0)
+    cos = angles.cos().unsqueeze(2)  # [B|1, S, 1, D/2]
+    sin = angles.sin().unsqueeze(2)
+    x = hidden_states.float()
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x2 * cos + x1 * sin
+    return out.type_as(hidden_states)
+
+
+def person_attention_scores(
+    query: torch.Tensor,
+    key_first_frame: torch.Tensor,
+    token_masks: torch.Tensor,
+    backend=None,
+) -> torch.Tensor:
+    """How much each video token attends to each person's region of the first latent frame.
+
+    For class c with token mask m_c, the score of query token i is mean over heads of
+    ``sum_j softmax_j(q_i . k_j / sqrt(d)) * m_c[j] / |m_c|``. That is an attention whose values are the masks, so
+    it runs as one fused attention call instead of materialising the [heads, tokens, first-frame tokens] map.
+
+    Args:
+        query: post-RoPE queries [B, S, H, D].
+        key_first_frame: post-RoPE keys of the first latent frame [B, S0, H, D].
+        token_masks: [C, S0] or [B, C, S0] 0/1 masks (persons..., background).
+    Returns:
+        [B, C, S] scores.
+    """
+    batch, _, heads, head_dim = query.shape
+    if token_masks.ndim == 2:
+        token_masks = token_masks.unsqueeze(0).expand(batch, -1, -1)
+    num_classes = token_masks.shape[1]
+    if num_classes > head_dim:
+        raise ValueError(f"At most {head_dim} person masks are supported, got {num_classes}.")
+    masks = token_masks.to(query.dtype)
+    # Values: the masks as the first C channels of every head, zero elsewhere.
+    value = F.pad(masks.transpose(1, 2), (0, head_dim - num_classes))  # [B, S0, D]
+    value = value.unsqueeze(2).expand(-1, -1, heads, -1)
+    out = dispatch_attention_fn(query, key_first_frame, value, backend=backend)  # [B, S, H, D]
+    scores = out[..., :num_classes].float().mean(dim=2)  # [B, S, C]
+    scores = scores / token_masks.float().sum(dim=-1).unsqueeze(1)
+    return scores.transpose(1, 2)
+
+
+class MultiTalkAttnProcessor:
+    """Wan attention with a configurable image-token count and optional person scores.
+
+    Args:
+        image_context_length: number of CLIP image tokens at the front of the cross-attention context (257 for
+            Wan2.1-I2V's ViT-H/14). Ignored in self-attention.
+    """
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __init__(self, image_context_length: int = 257):
+        self.image_context_length = image_context_length
+
+    def __call__(
+        self,
+        attn: AttentionModuleMixin,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        person_token_masks: torch.Tensor | None = None,
+        tokens_per_frame: int | None = None,
+    ):
+        encoder_hidden_states_img = None
+        if attn.add_k_proj is not None:
+            encoder_hidden_states_img = encoder_hidden_states[:, : self.image_context_length]
+            encoder_hidden_states = encoder_hidden_states[:, self.image_context_length :]
+
+        query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
+        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+
+        if rotary_emb is not None:
+            query = apply_wan_rotary_emb(query, *rotary_emb)
+            key = apply_wan_rotary_emb(key, *rotary_emb)
+
+        hidden_states_img = None
+        if encoder_hidden_states_img is not None:
+            key_img, value_img = _get_added_kv_projections(attn, encoder_hidden_states_img)
+            key_img = attn.norm_added_k(key_img).unflatten(2, (attn.heads, -1))
+            value_img = value_img.unflatten(2, (attn.heads, -1))
+            hidden_states_img = dispatch_attention_fn(
+                query, key_img, value_img, backend=self._attention_backend, parallel_config=None
+            )
+            hidden_states_img = hidden_states_img.flatten(2, 3).type_as(query)
+
+        out = dispatch_attention_fn(
+            query,
+            key,
+            value,
+            attn_mask=attention_mask,
+            backend=self._attention_backend,
+            parallel_config=(self._parallel_config if encoder_hidden_states is None else None),
+        )
+        out = out.flatten(2, 3).type_as(query)
+        if hidden_states_img is not None:
+            out = out + hidden_states_img
+        out = attn.to_out[0](out)
+        out = attn.to_out[1](out)
+
+        if person_token_masks is None:
+            return out
+        with torch.no_grad():
+            scores = person_attention_scores(
+                query, key[:, :tokens_per_frame], person_token_masks, backend=self._attention_backend
+            )
+        return out, scores
+
+
+class MultiTalkAudioAttnProcessor:
+    """Per-frame audio cross-attention: each latent frame's video tokens attend to that frame's audio tokens,
+    optionally with L-RoPE positions on the queries and the audio keys."""
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __call__(
+        self,
+        attn: "MultiTalkAudioAttention",
+        hidden_states: torch.Tensor,
+        audio_hidden_states: torch.Tensor,
+        query_positions: torch.Tensor | None = None,
+        key_positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        batch, seq_len, dim = hidden_states.shape
+        num_frames, audio_tokens = audio_hidden_states.shape[1], audio_hidden_states.shape[2]
+
+        query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))  # [B, S, H, D]
+        if query_positions is not None:
+            query = apply_rotary_emb_1d(query, query_positions)
+        query = query.reshape(batch * num_frames, seq_len // num_frames, attn.heads, -1)
+
+        key, value = attn.to_kv(audio_hidden_states.flatten(0, 1)).chunk(2, dim=-1)
+        key = key.unflatten(2, (attn.heads, -1))  # [B*T, N_a, H, D]
+        value = value.unflatten(2, (attn.heads, -1))
+        if key_positions is not None:
+            key = apply_rotary_emb_1d(key, key_positions)
+
+        out = dispatch_attention_fn(query, key, value, backend=self._attention_backend)
+        out = out.reshape(batch, seq_len, dim).type_as(hidden_states)
+        return attn.to_out(out)
+
+
+class MultiTalkAudioAttention(nn.Module, AttentionModuleMixin):
+    """The audio cross-attention MultiTalk adds to every Wan block (``audio_cross_attn`` in the original
+    checkpoints: ``q_linear`` -> ``to_q``, ``kv_linear`` -> ``to_kv``, ``proj`` -> ``to_out``)."""
+
+    _default_processor_cls = MultiTalkAudioAttnProcessor
+    _available_processors = [MultiTalkAudioAttnProcessor]
+    _supports_qkv_fusion = False
+
+    def __init__(self, dim: int, audio_dim: int, heads: int, processor=None):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim)
+        self.to_kv = nn.Linear(audio_dim, 2 * dim)
+        self.to_out = nn.Linear(dim, dim)
+        self.set_processor(processor if processor is not None else MultiTalkAudioAttnProcessor())
+
+    def forward(self, hidden_states, audio_hidden_states, query_positions=None, key_positions=None):
+        return self.processor(self, hidden_states, audio_hidden_states, query_positions, key_positions)
