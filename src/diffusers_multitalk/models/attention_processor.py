@@ -77,7 +77,7 @@ def person_attention_scores(
     masks = token_masks.to(query.dtype)
     # Values: the masks as the first C channels of every head, zero elsewhere.
     value = F.pad(masks.transpose(1, 2), (0, head_dim - num_classes))  # [B, S0, D]
-    value = value.unsqueeze(2).expand(-1, -1, heads, -1)
+    value = value.unsqueeze(2).expand(-1, -1, heads, -1).contiguous()
     out = dispatch_attention_fn(query, key_first_frame, value, backend=backend)  # [B, S, H, D]
     scores = out[..., :num_classes].float().mean(dim=2)  # [B, S, C]
     scores = scores / token_masks.float().sum(dim=-1).unsqueeze(1)
