@@ -139,7 +139,11 @@ def main():
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--persons", default="1,2")
     parser.add_argument("--layers", type=int, default=40)
-    parser.add_argument("--setups", default="sdpa,cudnn,cudnn+compile")
+    parser.add_argument(
+        "--setups",
+        default="sdpa,cudnn,cudnn+compile",
+        help="comma list of BACKEND[+compile][+fused]; compile and fused stay on for later setups",
+    )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=os.environ.get("OUT"))
@@ -159,11 +163,15 @@ def main():
     peak_rate = matmul_rate(device, n=8192 if on_cuda else 512)
     model = build_model(config, device)
     weights_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
-    rows, compiled = [], False
+    rows, compiled, fused = [], False, False
     for setup in args.setups.split(","):
-        backend = {"sdpa": "native", "cudnn": "_native_cudnn", "flash": "flash"}[setup.split("+")[0]]
+        options = setup.split("+")
+        backend = {"sdpa": "native", "cudnn": "_native_cudnn", "flash": "flash"}[options[0]]
         model.set_attention_backend(backend)
-        if "compile" in setup and not compiled:
+        if "fused" in options and not fused:
+            model.fuse_qkv_projections()
+            fused = True
+        if "compile" in options and not compiled:
             model.compile_repeated_blocks(fullgraph=False)
             compiled = True
         for persons in [int(p) for p in args.persons.split(",")]:
