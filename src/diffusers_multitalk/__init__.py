@@ -1,3 +1,29 @@
 """diffusers-multitalk: MultiTalk audio-driven (multi-person) talking video generation for diffusers."""
 
 __version__ = "0.1.0.dev0"
+
+from .audio import MultiTalkAudioEncoder, audio_windows, combine_speakers, encode_speech, prepare_audio
+from .models import MultiTalkTransformer3DModel
+from .pipelines import (
+    DEFAULT_NEGATIVE_PROMPT,
+    WanMultiTalkPipeline,
+    WanMultiTalkPipelineOutput,
+    export_to_video,
+    export_to_video_with_audio,
+)
+from .tiny import make_tiny_pipeline
+
+__all__ = [
+    "DEFAULT_NEGATIVE_PROMPT",
+    "MultiTalkAudioEncoder",
+    "MultiTalkTransformer3DModel",
+    "WanMultiTalkPipeline",
+    "WanMultiTalkPipelineOutput",
+    "audio_windows",
+    "combine_speakers",
+    "encode_speech",
+    "export_to_video",
+    "export_to_video_with_audio",
+    "make_tiny_pipeline",
+    "prepare_audio",
+]

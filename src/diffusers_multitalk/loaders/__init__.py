@@ -1,0 +1,11 @@
+from .transformer_original import (
+    convert_multitalk_transformer_to_diffusers,
+    convert_multitalk_transformer_to_original,
+    load_multitalk_transformer_from_original,
+)
+from .wan_components import (
+    load_clip_vision_from_original,
+    load_umt5_encoder_from_original,
+    load_umt5_tokenizer,
+    load_vae_from_original,
+)

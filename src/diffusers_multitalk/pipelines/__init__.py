@@ -1,0 +1,2 @@
+from .pipeline_wan_multitalk import DEFAULT_NEGATIVE_PROMPT, WanMultiTalkPipeline, WanMultiTalkPipelineOutput
+from .video_io import export_to_video, export_to_video_with_audio

@@ -1,0 +1,747 @@
+"""WanMultiTalkPipeline: audio-driven (multi-person) talking video from a reference image, as MultiTalk does it."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKLWan, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.loaders import WanLoraLoaderMixin
+from diffusers.utils import BaseOutput, logging
+from diffusers.video_processor import VideoProcessor
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionModel,
+    PreTrainedTokenizerBase,
+    UMT5EncoderModel,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2Model,
+)
+
+from ..audio.encoder import audio_windows, encode_speech, mirror_pad_embedding
+from ..audio.processing import TARGET_SAMPLE_RATE, combine_speakers, prepare_audio
+from ..loaders.wan_components import clip_image_features, preprocess_clip_frames
+from ..models.transformer_multitalk import MultiTalkTransformer3DModel
+from .multitalk_utils import (
+    APGState,
+    add_noise_flow,
+    closest_bucket,
+    combine_guidance,
+    combine_guidance_two_pass,
+    default_person_masks,
+    latent_person_masks,
+    load_image_any,
+    match_color_lab,
+    person_masks_from_bboxes,
+    resize_and_center_crop,
+    resolution_buckets,
+    set_multitalk_timesteps,
+)
+
+
+logger = logging.get_logger(__name__)
+
+# The reference's default negative prompt (English translation it ships with).
+DEFAULT_NEGATIVE_PROMPT = (
+    "bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, overall "
+    "gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, poorly drawn hands, "
+    "poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, messy background, three "
+    "legs, many people in the background, walking backwards"
+)
+DEFAULT_SHIFT = {"multitalk-480": 7.0, "multitalk-720": 11.0}
+FPS = 25
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers_multitalk import WanMultiTalkPipeline, export_to_video_with_audio
+
+        >>> pipe = WanMultiTalkPipeline.from_original(
+        ...     "weights/Wan2.1-I2V-14B-480P", "weights/MeiGen-MultiTalk", "weights/chinese-wav2vec2-base",
+        ...     torch_dtype=torch.bfloat16,
+        ... ).to("cuda")
+        >>> out = pipe(image="podcast.png", audio=["host.wav", "guest.wav"], prompt="Two people talk in a studio.")
+        >>> export_to_video_with_audio(out.frames[0], out.audio, "podcast.mp4", fps=25)
+        ```
+"""
+
+
+@dataclass
+class WanMultiTalkPipelineOutput(BaseOutput):
+    """
+    Output of [`WanMultiTalkPipeline`].
+
+    Args:
+        frames: the video, `[batch, frames, height, width, 3]` (np, in [0, 1]), a tensor `[batch, frames, 3, H, W]`
+            ("pt"), a list of lists of PIL images ("pil"), or, for `output_type="latent"`, the list of each chunk's
+            latents `[1, 16, T, h, w]`.
+        audio: the mixed 16 kHz audio track the video carries, trimmed to the video's length (None when only
+            precomputed embeddings were given).
+        sample_rate: sample rate of `audio`.
+        fps: frame rate of `frames`.
+    """
+
+    frames: Any
+    audio: np.ndarray | None
+    sample_rate: int = TARGET_SAMPLE_RATE
+    fps: int = FPS
+
+
+def _whitespace_clean(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _is_embedding(entry) -> bool:
+    return isinstance(entry, torch.Tensor) and entry.ndim == 3
+
+
+class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
+    r"""
+    Audio-driven talking video generation with MultiTalk (Wan2.1-I2V-14B + audio adapter).
+
+    Args:
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]): umT5 tokenizer (`google/umt5-xxl`).
+        text_encoder ([`~transformers.UMT5EncoderModel`]): Wan's umT5-XXL encoder.
+        image_encoder ([`~transformers.CLIPVisionModel`]): Wan's open-clip XLM-RoBERTa ViT-H/14 vision tower.
+        transformer ([`MultiTalkTransformer3DModel`]): the MultiTalk DiT.
+        vae ([`~diffusers.AutoencoderKLWan`]): Wan2.1's VAE.
+        scheduler ([`~diffusers.FlowMatchEulerDiscreteScheduler`]): loaded with MultiTalk's shifted schedule each
+            chunk (see `set_multitalk_timesteps`).
+        audio_encoder ([`~transformers.Wav2Vec2Model`]): chinese-wav2vec2-base.
+        audio_feature_extractor ([`~transformers.Wav2Vec2FeatureExtractor`]): its feature extractor.
+        image_processor ([`~transformers.CLIPImageProcessor`], *optional*): only its `image_mean`, `image_std` and
+            crop size are used; the pixels follow the reference's tensor path (bicubic resize of the [-1, 1] frame),
+            whose numbers differ from the PIL path.
+    """
+
+    model_cpu_offload_seq = "text_encoder->image_encoder->audio_encoder->transformer->vae"
+    _optional_components = ["image_processor"]
+    _callback_tensor_inputs = ["latents", "noise_pred"]
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        text_encoder: UMT5EncoderModel,
+        image_encoder: CLIPVisionModel,
+        transformer: MultiTalkTransformer3DModel,
+        vae: AutoencoderKLWan,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        audio_encoder: Wav2Vec2Model,
+        audio_feature_extractor: Wav2Vec2FeatureExtractor,
+        image_processor: CLIPImageProcessor | None = None,
+    ):
+        super().__init__()
+        self.register_modules(
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
+            image_encoder=image_encoder,
+            transformer=transformer,
+            vae=vae,
+            scheduler=scheduler,
+            audio_encoder=audio_encoder,
+            audio_feature_extractor=audio_feature_extractor,
+            image_processor=image_processor,
+        )
+        self.vae_scale_factor_temporal = self.vae.config.scale_factor_temporal if getattr(self, "vae", None) else 4
+        self.vae_scale_factor_spatial = self.vae.config.scale_factor_spatial if getattr(self, "vae", None) else 8
+        self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Loading
+    # ------------------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_original(
+        cls,
+        wan_dir,
+        multitalk_dir=None,
+        wav2vec_dir=None,
+        torch_dtype: torch.dtype | None = None,
+        lora_path=None,
+        lora_scale: float = 1.0,
+    ) -> "WanMultiTalkPipeline":
+        """Builds the pipeline from the official folders as users download them.
+
+        Args:
+            wan_dir: `Wan2.1-I2V-14B-480P/` (or 720P): DiT shards, `models_t5_umt5-xxl-enc-bf16.pth`,
+                `models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth`, `Wan2.1_VAE.pth`, `google/umt5-xxl/`.
+            multitalk_dir: `MeiGen-MultiTalk/` (its `multitalk.safetensors`); not needed if already linked into
+                `wan_dir` with its index, as MultiTalk's README does.
+            wav2vec_dir: `chinese-wav2vec2-base/`.
+            torch_dtype: dtype of the DiT, text and image encoders (the VAE and wav2vec2 stay float32, as the
+                reference runs them).
+            lora_path / lora_scale: an optional LoRA (e.g. a step-distillation LoRA) loaded into the transformer.
+        """
+        from ..audio.encoder import WAV2VEC_DOWNLOAD_HINT
+        from ..loaders.wan_components import (
+            load_clip_vision_from_original,
+            load_umt5_encoder_from_original,
+            load_umt5_tokenizer,
+            load_vae_from_original,
+        )
+        from .multitalk_utils import make_multitalk_scheduler
+
+        wan_dir = Path(wan_dir)
+        if not wan_dir.is_dir():
+            raise FileNotFoundError(
+                f"Wan folder {wan_dir} does not exist. Download it with "
+                f"`huggingface-cli download Wan-AI/Wan2.1-I2V-14B-480P --local-dir {wan_dir}`."
+            )
+        if wav2vec_dir is None or not (Path(wav2vec_dir) / "config.json").exists():
+            raise FileNotFoundError(f"wav2vec2 folder {wav2vec_dir!r} is missing or has no config.json. {WAV2VEC_DOWNLOAD_HINT}")
+        # Check every file before loading anything heavy.
+        for name in (
+            "models_t5_umt5-xxl-enc-bf16.pth",
+            "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
+            "Wan2.1_VAE.pth",
+        ):
+            if not (wan_dir / name).exists():
+                raise FileNotFoundError(
+                    f"{wan_dir / name} is missing. Download it with "
+                    f"`huggingface-cli download Wan-AI/Wan2.1-I2V-14B-480P {name} --local-dir {wan_dir}`."
+                )
+        transformer = MultiTalkTransformer3DModel.from_original(
+            wan_dir, torch_dtype=torch_dtype, multitalk_path=_multitalk_file(wan_dir, multitalk_dir)
+        )
+        pipe = cls(
+            tokenizer=load_umt5_tokenizer(wan_dir),
+            text_encoder=load_umt5_encoder_from_original(wan_dir, torch_dtype=torch_dtype),
+            image_encoder=load_clip_vision_from_original(wan_dir, torch_dtype=torch_dtype),
+            transformer=transformer,
+            vae=load_vae_from_original(wan_dir, torch_dtype=torch.float32),
+            scheduler=make_multitalk_scheduler(),
+            audio_encoder=Wav2Vec2Model.from_pretrained(wav2vec_dir).eval(),
+            audio_feature_extractor=Wav2Vec2FeatureExtractor.from_pretrained(wav2vec_dir),
+        )
+        if lora_path is not None:
+            pipe.load_lora_weights(lora_path, adapter_name="multitalk_lora")
+            pipe.set_adapters(["multitalk_lora"], [lora_scale])
+        return pipe
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Inputs
+    # ------------------------------------------------------------------------------------------------------------
+    def check_inputs(
+        self,
+        image,
+        audio,
+        prompt,
+        negative_prompt,
+        prompt_embeds,
+        negative_prompt_embeds,
+        audio_type,
+        bbox,
+        height,
+        width,
+        mode,
+        num_frames,
+        motion_frames,
+        max_frames,
+        num_inference_steps,
+        output_type,
+        callback_on_step_end_tensor_inputs,
+    ):
+        if image is None:
+            raise ValueError("`image` is required: the reference image of the person(s).")
+        if audio is None or (isinstance(audio, (list, tuple)) and len(audio) == 0):
+            raise ValueError("`audio` is required: one entry per person (path, (waveform, rate) or embeddings).")
+        entries = _audio_entries(audio)
+        max_persons = self.transformer.config.class_range // self.transformer.config.class_interval
+        if len(entries) > max_persons:
+            raise ValueError(
+                f"{len(entries)} audio tracks given; this model tells at most {max_persons} persons apart "
+                f"(class_range {self.transformer.config.class_range} / class_interval "
+                f"{self.transformer.config.class_interval}). MultiTalk was trained with 1 or 2."
+            )
+        if audio_type not in ("add", "para"):
+            raise ValueError(f"`audio_type` must be 'add' (turns) or 'para' (simultaneous), got {audio_type!r}.")
+        if prompt is None and prompt_embeds is None:
+            raise ValueError("Provide `prompt` or `prompt_embeds`.")
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("Provide either `prompt` or `prompt_embeds`, not both.")
+        if prompt is not None and not isinstance(prompt, str):
+            raise ValueError(f"`prompt` must be a string (one video per call), got {type(prompt).__name__}.")
+        if negative_prompt is not None and not isinstance(negative_prompt, str):
+            raise ValueError(f"`negative_prompt` must be a string, got {type(negative_prompt).__name__}.")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("Provide either `negative_prompt` or `negative_prompt_embeds`, not both.")
+        if bbox is not None and len(bbox) != len(entries):
+            raise ValueError(f"{len(bbox)} bounding boxes for {len(entries)} audio tracks: give one `bbox` per person.")
+        if (height is None) != (width is None):
+            raise ValueError("Give both `height` and `width`, or neither (then `resolution` picks the bucket).")
+        if height is not None and (height % 16 or width % 16 or height <= 0 or width <= 0):
+            raise ValueError(f"`height` and `width` must be positive multiples of 16, got {height}x{width}.")
+        if mode not in ("clip", "streaming"):
+            raise ValueError(f"`mode` must be 'clip' or 'streaming', got {mode!r}.")
+        if num_frames < 5 or (num_frames - 1) % 4:
+            raise ValueError(f"`num_frames` must be 4n+1 and at least 5 (e.g. 81), got {num_frames}.")
+        if mode == "streaming":
+            if motion_frames < 1 or (motion_frames - 1) % 4 or motion_frames >= num_frames:
+                raise ValueError(
+                    f"`motion_frames` must be 4n+1 and smaller than num_frames ({num_frames}), got {motion_frames}."
+                )
+            if max_frames < num_frames:
+                raise ValueError(f"`max_frames` ({max_frames}) must be at least num_frames ({num_frames}).")
+        if num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be >= 1, got {num_inference_steps}.")
+        if output_type not in ("np", "pt", "pil", "latent"):
+            raise ValueError(f"`output_type` must be 'np', 'pt', 'pil' or 'latent', got {output_type!r}.")
+        if callback_on_step_end_tensor_inputs is not None:
+            bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+            if bad:
+                raise ValueError(f"`callback_on_step_end_tensor_inputs` {bad} not in {self._callback_tensor_inputs}.")
+
+    def prepare_image(self, image, resolution, height, width, allow_upscale):
+        """Loads the image and resizes/crops it to the bucket (or the given size): `([1, 3, 1, H, W] in [-1, 1],
+        (source_h, source_w))`."""
+        pil = load_image_any(image)
+        src_h, src_w = pil.height, pil.width
+        if height is None:
+            height, width = closest_bucket(src_h, src_w, resolution_buckets(resolution))
+        if not allow_upscale and (src_h < height or src_w < width):
+            raise ValueError(
+                f"The image is {src_w}x{src_h} (w x h), smaller than the {width}x{height} target "
+                f"({'bucket of ' + str(resolution) if resolution else 'size asked'}). Use a larger image, a smaller "
+                "`resolution`/`height`/`width`, or pass `allow_upscale=True` to upscale it as the original does."
+            )
+        pixels = resize_and_center_crop(pil, height, width)
+        return pixels[None, :, None], (src_h, src_w)
+
+    def prepare_audio_inputs(self, audio, audio_type, device):
+        """Turns the per-person audio entries into wav2vec2 embeddings `[frames, layers, hidden]` (float32) and the
+        mixed track. Entries: a path, a `(waveform, sampling_rate)` tuple, a `{"array", "sampling_rate"}` dict, or a
+        precomputed embedding tensor `[frames, layers, hidden]` (then no mixed track)."""
+        entries = _audio_entries(audio)
+        if all(_is_embedding(e) for e in entries):
+            return [e.float() for e in entries], None
+        if any(_is_embedding(e) for e in entries):
+            raise ValueError("Give either waveforms/paths for every person or embeddings for every person, not a mix.")
+        tracks = []
+        for index, entry in enumerate(entries):
+            if isinstance(entry, dict):
+                entry = (entry.get("array"), entry.get("sampling_rate"))
+            try:
+                if isinstance(entry, tuple):
+                    if len(entry) != 2:
+                        raise ValueError("a waveform entry must be (waveform, sampling_rate)")
+                    track = prepare_audio(entry[0], sampling_rate=entry[1])
+                else:
+                    track = prepare_audio(entry)
+            except (ValueError, FileNotFoundError, TypeError) as error:
+                raise type(error)(f"audio of person {index + 1}: {error}") from error
+            if float(np.abs(track).max()) < 1e-4:
+                raise ValueError(f"audio of person {index + 1} is silent; give the person's speech.")
+            tracks.append(track)
+        per_person, mixed = combine_speakers(tracks, audio_type)
+        embeddings = [
+            encode_speech(self.audio_encoder, self.audio_feature_extractor, track, fps=FPS).float().to(device)
+            for track in per_person
+        ]
+        return embeddings, mixed
+
+    def encode_prompt(
+        self,
+        prompt: str | None,
+        negative_prompt: str | None = None,
+        do_classifier_free_guidance: bool = True,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        max_sequence_length: int = 512,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        """umT5 states of the prompt (and negative prompt), zero-padded to `max_sequence_length`: `[1, L, dim]`."""
+        device = device or self._execution_device
+        if prompt_embeds is None:
+            prompt_embeds = self._t5_embeds(prompt, max_sequence_length, device, dtype)
+        if do_classifier_free_guidance and negative_prompt_embeds is None:
+            negative_prompt = DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
+            negative_prompt_embeds = self._t5_embeds(negative_prompt, max_sequence_length, device, dtype)
+        return prompt_embeds, negative_prompt_embeds
+
+    def _t5_embeds(self, text, max_sequence_length, device, dtype):
+        inputs = self.tokenizer(
+            [_whitespace_clean(text)],
+            padding="max_length",
+            max_length=max_sequence_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        length = int(inputs.attention_mask.gt(0).sum())
+        encoder_device = next(self.text_encoder.parameters()).device
+        with torch.no_grad():
+            states = self.text_encoder(
+                inputs.input_ids.to(encoder_device), inputs.attention_mask.to(encoder_device)
+            ).last_hidden_state
+        states = states[:, :length].to(device=device, dtype=dtype or states.dtype)
+        # Wan keeps the real tokens and zero-pads (padded positions of umT5's output are not zero).
+        return torch.cat([states, states.new_zeros(1, max_sequence_length - length, states.shape[-1])], dim=1)
+
+    def encode_image(self, frames: torch.Tensor, device) -> torch.Tensor:
+        """CLIP tokens of the last condition frame `[1, 257, dim]`, preprocessed as the reference does."""
+        kwargs = {}
+        if self.image_processor is not None:
+            size = self.image_processor.crop_size
+            kwargs["image_size"] = size["height"] if isinstance(size, dict) else int(size)
+        pixel_values = preprocess_clip_frames(frames[:, :, -1:].float(), layout="BCTHW", **kwargs)
+        if self.image_processor is not None:
+            default_mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+            default_std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+            mean = torch.tensor(self.image_processor.image_mean).view(1, 3, 1, 1)
+            std = torch.tensor(self.image_processor.image_std).view(1, 3, 1, 1)
+            pixel_values = (pixel_values * default_std + default_mean - mean) / std
+        with torch.no_grad():
+            return clip_image_features(self.image_encoder, pixel_values).to(device)
+
+    def _vae_stats(self, device):
+        mean = torch.tensor(self.vae.config.latents_mean, device=device).view(1, -1, 1, 1, 1)
+        std = torch.tensor(self.vae.config.latents_std, device=device).view(1, -1, 1, 1, 1)
+        return mean, std
+
+    def prepare_condition(self, cond_frames, num_frames, num_motion_frames, device):
+        """VAE condition `[1, 4 + 16, T, h, w]` (mask channels, then the latent of the known frames zero-padded to
+        `num_frames`) and the latents of the known frames."""
+        _, channels, known, height, width = cond_frames.shape
+        padded = torch.cat(
+            [cond_frames, cond_frames.new_zeros(1, channels, num_frames - known, height, width)], dim=2
+        ).to(device=device, dtype=self.vae.dtype)
+        with torch.no_grad():
+            latent = self.vae.encode(padded).latent_dist.mode()
+        mean, std = self._vae_stats(device)
+        latent = ((latent.float() - mean) / std).float()
+        lat_t, lat_h, lat_w = latent.shape[2:]
+        mask = torch.zeros(1, num_frames, lat_h, lat_w, device=device)
+        mask[:, :num_motion_frames] = 1
+        mask = torch.cat([mask[:, :1].repeat_interleave(self.vae_scale_factor_temporal, dim=1), mask[:, 1:]], dim=1)
+        mask = mask.view(1, lat_t, self.vae_scale_factor_temporal, lat_h, lat_w).transpose(1, 2)
+        motion_latents = latent[:, :, : 1 + (num_motion_frames - 1) // self.vae_scale_factor_temporal]
+        return torch.cat([mask, latent], dim=1), motion_latents
+
+    def prepare_latents(self, shape, generator, device, latents=None):
+        """Initial noise `[1, 16, T, h, w]` in float32 (drawn like the reference: one `randn` per chunk)."""
+        if latents is not None:
+            if tuple(latents.shape) != tuple(shape):
+                raise ValueError(f"`latents` must have shape {tuple(shape)}, got {tuple(latents.shape)}.")
+            return latents.to(device=device, dtype=torch.float32)
+        return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+
+    def decode_latents(self, latents):
+        mean, std = self._vae_stats(latents.device)
+        latents = (latents * std + mean).to(self.vae.dtype)
+        with torch.no_grad():
+            return self.vae.decode(latents, return_dict=False)[0].float().clamp(-1, 1)
+
+    def prepare_person_masks(self, num_persons, bbox, face_scale, source_size, pixel_size, latent_size):
+        """`[persons + 1, h, w]` masks at latent resolution, or None for one person (the model needs none)."""
+        if num_persons == 1:
+            return None
+        src_h, src_w = source_size
+        if bbox is not None:
+            masks = person_masks_from_bboxes(bbox, src_h, src_w, num_persons=num_persons)
+        else:
+            masks = default_person_masks(num_persons, src_h, src_w, face_scale=face_scale)
+        masks = latent_person_masks(masks, latent_size[0], latent_size[1], pixel_size=pixel_size)
+        empty = [i for i in range(num_persons + 1) if masks[i].sum() == 0]
+        if empty:
+            names = ["background" if i == num_persons else f"person {i + 1}" for i in empty]
+            raise ValueError(f"The masks of {names} cover no latent pixel; make the bounding boxes larger.")
+        return masks
+
+    @staticmethod
+    def plan_chunks(num_audio_frames, num_frames, motion_frames, max_frames, mode):
+        """How many chunks the reference's loop generates, and the frames it keeps."""
+        if mode == "clip":
+            return 1, num_frames
+        stride = num_frames - motion_frames
+        limit = min(max_frames, num_audio_frames)
+        chunks, end = 1, num_frames
+        while end < limit:
+            end += stride
+            chunks += 1
+        if chunks == 1:  # the reference always goes round once more before checking
+            chunks = 2
+        return chunks, limit
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Properties used by callbacks
+    # ------------------------------------------------------------------------------------------------------------
+    @property
+    def num_timesteps(self):
+        return self._num_timesteps
+
+    @property
+    def current_timestep(self):
+        return self._current_timestep
+
+    @property
+    def interrupt(self):
+        return self._interrupt
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Generation
+    # ------------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: PIL.Image.Image | np.ndarray | torch.Tensor | str,
+        audio: Sequence[Any] | Any,
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        audio_type: str = "add",
+        bbox: Sequence[Sequence[float]] | dict | None = None,
+        face_scale: float = 0.05,
+        resolution: str = "multitalk-480",
+        height: int | None = None,
+        width: int | None = None,
+        allow_upscale: bool = False,
+        mode: str = "clip",
+        num_frames: int = 81,
+        motion_frames: int = 25,
+        max_frames: int = 1000,
+        num_inference_steps: int = 40,
+        shift: float | None = None,
+        text_guidance_scale: float = 5.0,
+        audio_guidance_scale: float = 4.0,
+        use_apg: bool = False,
+        apg_momentum: float = -0.75,
+        apg_norm_threshold: float = 55.0,
+        color_correction_strength: float = 1.0,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        max_sequence_length: int = 512,
+        output_type: str = "np",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        attention_kwargs: dict[str, Any] | None = None,
+    ):
+        r"""
+        Generates a talking video.
+
+        Args:
+            image: the reference image (PIL, array, tensor or path).
+            audio: one entry per person: a path (wav/mp3/flac/m4a or a video file), a `(waveform, sampling_rate)`
+                tuple, a `{"array", "sampling_rate"}` dict, or precomputed wav2vec2 embeddings
+                `[frames at 25 fps, layers, hidden]`. A single entry may be given without a list.
+            prompt / negative_prompt: text; the negative prompt defaults to the reference's.
+            audio_type: "add" (persons speak in turn: person 1's track, then person 2's) or "para" (simultaneous;
+                the shorter track is padded with silence).
+            bbox: one box per person, `[top, left, bottom, right]` in source-image pixels (the reference's
+                `[x_min, y_min, x_max, y_max]` whose first pair indexes rows). Without boxes: two persons get the
+                left/right halves with `face_scale` margins, N persons N vertical strips.
+            face_scale: margin of the default person regions.
+            resolution: "multitalk-480" or "multitalk-720": the nearest aspect bucket of the reference (resize +
+                centre crop). Ignored when `height`/`width` are given (multiples of 16).
+            allow_upscale: allow source images smaller than the target size (the reference upsamples silently).
+            mode: "clip" (one chunk of `num_frames`) or "streaming" (chunks overlapping by `motion_frames` until the
+                audio ends or `max_frames`).
+            num_frames: frames per chunk, 4n+1 (81).
+            motion_frames: frames each streaming chunk is conditioned on (25).
+            max_frames: streaming cap (1000 frames = 40 s).
+            num_inference_steps: steps per chunk (40).
+            shift: timestep shift; default 7 at 480P, 11 at 720P.
+            text_guidance_scale / audio_guidance_scale: 5 / 4. With a text scale of 1 two passes run per step
+                (conditional and silent audio); otherwise three (conditional, negative text, negative text +
+                silent audio).
+            use_apg / apg_momentum / apg_norm_threshold: adaptive projected guidance.
+            color_correction_strength: LAB colour matching of every chunk to the reference image (0 disables).
+            generator: a `torch.Generator` on the execution device for reproducible noise (the reference's
+                `torch.manual_seed(seed)` on that device draws the same numbers).
+            latents: initial noise of the first chunk `[1, 16, T, h, w]`.
+            prompt_embeds / negative_prompt_embeds: precomputed umT5 states `[1, L, dim]`.
+            max_sequence_length: text length (512).
+            output_type: "np", "pt", "pil" or "latent".
+            return_dict: return a [`WanMultiTalkPipelineOutput`] instead of a tuple.
+            callback_on_step_end: called after every step as `callback(pipe, step, timestep, callback_kwargs)`; may
+                return a dict replacing `latents`.
+            callback_on_step_end_tensor_inputs: the tensors passed in `callback_kwargs` ("latents", "noise_pred").
+            attention_kwargs: passed to the transformer.
+
+        Examples:
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        self.check_inputs(
+            image, audio, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, audio_type, bbox, height,
+            width, mode, num_frames, motion_frames, max_frames, num_inference_steps, output_type,
+            callback_on_step_end_tensor_inputs,
+        )
+        if mode == "clip":
+            max_frames = num_frames
+        shift = DEFAULT_SHIFT.get(str(resolution), 7.0) if shift is None else shift
+        self._interrupt = False
+        self._current_timestep = None
+        device = self._execution_device
+        transformer_dtype = self.transformer.dtype
+
+        # 1. Image and audio (cheap checks first, then the audio encoder)
+        cond_frames, source_size = self.prepare_image(image, resolution, height, width, allow_upscale)
+        height, width = cond_frames.shape[-2:]
+        color_reference = cond_frames.clone() if color_correction_strength > 0 else None
+        embeddings, mixed_audio = self.prepare_audio_inputs(audio, audio_type, device)
+        num_persons = len(embeddings)
+        num_audio_frames = min(len(e) for e in embeddings)
+        if num_audio_frames <= num_frames:
+            raise ValueError(
+                f"The audio covers {num_audio_frames} frames ({num_audio_frames / FPS:.2f} s at {FPS} fps); a chunk "
+                f"needs more than num_frames={num_frames}. Use longer audio or a smaller 4n+1 `num_frames`."
+            )
+        num_chunks, frames_to_keep = self.plan_chunks(num_audio_frames, num_frames, motion_frames, max_frames, mode)
+
+        lat_t = (num_frames - 1) // self.vae_scale_factor_temporal + 1
+        lat_h, lat_w = height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial
+        person_masks = self.prepare_person_masks(
+            num_persons, bbox, face_scale, source_size, (height, width), (lat_h, lat_w)
+        )
+        if person_masks is not None:
+            person_masks = person_masks.to(device)
+
+        # 2. Text
+        three_pass = not math.isclose(text_guidance_scale, 1.0)
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt, negative_prompt, three_pass, prompt_embeds, negative_prompt_embeds, max_sequence_length,
+            device, transformer_dtype,
+        )
+        prompt_embeds = prompt_embeds.to(device=device, dtype=transformer_dtype)
+        if three_pass:
+            negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=transformer_dtype)
+
+        # 3. Chunks
+        videos, chunk_latents = [], []
+        is_first = True
+        num_motion = 1
+        audio_start = 0
+        self._num_timesteps = num_inference_steps
+        with self.progress_bar(total=num_chunks * num_inference_steps) as progress_bar:
+            for chunk in range(num_chunks):
+                audio_embeds = torch.stack(
+                    [audio_windows(e, num_frames, start=audio_start) for e in embeddings]
+                )[None].to(device=device, dtype=transformer_dtype)
+                silent_audio = torch.zeros_like(audio_embeds[:, -1:])
+
+                noise = self.prepare_latents(
+                    (1, 16, lat_t, lat_h, lat_w), generator, device, latents if is_first else None
+                )
+                image_embeds = self.encode_image(cond_frames, device).to(transformer_dtype)
+                condition, motion_latents = self.prepare_condition(cond_frames, num_frames, num_motion, device)
+                condition = condition.to(transformer_dtype)
+
+                timesteps = set_multitalk_timesteps(self.scheduler, num_inference_steps, shift, device=device)
+                sigmas = self.scheduler.sigmas
+                latent = noise
+                if not is_first:
+                    latent[:, :, : motion_latents.shape[2]] = add_noise_flow(
+                        motion_latents, torch.randn(motion_latents.shape, generator=generator, device=device), sigmas[0]
+                    )
+                apg = APGState(apg_momentum, apg_norm_threshold) if use_apg else None
+
+                for i, t in enumerate(timesteps):
+                    if self.interrupt:
+                        continue
+                    self._current_timestep = t
+                    model_input = torch.cat([latent.to(transformer_dtype), condition], dim=1)
+                    timestep = t.expand(1)
+
+                    def run(text, audio_input):
+                        return self.transformer(
+                            model_input, timestep, text, image_embeds, audio_input,
+                            ref_target_masks=person_masks, return_dict=False, attention_kwargs=attention_kwargs,
+                        )[0].float()
+
+                    noise_cond = run(prompt_embeds, audio_embeds)
+                    if three_pass:
+                        noise_drop_text = run(negative_prompt_embeds, audio_embeds)
+                        noise_uncond = run(negative_prompt_embeds, silent_audio)
+                        noise_pred = combine_guidance(
+                            noise_cond, noise_drop_text, noise_uncond, text_guidance_scale, audio_guidance_scale, apg
+                        )
+                    else:
+                        noise_drop_audio = run(prompt_embeds, silent_audio)
+                        noise_pred = combine_guidance_two_pass(noise_cond, noise_drop_audio, audio_guidance_scale, apg)
+
+                    latent = self.scheduler.step(noise_pred, t, latent, return_dict=False)[0]
+                    if not is_first:
+                        latent[:, :, : motion_latents.shape[2]] = add_noise_flow(
+                            motion_latents,
+                            torch.randn(motion_latents.shape, generator=generator, device=device),
+                            sigmas[i + 1],
+                        )
+
+                    if callback_on_step_end is not None:
+                        available = {"latents": latent, "noise_pred": noise_pred}
+                        callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
+                        callback_outputs = callback_on_step_end(self, chunk * num_inference_steps + i, t, callback_kwargs)
+                        latent = callback_outputs.pop("latents", latent)
+                    progress_bar.update()
+
+                chunk_latents.append(latent)
+                if output_type == "latent" and mode == "clip":
+                    break
+                video = self.decode_latents(latent)
+                if color_reference is not None:
+                    video = match_color_lab(video, color_reference, color_correction_strength)
+                videos.append(video if is_first else video[:, :, num_motion:])
+
+                # Next chunk: condition on the last motion frames, advance the audio.
+                if chunk == num_chunks - 1:
+                    break
+                is_first = False
+                num_motion = motion_frames
+                cond_frames = video[:, :, -motion_frames:]
+                audio_start += num_frames - motion_frames
+                audio_end = audio_start + num_frames
+                if audio_end >= min(max_frames, num_audio_frames):
+                    embeddings = [mirror_pad_embedding(e, audio_end) for e in embeddings]
+
+        self._current_timestep = None
+        self.maybe_free_model_hooks()
+
+        audio_out = None
+        if mixed_audio is not None:
+            length = int(round(frames_to_keep / FPS * TARGET_SAMPLE_RATE))
+            audio_out = np.pad(mixed_audio, (0, max(0, length - len(mixed_audio))))[:length].astype(np.float32)
+
+        if output_type == "latent":
+            frames = chunk_latents
+        else:
+            video = torch.cat(videos, dim=2)[:, :, :frames_to_keep]
+            frames = self.video_processor.postprocess_video(video, output_type=output_type)
+        if not return_dict:
+            return (frames, audio_out)
+        return WanMultiTalkPipelineOutput(frames=frames, audio=audio_out)
+
+
+def _audio_entries(audio) -> list:
+    if isinstance(audio, (list, tuple)) and not (
+        isinstance(audio, tuple) and len(audio) == 2 and isinstance(audio[1], (int, np.integer))
+    ):
+        return list(audio)
+    return [audio]
+
+
+def _multitalk_file(wan_dir: Path, multitalk_dir) -> Path | None:
+    if multitalk_dir is None:
+        return None
+    multitalk_dir = Path(multitalk_dir)
+    candidate = multitalk_dir / "multitalk.safetensors" if multitalk_dir.is_dir() else multitalk_dir
+    if not candidate.exists():
+        raise FileNotFoundError(
+            f"{candidate} is missing. Download it with `huggingface-cli download MeiGen-AI/MeiGen-MultiTalk "
+            f"--local-dir {multitalk_dir}`."
+        )
+    # Already linked into the Wan folder (MultiTalk README's step): the index names it.
+    if (wan_dir / "multitalk.safetensors").exists():
+        return None
+    return candidate
