@@ -314,13 +314,16 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         pixels = resize_and_center_crop(pil, height, width)
         return pixels[None, :, None], (src_h, src_w)
 
-    def prepare_audio_inputs(self, audio, audio_type, device):
+    def prepare_audio_inputs(self, audio, audio_type, device, min_frames: int = 0):
         """Turns the per-person audio entries into wav2vec2 embeddings `[frames, layers, hidden]` (float32) and the
         mixed track. Entries: a path, a `(waveform, sampling_rate)` tuple, a `{"array", "sampling_rate"}` dict, or a
-        precomputed embedding tensor `[frames, layers, hidden]` (then no mixed track)."""
+        precomputed embedding tensor `[frames, layers, hidden]` (then no mixed track). Audio covering no more than
+        `min_frames` video frames is refused before the audio encoder runs."""
         entries = _audio_entries(audio)
         if all(_is_embedding(e) for e in entries):
-            return [e.float() for e in entries], None
+            embeddings = [e.float().to(device) for e in entries]
+            _check_audio_length(min(len(e) for e in embeddings), min_frames)
+            return embeddings, None
         if any(_is_embedding(e) for e in entries):
             raise ValueError("Give either waveforms/paths for every person or embeddings for every person, not a mix.")
         tracks = []
@@ -340,6 +343,7 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 raise ValueError(f"audio of person {index + 1} is silent; give the person's speech.")
             tracks.append(track)
         per_person, mixed = combine_speakers(tracks, audio_type)
+        _check_audio_length(int(len(mixed) / TARGET_SAMPLE_RATE * FPS), min_frames)
         embeddings = [
             encode_speech(self.audio_encoder, self.audio_feature_extractor, track, fps=FPS).float().to(device)
             for track in per_person
@@ -590,16 +594,7 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         cond_frames, source_size = self.prepare_image(image, resolution, height, width, allow_upscale)
         height, width = cond_frames.shape[-2:]
         color_reference = cond_frames.clone() if color_correction_strength > 0 else None
-        embeddings, mixed_audio = self.prepare_audio_inputs(audio, audio_type, device)
-        num_persons = len(embeddings)
-        num_audio_frames = min(len(e) for e in embeddings)
-        if num_audio_frames <= num_frames:
-            raise ValueError(
-                f"The audio covers {num_audio_frames} frames ({num_audio_frames / FPS:.2f} s at {FPS} fps); a chunk "
-                f"needs more than num_frames={num_frames}. Use longer audio or a smaller 4n+1 `num_frames`."
-            )
-        num_chunks, frames_to_keep = self.plan_chunks(num_audio_frames, num_frames, motion_frames, max_frames, mode)
-
+        num_persons = len(_audio_entries(audio))
         lat_t = (num_frames - 1) // self.vae_scale_factor_temporal + 1
         lat_h, lat_w = height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial
         person_masks = self.prepare_person_masks(
@@ -607,6 +602,9 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         )
         if person_masks is not None:
             person_masks = person_masks.to(device)
+        embeddings, mixed_audio = self.prepare_audio_inputs(audio, audio_type, device, min_frames=num_frames)
+        num_audio_frames = min(len(e) for e in embeddings)
+        num_chunks, frames_to_keep = self.plan_chunks(num_audio_frames, num_frames, motion_frames, max_frames, mode)
 
         # 2. Text
         three_pass = not math.isclose(text_guidance_scale, 1.0)
@@ -729,6 +727,15 @@ def _audio_entries(audio) -> list:
     ):
         return list(audio)
     return [audio]
+
+
+def _check_audio_length(num_audio_frames: int, num_frames: int) -> None:
+    # The reference refuses audio that does not outlast one chunk.
+    if num_audio_frames <= num_frames:
+        raise ValueError(
+            f"The audio covers {num_audio_frames} frames ({num_audio_frames / FPS:.2f} s at {FPS} fps); a chunk "
+            f"needs more than num_frames={num_frames}. Use longer audio or a smaller 4n+1 `num_frames`."
+        )
 
 
 def _multitalk_file(wan_dir: Path, multitalk_dir) -> Path | None:
