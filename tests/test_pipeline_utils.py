@@ -495,7 +495,12 @@ def test_match_color_torch_layout(strength):
     f01 = np.clip((frames[0].permute(1, 2, 3, 0).double().numpy() + 1) / 2, 0, 1)
     r01 = np.clip((ref[0, :, 0].permute(1, 2, 0).double().numpy() + 1) / 2, 0, 1)
     expected = _hand_color_match(f01, r01, strength) * 2 - 1
-    np.testing.assert_allclose(out[0].permute(1, 2, 3, 0).numpy(), expected, atol=1e-5)
+    got = out[0].permute(1, 2, 3, 0).numpy()
+    np.testing.assert_allclose(np.delete(got, 2, axis=0), np.delete(expected, 2, axis=0), atol=1e-5)
+    # The flat frame: numpy's std of its L channel is ~3e-14, not 0, so the original amplifies rounding noise
+    # there; we treat a std below 1e-9 as flat and the frame stays uniform.
+    flat = got[2].reshape(-1, 3)
+    np.testing.assert_allclose(flat, np.broadcast_to(flat[0], flat.shape), atol=1e-6)
     # unbatched layouts give the same numbers
     torch.testing.assert_close(match_color_lab(frames[0], ref[0, :, 0], strength), out[0])
 
