@@ -201,6 +201,11 @@ def multitalk_config_from_original(original_config: dict, shapes: dict[str, tupl
     inferred = {}
     if "audio_proj.proj1.weight" in shapes:
         intermediate, first_in = shapes["audio_proj.proj1.weight"]
+        if first_in % per_frame or first_in < per_frame:
+            raise ValueError(
+                f"audio_proj.proj1 takes {first_in} inputs, not a multiple of the audio encoder's {audio_layers} "
+                f"layers x {audio_channels} channels; pass the wav2vec2 that belongs to these weights."
+            )
         inferred["intermediate_dim"] = intermediate
         inferred["audio_window"] = first_in // per_frame
         if "audio_proj.proj1_vf.weight" in shapes:
@@ -246,8 +251,6 @@ def load_multitalk_transformer_from_original(
         multitalk_path: MeiGen-MultiTalk folder or its `multitalk.safetensors`, when not linked into `path`.
         device: where the weights are placed.
     """
-    from accelerate import init_empty_weights
-
     if model_cls is None:
         from ..models.transformer_multitalk import MultiTalkTransformer3DModel as model_cls
 
@@ -267,6 +270,13 @@ def load_multitalk_transformer_from_original(
             f"Wan2.1. {_DOWNLOAD_HINT}"
         )
     config = multitalk_config_from_original(original_config, shapes)
+    return _load_shards(model_cls, config, files, original_to_diffusers_key, torch_dtype, device, str(path))
+
+
+def _load_shards(model_cls, config, files, key_fn, torch_dtype, device, source: str):
+    """Builds `model_cls(**config)` on the meta device and fills it tensor by tensor from `files`, renaming each key
+    with `key_fn` (None = not a key of this model). Missing, unexpected and mis-shaped keys are all reported."""
+    from accelerate import init_empty_weights
 
     with init_empty_weights():
         model = model_cls(**config)
@@ -278,7 +288,7 @@ def load_multitalk_transformer_from_original(
     for file in files:
         with safe_open(str(file), framework="pt", device="cpu") as f:
             for key in f.keys():
-                new_key = original_to_diffusers_key(key)
+                new_key = key_fn(key)
                 if new_key is None or new_key not in expected:
                     unexpected.append(key)
                     continue
@@ -289,9 +299,8 @@ def load_multitalk_transformer_from_original(
                 dtype = torch_dtype or tensor.dtype
                 if half and any(part in new_key.split(".") for part in keep_fp32):
                     dtype = torch.float32
-                tensor = tensor.to(device=device, dtype=dtype)
                 # Assign one tensor at a time: peak memory is the model plus a single tensor.
-                _set_tensor(model, new_key, tensor)
+                _set_tensor(model, new_key, tensor.to(device=device, dtype=dtype))
                 loaded.add(new_key)
     missing = sorted(set(expected) - loaded)
     problems = []
@@ -302,12 +311,93 @@ def load_multitalk_transformer_from_original(
     if mismatched:
         problems.append(f"mis-shaped keys: {_preview(mismatched)}")
     if problems:
-        raise ValueError(f"Cannot load {path} as a MultiTalk transformer with config {config}: " + "; ".join(problems))
+        raise ValueError(f"Cannot load {source} as a MultiTalk transformer with config {config}: " + "; ".join(problems))
 
     # Non-persistent buffers (RoPE tables) were built on the CPU; follow the weights.
     model.to(device)
     model.eval()
     return model
+
+
+_WAN_DIFFUSERS_CONFIG_KEYS = (
+    "patch_size",
+    "num_attention_heads",
+    "attention_head_dim",
+    "in_channels",
+    "out_channels",
+    "text_dim",
+    "freq_dim",
+    "ffn_dim",
+    "num_layers",
+    "cross_attn_norm",
+    "qk_norm",
+    "eps",
+    "image_dim",
+    "added_kv_proj_dim",
+    "rope_max_seq_len",
+)
+
+
+def load_multitalk_transformer_from_wan_diffusers(
+    transformer_dir,
+    multitalk_path,
+    torch_dtype: torch.dtype | None = None,
+    device="cpu",
+    model_cls=None,
+    audio_layers: int = 12,
+    audio_channels: int = 768,
+):
+    """Loads `MultiTalkTransformer3DModel` from diffusers' Wan I2V transformer folder (e.g. the `transformer/` of
+    Wan-AI/Wan2.1-I2V-14B-480P-Diffusers) plus MeiGen-MultiTalk's `multitalk.safetensors` (original audio names).
+
+    Base keys already carry diffusers' names; only the audio keys are renamed. `audio_layers` / `audio_channels`
+    are the wav2vec2's hidden layers and width (12 x 768 for chinese-wav2vec2-base).
+    """
+    if model_cls is None:
+        from ..models.transformer_multitalk import MultiTalkTransformer3DModel as model_cls
+
+    transformer_dir = Path(transformer_dir)
+    config_file = transformer_dir / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(
+            f"{config_file} is missing: pass the `transformer` folder of a diffusers Wan2.1-I2V repo, e.g. from "
+            "`huggingface-cli download Wan-AI/Wan2.1-I2V-14B-480P-Diffusers --local-dir <dir>`."
+        )
+    with open(config_file) as f:
+        wan_config = json.load(f)
+    if wan_config.get("image_dim") is None:
+        raise ValueError(f"{config_file} is not an image-to-video Wan transformer (no image_dim); MultiTalk needs I2V.")
+    index_file = transformer_dir / "diffusion_pytorch_model.safetensors.index.json"
+    if index_file.exists():
+        with open(index_file) as f:
+            files = sorted({transformer_dir / name for name in json.load(f)["weight_map"].values()})
+    else:
+        files = sorted(transformer_dir.glob("diffusion_pytorch_model*.safetensors"))
+    if not files or not all(p.exists() for p in files):
+        raise FileNotFoundError(f"No complete set of `diffusion_pytorch_model*.safetensors` shards in {transformer_dir}.")
+    multitalk_path = Path(multitalk_path)
+    audio_file = multitalk_path / "multitalk.safetensors" if multitalk_path.is_dir() else multitalk_path
+    if not audio_file.exists():
+        raise FileNotFoundError(f"{audio_file} does not exist. {_DOWNLOAD_HINT}")
+
+    audio_shapes = _tensor_shapes([audio_file])
+    config = multitalk_config_from_original(
+        {"model_type": "i2v", "audio_layers": audio_layers, "audio_channels": audio_channels}, audio_shapes
+    )
+    for key in _WAN_DIFFUSERS_CONFIG_KEYS:
+        if key in wan_config:
+            config[key] = tuple(wan_config[key]) if key == "patch_size" else wan_config[key]
+    for key in ("attention_head_dim", "num_attention_heads"):
+        config.setdefault(key, wan_config.get(key))
+
+    def key_fn(key):
+        if key in audio_shapes:
+            return original_to_diffusers_key(key)
+        return key
+
+    return _load_shards(
+        model_cls, config, [*files, audio_file], key_fn, torch_dtype, device, f"{transformer_dir} + {audio_file}"
+    )
 
 
 def _set_tensor(model: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:

@@ -438,3 +438,28 @@ class MultiTalkTransformer3DModel(
         return load_multitalk_transformer_from_original(
             path, torch_dtype=torch_dtype, multitalk_path=multitalk_path, device=device, model_cls=cls
         )
+
+    @classmethod
+    def from_wan_diffusers(
+        cls,
+        transformer_dir,
+        multitalk_path,
+        torch_dtype: torch.dtype | None = None,
+        device="cpu",
+        audio_layers: int = 12,
+        audio_channels: int = 768,
+    ):
+        """Loads diffusers' Wan2.1-I2V transformer folder (e.g. `Wan2.1-I2V-14B-480P-Diffusers/transformer`) plus
+        MeiGen-MultiTalk's `multitalk.safetensors`. See
+        [`~diffusers_multitalk.loaders.load_multitalk_transformer_from_wan_diffusers`]."""
+        from ..loaders.transformer_original import load_multitalk_transformer_from_wan_diffusers
+
+        return load_multitalk_transformer_from_wan_diffusers(
+            transformer_dir,
+            multitalk_path,
+            torch_dtype=torch_dtype,
+            device=device,
+            model_cls=cls,
+            audio_layers=audio_layers,
+            audio_channels=audio_channels,
+        )

@@ -27,7 +27,7 @@ from transformers import (
 
 from ..audio.encoder import audio_windows, encode_speech, mirror_pad_embedding
 from ..audio.processing import TARGET_SAMPLE_RATE, combine_speakers, prepare_audio
-from ..loaders.wan_components import clip_image_features, preprocess_clip_frames
+from ..loaders.wan_components import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD, clip_image_features, preprocess_clip_frames
 from ..models.transformer_multitalk import MultiTalkTransformer3DModel
 from .multitalk_utils import (
     APGState,
@@ -225,6 +225,55 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             pipe.set_adapters(["multitalk_lora"], [lora_scale])
         return pipe
 
+    @classmethod
+    def from_wan_diffusers(
+        cls,
+        wan_diffusers_dir,
+        multitalk_dir,
+        wav2vec_dir,
+        torch_dtype: torch.dtype | None = None,
+    ) -> "WanMultiTalkPipeline":
+        """Builds the pipeline from diffusers' Wan2.1-I2V repo (`Wan-AI/Wan2.1-I2V-14B-480P-Diffusers`: tokenizer,
+        text_encoder, image_encoder, image_processor, vae and transformer subfolders), MeiGen-MultiTalk's
+        `multitalk.safetensors` and chinese-wav2vec2-base. The repo's scheduler is replaced by MultiTalk's
+        flow-matching schedule."""
+        from transformers import AutoTokenizer
+
+        from ..audio.encoder import WAV2VEC_DOWNLOAD_HINT
+        from .multitalk_utils import make_multitalk_scheduler
+
+        root = Path(wan_diffusers_dir)
+        missing = [name for name in ("tokenizer", "text_encoder", "image_encoder", "vae", "transformer") if not (root / name).is_dir()]
+        if missing:
+            raise FileNotFoundError(
+                f"{root} lacks the subfolders {missing}. Download the diffusers-format Wan with "
+                f"`huggingface-cli download Wan-AI/Wan2.1-I2V-14B-480P-Diffusers --local-dir {root}`."
+            )
+        if wav2vec_dir is None or not (Path(wav2vec_dir) / "config.json").exists():
+            raise FileNotFoundError(f"wav2vec2 folder {wav2vec_dir!r} is missing or has no config.json. {WAV2VEC_DOWNLOAD_HINT}")
+        audio_encoder = Wav2Vec2Model.from_pretrained(wav2vec_dir).eval()
+        transformer = MultiTalkTransformer3DModel.from_wan_diffusers(
+            root / "transformer",
+            multitalk_dir,
+            torch_dtype=torch_dtype,
+            audio_layers=audio_encoder.config.num_hidden_layers,
+            audio_channels=audio_encoder.config.hidden_size,
+        )
+        image_processor = None
+        if (root / "image_processor").is_dir():
+            image_processor = CLIPImageProcessor.from_pretrained(root, subfolder="image_processor")
+        return cls(
+            tokenizer=AutoTokenizer.from_pretrained(root / "tokenizer"),
+            text_encoder=UMT5EncoderModel.from_pretrained(root, subfolder="text_encoder", torch_dtype=torch_dtype).eval(),
+            image_encoder=CLIPVisionModel.from_pretrained(root, subfolder="image_encoder", torch_dtype=torch_dtype).eval(),
+            transformer=transformer,
+            vae=AutoencoderKLWan.from_pretrained(root, subfolder="vae", torch_dtype=torch.float32).eval(),
+            scheduler=make_multitalk_scheduler(),
+            audio_encoder=audio_encoder,
+            audio_feature_extractor=Wav2Vec2FeatureExtractor.from_pretrained(wav2vec_dir),
+            image_processor=image_processor,
+        )
+
     # ------------------------------------------------------------------------------------------------------------
     # Inputs
     # ------------------------------------------------------------------------------------------------------------
@@ -397,12 +446,16 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             size = self.image_processor.crop_size
             kwargs["image_size"] = size["height"] if isinstance(size, dict) else int(size)
         pixel_values = preprocess_clip_frames(frames[:, :, -1:].float(), layout="BCTHW", **kwargs)
-        if self.image_processor is not None:
-            default_mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
-            default_std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
-            mean = torch.tensor(self.image_processor.image_mean).view(1, 3, 1, 1)
-            std = torch.tensor(self.image_processor.image_std).view(1, 3, 1, 1)
-            pixel_values = (pixel_values * default_std + default_mean - mean) / std
+        if self.image_processor is not None and (
+            tuple(self.image_processor.image_mean) != CLIP_IMAGE_MEAN
+            or tuple(self.image_processor.image_std) != CLIP_IMAGE_STD
+        ):
+            # Re-normalise with the processor's statistics (Wan's CLIP uses OpenAI's, the default).
+            to_tensor = lambda v: torch.tensor(v).view(1, 3, 1, 1)  # noqa: E731
+            pixels01 = pixel_values * to_tensor(CLIP_IMAGE_STD) + to_tensor(CLIP_IMAGE_MEAN)
+            pixel_values = (pixels01 - to_tensor(self.image_processor.image_mean)) / to_tensor(
+                self.image_processor.image_std
+            )
         with torch.no_grad():
             return clip_image_features(self.image_encoder, pixel_values).to(device)
 
