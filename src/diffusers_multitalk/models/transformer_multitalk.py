@@ -166,6 +166,18 @@ class MultiTalkTransformerBlock(WanTransformerBlock):
         return hidden_states
 
 
+def _register_block_for_cache_hooks():
+    from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+
+    TransformerBlockRegistry.register(
+        model_class=MultiTalkTransformerBlock,
+        metadata=TransformerBlockMetadata(return_hidden_states_index=0, return_encoder_hidden_states_index=None),
+    )
+
+
+_register_block_for_cache_hooks()
+
+
 class LRoPE:
     """Label rotary position embedding for several persons (MultiTalk's L-RoPE).
 
@@ -427,6 +439,19 @@ class MultiTalkTransformer3DModel(
         if not return_dict:
             return (output,)
         return Transformer2DModelOutput(sample=output)
+
+    def enable_teacache(self, threshold: float = 0.2, resolution: str = "multitalk-480", **kwargs) -> None:
+        """Skips the blocks on steps whose timestep modulation barely changed (MultiTalk's TeaCache, per guidance
+        branch). See [`~diffusers_multitalk.hooks.TeaCacheConfig`]; `disable_teacache()` removes it."""
+        from ..hooks.teacache import TeaCacheConfig, apply_teacache
+
+        self._teacache_state = apply_teacache(self, TeaCacheConfig(threshold=threshold, resolution=resolution, **kwargs))
+
+    def disable_teacache(self) -> None:
+        from ..hooks.teacache import remove_teacache
+
+        remove_teacache(self)
+        self._teacache_state = None
 
     @classmethod
     def from_original(cls, path, torch_dtype: torch.dtype | None = None, multitalk_path=None, device="cpu"):

@@ -689,6 +689,8 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 condition, motion_latents = self.prepare_condition(cond_frames, num_frames, num_motion, device)
                 condition = condition.to(transformer_dtype)
 
+                # Cache hooks start every chunk afresh, as the reference's TeaCache counter does.
+                self.transformer._reset_stateful_cache()
                 timesteps = set_multitalk_timesteps(self.scheduler, num_inference_steps, shift, device=device)
                 sigmas = self.scheduler.sigmas
                 latent = noise
@@ -705,21 +707,26 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                     model_input = torch.cat([latent.to(transformer_dtype), condition], dim=1)
                     timestep = t.expand(1)
 
-                    def run(text, audio_input):
-                        return self.transformer(
-                            model_input, timestep, text, image_embeds, audio_input,
-                            ref_target_masks=person_masks, return_dict=False, attention_kwargs=attention_kwargs,
-                        )[0].float()
+                    def run(branch, text, audio_input):
+                        # Each guidance branch has its own cache context (TeaCache, FirstBlockCache, ...).
+                        with self.transformer.cache_context(
+                            branch, step_index=i, num_inference_steps=num_inference_steps, timestep=t,
+                            sigma=float(sigmas[i]),
+                        ):
+                            return self.transformer(
+                                model_input, timestep, text, image_embeds, audio_input,
+                                ref_target_masks=person_masks, return_dict=False, attention_kwargs=attention_kwargs,
+                            )[0].float()
 
-                    noise_cond = run(prompt_embeds, audio_embeds)
+                    noise_cond = run("cond", prompt_embeds, audio_embeds)
                     if three_pass:
-                        noise_drop_text = run(negative_prompt_embeds, audio_embeds)
-                        noise_uncond = run(negative_prompt_embeds, silent_audio)
+                        noise_drop_text = run("drop_text", negative_prompt_embeds, audio_embeds)
+                        noise_uncond = run("uncond", negative_prompt_embeds, silent_audio)
                         noise_pred = combine_guidance(
                             noise_cond, noise_drop_text, noise_uncond, text_guidance_scale, audio_guidance_scale, apg
                         )
                     else:
-                        noise_drop_audio = run(prompt_embeds, silent_audio)
+                        noise_drop_audio = run("drop_audio", prompt_embeds, silent_audio)
                         noise_pred = combine_guidance_two_pass(noise_cond, noise_drop_audio, audio_guidance_scale, apg)
 
                     latent = self.scheduler.step(noise_pred, t, latent, return_dict=False)[0]
@@ -757,6 +764,7 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                     embeddings = [mirror_pad_embedding(e, audio_end) for e in embeddings]
 
         self._current_timestep = None
+        self.transformer._reset_stateful_cache()
         self.maybe_free_model_hooks()
 
         audio_out = None
