@@ -92,32 +92,29 @@ def diffusers_to_original_key(key: str) -> str | None:
     return _rename(key, inverse_top, inverse_block)
 
 
-def convert_multitalk_transformer_to_diffusers(state_dict: dict) -> dict:
-    """Renames an original-layout state dict (or one shard of it) to diffusers names. Raises on unknown keys."""
+def _rename_state_dict(state_dict: dict, key_fn, problem: str) -> dict:
     converted, unknown = {}, []
     for key in list(state_dict):
-        new_key = original_to_diffusers_key(key)
+        new_key = key_fn(key)
         if new_key is None:
             unknown.append(key)
             continue
         converted[new_key] = state_dict.pop(key)
     if unknown:
-        raise ValueError(f"Keys that are not part of a MultiTalk/Wan2.1 DiT checkpoint: {_preview(unknown)}")
+        raise ValueError(f"{problem}: {_preview(unknown)}")
     return converted
+
+
+def convert_multitalk_transformer_to_diffusers(state_dict: dict) -> dict:
+    """Renames an original-layout state dict (or one shard of it) to diffusers names. Raises on unknown keys."""
+    return _rename_state_dict(
+        state_dict, original_to_diffusers_key, "Keys that are not part of a MultiTalk/Wan2.1 DiT checkpoint"
+    )
 
 
 def convert_multitalk_transformer_to_original(state_dict: dict) -> dict:
     """Renames a diffusers-layout state dict back to the original MultiTalk/Wan names."""
-    converted, unknown = {}, []
-    for key in list(state_dict):
-        new_key = diffusers_to_original_key(key)
-        if new_key is None:
-            unknown.append(key)
-            continue
-        converted[new_key] = state_dict.pop(key)
-    if unknown:
-        raise ValueError(f"Keys with no original MultiTalk name: {_preview(unknown)}")
-    return converted
+    return _rename_state_dict(state_dict, diffusers_to_original_key, "Keys with no original MultiTalk name")
 
 
 def _preview(keys, limit: int = 12) -> str:
