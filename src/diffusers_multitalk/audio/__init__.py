@@ -15,6 +15,15 @@ from .processing import (
     loudness_normalize,
     prepare_audio,
 )
+from .tts import (
+    EspeakEngine,
+    KokoroEngine,
+    TTSResult,
+    parse_dialogue,
+    resolve_tts_engine,
+    synthesize_dialogue,
+    tts_from_json_block,
+)
 
 __all__ = [
     "TARGET_SAMPLE_RATE",
@@ -28,4 +37,12 @@ __all__ = [
     "loudness_normalize",
     "mirror_pad_embedding",
     "prepare_audio",
+    # text-to-speech (audio/tts.py)
+    "EspeakEngine",
+    "KokoroEngine",
+    "TTSResult",
+    "parse_dialogue",
+    "resolve_tts_engine",
+    "synthesize_dialogue",
+    "tts_from_json_block",
 ]
