@@ -13,6 +13,12 @@ from .pipelines import (
 )
 from .tiny import make_tiny_pipeline
 
+# `DiffusionPipeline.from_pretrained` resolves saved folders' names in diffusers' namespace: register ours there
+# (see diffusers_multitalk.integration).
+from .integration import register_with_diffusers as _register_with_diffusers
+
+_register_with_diffusers()
+
 __all__ = [
     "DEFAULT_NEGATIVE_PROMPT",
     "MultiTalkAudioEncoder",

@@ -4,6 +4,9 @@ from .transformer_original import (
     load_multitalk_transformer_from_original,
 )
 from .wan_components import (
+    convert_clip_vision_to_original,
+    convert_umt5_encoder_to_original,
+    convert_vae_to_original,
     load_clip_vision_from_original,
     load_umt5_encoder_from_original,
     load_umt5_tokenizer,

@@ -190,7 +190,8 @@ def multitalk_config_from_original(original_config: dict, shapes: dict[str, tupl
         "num_layers": oc.get("num_layers", 40),
         "cross_attn_norm": oc.get("cross_attn_norm", True),
         "eps": oc.get("eps", 1e-6),
-        "image_dim": 1280,
+        # The CLIP feature width: the config, else the image projection's input norm, else Wan's ViT-H (1280).
+        "image_dim": oc.get("image_dim", shapes.get("img_emb.proj.0.weight", (1280,))[0]),
         "added_kv_proj_dim": dim,
     }
     audio_layers, audio_channels = oc.get("audio_layers", 12), oc.get("audio_channels", 768)

@@ -12,6 +12,10 @@ Each loader reads the ``.pth`` file memory-mapped, works out the model config fr
 keys in memory and builds the model on the meta device. The loaded tensors are then assigned to it, so the weights
 are never held twice (the real T5 file is 11 GB).
 
+The renames also run the other way (``convert_umt5_encoder_to_original``, ``convert_clip_vision_to_original``,
+``convert_vae_to_original``): transformers / diffusers state dicts back to Wan's key names, as
+``diffusers_multitalk.testing`` needs to write checkpoints in the original layout.
+
 Where the two implementations meet:
 
 * T5: Wan's FFN gate applies the tanh approximation of GELU. That is ``gelu_new``, which transformers selects for
@@ -49,10 +53,13 @@ __all__ = [
     "CLIP_IMAGE_MEAN",
     "CLIP_IMAGE_STD",
     "load_umt5_encoder_from_original",
+    "convert_umt5_encoder_to_original",
     "load_clip_vision_from_original",
+    "convert_clip_vision_to_original",
     "clip_image_features",
     "preprocess_clip_frames",
     "load_vae_from_original",
+    "convert_vae_to_original",
     "load_tokenizer",
     "load_umt5_tokenizer",
     "load_clip_tokenizer",
@@ -72,8 +79,11 @@ _DOWNLOAD_HINT = f"huggingface-cli download {_WAN_REPO_ID} --local-dir <dir>"
 CLIP_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 
-# The head count of a ViT cannot be read off its weights; these are the usual open_clip towers by width.
-_KNOWN_VIT_HEADS = {768: 12, 1024: 16, 1280: 16, 1664: 16}
+# The head count of a ViT cannot be read off its weights; these are the usual open_clip towers by width, plus the
+# 32-wide toy tower of `diffusers_multitalk.tiny` (TINY_IMAGE_DIM, 2 heads), so that tiny folders written in Wan's
+# layout (`diffusers_multitalk.testing`) load through `WanMultiTalkPipeline.from_original` like the real ones. No
+# real CLIP is that narrow.
+_KNOWN_VIT_HEADS = {32: 2, 768: 12, 1024: 16, 1280: 16, 1664: 16}
 
 _MAX_LISTED_KEYS = 8
 
@@ -201,6 +211,40 @@ def _rename(sd: dict[str, torch.Tensor], rules: list[tuple[re.Pattern, str]]) ->
     return out, unmatched
 
 
+_RULE_GROUP = re.compile(r"\((?!\?)([^()]*)\)")
+
+
+def _invert_rules(rules: list[tuple[re.Pattern, str]]) -> list[tuple[re.Pattern, str]]:
+    r"""The inverse of a table of ``(fullmatch pattern, replacement)`` renames.
+
+    The patterns may only hold escaped literals and un-nested groups, each used once by the replacement (as ``\1``),
+    as the tables in this module do: ``blocks\.(\d+)\.norm1\.weight`` -> ``encoder.block.\1.layer.0.layer_norm.weight``
+    becomes ``encoder\.block\.(\d+)\.layer\.0\.layer_norm\.weight`` -> ``blocks.\1.norm1.weight``.
+    """
+    inverse = []
+    for pattern, repl in rules:
+        pieces = _RULE_GROUP.split(pattern.pattern)  # literal, group, literal, group, ..., literal
+        literals, groups = pieces[0::2], pieces[1::2]
+        repl_pieces = re.split(r"\\(\d)", repl)  # text, group number, text, ...
+        order = [int(n) for n in repl_pieces[1::2]]
+        if sorted(order) != list(range(1, len(groups) + 1)):
+            raise ValueError(f"Rename rule {pattern.pattern!r} -> {repl!r} cannot be inverted.")
+        new_pattern = "".join(
+            re.escape(piece) if i % 2 == 0 else f"({groups[int(piece) - 1]})" for i, piece in enumerate(repl_pieces)
+        )
+        new_repl = ""
+        for i, literal in enumerate(literals):
+            new_repl += re.sub(r"\\(.)", r"\1", literal)
+            if i < len(groups):
+                new_repl += f"\\{order.index(i + 1) + 1}"
+        inverse.append((re.compile(new_pattern), new_repl))
+    return inverse
+
+
+def _strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in sd.items()}
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # umT5 text encoder
 # --------------------------------------------------------------------------------------------------------------------
@@ -277,6 +321,30 @@ def convert_wan_t5_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Te
     out, unmatched = _rename(sd, _T5_RULES)
     if unmatched:
         raise _layout_error(_T5_WHAT, unexpected=unmatched)
+    return out
+
+
+_T5_INVERSE_RULES = _invert_rules(_T5_RULES)
+
+
+def convert_umt5_encoder_to_original(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename ``UMT5EncoderModel`` keys back to Wan's ``T5Encoder`` keys (the inverse of
+    :func:`convert_wan_t5_state_dict`; tensors are not copied, ``sd`` is left as it is).
+
+    ``encoder.embed_tokens.weight`` is the tied copy of ``shared.weight`` and is dropped; ``torch.save`` the result to
+    get a ``models_t5_umt5-xxl-enc-bf16.pth``-style file.
+    """
+    sd = dict(sd)
+    embed = sd.pop("encoder.embed_tokens.weight", None)
+    shared = sd.get("shared.weight")
+    if embed is not None and shared is not None and embed.data_ptr() != shared.data_ptr():
+        if embed.shape != shared.shape or not torch.equal(embed, shared):
+            raise ValueError(
+                "encoder.embed_tokens.weight differs from shared.weight; Wan's T5 has one token embedding."
+            )
+    out, unmatched = _rename(sd, _T5_INVERSE_RULES)
+    if unmatched:
+        raise _layout_error("a transformers UMT5EncoderModel state dict", unexpected=unmatched)
     return out
 
 
@@ -412,6 +480,39 @@ def convert_wan_clip_visual_state_dict(sd: dict[str, torch.Tensor], prefix: str 
             out[prefix + key] = value.reshape(value.shape[-2], value.shape[-1])
         else:
             out[prefix + key] = value
+    return out
+
+
+_CLIP_INVERSE_RULES = _invert_rules(_CLIP_RULES)
+_CLIP_QKV = re.compile(r"(encoder\.layers\.\d+\.self_attn)\.(q|k|v)_proj\.(weight|bias)")
+
+
+def convert_clip_vision_to_original(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a ``CLIPVisionModel`` state dict back to the ``visual.*`` keys of Wan's CLIP checkpoint (the inverse of
+    :func:`convert_wan_clip_visual_state_dict`; ``sd`` is left as it is).
+
+    q, k and v are concatenated into ``to_qkv`` (new tensors); the class and position embeddings get back their
+    leading singleton axes (views). The text tower, ``log_scale`` and ``visual.head`` are not part of a vision model:
+    the result holds only the ``visual.*`` keys the loader reads.
+    """
+    sd = _strip_prefix(dict(sd), "vision_model.")
+    sd.pop("embeddings.position_ids", None)
+    parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key in list(sd):
+        m = _CLIP_QKV.fullmatch(key)
+        if m:
+            parts.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = sd.pop(key)
+    for (base, kind), qkv in parts.items():
+        if set(qkv) != {"q", "k", "v"}:
+            missing = [f"{base}.{n}_proj.{kind}" for n in "qkv" if n not in qkv]
+            raise _layout_error("a transformers CLIPVisionModel state dict", missing=missing)
+        sd[f"{base}.qkv.{kind}"] = torch.cat([qkv["q"], qkv["k"], qkv["v"]], dim=0)
+    out, unmatched = _rename(sd, _CLIP_INVERSE_RULES)
+    if unmatched:
+        raise _layout_error("a transformers CLIPVisionModel state dict", unexpected=unmatched)
+    out["visual.cls_embedding"] = out["visual.cls_embedding"].reshape(1, 1, -1)
+    pos = out["visual.pos_embedding"]
+    out["visual.pos_embedding"] = pos.reshape(1, *pos.shape)
     return out
 
 
@@ -638,6 +739,81 @@ def convert_wan_vae_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.T
     sd.update(renamed)
     out = convert_wan_vae_to_diffusers(sd)
     sd.clear()
+    return out
+
+
+_RESNET_SUFFIXES_INVERSE = {v: k for k, v in _RESNET_SUFFIXES.items()}
+# diffusers prefix -> Wan prefix, for the keys outside the numbered encoder / decoder stages.
+_VAE_PREFIXES_INVERSE = {
+    "quant_conv.": "conv1.",
+    "post_quant_conv.": "conv2.",
+    "encoder.conv_in.": "encoder.conv1.",
+    "decoder.conv_in.": "decoder.conv1.",
+    "encoder.norm_out.": "encoder.head.0.",
+    "encoder.conv_out.": "encoder.head.2.",
+    "decoder.norm_out.": "decoder.head.0.",
+    "decoder.conv_out.": "decoder.head.2.",
+    "encoder.mid_block.attentions.0.": "encoder.middle.1.",
+    "decoder.mid_block.attentions.0.": "decoder.middle.1.",
+}
+_VAE_MID_RESNET = re.compile(r"(encoder|decoder)\.mid_block\.resnets\.([01])\.(.+)")
+_VAE_DOWN = re.compile(r"encoder\.down_blocks\.(\d+)\.(.+)")
+_VAE_UP = re.compile(r"decoder\.up_blocks\.(\d+)\.(resnets\.(\d+)|upsamplers\.0)\.(.+)")
+
+
+def convert_vae_to_original(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an ``AutoencoderKLWan`` state dict back to Wan's ``WanVAE_`` keys (the inverse of
+    :func:`convert_wan_vae_state_dict`, for any ``num_res_blocks``; tensors are not copied, ``sd`` is left as it is).
+
+    The decoder's ``up_blocks.S.resnets.J`` / ``up_blocks.S.upsamplers.0`` become the flat ``decoder.upsamples.N``
+    list, stage by stage: the stage's residual blocks, then its resample entry.
+    """
+    what = "a diffusers AutoencoderKLWan state dict"
+    up_entries: dict[int, dict[str, int]] = {}  # stage -> {"resnets": count, "upsampler": 0/1}
+    for key in sd:
+        m = _VAE_UP.fullmatch(key)
+        if m:
+            stage = up_entries.setdefault(int(m.group(1)), {"resnets": 0, "upsampler": 0})
+            if m.group(3) is not None:
+                stage["resnets"] = max(stage["resnets"], int(m.group(3)) + 1)
+            else:
+                stage["upsampler"] = 1
+    if sorted(up_entries) != list(range(len(up_entries))):
+        raise _layout_error(what, extra=f"decoder.up_blocks are not numbered 0..N-1: {sorted(up_entries)}.")
+    first_index, index = {}, 0
+    for stage in sorted(up_entries):
+        first_index[stage] = index
+        index += up_entries[stage]["resnets"] + up_entries[stage]["upsampler"]
+
+    def resnet_suffix(suffix: str, key: str) -> str:
+        if suffix not in _RESNET_SUFFIXES_INVERSE:
+            raise _layout_error(what, unexpected=[key])
+        return _RESNET_SUFFIXES_INVERSE[suffix]
+
+    out, unmatched = {}, []
+    for key, value in sd.items():
+        new = None
+        for prefix, original in _VAE_PREFIXES_INVERSE.items():
+            if key.startswith(prefix):
+                new = original + key[len(prefix) :]
+                break
+        if new is None and (m := _VAE_MID_RESNET.fullmatch(key)):
+            new = f"{m.group(1)}.middle.{2 * int(m.group(2))}.{resnet_suffix(m.group(3), key)}"
+        if new is None and (m := _VAE_DOWN.fullmatch(key)):
+            suffix = m.group(2)
+            new = f"encoder.downsamples.{m.group(1)}.{_RESNET_SUFFIXES_INVERSE.get(suffix, suffix)}"
+        if new is None and (m := _VAE_UP.fullmatch(key)):
+            stage, suffix = int(m.group(1)), m.group(4)
+            if m.group(3) is not None:
+                new = f"decoder.upsamples.{first_index[stage] + int(m.group(3))}.{resnet_suffix(suffix, key)}"
+            else:
+                new = f"decoder.upsamples.{first_index[stage] + up_entries[stage]['resnets']}.{suffix}"
+        if new is None:
+            unmatched.append(key)
+        else:
+            out[new] = value
+    if unmatched:
+        raise _layout_error(what, unexpected=unmatched)
     return out
 
 

@@ -1,0 +1,540 @@
+"""The official MultiTalk download folders -> one diffusers pipeline folder (`from_pretrained`, Hub-ready).
+
+    from diffusers_multitalk.loaders.convert import convert_original_to_diffusers
+
+    report = convert_original_to_diffusers(
+        "weights/Wan2.1-I2V-14B-480P", "weights/MeiGen-MultiTalk", "weights/chinese-wav2vec2-base",
+        "weights/MultiTalk-480P-diffusers", torch_dtype=torch.bfloat16,
+    )
+
+The result is `WanMultiTalkPipeline.save_pretrained` output (`model_index.json`, one folder per component, safetensors
+shards with their index) plus a model card (`README.md`), a conversion report (`conversion_report.json`) and the
+remote-code pipeline (`pipeline.py`, `multitalk_*.py`) for users without the package. See
+`diffusers_multitalk.integration` for how each loading route resolves the classes.
+
+Nothing is written until everything has been checked; the folder is built next to `output_dir` under a temporary
+name, verified by reloading every component and comparing its parameters, and only then renamed into place.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import uuid
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+
+__all__ = [
+    "CONVERSION_REPORT",
+    "check_original_folders",
+    "convert_original_to_diffusers",
+    "model_card",
+    "verify_saved_pipeline",
+]
+
+CONVERSION_REPORT = "conversion_report.json"
+WAN_REPO = "Wan-AI/Wan2.1-I2V-14B-480P"
+WAN_REPO_720 = "Wan-AI/Wan2.1-I2V-14B-720P"
+MULTITALK_REPO = "MeiGen-AI/MeiGen-MultiTalk"
+WAV2VEC_REPO = "TencentGameMate/chinese-wav2vec2-base"
+DIT_INDEX = "diffusion_pytorch_model.safetensors.index.json"
+MULTITALK_FILE = "multitalk.safetensors"
+
+_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+}
+# What each component is made of, for the model card and the report.
+_SOURCES = {
+    "transformer": "{wan}/diffusion_pytorch_model-*.safetensors (Wan2.1-I2V DiT) + {multitalk}/multitalk.safetensors "
+    "(audio adapter), keys renamed to diffusers' Wan names",
+    "text_encoder": "{wan}/models_t5_umt5-xxl-enc-bf16.pth (Wan's umT5-XXL encoder) -> transformers UMT5EncoderModel",
+    "image_encoder": "{wan}/models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth, vision tower (visual.*) only -> "
+    "transformers CLIPVisionModel",
+    "vae": "{wan}/Wan2.1_VAE.pth -> diffusers AutoencoderKLWan",
+    "tokenizer": "{wan}/google/umt5-xxl",
+    "scheduler": "MultiTalk's flow-matching schedule (FlowMatchEulerDiscreteScheduler, shift applied per call)",
+    "audio_encoder": "{wav2vec} (transformers Wav2Vec2Model)",
+    "audio_feature_extractor": "{wav2vec} (Wav2Vec2FeatureExtractor)",
+}
+
+
+def _dtype(value) -> torch.dtype:
+    if isinstance(value, torch.dtype):
+        return value
+    if isinstance(value, str) and value.lower().removeprefix("torch.") in _DTYPES:
+        return _DTYPES[value.lower().removeprefix("torch.")]
+    raise ValueError(f"Unknown dtype {value!r}; use one of {sorted(set(_DTYPES))} or a torch.dtype.")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# checks
+# ----------------------------------------------------------------------------------------------------------------
+def check_original_folders(wan_dir, multitalk_dir=None, wav2vec_dir=None) -> list[str]:
+    """Every problem with the three official folders, each naming the missing file and the command that downloads
+    it; empty when a conversion (or `WanMultiTalkPipeline.from_original`) can start. Reads only file names and the
+    DiT index."""
+    from ..audio.encoder import WAV2VEC_DOWNLOAD_HINT
+    from .wan_components import WAN_CLIP_CHECKPOINT, WAN_T5_CHECKPOINT, WAN_UMT5_TOKENIZER_DIR, WAN_VAE_CHECKPOINT
+
+    wan_dir = Path(wan_dir)
+    wan_repo = WAN_REPO_720 if "720" in wan_dir.name else WAN_REPO
+    wan_hint = f"`huggingface-cli download {wan_repo} --local-dir {wan_dir}`"
+    multitalk_hint = f"`huggingface-cli download {MULTITALK_REPO} --local-dir {multitalk_dir or '<multitalk_dir>'}`"
+    problems = []
+    if not wan_dir.is_dir():
+        problems.append(f"The Wan folder {wan_dir} does not exist. Download it with {wan_hint}.")
+    else:
+        for name in ("config.json", WAN_T5_CHECKPOINT, WAN_CLIP_CHECKPOINT, WAN_VAE_CHECKPOINT):
+            if not (wan_dir / name).is_file():
+                problems.append(
+                    f"{wan_dir / name} is missing. Download it with "
+                    f"`huggingface-cli download {wan_repo} {name} --local-dir {wan_dir}`."
+                )
+        tokenizer = wan_dir / WAN_UMT5_TOKENIZER_DIR
+        if not (tokenizer / "tokenizer.json").is_file() and not (tokenizer / "spiece.model").is_file():
+            problems.append(
+                f"The umT5 tokenizer {tokenizer}/ is missing or empty. Download it with "
+                f"`huggingface-cli download {wan_repo} --include '{WAN_UMT5_TOKENIZER_DIR}/*' --local-dir {wan_dir}`."
+            )
+        index = wan_dir / DIT_INDEX
+        linked = (wan_dir / MULTITALK_FILE).exists()
+        shards = []
+        if index.is_file():
+            with open(index) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+            for name in shards:
+                if not (wan_dir / name).exists():
+                    hint = multitalk_hint if name == MULTITALK_FILE else wan_hint
+                    problems.append(f"{wan_dir / name} (named by {index.name}) is missing. Download it with {hint}.")
+        elif not list(wan_dir.glob("diffusion_pytorch_model*.safetensors")):
+            problems.append(
+                f"{wan_dir} holds no DiT shards (diffusion_pytorch_model-*.safetensors). Download them with {wan_hint}."
+            )
+        if not linked and MULTITALK_FILE not in shards:
+            if multitalk_dir is None:
+                problems.append(
+                    f"The MultiTalk audio weights are neither linked into {wan_dir} nor given: pass the "
+                    f"MeiGen-MultiTalk folder (multitalk_dir / --multitalk_dir). Download it with {multitalk_hint}."
+                )
+            elif not (Path(multitalk_dir) / MULTITALK_FILE).is_file():
+                missing = Path(multitalk_dir) / MULTITALK_FILE
+                problems.append(f"{missing} is missing. Download it with {multitalk_hint}.")
+    wav2vec_hint = WAV2VEC_DOWNLOAD_HINT.replace("{dir}", str(wav2vec_dir or "<wav2vec_dir>"))
+    if wav2vec_dir is None or not Path(wav2vec_dir).is_dir():
+        problems.append(f"The wav2vec2 folder {wav2vec_dir!r} does not exist. {wav2vec_hint}")
+    else:
+        wav2vec_dir = Path(wav2vec_dir)
+        for name in ("config.json", "preprocessor_config.json"):
+            if not (wav2vec_dir / name).is_file():
+                problems.append(f"{wav2vec_dir / name} is missing. {wav2vec_hint}")
+        if not any((wav2vec_dir / n).is_file() for n in ("model.safetensors", "pytorch_model.bin")):
+            problems.append(f"{wav2vec_dir} has no weights (model.safetensors). {wav2vec_hint}")
+    return problems
+
+
+def _check_output(output_dir: Path, force: bool, sources: list[Path]) -> None:
+    resolved = output_dir.resolve()
+    for source in sources:
+        source = source.resolve()
+        if resolved == source or resolved in source.parents or source in resolved.parents:
+            raise ValueError(f"output_dir {output_dir} overlaps the source {source}; choose another folder.")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"output_dir {output_dir} exists and is not a folder.")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not force:
+        raise FileExistsError(
+            f"output_dir {output_dir} exists and is not empty; pass force=True (--force) to replace it."
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# report, model card, verification
+# ----------------------------------------------------------------------------------------------------------------
+def _component_stats(folder: Path, index: dict) -> dict:
+    from safetensors import safe_open
+
+    stats = {}
+    for name, entry in sorted(index.items()):
+        if name.startswith("_") or not isinstance(entry, list) or entry[0] is None:
+            continue
+        sub = folder / name
+        files = sorted(p for p in sub.rglob("*") if p.is_file())
+        info = {
+            "library": entry[0],
+            "class": entry[1],
+            "files": [str(p.relative_to(sub)) for p in files],
+            "bytes": sum(p.stat().st_size for p in files),
+        }
+        weights = [p for p in files if p.suffix == ".safetensors"]
+        if weights:
+            num_tensors, num_parameters, dtypes = 0, 0, {}
+            for file in weights:
+                with safe_open(str(file), framework="pt") as f:
+                    for key in f.keys():
+                        tensor = f.get_slice(key)
+                        shape = tensor.get_shape()
+                        count = 1
+                        for d in shape:
+                            count *= d
+                        num_tensors += 1
+                        num_parameters += count
+                        dtype = str(tensor.get_dtype())
+                        dtypes[dtype] = dtypes.get(dtype, 0) + 1
+            info.update(num_tensors=num_tensors, num_parameters=num_parameters, tensor_dtypes=dtypes)
+        stats[name] = info
+    return stats
+
+
+def _load_component(folder: Path, name: str, library: str, class_name: str, dtype: torch.dtype | None):
+    import importlib
+
+    from diffusers import ModelMixin
+
+    from ..integration import LIBRARY_NAME
+
+    module = importlib.import_module(LIBRARY_NAME if library.split(".")[0] == LIBRARY_NAME else library)
+    cls = getattr(module, class_name)
+    if issubclass(cls, ModelMixin):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # diffusers >= 0.42 prefers `dtype=`; older ones lack it
+            return cls.from_pretrained(folder / name, torch_dtype=dtype)
+    import transformers
+    from packaging import version
+
+    key = "dtype" if version.parse(transformers.__version__) >= version.parse("4.56") else "torch_dtype"
+    return cls.from_pretrained(folder / name, **{key: dtype})
+
+
+def verify_saved_pipeline(folder, pipe) -> dict:
+    """Reloads every weight component of the saved `folder` (one at a time, with the class its model_index entry
+    names) and compares each parameter and buffer with `pipe`'s, exactly. Raises `ValueError` on any difference;
+    returns per-component counts and the largest absolute difference (0.0)."""
+    folder = Path(folder)
+    with open(folder / "model_index.json") as f:
+        index = json.load(f)
+    results = {}
+    for name, entry in sorted(index.items()):
+        module = getattr(pipe, name, None)
+        if name.startswith("_") or not isinstance(module, torch.nn.Module):
+            continue
+        expected = module.state_dict()
+        # Reload in the dtype most of its tensors have (modules kept in float32 stay so either way).
+        counts = Counter(t.dtype for t in expected.values() if t.is_floating_point())
+        dtype = counts.most_common(1)[0][0] if counts else None
+        reloaded = _load_component(folder, name, entry[0], entry[1], dtype).state_dict()
+        problems, max_diff, dtype_changes = [], 0.0, 0
+        if set(reloaded) != set(expected):
+            problems.append(f"keys differ: {sorted(set(reloaded) ^ set(expected))[:8]}")
+        for key in sorted(set(reloaded) & set(expected)):
+            a, b = reloaded[key], expected[key]
+            if a.shape != b.shape:
+                problems.append(f"{key}: shape {tuple(a.shape)} vs {tuple(b.shape)}")
+                continue
+            if a.dtype != b.dtype:
+                # e.g. transformers keeps T5's `wo` in float32: a lossless upcast, compared in float32.
+                dtype_changes += 1
+                a, b = a.float(), b.float()
+            if not torch.equal(a, b):
+                diff = (a.double() - b.double()).abs().max().item() if a.is_floating_point() else float("inf")
+                max_diff = max(max_diff, diff)
+                problems.append(f"{key}: max |diff| {diff:.3g}")
+        del reloaded
+        if problems:
+            raise ValueError(f"Verification of {folder / name} failed: " + "; ".join(problems[:8]))
+        results[name] = {"num_tensors": len(expected), "max_abs_diff": max_diff, "dtype_changes": dtype_changes}
+    return {"ok": True, "components": results, "max_abs_diff": max(r["max_abs_diff"] for r in results.values())}
+
+
+def model_card(report: dict, repo_id: str | None = None) -> str:
+    """The `README.md` of a converted folder: YAML front matter (library, pipeline tag, base models, license, tags),
+    usage for both loading routes and what was converted from what."""
+    from huggingface_hub import ModelCardData
+
+    from ..integration import REMOTE_CODE_FILE
+
+    data = ModelCardData(
+        library_name="diffusers",
+        pipeline_tag="image-to-video",
+        license="apache-2.0",
+        base_model=[report["sources"]["wan_repo"], MULTITALK_REPO],
+        tags=["diffusers", "diffusers-multitalk", "WanMultiTalkPipeline", "multitalk", "wan", "audio-driven",
+              "talking-head", "image-to-video"],
+    )
+    where = repo_id or "path/to/this/folder"
+    dtype = report["torch_dtype"]
+    dtypes = f'dtypes = {{"default": torch.{dtype}, "vae": torch.float32, "audio_encoder": torch.float32}}'
+    rows = "\n".join(
+        f"| `{name}` | `{c['library']}.{c['class']}` | {c.get('num_tensors', '-')} | "
+        f"{', '.join(sorted(c.get('tensor_dtypes', {}))) or '-'} | {c['bytes'] / 2**20:,.1f} MiB | {c['source']} |"
+        for name, c in report["components"].items()
+    )
+    lora = report["sources"].get("lora_path")
+    lora_text = (
+        f"\nA LoRA was fused into the transformer before saving: `{Path(lora).name}` at scale "
+        f"{report['sources']['lora_scale']}.\n"
+        if lora
+        else ""
+    )
+    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
+    remote = (
+        f"""
+Without the package, the pipeline code bundled in this repository (`{REMOTE_CODE_FILE}` and `multitalk_*.py`, a copy of
+diffusers-multitalk {report['versions']['diffusers_multitalk']}) can be run as remote code. It imports
+{', '.join(report.get('remote_code_requirements') or [])}.
+
+```py
+import torch
+from diffusers import DiffusionPipeline
+
+{dtypes}
+pipe = DiffusionPipeline.from_pretrained(
+    "{where}", custom_pipeline="pipeline", trust_remote_code=True, torch_dtype=dtypes
+).to("cuda")
+```
+"""
+        if report.get("remote_code_files")
+        else ""
+    )
+    body = f"""
+# MultiTalk ({Path(report['sources']['wan_dir']).name}) for diffusers
+
+[MultiTalk](https://github.com/MeiGen-AI/MultiTalk) ("Let Them Talk": audio-driven multi-person conversational
+video, built on Wan2.1-I2V-14B) converted to the diffusers format, for the `WanMultiTalkPipeline` of
+diffusers-multitalk. The transformer and the text and image encoders are stored in {dtype}, the VAE and wav2vec2 in
+float32 (as MultiTalk runs them); the `torch_dtype` mapping below keeps it so (without one, diffusers would load the
+transformer in float32).
+
+## Usage
+
+```bash
+pip install diffusers-multitalk
+```
+
+```py
+import torch
+from diffusers import DiffusionPipeline
+import diffusers_multitalk  # registers WanMultiTalkPipeline and MultiTalkTransformer3DModel with diffusers
+
+{dtypes}
+pipe = DiffusionPipeline.from_pretrained("{where}", torch_dtype=dtypes).to("cuda")
+# or: pipe = diffusers_multitalk.WanMultiTalkPipeline.from_pretrained("{where}", torch_dtype=dtypes).to("cuda")
+out = pipe(image="podcast.png", audio=["host.wav", "guest.wav"], prompt="Two people talk in a studio.")
+diffusers_multitalk.export_to_video_with_audio(out.frames[0], out.audio, "podcast.mp4", fps=25)
+```
+
+`import diffusers_multitalk` is needed before `DiffusionPipeline.from_pretrained`: diffusers resolves the pipeline
+class (`_class_name: WanMultiTalkPipeline`) and the transformer (`["diffusers_multitalk",
+"MultiTalkTransformer3DModel"]`) only among names it knows, and the import registers them.
+{remote}
+## Conversion
+
+Converted with diffusers-multitalk's `convert_original_to_diffusers` on {report['created']} ({versions}) from:
+
+- [{report['sources']['wan_repo']}](https://huggingface.co/{report['sources']['wan_repo']}) (Apache-2.0): the DiT,
+  umT5 text encoder, CLIP image encoder, VAE and tokenizer;
+- [{MULTITALK_REPO}](https://huggingface.co/{MULTITALK_REPO}) (Apache-2.0): `multitalk.safetensors`, the audio
+  adapter (audio_proj, per-block audio cross-attention and norms);
+- [{WAV2VEC_REPO}](https://huggingface.co/{WAV2VEC_REPO}) (see its model card for its license): the speech encoder.
+{lora_text}
+| component | class | tensors | dtypes | size | converted from |
+|---|---|---|---|---|---|
+{rows}
+
+Every component was reloaded after saving and compared with the converted weights: identical
+(largest difference {report['verification']['max_abs_diff'] if report.get('verification') else 'not checked'}).
+`{CONVERSION_REPORT}` holds the details.
+"""
+    return f"---\n{data.to_yaml()}\n---\n{body}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# conversion
+# ----------------------------------------------------------------------------------------------------------------
+def _versions() -> dict:
+    import diffusers
+    import transformers
+
+    from .. import __version__
+
+    return {
+        "diffusers_multitalk": __version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__.split("+")[0],
+    }
+
+
+def _fuse_lora(pipe, lora_path: Path, lora_scale: float) -> None:
+    adapter = "converted_lora"
+    if lora_path.is_file():
+        pipe.load_lora_weights(str(lora_path.parent), weight_name=lora_path.name, adapter_name=adapter)
+    else:
+        pipe.load_lora_weights(str(lora_path), adapter_name=adapter)
+    pipe.fuse_lora(components=["transformer"], lora_scale=lora_scale, adapter_names=[adapter])
+    pipe.unload_lora_weights()
+
+
+def convert_original_to_diffusers(
+    wan_dir,
+    multitalk_dir=None,
+    wav2vec_dir=None,
+    output_dir=None,
+    torch_dtype: torch.dtype | str = torch.bfloat16,
+    lora_path=None,
+    lora_scale: float = 1.0,
+    force: bool = False,
+    push_to_hub: str | None = None,
+    max_shard_size: int | str = "5GB",
+    verify: bool = True,
+    remote_code: bool = True,
+    private: bool | None = None,
+    token: str | None = None,
+    **aliases,
+) -> dict:
+    """Converts the official folders into one diffusers pipeline folder; returns the conversion report.
+
+    Args:
+        wan_dir / multitalk_dir / wav2vec_dir: `Wan2.1-I2V-14B-480P/` (or 720P), `MeiGen-MultiTalk/` (not needed if
+            linked into `wan_dir` as MultiTalk's README does) and `chinese-wav2vec2-base/`.
+        output_dir: the folder to write. An existing non-empty folder is replaced only with `force=True`.
+        torch_dtype: dtype of the transformer, text and image encoders ("bfloat16", "float16", "float32" or a
+            torch.dtype); the VAE and wav2vec2 stay float32.
+        lora_path / lora_scale: a LoRA (file or folder, e.g. a step-distillation LoRA in Wan's naming) fused into the
+            transformer before saving.
+        push_to_hub: a Hub repo id to upload the result to (`HfApi.create_repo` + `upload_folder`), with `private`
+            and `token`.
+        max_shard_size: largest safetensors shard.
+        verify: reload every component from the written folder and compare its parameters (one component at a time:
+            peak memory is the pipeline plus its largest component).
+        remote_code: also write `pipeline.py` and the bundled `multitalk_*.py` modules (see
+            `diffusers_multitalk.integration`).
+        aliases: `dtype=` and `lora_dir=` (the `multitalk convert` flag names) for `torch_dtype` / `lora_path`.
+
+    The report (also saved as `conversion_report.json`) lists, per component, its class, source, tensor count,
+    parameter count, dtypes, files and bytes, plus the verification result and, after a push, the repo URL.
+    """
+    from ..integration import bundled_requirements, make_model_index_portable, write_remote_code
+    from ..pipelines.pipeline_wan_multitalk import WanMultiTalkPipeline
+
+    for alias, name in (("dtype", "torch_dtype"), ("lora_dir", "lora_path")):
+        if alias in aliases:
+            value = aliases.pop(alias)
+            if value is not None:
+                if name == "torch_dtype":
+                    torch_dtype = value
+                elif lora_path is not None:
+                    raise TypeError("Pass lora_path or lora_dir, not both.")
+                else:
+                    lora_path = value
+    if aliases:
+        raise TypeError(f"Unexpected arguments: {sorted(aliases)}")
+    if output_dir is None:
+        raise TypeError("output_dir is required.")
+    torch_dtype = _dtype(torch_dtype)
+    output_dir = Path(output_dir).expanduser()
+    wan_dir = Path(wan_dir).expanduser()
+    sources = [p for p in (wan_dir, multitalk_dir, wav2vec_dir, lora_path) if p is not None]
+    _check_output(output_dir, force, [Path(p).expanduser() for p in sources])
+    problems = check_original_folders(wan_dir, multitalk_dir, wav2vec_dir)
+    if lora_path is not None and not Path(lora_path).exists():
+        problems.append(f"The LoRA {lora_path} does not exist.")
+    if problems:
+        raise FileNotFoundError("Cannot convert:\n- " + "\n- ".join(problems))
+
+    pipe = WanMultiTalkPipeline.from_original(wan_dir, multitalk_dir, wav2vec_dir, torch_dtype=torch_dtype)
+    if lora_path is not None:
+        _fuse_lora(pipe, Path(lora_path), lora_scale)
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:8]
+    partial = output_dir.parent / f".{output_dir.name}.partial-{tag}"
+    try:
+        pipe.save_pretrained(partial, safe_serialization=True, max_shard_size=max_shard_size)
+        index = make_model_index_portable(partial)
+        remote_files = write_remote_code(partial) if remote_code else []
+        requirements = bundled_requirements() if remote_code else []
+        names = {
+            "wan": wan_dir.name,
+            "multitalk": Path(multitalk_dir).name if multitalk_dir is not None else wan_dir.name,
+            "wav2vec": Path(wav2vec_dir).name,
+        }
+        components = _component_stats(partial, index)
+        for name, info in components.items():
+            info["source"] = _SOURCES.get(name, "").format(**names)
+        report = {
+            "format": "diffusers-multitalk conversion report",
+            "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "pipeline_class": type(pipe).__name__,
+            "torch_dtype": _dtype_name(torch_dtype),
+            "sources": {
+                "wan_dir": str(wan_dir.resolve()),
+                "wan_repo": WAN_REPO_720 if "720" in wan_dir.name else WAN_REPO,
+                "multitalk_dir": str(Path(multitalk_dir).resolve()) if multitalk_dir is not None else None,
+                "wav2vec_dir": str(Path(wav2vec_dir).resolve()),
+                "lora_path": str(Path(lora_path).resolve()) if lora_path is not None else None,
+                "lora_scale": lora_scale if lora_path is not None else None,
+            },
+            "versions": _versions(),
+            "max_shard_size": max_shard_size,
+            "components": components,
+            "num_tensors": sum(c.get("num_tensors", 0) for c in components.values()),
+            "total_bytes": sum(c["bytes"] for c in components.values()),
+            "remote_code_files": remote_files,
+            "remote_code_requirements": requirements,
+            "verification": verify_saved_pipeline(partial, pipe) if verify else None,
+        }
+        with open(partial / CONVERSION_REPORT, "w") as f:
+            json.dump(report, f, indent=2)
+        (partial / "README.md").write_text(model_card(report, push_to_hub), encoding="utf-8")
+        _move_into_place(partial, output_dir, tag)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    report["output_dir"] = str(output_dir)
+
+    if push_to_hub:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        url = api.create_repo(push_to_hub, private=private, exist_ok=True, repo_type="model")
+        repo_id = url.repo_id if isinstance(getattr(url, "repo_id", None), str) else push_to_hub
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(output_dir),
+            repo_type="model",
+            commit_message=f"MultiTalk for diffusers ({report['torch_dtype']}), converted by diffusers-multitalk",
+        )
+        report["hub"] = {"repo_id": repo_id, "url": str(url), "commit": str(getattr(commit, "commit_url", commit))}
+    return report
+
+
+def _move_into_place(partial: Path, output_dir: Path, tag: str) -> None:
+    """Renames the finished folder to `output_dir`; an existing one (force) is moved aside first and deleted only
+    once the new one is in place."""
+    if not output_dir.exists():
+        os.replace(partial, output_dir)
+        return
+    old = output_dir.parent / f".{output_dir.name}.replaced-{tag}"
+    os.replace(output_dir, old)
+    try:
+        os.replace(partial, output_dir)
+    except BaseException:
+        os.replace(old, output_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,184 @@
+"""Test helpers: the tiny random pipeline written out as the official download folders, in their original layouts.
+
+`write_tiny_original_folders(root)` gives the three folders a user downloads (`Wan2.1-I2V-14B-480P/`,
+`MeiGen-MultiTalk/`, `chinese-wav2vec2-base/`) with the file names, key names and formats of the real releases, but
+holding the weights of `make_tiny_components(seed)`. `WanMultiTalkPipeline.from_original` on them rebuilds exactly
+those components, so the whole original-checkpoint path (loaders, converter, `multitalk convert`) can be tested on a
+CPU in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .loaders.transformer_original import convert_multitalk_transformer_to_original
+from .loaders.wan_components import (
+    WAN_CLIP_CHECKPOINT,
+    WAN_T5_CHECKPOINT,
+    WAN_UMT5_TOKENIZER_DIR,
+    WAN_VAE_CHECKPOINT,
+    convert_clip_vision_to_original,
+    convert_umt5_encoder_to_original,
+    convert_vae_to_original,
+)
+
+
+__all__ = [
+    "WAN_DIR_NAME",
+    "MULTITALK_DIR_NAME",
+    "WAV2VEC_DIR_NAME",
+    "write_tiny_original_folders",
+    "wan_original_config",
+]
+
+WAN_DIR_NAME = "Wan2.1-I2V-14B-480P"
+MULTITALK_DIR_NAME = "MeiGen-MultiTalk"
+WAV2VEC_DIR_NAME = "chinese-wav2vec2-base"
+DIT_INDEX = "diffusion_pytorch_model.safetensors.index.json"
+MULTITALK_FILE = "multitalk.safetensors"
+NUM_DIT_SHARDS = 2
+
+
+def _is_audio_key(original_key: str) -> bool:
+    """Keys that MeiGen-MultiTalk's `multitalk.safetensors` holds (the rest are Wan2.1-I2V's)."""
+    return original_key.startswith("audio_proj.") or ".audio_cross_attn." in original_key or ".norm_x." in original_key
+
+
+def wan_original_config(transformer_config) -> dict:
+    """Wan's `config.json` for a `MultiTalkTransformer3DModel` config, as the Wan2.1 release writes it, plus the
+    audio-adapter fields that differ from MultiTalk's defaults (the real release needs none: its wav2vec2 is
+    12 x 768 and the adapter sizes are read off the weights)."""
+    c = dict(transformer_config)
+    dim = c["num_attention_heads"] * c["attention_head_dim"]
+    config = {
+        "_class_name": "WanModel",
+        "_diffusers_version": "0.30.0",
+        "model_type": "i2v",
+        "patch_size": list(c["patch_size"]),
+        "text_len": 512,
+        "in_dim": c["in_channels"],
+        "dim": dim,
+        "ffn_dim": c["ffn_dim"],
+        "freq_dim": c["freq_dim"],
+        "text_dim": c["text_dim"],
+        "out_dim": c["out_channels"],
+        "num_heads": c["num_attention_heads"],
+        "num_layers": c["num_layers"],
+        "window_size": [-1, -1],
+        "qk_norm": True,
+        "cross_attn_norm": c["cross_attn_norm"],
+        "eps": c["eps"],
+    }
+    defaults = {"audio_layers": 12, "audio_channels": 768, "class_range": 24, "class_interval": 4}
+    for name, default in defaults.items():
+        if c[name] != default:
+            config[name] = c[name]
+    return config
+
+
+def _clip_extras(hidden: int, seed: int) -> dict[str, torch.Tensor]:
+    """What the real CLIP file holds beside the vision tower: a (toy) XLM-RoBERTa text tower, `log_scale` and the
+    visual projection head. The loader ignores them; they are here so the file looks like the real one."""
+    g = torch.Generator().manual_seed(seed + 1)
+    text_dim, embed_dim, vocab, length, ffn = 32, 32, 64, 16, 128
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g) * 0.02
+
+    extras = {
+        "log_scale": torch.tensor(4.6052),
+        "visual.head": rand(hidden, embed_dim),
+        "textual.token_embedding.weight": rand(vocab, text_dim),
+        "textual.type_embedding.weight": rand(1, text_dim),
+        "textual.pos_embedding.weight": rand(length, text_dim),
+        "textual.norm.weight": torch.ones(text_dim),
+        "textual.norm.bias": torch.zeros(text_dim),
+        "textual.head.0.weight": rand(text_dim, text_dim),
+        "textual.head.2.weight": rand(embed_dim, text_dim),
+    }
+    block = "textual.blocks.0."
+    for name in ("q", "k", "v", "o"):
+        extras[f"{block}attn.{name}.weight"] = rand(text_dim, text_dim)
+        extras[f"{block}attn.{name}.bias"] = torch.zeros(text_dim)
+    for name in ("norm1", "norm2"):
+        extras[f"{block}{name}.weight"] = torch.ones(text_dim)
+        extras[f"{block}{name}.bias"] = torch.zeros(text_dim)
+    extras[f"{block}ffn.0.weight"] = rand(ffn, text_dim)
+    extras[f"{block}ffn.0.bias"] = torch.zeros(ffn)
+    extras[f"{block}ffn.2.weight"] = rand(text_dim, ffn)
+    extras[f"{block}ffn.2.bias"] = torch.zeros(text_dim)
+    return extras
+
+
+def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # Fresh, contiguous tensors: torch.save would otherwise store whole shared storages (e.g. CLIP's q/k/v views).
+    return {k: v.detach().contiguous().clone() for k, v in sd.items()}
+
+
+def _write_index(path: Path, weight_map: dict[str, str], tensors: dict[str, torch.Tensor]) -> None:
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    with open(path, "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, f, indent=2)
+
+
+def write_tiny_original_folders(root: str | os.PathLike, seed: int = 0) -> dict[str, Path]:
+    """Writes `make_tiny_components(seed)` as the three official folders, in their original layouts.
+
+    * `Wan2.1-I2V-14B-480P/`: Wan's `config.json`, the DiT's base weights in Wan's names split over
+      `diffusion_pytorch_model-0000N-of-00002.safetensors` with Wan's own index, `models_t5_umt5-xxl-enc-bf16.pth`,
+      `models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth` (`visual.*` plus a toy `textual.*`, `log_scale`),
+      `Wan2.1_VAE.pth` and the tokenizer in `google/umt5-xxl/`.
+    * `MeiGen-MultiTalk/`: `multitalk.safetensors` (audio_proj.*, blocks.N.audio_cross_attn.*, blocks.N.norm_x.*) and
+      its `diffusion_pytorch_model.safetensors.index.json` naming every key (base keys -> the Wan shards, audio keys ->
+      multitalk.safetensors), which MultiTalk's README links into the Wan folder.
+    * `chinese-wav2vec2-base/`: `save_pretrained` of the wav2vec2 model and its feature extractor.
+
+    Everything is stored in float32 (the real T5 is bfloat16), so the reloaded components equal the tiny ones bit for
+    bit. Returns `dict(wan_dir=..., multitalk_dir=..., wav2vec_dir=...)`.
+    """
+    from .tiny import make_tiny_components
+
+    root = Path(root)
+    components = make_tiny_components(seed)
+    wan_dir, multitalk_dir, wav2vec_dir = root / WAN_DIR_NAME, root / MULTITALK_DIR_NAME, root / WAV2VEC_DIR_NAME
+    for folder in (wan_dir, multitalk_dir, wav2vec_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+
+    # DiT: Wan's base keys in shards, the audio adapter in multitalk.safetensors.
+    transformer = components["transformer"]
+    dit = _contiguous(convert_multitalk_transformer_to_original(transformer.state_dict()))
+    base = {k: v for k, v in dit.items() if not _is_audio_key(k)}
+    audio = {k: v for k, v in dit.items() if _is_audio_key(k)}
+    with open(wan_dir / "config.json", "w") as f:
+        json.dump(wan_original_config(transformer.config), f, indent=2)
+    names = sorted(base)
+    shard_names = [
+        f"diffusion_pytorch_model-{i + 1:05d}-of-{NUM_DIT_SHARDS:05d}.safetensors" for i in range(NUM_DIT_SHARDS)
+    ]
+    per_shard = -(-len(names) // NUM_DIT_SHARDS)
+    base_map = {}
+    for i, shard in enumerate(shard_names):
+        keys = names[i * per_shard : (i + 1) * per_shard]
+        save_file({k: base[k] for k in keys}, str(wan_dir / shard), metadata={"format": "pt"})
+        base_map.update(dict.fromkeys(keys, shard))
+    _write_index(wan_dir / DIT_INDEX, base_map, base)
+    save_file(audio, str(multitalk_dir / MULTITALK_FILE), metadata={"format": "pt"})
+    _write_index(multitalk_dir / DIT_INDEX, {**base_map, **dict.fromkeys(audio, MULTITALK_FILE)}, dit)
+
+    # Text encoder, CLIP, VAE: Wan's own module layouts, as plain torch.save state dicts.
+    t5 = convert_umt5_encoder_to_original(components["text_encoder"].state_dict())
+    torch.save(_contiguous(t5), wan_dir / WAN_T5_CHECKPOINT)
+    clip = convert_clip_vision_to_original(components["image_encoder"].state_dict())
+    clip.update(_clip_extras(components["image_encoder"].config.hidden_size, seed))
+    torch.save(_contiguous(clip), wan_dir / WAN_CLIP_CHECKPOINT)
+    torch.save(_contiguous(convert_vae_to_original(components["vae"].state_dict())), wan_dir / WAN_VAE_CHECKPOINT)
+    components["tokenizer"].save_pretrained(wan_dir / WAN_UMT5_TOKENIZER_DIR)
+
+    components["audio_encoder"].save_pretrained(wav2vec_dir, safe_serialization=True)
+    components["audio_feature_extractor"].save_pretrained(wav2vec_dir)
+    return dict(wan_dir=wan_dir, multitalk_dir=multitalk_dir, wav2vec_dir=wav2vec_dir)
