@@ -315,6 +315,14 @@ def test_audio_mode_decides_required_block(tmp_path):
     with pytest.raises(InputJSONError) as info:
         validate_input(tts_only, base_dir=tmp_path, audio_mode="tts")
     text = "\n".join(info.value.problems)
+    # no Kokoro-82M folder here: a missing voice file is not an error (espeak-ng speaks instead) ...
+    assert "human2_voice" not in text.replace("has no human3_voice", "")
+    # ... but inside a Kokoro folder with its weights, it is
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "kokoro-v1_0.pth").write_bytes(b"")
+    with pytest.raises(InputJSONError) as info:
+        validate_input(tts_only, base_dir=tmp_path, audio_mode="tts")
+    text = "\n".join(info.value.problems)
     assert "$.tts_audio.human2_voice: 'voices/missing.pt' does not exist" in text
     assert "$.tts_audio.humn3_voice: unknown key; did you mean 'human3_voice'?" in text
     assert "$.tts_audio.text: turn (s3) has no human3_voice" in text
@@ -401,18 +409,24 @@ def test_load_pipeline_tiny_with_lora_and_t5_cpu(tmp_path):
 
 
 def test_tts_mode(monkeypatch, tmp_path):
-    # no TTS module: a clear error
-    monkeypatch.setitem(sys.modules, "diffusers_multitalk.audio.tts", None)
-    with pytest.raises(CLIError, match="no TTS module"):
-        cli.synthesize_tts({"text": "hi", "human1_voice": "af_heart"})
-    # a TTS module: its tracks become the persons' audio, mixed as they are laid out ("para")
-    fake = types.ModuleType("diffusers_multitalk.audio.tts")
-    fake.tts_from_json_block = lambda block: [np.ones(800, np.float32), np.ones(800, np.float32)]
-    monkeypatch.setitem(sys.modules, "diffusers_multitalk.audio.tts", fake)
+    from diffusers_multitalk.audio import tts as tts_module
+
+    # the TTS result's tracks become the persons' audio, mixed as they are laid out ("para")
+    def fake_tts(block):
+        tracks = [np.ones(800, np.float32), np.zeros(800, np.float32)]
+        return tts_module.TTSResult(tracks=tracks, mixed=tracks[0] + tracks[1], engine="fake")
+
+    monkeypatch.setattr(tts_module, "tts_from_json_block", fake_tts)
     tracks = cli.synthesize_tts({"text": "(s1) hi (s2) yo", "human1_voice": "a", "human2_voice": "b"})
     assert list(tracks) == ["person1", "person2"] and tracks["person1"][1] == 16000
+    assert tracks["person1"][0].sum() == 800 and tracks["person2"][0].sum() == 0
     kwargs = build_generation_kwargs(parse("--audio_mode tts"), {"prompt": "p", "cond_image": "i.png", "cond_audio": tracks, "audio_type": "add"})
     assert kwargs["audio_type"] == "para" and len(kwargs["audio"]) == 2
+
+    # a TTS problem (here: an empty text) is a CLI error that names the field
+    monkeypatch.undo()
+    with pytest.raises(CLIError, match="tts_audio.text is missing or empty"):
+        cli.synthesize_tts({"text": " ", "human1_voice": "a"})
 
 
 # ----------------------------------------------------------------------------------------------------------------

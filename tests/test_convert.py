@@ -160,19 +160,21 @@ def test_save_pretrained_round_trips(tmp_path):
     pipe = make_tiny_pipeline(seed=3)
     pipe.save_pretrained(tmp_path / "plain")
     index = json.loads((tmp_path / "plain" / "model_index.json").read_text())
-    # diffusers records a third-party class under its module path; it resolves through sys.modules (local folders).
-    assert index["transformer"] == ["diffusers_multitalk.models.transformer_multitalk", "MultiTalkTransformer3DModel"]
+    # the pipeline writes the portable entry itself (diffusers would record the module path, which Hub downloads
+    # reject); converted folders get the same
+    assert index["transformer"] == ["diffusers_multitalk", "MultiTalkTransformer3DModel"]
+    assert index["_class_name"] == "WanMultiTalkPipeline" and index["vae"] == ["diffusers", "AutoencoderKLWan"]
+    assert integration.make_model_index_portable(tmp_path / "plain") == index
     reloaded = DiffusionPipeline.from_pretrained(tmp_path / "plain")
     assert type(reloaded) is WanMultiTalkPipeline
     assert_same_weights(reloaded, pipe)
     assert torch.equal(generate(reloaded), generate(pipe))
 
-    assert integration.make_model_index_portable(tmp_path / "plain")["transformer"] == [
-        "diffusers_multitalk", "MultiTalkTransformer3DModel"
-    ]
-    portable = DiffusionPipeline.from_pretrained(tmp_path / "plain")
-    assert_same_weights(portable, pipe)
-    portable.save_pretrained(tmp_path / "again")
+    # a folder written by plain diffusers (module path) still loads locally, through sys.modules
+    index["transformer"] = ["diffusers_multitalk.models.transformer_multitalk", "MultiTalkTransformer3DModel"]
+    (tmp_path / "plain" / "model_index.json").write_text(json.dumps(index))
+    assert_same_weights(DiffusionPipeline.from_pretrained(tmp_path / "plain"), pipe)
+    reloaded.save_pretrained(tmp_path / "again")
     assert_same_weights(WanMultiTalkPipeline.from_pretrained(tmp_path / "again"), pipe)
 
 

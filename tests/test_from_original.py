@@ -218,19 +218,21 @@ def test_missing_file_is_named_before_loading(tmp_path, nothing_heavy, folder, n
 
 
 MISSING_LATE = [("wan_dir", "google/umt5-xxl/tokenizer.json"), ("wav2vec_dir", "model.safetensors")]
+NAMED_AS = {"google/umt5-xxl/tokenizer.json": "umT5 tokenizer", "model.safetensors": "no weights (model.safetensors)"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="from_original looks for the tokenizer folder and the wav2vec2 weights only after loading the DiT; "
-    "check_original_folders (the converter's check) reports them first",
-)
 @pytest.mark.parametrize("folder, name", MISSING_LATE)
 def test_late_checked_files_are_named_before_loading(tmp_path, nothing_heavy, folder, name):
+    """Files the loaders would only miss after the DiT has loaded are reported up front, all at once."""
     folders = write_tiny_original_folders(tmp_path, seed=0)
     os.remove(folders[folder] / name)
-    with pytest.raises(FileNotFoundError, match=re.escape(os.path.basename(name))):
+    os.remove(folders["wan_dir"] / "Wan2.1_VAE.pth")
+    with pytest.raises(FileNotFoundError) as err:
         WanMultiTalkPipeline.from_original(**folders)
+    lines = str(err.value).splitlines()
+    assert len(lines) == 2 and "Wan2.1_VAE.pth" in lines[0]
+    assert NAMED_AS[name] in lines[1] and str(folders[folder]) in lines[1], lines
+    assert "huggingface-cli download" in lines[1]
 
 
 def test_check_original_folders_reports_every_missing_file(tmp_path):

@@ -2,7 +2,16 @@
 
 __version__ = "0.1.0.dev0"
 
-from .audio import MultiTalkAudioEncoder, audio_windows, combine_speakers, encode_speech, prepare_audio
+from .audio import (
+    MultiTalkAudioEncoder,
+    audio_windows,
+    combine_speakers,
+    encode_speech,
+    parse_dialogue,
+    prepare_audio,
+    synthesize_dialogue,
+    tts_from_json_block,
+)
 from .models import MultiTalkTransformer3DModel
 from .pipelines import (
     DEFAULT_NEGATIVE_PROMPT,
@@ -31,5 +40,8 @@ __all__ = [
     "export_to_video",
     "export_to_video_with_audio",
     "make_tiny_pipeline",
+    "parse_dialogue",
     "prepare_audio",
+    "synthesize_dialogue",
+    "tts_from_json_block",
 ]

@@ -26,6 +26,19 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .loaders.original_folders import (
+    DIT_INDEX,
+    MULTITALK_FILE,
+    MULTITALK_REPO,
+    WAN_CLIP_CHECKPOINT,
+    WAN_REPO,
+    WAN_REPO_720,
+    WAN_T5_CHECKPOINT,
+    WAN_UMT5_TOKENIZER_DIR,
+    WAN_VAE_CHECKPOINT,
+    WAV2VEC_REPO,
+)
+
 
 __all__ = [
     "CLIError",
@@ -47,12 +60,12 @@ STREAMING_MAX_FRAMES = 1000  # the reference's cap in streaming mode (40 s at 25
 SIZES = ("multitalk-480", "multitalk-720")
 
 # Files of the checkpoints as the reference's README downloads them.
-WAN_REPOS = {"multitalk-480": "Wan-AI/Wan2.1-I2V-14B-480P", "multitalk-720": "Wan-AI/Wan2.1-I2V-14B-720P"}
-WAN_INDEX = "diffusion_pytorch_model.safetensors.index.json"
-WAN_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
-WAN_CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
-WAN_VAE = "Wan2.1_VAE.pth"
-WAN_TOKENIZER = "google/umt5-xxl"
+WAN_REPOS = {"multitalk-480": WAN_REPO, "multitalk-720": WAN_REPO_720}
+WAN_INDEX = DIT_INDEX
+WAN_T5 = WAN_T5_CHECKPOINT
+WAN_CLIP = WAN_CLIP_CHECKPOINT
+WAN_VAE = WAN_VAE_CHECKPOINT
+WAN_TOKENIZER = WAN_UMT5_TOKENIZER_DIR
 WAN_ALLOW_PATTERNS = [
     "config.json",
     "diffusion_pytorch_model-*-of-*.safetensors",
@@ -61,10 +74,7 @@ WAN_ALLOW_PATTERNS = [
     WAN_VAE,
     f"{WAN_TOKENIZER}/*",
 ]
-MULTITALK_REPO = "MeiGen-AI/MeiGen-MultiTalk"
-MULTITALK_FILE = "multitalk.safetensors"
 MULTITALK_ALLOW_PATTERNS = [MULTITALK_FILE, WAN_INDEX]
-WAV2VEC_REPO = "TencentGameMate/chinese-wav2vec2-base"
 WAV2VEC_ALLOW_PATTERNS = ["config.json", "preprocessor_config.json"]
 WAV2VEC_SAFETENSORS_REVISION = "refs/pr/1"  # model.safetensors lives in that pull request, as MultiTalk's README says
 WAV2VEC_SAFETENSORS_PATTERNS = ["model.safetensors"]
@@ -524,51 +534,29 @@ def load_pipeline(args: argparse.Namespace, device, dtype):
 # generate: TTS
 # ================================================================================================================
 def synthesize_tts(tts_block: dict) -> dict:
-    """``tts_audio`` -> ``{"person1": (waveform, sampling_rate), ...}`` through ``diffusers_multitalk.audio.tts``."""
-    try:
-        from .audio import tts as tts_module
-    except ModuleNotFoundError as err:
-        if err.name and err.name.endswith("audio.tts"):
-            raise CLIError(
-                "--audio_mode tts: this build has no TTS module (diffusers_multitalk.audio.tts); "
-                "give the speech as audio files in cond_audio and use --audio_mode localfile"
-            ) from err
-        raise CLIError(
-            f"--audio_mode tts needs the TTS extra ({err}); install it with: pip install 'diffusers-multitalk[tts]'"
-        ) from err
-    except ImportError as err:
-        raise CLIError(f"--audio_mode tts: the TTS module could not be imported ({err}); pip install 'diffusers-multitalk[tts]'") from err
+    """``tts_audio`` -> ``{"person1": (waveform, sampling_rate), ...}`` through :func:`audio.tts.tts_from_json_block`."""
+    from .audio.tts import TTSEngineUnavailableError, tts_from_json_block
 
-    if not hasattr(tts_module, "tts_from_json_block"):
-        raise CLIError("--audio_mode tts: diffusers_multitalk.audio.tts has no tts_from_json_block in this build")
-    result = tts_module.tts_from_json_block(tts_block)
+    try:
+        result = tts_from_json_block(tts_block)
+    except (TTSEngineUnavailableError, ValueError, FileNotFoundError) as err:
+        raise CLIError(f"--audio_mode tts: {err}") from err
+    engine = getattr(result, "engine", None)
+    if engine:
+        _note(f"--audio_mode tts: speech synthesised with {engine}")
     return _tts_tracks(result)
 
 
 def _tts_tracks(result) -> dict:
-    """Normalises what the TTS module returns into ``{"person1": (waveform, rate), ...}``."""
+    """A :class:`TTSResult` -> ``{"person1": (waveform, rate), ...}``, the shape ``cond_audio`` entries take."""
     import numpy as np
 
-    default_rate = 16000
-    rate = getattr(result, "sampling_rate", None) or getattr(result, "sample_rate", None)
-    tracks = getattr(result, "tracks", None)
-    if tracks is None and isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], int):
-        tracks, rate = result
-    if tracks is None:
-        tracks = result
-    if isinstance(tracks, dict):
-        items = [(k, tracks[k]) for k in _person_order(tracks)] or list(tracks.items())
-        tracks = [v for _, v in items]
-    out = {}
-    for index, track in enumerate(tracks):
-        if isinstance(track, tuple) and len(track) == 2:
-            wave, track_rate = track
-        else:
-            wave, track_rate = track, rate or default_rate
-        out[f"person{index + 1}"] = (np.asarray(wave, dtype=np.float32), int(track_rate))
-    if not out:
+    if not result.tracks:
         raise CLIError("--audio_mode tts: the TTS returned no audio")
-    return out
+    return {
+        f"person{index + 1}": (np.asarray(track, dtype=np.float32), int(result.sampling_rate))
+        for index, track in enumerate(result.tracks)
+    }
 
 
 # ================================================================================================================

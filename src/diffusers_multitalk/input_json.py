@@ -34,6 +34,11 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
+from diffusers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
 
 __all__ = ["InputJSONError", "format_json_path", "load_input_json", "load_input_schema", "validate_input"]
 
@@ -219,6 +224,20 @@ def _resolve(value: str, base_dir: Path | None, cwd: Path) -> tuple[Path | None,
     return None, candidates
 
 
+def _kokoro_folder_of(voice: str, base_dir: Path | None, cwd: Path) -> Path | None:
+    """The Kokoro-82M folder a ``<folder>/voices/<name>.pt`` path points into, if that folder has Kokoro's weights."""
+    from .audio.tts import KOKORO_CONFIG_NAME, KOKORO_VOICES_DIR, KOKORO_WEIGHTS_NAME
+
+    path = Path(voice).expanduser()
+    if path.parent.name != KOKORO_VOICES_DIR:
+        return None
+    for root in ([Path()] if path.is_absolute() else [r for r in (base_dir, cwd) if r is not None]):
+        folder = root / path.parent.parent
+        if (folder / KOKORO_CONFIG_NAME).is_file() and (folder / KOKORO_WEIGHTS_NAME).is_file():
+            return folder
+    return None
+
+
 def _missing_message(value: str, tried: list[Path]) -> str:
     if len(tried) <= 1:
         return f"{value!r} does not exist"
@@ -343,8 +362,14 @@ def validate_input(
                 looks_like_file = value.endswith((".pt", ".pth", ".bin", ".safetensors")) or "/" in value or "\\" in value
                 if looks_like_file:
                     found, tried = _resolve(value, base_dir, cwd)
-                    if found is None:
+                    if found is None and _kokoro_folder_of(value, base_dir, cwd) is not None:
+                        # Kokoro is here, so this voice would be used: a missing file is an error.
                         problems.append((["tts_audio", key], _missing_message(value, tried)))
+                    elif found is None:
+                        # No Kokoro weights at all: espeak-ng speaks with a voice chosen from the name.
+                        logger.warning(
+                            "$.tts_audio.%s: '%s' does not exist and no Kokoro-82M folder holds it; espeak-ng will "
+                            "speak instead (download hexgrad/Kokoro-82M for Kokoro's voices).", key, value)
                     tts[key] = str(found) if found else value
                 else:
                     tts[key] = value  # a voice name, e.g. "af_heart"

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from .loaders.original_folders import DIT_INDEX, MULTITALK_FILE
 from .loaders.transformer_original import convert_multitalk_transformer_to_original
 from .loaders.wan_components import (
     WAN_CLIP_CHECKPOINT,
@@ -39,8 +40,6 @@ __all__ = [
 WAN_DIR_NAME = "Wan2.1-I2V-14B-480P"
 MULTITALK_DIR_NAME = "MeiGen-MultiTalk"
 WAV2VEC_DIR_NAME = "chinese-wav2vec2-base"
-DIT_INDEX = "diffusion_pytorch_model.safetensors.index.json"
-MULTITALK_FILE = "multitalk.safetensors"
 NUM_DIT_SHARDS = 2
 
 

@@ -44,6 +44,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .original_folders import (
+    WAN_CLIP_CHECKPOINT,
+    WAN_CLIP_TOKENIZER_DIR,
+    WAN_T5_CHECKPOINT,
+    WAN_UMT5_TOKENIZER_DIR,
+    WAN_VAE_CHECKPOINT,
+)
+
 __all__ = [
     "WAN_T5_CHECKPOINT",
     "WAN_CLIP_CHECKPOINT",
@@ -66,11 +74,6 @@ __all__ = [
 ]
 
 # File and folder names inside the official Wan2.1 checkpoint folder.
-WAN_T5_CHECKPOINT = "models_t5_umt5-xxl-enc-bf16.pth"
-WAN_CLIP_CHECKPOINT = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
-WAN_VAE_CHECKPOINT = "Wan2.1_VAE.pth"
-WAN_UMT5_TOKENIZER_DIR = "google/umt5-xxl"
-WAN_CLIP_TOKENIZER_DIR = "xlm-roberta-large"
 
 _WAN_REPO_ID = "Wan-AI/Wan2.1-I2V-14B-480P"
 _DOWNLOAD_HINT = f"huggingface-cli download {_WAN_REPO_ID} --local-dir <dir>"

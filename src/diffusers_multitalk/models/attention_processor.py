@@ -171,7 +171,7 @@ class MultiTalkAudioAttnProcessor:
         key_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         batch, seq_len, dim = hidden_states.shape
-        num_frames, audio_tokens = audio_hidden_states.shape[1], audio_hidden_states.shape[2]
+        num_frames = audio_hidden_states.shape[1]
 
         query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))  # [B, S, H, D]
         if query_positions is not None:

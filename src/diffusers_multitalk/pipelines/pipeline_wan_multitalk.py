@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -154,6 +155,16 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         self.vae_scale_factor_spatial = self.vae.config.scale_factor_spatial if getattr(self, "vae", None) else 8
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
 
+    def to_json_string(self) -> str:
+        """`model_index.json` as diffusers writes it, with this package's components named
+        `["diffusers_multitalk", class]` instead of their module paths, which Hub downloads reject (see
+        `diffusers_multitalk.integration`); `save_pretrained` and `push_to_hub` write the index through here."""
+        index = json.loads(super().to_json_string())
+        for key, value in index.items():
+            if isinstance(value, list) and len(value) == 2 and str(value[0]).startswith("diffusers_multitalk."):
+                index[key] = ["diffusers_multitalk", value[1]]
+        return json.dumps(index, indent=2, sort_keys=True) + "\n"
+
     # ------------------------------------------------------------------------------------------------------------
     # Loading
     # ------------------------------------------------------------------------------------------------------------
@@ -179,7 +190,7 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 reference runs them).
             lora_path / lora_scale: an optional LoRA (e.g. a step-distillation LoRA) loaded into the transformer.
         """
-        from ..audio.encoder import WAV2VEC_DOWNLOAD_HINT
+        from ..loaders.original_folders import check_original_folders
         from ..loaders.wan_components import (
             load_clip_vision_from_original,
             load_umt5_encoder_from_original,
@@ -188,25 +199,11 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         )
         from .multitalk_utils import make_multitalk_scheduler
 
+        # Every missing file is named (with the command that downloads it) before anything heavy loads.
+        problems = check_original_folders(wan_dir, multitalk_dir, wav2vec_dir)
+        if problems:
+            raise FileNotFoundError("\n".join(problems))
         wan_dir = Path(wan_dir)
-        if not wan_dir.is_dir():
-            raise FileNotFoundError(
-                f"Wan folder {wan_dir} does not exist. Download it with "
-                f"`huggingface-cli download Wan-AI/Wan2.1-I2V-14B-480P --local-dir {wan_dir}`."
-            )
-        if wav2vec_dir is None or not (Path(wav2vec_dir) / "config.json").exists():
-            raise FileNotFoundError(f"wav2vec2 folder {wav2vec_dir!r} is missing or has no config.json. {WAV2VEC_DOWNLOAD_HINT}")
-        # Check every file before loading anything heavy.
-        for name in (
-            "models_t5_umt5-xxl-enc-bf16.pth",
-            "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
-            "Wan2.1_VAE.pth",
-        ):
-            if not (wan_dir / name).exists():
-                raise FileNotFoundError(
-                    f"{wan_dir / name} is missing. Download it with "
-                    f"`huggingface-cli download Wan-AI/Wan2.1-I2V-14B-480P {name} --local-dir {wan_dir}`."
-                )
         transformer = MultiTalkTransformer3DModel.from_original(
             wan_dir, torch_dtype=torch_dtype, multitalk_path=_multitalk_file(wan_dir, multitalk_dir)
         )
