@@ -142,7 +142,8 @@ def main():
     parser.add_argument(
         "--setups",
         default="sdpa,cudnn,cudnn+compile",
-        help="comma list of BACKEND[+compile][+fused]; compile and fused stay on for later setups",
+        help="comma list of BACKEND[+compile][+fused] (BACKEND: sdpa, cudnn, cudnnself = cuDNN for the self-attention "
+        "only, flash); compile and fused stay on for later setups",
     )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
@@ -166,8 +167,12 @@ def main():
     rows, compiled, fused = [], False, False
     for setup in args.setups.split(","):
         options = setup.split("+")
-        backend = {"sdpa": "native", "cudnn": "_native_cudnn", "flash": "flash"}[options[0]]
-        model.set_attention_backend(backend)
+        if options[0] == "cudnnself":  # cuDNN for the video self-attention only, SDPA's choice elsewhere
+            model.set_attention_backend("native")
+            for block in model.blocks:
+                block.attn1.set_attention_backend("_native_cudnn")
+        else:
+            model.set_attention_backend({"sdpa": "native", "cudnn": "_native_cudnn", "flash": "flash"}[options[0]])
         if "fused" in options and not fused:
             model.fuse_qkv_projections()
             fused = True
