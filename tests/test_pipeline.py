@@ -207,7 +207,7 @@ def no_heavy_work(pipe, monkeypatch):
         (dict(audio=["/nonexistent/voice.wav"]), "person 1.*nonexistent"),
         (dict(audio=[(np.zeros(SR, dtype=np.float32), SR)]), "person 1 is silent"),
         (dict(audio=[(speech(0.2), SR)]), "needs more than num_frames"),
-        (dict(audio=[(speech(0.5), SR)] * 2, bbox=[[0, 0, 64, 96]]), "1 bounding boxes for 2 audio tracks"),
+        (dict(audio=[(speech(0.5), SR)] * 2, bbox=[[0, 0, 64, 96]]), "1 bounding boxes for 2 persons"),
         (dict(audio=[(speech(0.5), SR)] * 2, bbox=[[0, 0, 64, 96], [0, 90, 64, 500]]), "outside"),
         (dict(height=60), "multiples of 16"),
         (dict(height=None, width=None, resolution="multitalk-720"), "smaller than the"),
@@ -247,3 +247,39 @@ def test_image_forms(pipe, image, tmp_path):
     a = run(pipe, str(path), [(speech(0.5), SR)], output_type="latent").frames[0]
     b = run(pipe, PIL.Image.fromarray(image), [(speech(0.5), SR)], output_type="latent").frames[0]
     assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# dialogue (text-to-speech instead of recordings)
+# ----------------------------------------------------------------------------------------------------------------
+def test_dialogue_drives_the_persons_with_their_own_turns(pipe, image):
+    from diffusers_multitalk import synthesize_dialogue
+
+    script = "(s1) Hello there. (s2) Hi, how are you?"
+    out = run(pipe, image, None, dialogue=script, tts_engine="espeak-ng", output_type="latent")
+    # the same as speaking the script first and passing its tracks as simultaneous audio
+    tracks, mixed = synthesize_dialogue(script, engine="espeak-ng")
+    assert len(tracks) == 2 and np.abs(tracks[0][: len(tracks[0]) // 4]).max() > 0.01
+    by_hand = run(pipe, image, [(t, SR) for t in tracks], audio_type="para", output_type="latent")
+    assert len(out.frames) == len(by_hand.frames)
+    assert all(torch.equal(a, b) for a, b in zip(out.frames, by_hand.frames))
+    assert np.allclose(out.audio, by_hand.audio)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(audio=[(speech(0.5), SR)], dialogue="(s1) Hi."), "not both"),
+        (dict(audio=None, dialogue="Hi. (s1) there"), "before its first speaker tag"),
+        (dict(audio=None, dialogue="(s1) Hi.", dialogue_voices=["en", "en"]), r"no turn for speaker\(s\) \(s2\)"),
+        (dict(audio=None, dialogue="(s1) Hi. (s2) Yo.", bbox=[[0, 0, 10, 10]]), "1 bounding boxes for 2 persons"),
+        (dict(audio=None, dialogue=None), "or give a `dialogue`"),
+    ],
+)
+def test_dialogue_input_errors_come_before_any_speech(pipe, image, monkeypatch, kwargs, message):
+    import diffusers_multitalk.pipelines.pipeline_wan_multitalk as module
+
+    monkeypatch.setattr(module, "synthesize_dialogue", lambda *a, **k: pytest.fail("TTS ran before the checks"))
+    audio = kwargs.pop("audio")
+    with pytest.raises(ValueError, match=message):
+        run(pipe, image, audio, **kwargs)

@@ -28,6 +28,7 @@ from transformers import (
 
 from ..audio.encoder import audio_windows, encode_speech, mirror_pad_embedding
 from ..audio.processing import TARGET_SAMPLE_RATE, combine_speakers, prepare_audio
+from ..audio.tts import parse_dialogue, synthesize_dialogue
 from ..loaders.wan_components import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD, clip_image_features, preprocess_clip_frames
 from ..models.transformer_multitalk import MultiTalkTransformer3DModel
 from .multitalk_utils import (
@@ -293,16 +294,35 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         num_inference_steps,
         output_type,
         callback_on_step_end_tensor_inputs,
+        dialogue=None,
+        dialogue_voices=None,
     ):
         if image is None:
             raise ValueError("`image` is required: the reference image of the person(s).")
-        if audio is None or (isinstance(audio, (list, tuple)) and len(audio) == 0):
-            raise ValueError("`audio` is required: one entry per person (path, (waveform, rate) or embeddings).")
-        entries = _audio_entries(audio)
-        max_persons = self.transformer.config.class_range // self.transformer.config.class_interval
-        if len(entries) > max_persons:
+        if dialogue is not None:
+            if audio is not None:
+                raise ValueError("Give either `audio` (recordings) or `dialogue` (a script to speak), not both.")
+            if not isinstance(dialogue, str):
+                raise ValueError(f"`dialogue` must be a string such as '(s1) Hi! (s2) Hello.', got {type(dialogue).__name__}.")
+            turns = parse_dialogue(dialogue)  # clear errors for empty text, text before the first tag, (s0)
+            num_persons = max(len(dialogue_voices or ()), max(turn.speaker for turn in turns) + 1)
+            silent = sorted({*range(num_persons)} - {turn.speaker for turn in turns})
+            if silent:
+                raise ValueError(
+                    f"`dialogue` has no turn for speaker(s) {', '.join(f'(s{n + 1})' for n in silent)}: every person "
+                    "needs speech; give them a turn or fewer `dialogue_voices`."
+                )
+        elif audio is None or (isinstance(audio, (list, tuple)) and len(audio) == 0):
             raise ValueError(
-                f"{len(entries)} audio tracks given; this model tells at most {max_persons} persons apart "
+                "`audio` is required: one entry per person (path, (waveform, rate) or embeddings); or give a "
+                "`dialogue` script to speak."
+            )
+        else:
+            num_persons = len(_audio_entries(audio))
+        max_persons = self.transformer.config.class_range // self.transformer.config.class_interval
+        if num_persons > max_persons:
+            raise ValueError(
+                f"{num_persons} audio tracks given; this model tells at most {max_persons} persons apart "
                 f"(class_range {self.transformer.config.class_range} / class_interval "
                 f"{self.transformer.config.class_interval}). MultiTalk was trained with 1 or 2."
             )
@@ -318,8 +338,8 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             raise ValueError(f"`negative_prompt` must be a string, got {type(negative_prompt).__name__}.")
         if negative_prompt is not None and negative_prompt_embeds is not None:
             raise ValueError("Provide either `negative_prompt` or `negative_prompt_embeds`, not both.")
-        if bbox is not None and len(bbox) != len(entries):
-            raise ValueError(f"{len(bbox)} bounding boxes for {len(entries)} audio tracks: give one `bbox` per person.")
+        if bbox is not None and len(bbox) != num_persons:
+            raise ValueError(f"{len(bbox)} bounding boxes for {num_persons} persons: give one `bbox` per person.")
         if (height is None) != (width is None):
             raise ValueError("Give both `height` and `width`, or neither (then `resolution` picks the bucket).")
         if height is not None and (height % 16 or width % 16 or height <= 0 or width <= 0):
@@ -547,7 +567,7 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
     def __call__(
         self,
         image: PIL.Image.Image | np.ndarray | torch.Tensor | str,
-        audio: Sequence[Any] | Any,
+        audio: Sequence[Any] | Any = None,
         prompt: str | None = None,
         negative_prompt: str | None = None,
         audio_type: str = "add",
@@ -579,6 +599,9 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         attention_kwargs: dict[str, Any] | None = None,
+        dialogue: str | None = None,
+        dialogue_voices: Sequence[Any] | None = None,
+        tts_engine: str | Any | None = None,
     ):
         r"""
         Generates a talking video.
@@ -621,6 +644,13 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 return a dict replacing `latents`.
             callback_on_step_end_tensor_inputs: the tensors passed in `callback_kwargs` ("latents", "noise_pred").
             attention_kwargs: passed to the transformer.
+            dialogue: instead of `audio`, a script to speak with text-to-speech: `"(s1) Do you know MultiTalk?
+                (s2) Yes, I do!"` (`(sN)` starts person N's turn; untagged text is person 1's). Each person gets
+                a track that is silent while the others speak, so `audio_type` does not apply.
+            dialogue_voices: one voice per person for `dialogue` (Kokoro names such as "af_heart", `.pt` files of a
+                Kokoro-82M folder, or espeak-ng voices); None for the engine's defaults.
+            tts_engine: None (Kokoro-82M when its weights are found, else espeak-ng, with a warning saying why),
+                "kokoro" (never falls back) or "espeak-ng"; see `diffusers_multitalk.audio.tts.resolve_tts_engine`.
 
         Examples:
         """
@@ -630,8 +660,12 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         self.check_inputs(
             image, audio, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, audio_type, bbox, height,
             width, mode, num_frames, motion_frames, max_frames, num_inference_steps, output_type,
-            callback_on_step_end_tensor_inputs,
+            callback_on_step_end_tensor_inputs, dialogue, dialogue_voices,
         )
+        if dialogue is not None:
+            # The script's turns are laid out on the tracks already: mix them as they are ("para").
+            tracks, _ = synthesize_dialogue(dialogue, voices=dialogue_voices, engine=tts_engine)
+            audio, audio_type = [(track, TARGET_SAMPLE_RATE) for track in tracks], "para"
         if mode == "clip":
             max_frames = num_frames
         shift = DEFAULT_SHIFT.get(str(resolution), 7.0) if shift is None else shift
