@@ -388,6 +388,21 @@ def test_generate_tiny_two_person_writes_mp4_with_audio(tmp_path, capsys):
     assert (tmp_path / "audio" / "two_people" / "sum.wav").is_file()
 
 
+def test_generate_tiny_tts_example_speaks_with_espeak(tmp_path, capsys):
+    """The bundled TTS example names Kokoro voice files that are not here: espeak-ng speaks, and says so."""
+    save = tmp_path / "tts"
+    status = main([
+        "generate", "--tiny", "--input_json", str(EXAMPLES / "two_person_tts_tiny.json"), "--audio_mode", "tts",
+        "--frame_num", "5", "--sample_steps", "1", "--height", "64", "--width", "96",
+        "--save_file", str(save), "--audio_save_dir", str(tmp_path / "audio"), "--device", "cpu",
+    ])
+    captured = capsys.readouterr()
+    assert status == 0
+    assert "speech synthesised with espeak-ng" in captured.err + captured.out
+    streams = _streams(Path(str(save) + ".mp4"))
+    assert "Audio: aac" in streams and re.search(r"Video: h264.* 96x64", streams), streams
+
+
 def test_load_pipeline_tiny_with_lora_and_t5_cpu(tmp_path):
     from safetensors.torch import save_file
 
