@@ -6,6 +6,7 @@
     multitalk download --target weights
     multitalk info --ckpt_dir weights/Wan2.1-I2V-14B-480P --wav2vec_dir weights/chinese-wav2vec2-base
     multitalk convert --wan_dir ... --multitalk_dir ... --wav2vec_dir ... --output_dir ...
+    multitalk serve --tiny                       # the web app (Gradio); takes generate's model flags
 
 ``generate`` takes MultiTalk's ``generate_multitalk.py`` flags with the same names and defaults, and its input
 JSON files. The flag -> pipeline-argument mapping lives in one pure function, :func:`build_generation_kwargs`.
@@ -223,16 +224,53 @@ def _add_convert_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+# `serve` loads the model as `generate` does: these flags are generate's own argparse actions, shared, so their
+# names, defaults and help cannot drift apart.
+SERVE_MODEL_FLAGS = (
+    "--ckpt_dir", "--wav2vec_dir", "--multitalk_dir", "--model", "--tiny", "--lora_dir", "--lora_scale", "--quant",
+    "--quant_dir", "--offload_model", "--num_persistent_param_in_dit", "--t5_cpu", "--device", "--dtype",
+    "--attention_backend", "--use_teacache", "--teacache_thresh",
+)
+
+
+def _add_serve_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "serve",
+        help="a web app (Gradio) to make talking videos in the browser",
+        description=(
+            "Serve the MultiTalk web app: a reference image, speech for 1 to 4 persons (recordings or a TTS script) "
+            "and a prompt give an mp4. The model comes from the same flags as for generate (--tiny, --model or "
+            "--ckpt_dir/--wav2vec_dir, ...) and is loaded before the server starts. Needs gradio: "
+            'pip install "diffusers-multitalk[app]".'
+        ),
+    )
+    generate = _add_generate_parser(argparse.ArgumentParser(prog=PROG).add_subparsers())
+    exclusive = {action for group in generate._mutually_exclusive_groups for action in group._group_actions}
+    model = p.add_argument_group("model (the flags of generate)")
+    source = model.add_mutually_exclusive_group()  # --model / --tiny, as in generate
+    for action in generate._actions:
+        if set(action.option_strings) & set(SERVE_MODEL_FLAGS):
+            (source if action in exclusive else model)._add_action(action)
+    s = p.add_argument_group("server")
+    s.add_argument("--host", default=None, help="address to listen on (gradio's default, 127.0.0.1; 0.0.0.0 for every interface)")
+    s.add_argument("--port", type=int, default=None, help="port (gradio's default: 7860, or the next free one)")
+    s.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    s.add_argument("--output_dir", default="outputs/app", help="where the videos are written (outputs/app)")
+    p.set_defaults(func=cmd_serve)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="MultiTalk (audio-driven multi-person talking video) with diffusers.",
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="{generate,download,info,convert}")
+    subparsers = parser.add_subparsers(dest="command", metavar="{generate,download,info,convert,serve}")
     _add_generate_parser(subparsers)
     _add_download_parser(subparsers)
     _add_info_parser(subparsers)
     _add_convert_parser(subparsers)
+    _add_serve_parser(subparsers)
     return parser
 
 
@@ -949,6 +987,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
         push_to_hub=args.push_to_hub,
     )
     print(result if result is not None else args.output_dir)
+    return 0
+
+
+# ================================================================================================================
+# serve
+# ================================================================================================================
+def cmd_serve(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("gradio") is None:
+        raise CLIError('the web app needs gradio: pip install "diffusers-multitalk[app]"')
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise CLIError(f"--port {args.port}: must be in 0..65535")
+    from . import app  # imported here: gradio is an optional dependency
+
+    app.launch(args)  # blocks until the server stops
     return 0
 
 

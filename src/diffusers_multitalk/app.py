@@ -1,0 +1,714 @@
+"""The MultiTalk web app: a Gradio front end for [`WanMultiTalkPipeline`] (``multitalk serve``).
+
+    multitalk serve --tiny                      # the embedded tiny model: no downloads, noise-like video
+    multitalk serve --ckpt_dir weights/Wan2.1-I2V-14B-480P --wav2vec_dir weights/chinese-wav2vec2-base
+
+One reference image, speech for 1 to 4 persons (recordings, or a ``(s1) ... (s2) ...`` script spoken by TTS) and a
+prompt give an mp4 with the mixed speech. The model is loaded by the CLI's own machinery
+(:func:`~diffusers_multitalk.cli.check_generate_args`, :func:`~diffusers_multitalk.cli.load_pipeline`) and the
+settings reach the pipeline through the CLI's flag -> argument mapping
+(:func:`~diffusers_multitalk.cli.build_generation_kwargs`), so the app and ``multitalk generate`` behave alike.
+
+Everything the UI does goes through :func:`generate_video`, which can be called directly (no browser):
+
+```py
+>>> from diffusers_multitalk import make_tiny_pipeline
+>>> from diffusers_multitalk.app import generate_video
+
+>>> result = generate_video(
+...     make_tiny_pipeline(), "examples/assets/two_people.png", "Two friends chat.",
+...     audio=["examples/assets/speaker1.wav", "examples/assets/speaker2.wav"],
+...     num_frames=5, num_inference_steps=2, height=64, width=112, output_dir="outputs/app",
+... )
+>>> result.video, result.status
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import random
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import cli
+from .pipelines.pipeline_wan_multitalk import DEFAULT_NEGATIVE_PROMPT
+
+
+try:
+    import gradio as gr
+except ImportError as err:  # pragma: no cover - exercised only without gradio
+    raise ImportError(f'The MultiTalk web app needs gradio: pip install "diffusers-multitalk[app]" ({err})') from err
+
+
+__all__ = ["GenerationResult", "build_app", "generate_video", "launch", "pipeline_loader"]
+
+MAX_PERSONS = 4
+DEFAULT_PERSONS = 2
+FPS = 25
+# Kokoro-82M voice names (espeak-ng maps them to a voice of the same language and gender when Kokoro is absent).
+DEFAULT_VOICES = ("af_heart", "am_adam", "af_bella", "am_michael")
+TTS_ENGINES = ("auto", "kokoro", "espeak-ng")
+SPEECH_FILES = "Audio files"
+SPEECH_TTS = "TTS script"
+DEFAULT_OUTPUT_DIR = Path("outputs") / "app"
+
+# Field labels: the UI shows them, and error messages name the field with them.
+IMAGE_LABEL = "Reference image"
+PROMPT_LABEL = "Prompt"
+TTS_TEXT_LABEL = "TTS script"
+PERSONS_LABEL = "Persons"
+
+
+def audio_label(person: int) -> str:
+    return f"Person {person} speech"
+
+
+def voice_label(person: int) -> str:
+    return f"Person {person} voice"
+
+
+def bbox_label(person: int) -> str:
+    return f"Person {person} box"
+
+
+@dataclass
+class GenerationResult:
+    """What :func:`generate_video` returns.
+
+    Args:
+        video: path of the written mp4 (H.264 with the mixed speech as AAC).
+        status: one line for the UI saying what ran (speech source and TTS engine, frames, size, steps, seed, time).
+        seed: the seed used (drawn at random when a negative one was asked for).
+        num_frames: frames in the video.
+        tts_engine: the TTS engine that spoke the script ("kokoro" or "espeak-ng"), None for recordings.
+    """
+
+    video: str
+    status: str
+    seed: int
+    num_frames: int
+    tts_engine: str | None = None
+
+
+# ================================================================================================================
+# Model loading
+# ================================================================================================================
+def _generate_args(args: argparse.Namespace | None = None, **overrides) -> argparse.Namespace:
+    """``multitalk generate``'s arguments with their defaults, updated with the ones ``args`` shares (``serve``'s
+    model flags) and ``overrides``: what the CLI's checking, loading and mapping functions take."""
+    namespace = cli.build_parser().parse_args(["generate"])
+    if args is not None:
+        for name, value in vars(args).items():
+            if hasattr(namespace, name) and name not in ("command", "func"):
+                setattr(namespace, name, value)
+    for name, value in overrides.items():
+        setattr(namespace, name, value)
+    return namespace
+
+
+def pipeline_loader(source) -> Callable[[], Any]:
+    """A function returning the pipeline, loading it on its first call only.
+
+    Args:
+        source: a [`WanMultiTalkPipeline`], a function returning one (e.g. `make_tiny_pipeline`), or ``serve``'s /
+            ``generate``'s parsed arguments (`--tiny`, `--model` or `--ckpt_dir`/`--wav2vec_dir`, with `--lora_dir`,
+            `--device`, `--dtype`, `--offload_model`, ...), checked at once with the CLI's own checks.
+    """
+    from diffusers import DiffusionPipeline
+
+    if isinstance(source, DiffusionPipeline):
+        return lambda: source
+    if isinstance(source, argparse.Namespace):
+        model_args = _generate_args(source)
+        cli.check_generate_args(model_args)  # bad flags fail here, before anything loads
+        # TeaCache is switched per request (it is a UI setting), so the pipeline loads without it.
+        model_args.use_teacache = False
+
+        def load():
+            return _load_from_args(model_args)
+
+    elif callable(source):
+        load = source
+    else:
+        raise TypeError(
+            f"expected a pipeline, a function returning one, or parsed arguments; got {type(source).__name__}"
+        )
+
+    lock = threading.Lock()
+    loaded = []
+
+    def get_pipeline():
+        with lock:  # two first requests must not load the model twice
+            if not loaded:
+                loaded.append(load())
+        return loaded[0]
+
+    return get_pipeline
+
+
+def _load_from_args(args: argparse.Namespace):
+    device = cli.resolve_device(args.device)
+    args.device = str(device)
+    dtype = cli.resolve_dtype(args.dtype, device, tiny=args.tiny)
+    return cli.load_pipeline(args, device, dtype)
+
+
+# ================================================================================================================
+# Generation
+# ================================================================================================================
+def _is_empty(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _parse_bboxes(bboxes: Sequence | None, num_persons: int, image_size: tuple[int, int]) -> list[list[float]] | None:
+    """Per-person boxes from the UI ("top, left, bottom, right" text or 4 numbers) -> the pipeline's `bbox`."""
+    entries = list(bboxes or [])[:num_persons]
+    entries += [None] * (num_persons - len(entries))
+    given = [not _is_empty(entry) for entry in entries]
+    if not any(given):
+        return None
+    height, width = image_size
+    boxes = []
+    for person, entry in enumerate(entries, start=1):
+        label = bbox_label(person)
+        if _is_empty(entry):
+            raise gr.Error(f"{label}: empty, while other persons have a box; give a box for every person or none.")
+        values = entry.replace(",", " ").split() if isinstance(entry, str) else list(entry)
+        try:
+            box = [float(v) for v in values]
+        except (TypeError, ValueError):
+            raise gr.Error(
+                f"{label}: {entry!r} is not four numbers 'top, left, bottom, right' (image pixels)."
+            ) from None
+        if len(box) != 4:
+            raise gr.Error(f"{label}: expected four numbers 'top, left, bottom, right' (image pixels), got {len(box)}.")
+        top, left, bottom, right = box
+        if not (0 <= top < bottom <= height and 0 <= left < right <= width):
+            raise gr.Error(
+                f"{label}: {box} must satisfy 0 <= top < bottom <= {height} and 0 <= left < right <= {width} "
+                f"(the image is {width}x{height}, w x h)."
+            )
+        boxes.append(box)
+    return boxes
+
+
+def _check_script(text: str | None, num_persons: int) -> None:
+    """The TTS script's problems, named before any speech is synthesised."""
+    from .audio.tts import parse_dialogue
+
+    if _is_empty(text):
+        raise gr.Error(f"{TTS_TEXT_LABEL}: empty; write the dialogue, e.g. '(s1) Hello! (s2) Hi, how are you?'.")
+    try:
+        turns = parse_dialogue(text)
+    except (TypeError, ValueError) as err:
+        raise gr.Error(f"{TTS_TEXT_LABEL}: {err}") from err
+    speakers = {turn.speaker for turn in turns}
+    unknown = sorted(s for s in speakers if s >= num_persons)
+    if unknown:
+        tags = ", ".join(f"(s{s + 1})" for s in unknown)
+        needed = max(unknown) + 1
+        hint = (
+            f"set {PERSONS_LABEL} to {needed}" if needed <= MAX_PERSONS
+            else f"this app takes at most {MAX_PERSONS} speakers, (s1) to (s{MAX_PERSONS})"
+        )
+        verb = "speaks" if len(unknown) == 1 else "speak"
+        raise gr.Error(f"{TTS_TEXT_LABEL}: {tags} {verb}, but {PERSONS_LABEL} is {num_persons}; {hint}.")
+    mute = [p + 1 for p in range(num_persons) if p not in speakers]
+    if mute:
+        raise gr.Error(
+            f"{TTS_TEXT_LABEL}: person {', '.join(map(str, mute))} ha{'s' if len(mute) == 1 else 've'} no turn; every "
+            f"person needs speech: add '(s{mute[0]}) ...' or lower {PERSONS_LABEL}."
+        )
+
+
+def _synthesize(text: str, voices: Sequence[str], engine: str | None):
+    """Speaks the script with one voice per person: ``({"person1": (waveform, rate), ...}, TTSResult)``."""
+    from .audio.tts import TTSEngineUnavailableError, tts_from_json_block
+
+    block = {"text": text, **{f"human{i}_voice": voice for i, voice in enumerate(voices, start=1)}}
+    try:
+        result = tts_from_json_block(block, engine=None if engine in (None, "auto") else engine)
+    except (TTSEngineUnavailableError, ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
+        raise gr.Error(f"{TTS_TEXT_LABEL}: {err}") from err
+    try:
+        return cli._tts_tracks(result), result
+    except cli.CLIError as err:
+        raise gr.Error(f"{TTS_TEXT_LABEL}: {err}") from err
+
+
+def _configure_teacache(pipe, enabled: bool, threshold: float, resolution: str) -> None:
+    transformer = pipe.transformer
+    if not hasattr(transformer, "enable_teacache"):
+        if enabled:
+            raise gr.Error("TeaCache: not available in this build; untick it.")
+        return
+    if enabled and not threshold > 0:
+        raise gr.Error(f"TeaCache threshold: must be positive (MultiTalk advises 0.2 to 0.5), got {threshold}.")
+    transformer.disable_teacache()  # a no-op when it is off; it may be on from the previous request
+    if enabled:
+        transformer.enable_teacache(threshold=float(threshold), resolution=resolution)
+
+
+def _write_video(output, output_dir: Path, seed: int) -> Path:
+    """Writes the frames and mixed audio to ``output_dir``: encoded to a hidden temporary file first, renamed when
+    complete, so a failed or interrupted export leaves nothing half-written behind."""
+    from .pipelines.video_io import export_to_video, export_to_video_with_audio
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S_%f")
+    path = output_dir / f"multitalk_{stamp}_seed{seed}.mp4"
+    fd, partial = tempfile.mkstemp(prefix=".partial_", suffix=".mp4", dir=output_dir)
+    os.close(fd)
+    try:
+        if output.audio is not None:
+            export_to_video_with_audio(
+                output.frames[0], output.audio, partial, fps=output.fps, sample_rate=output.sample_rate
+            )
+        else:
+            export_to_video(output.frames[0], partial, fps=output.fps)
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def generate_video(
+    pipe,
+    image,
+    prompt: str,
+    *,
+    audio: Sequence | None = None,
+    tts_text: str | None = None,
+    tts_voices: Sequence[str | None] | None = None,
+    tts_engine: str | None = None,
+    num_persons: int | None = None,
+    audio_type: str = "add",
+    negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
+    resolution: str = "multitalk-480",
+    mode: str = "clip",
+    num_frames: int = 81,
+    motion_frames: int = 25,
+    max_frames: int = cli.STREAMING_MAX_FRAMES,
+    num_inference_steps: int = cli.DEFAULT_SAMPLE_STEPS,
+    shift: float | None = None,
+    text_guidance_scale: float = 5.0,
+    audio_guidance_scale: float = 4.0,
+    seed: int = 42,
+    use_teacache: bool = False,
+    teacache_threshold: float = 0.2,
+    use_apg: bool = False,
+    color_correction_strength: float = 1.0,
+    bboxes: Sequence | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    tiny: bool = False,
+    output_dir: str | os.PathLike = DEFAULT_OUTPUT_DIR,
+    progress: Callable | None = None,
+) -> GenerationResult:
+    r"""
+    Generates one talking video and writes it, with the mixed speech, to ``output_dir``. Bad input raises
+    `gr.Error` naming the field, before the model loads or speech is synthesised where it can be told.
+
+    Args:
+        pipe: a [`WanMultiTalkPipeline`], or a function returning it (see :func:`pipeline_loader`).
+        image: the reference image (path or PIL image).
+        prompt: what the video shows.
+        audio: one recording per person (paths, or `(waveform, sampling_rate)` tuples); a None entry is a person
+            without speech (an error).
+        tts_text: instead of `audio`, a script `"(s1) Hi! (s2) Hello."` spoken by TTS, one voice per person.
+        tts_voices: the persons' voices (Kokoro names such as "af_heart", `.pt` files, or espeak-ng voices; empty
+            entries take a default); their number is the number of persons.
+        tts_engine: "auto" / None (Kokoro-82M when its weights are here, else espeak-ng), "kokoro" or "espeak-ng".
+        num_persons: how many persons speak (default: the number of `audio` entries or voices).
+        audio_type: "add" (recordings in turns) or "para" (at the same time); a TTS script is always laid out in
+            turns already.
+        negative_prompt, resolution, mode, num_frames, motion_frames, max_frames, num_inference_steps, shift,
+        text_guidance_scale, audio_guidance_scale, use_apg, color_correction_strength:
+            as in [`WanMultiTalkPipeline.__call__`] (`shift` None: the resolution's default; `max_frames` only
+            counts in streaming mode).
+        seed: the noise seed; negative draws one at random (reported in the result).
+        use_teacache / teacache_threshold: TeaCache for this request.
+        bboxes: per person, an optional box "top, left, bottom, right" in image pixels (all or none).
+        height / width: output size (multiples of 16) instead of the resolution's bucket; None or 0 for the bucket.
+        tiny: the pipeline is the tiny random model: without `height`/`width`, generate at the bucket / 8, as
+            `multitalk generate --tiny` does.
+        output_dir: where the mp4 goes.
+        progress: a `gr.Progress` (or any `progress(fraction, desc=...)` callable) for the stages.
+
+    Returns:
+        a :class:`GenerationResult`.
+    """
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from .audio.processing import TARGET_SAMPLE_RATE
+    from .pipelines.multitalk_utils import load_image_any
+
+    started = time.perf_counter()
+    report = progress if progress is not None else (lambda *args, **kwargs: None)
+
+    # 1. Cheap checks of every field, before the model loads or any speech is synthesised
+    if image is None:
+        raise gr.Error(f"{IMAGE_LABEL}: missing; upload the picture of the person(s).")
+    try:
+        image = load_image_any(image)
+    except (OSError, ValueError, TypeError) as err:
+        raise gr.Error(f"{IMAGE_LABEL}: cannot be read ({err}).") from err
+    if _is_empty(prompt):
+        raise gr.Error(f"{PROMPT_LABEL}: empty; describe the scene, e.g. 'Two friends chat in a studio.'.")
+    use_tts = tts_text is not None
+    if use_tts and audio:
+        raise gr.Error(f"Speech: give recordings or a {TTS_TEXT_LABEL}, not both.")
+    if num_persons is None:
+        num_persons = len(tts_voices or [None]) if use_tts else len(audio or [])
+    num_persons = int(num_persons)
+    if not 1 <= num_persons <= MAX_PERSONS:
+        raise gr.Error(f"{PERSONS_LABEL}: {num_persons}; this app takes 1 to {MAX_PERSONS} persons.")
+    if use_tts:
+        voices = list(tts_voices or [])[:num_persons]
+        voices += [None] * (num_persons - len(voices))
+        voices = [DEFAULT_VOICES[i] if _is_empty(v) else str(v).strip() for i, v in enumerate(voices)]
+        _check_script(tts_text, num_persons)
+        audio = None
+    else:
+        audio = list(audio or [])
+        if len(audio) > num_persons:
+            raise gr.Error(
+                f"{PERSONS_LABEL}: {len(audio)} recordings for {num_persons} persons; raise {PERSONS_LABEL} or "
+                "remove one."
+            )
+        audio += [None] * (num_persons - len(audio))
+        for person, entry in enumerate(audio, start=1):
+            if entry is None or (isinstance(entry, str) and not entry.strip()):
+                raise gr.Error(
+                    f"{audio_label(person)}: no audio; upload person {person}'s speech"
+                    + (f", or lower {PERSONS_LABEL} to {person - 1}." if person > 1 else ".")
+                )
+    bbox = _parse_bboxes(bboxes, num_persons, (image.height, image.width))
+    height = int(height) if height else None
+    width = int(width) if width else None
+    if (height is None) != (width is None):
+        raise gr.Error("Height / Width: give both, or 0 for both (the resolution's bucket).")
+    if height is None and tiny:
+        height, width = cli.tiny_size((image.height, image.width), resolution)
+    seed = int(seed)
+    if seed < 0:
+        seed = random.randint(0, 99_999_999)
+
+    # 2. The model, and the pipeline's own checks (frames, mode, number of persons, boxes) before any heavy work
+    report(0.0, desc="Loading the model")
+    pipe = pipe if isinstance(pipe, DiffusionPipeline) else pipe()
+    num_frames, motion_frames, max_frames = int(num_frames), int(motion_frames), int(max_frames)
+    try:
+        pipe.check_inputs(
+            image=image, audio=audio, prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=None,
+            negative_prompt_embeds=None, audio_type=audio_type, bbox=bbox, height=height, width=width, mode=mode,
+            num_frames=num_frames, motion_frames=motion_frames, max_frames=max_frames,
+            num_inference_steps=int(num_inference_steps), output_type="np", callback_on_step_end_tensor_inputs=None,
+            dialogue=tts_text if use_tts else None, dialogue_voices=voices if use_tts else None,
+        )
+    except ValueError as err:
+        raise gr.Error(str(err)) from err
+    if not 0.0 <= float(color_correction_strength) <= 1.0:
+        raise gr.Error(f"Colour correction: must be in [0, 1], got {color_correction_strength}.")
+    _configure_teacache(pipe, bool(use_teacache), float(teacache_threshold), resolution)
+
+    # 3. Speech
+    tts_result = None
+    if use_tts:
+        report(0.0, desc="Speaking the script")
+        cond_audio, tts_result = _synthesize(tts_text, voices, tts_engine)
+    else:
+        cond_audio = {f"person{i}": entry for i, entry in enumerate(audio, start=1)}
+
+    # 4. The video: the same flag -> argument mapping as `multitalk generate`
+    args = _generate_args(
+        size=resolution, mode=mode, frame_num=num_frames, motion_frame=motion_frames,
+        sample_steps=int(num_inference_steps), sample_shift=None if shift in (None, "") else float(shift),
+        sample_text_guide_scale=float(text_guidance_scale), sample_audio_guide_scale=float(audio_guidance_scale),
+        use_apg=bool(use_apg), color_correction_strength=float(color_correction_strength), base_seed=seed,
+        audio_mode="tts" if use_tts else "localfile", device=str(pipe._execution_device), height=height, width=width,
+    )
+    input_data = {"prompt": prompt, "cond_image": image, "cond_audio": cond_audio, "audio_type": audio_type}
+    if bbox is not None:
+        input_data["bbox"] = {f"person{i}": box for i, box in enumerate(bbox, start=1)}
+    kwargs = cli.build_generation_kwargs(args, input_data)
+    kwargs.update(negative_prompt=negative_prompt, max_frames=num_frames if mode == "clip" else max_frames)
+    report(0.0, desc="Generating")
+    try:
+        output = pipe(**kwargs)
+    except (ValueError, FileNotFoundError) as err:
+        raise gr.Error(str(err)) from err
+    except torch.cuda.OutOfMemoryError as err:
+        raise gr.Error(
+            f"Out of memory ({str(err).splitlines()[0]}); try fewer frames, multitalk-480, or serve with "
+            "--offload_model True."
+        ) from err
+
+    # 5. The mp4
+    report(1.0, desc="Writing the video")
+    path = _write_video(output, Path(output_dir), seed)
+    frames = output.frames[0]
+    frame_count, frame_h, frame_w = len(frames), frames[0].shape[0], frames[0].shape[1]
+    if tts_result is not None:
+        speech = (
+            f"TTS with {tts_result.engine} ({', '.join(v or '?' for v in tts_result.voices)}), "
+            f"{len(tts_result.mixed) / TARGET_SAMPLE_RATE:.2f} s of speech"
+        )
+    else:
+        speech = f"{num_persons} recording{'s' if num_persons > 1 else ''} ({kwargs['audio_type']})"
+    steps = kwargs["num_inference_steps"]
+    status = (
+        f"{frame_count} frames ({frame_count / output.fps:.2f} s at {output.fps} fps), {frame_w}x{frame_h}, "
+        f"{mode} mode, {steps} step{'s' if steps != 1 else ''}, shift {kwargs['shift']:g}, seed {seed}; "
+        f"speech: {speech}; "
+        f"TeaCache {'on (' + format(float(teacache_threshold), 'g') + ')' if use_teacache else 'off'}, "
+        f"APG {'on' if use_apg else 'off'}; {time.perf_counter() - started:.1f} s. Saved {path}"
+    )
+    return GenerationResult(
+        video=str(path), status=status, seed=seed, num_frames=frame_count,
+        tts_engine=tts_result.engine if tts_result is not None else None,
+    )
+
+
+# ================================================================================================================
+# The UI
+# ================================================================================================================
+def _bundled_example() -> list | None:
+    """The repository's two-person example (image, prompt, persons, speech, boxes), when it is here."""
+    assets = Path(__file__).resolve().parents[2] / "examples" / "assets"
+    files = [assets / name for name in ("two_people.png", "speaker1.wav", "speaker2.wav")]
+    if not all(f.is_file() for f in files):
+        return None
+    prompt = "Two cartoon friends sit side by side in a bright studio and chat."
+    return [str(files[0]), prompt, 2, str(files[1]), str(files[2]), "add", "30, 40, 470, 392", "30, 440, 470, 792"]
+
+
+def build_app(
+    source,
+    *,
+    output_dir: str | os.PathLike = DEFAULT_OUTPUT_DIR,
+    tiny: bool | None = None,
+    use_teacache: bool = False,
+    teacache_threshold: float = 0.2,
+    title: str = "MultiTalk",
+) -> "gr.Blocks":
+    """
+    Builds the Gradio app (not launched).
+
+    Args:
+        source: what :func:`pipeline_loader` takes: a pipeline, a function returning one, or ``serve``'s arguments.
+            The pipeline is loaded on the first request, unless it is loaded already (see :func:`launch`).
+        output_dir: where the videos go.
+        tiny: whether the model is the tiny random one (then the video is the bucket / 8 unless a size is given);
+            default: `source.tiny` for arguments, else False.
+        use_teacache / teacache_threshold: the TeaCache settings the form starts with.
+        title: the page title.
+
+    Returns:
+        the `gr.Blocks`; its `generate_fn` is the Generate button's handler (`{component: value}` -> `(video path,
+        status)`), to drive the form without a browser.
+    """
+    if tiny is None:
+        tiny = bool(getattr(source, "tiny", False)) if isinstance(source, argparse.Namespace) else False
+    if isinstance(source, argparse.Namespace):
+        use_teacache = use_teacache or bool(getattr(source, "use_teacache", False))
+        teacache_threshold = getattr(source, "teacache_thresh", teacache_threshold)
+    get_pipeline = pipeline_loader(source)
+    fields: dict[str, Any] = {}  # name -> component: the handler receives {component: value}
+
+    with gr.Blocks(title=title) as demo:
+        gr.Markdown(
+            f"# {title}\nAudio-driven talking video for one to {MAX_PERSONS} persons "
+            "([MultiTalk](https://github.com/MeiGen-AI/MultiTalk) with diffusers)."
+            + (" **Tiny random model**: the picture is noise-like, the wiring is real." if tiny else "")
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                fields["image"] = gr.Image(label=IMAGE_LABEL, type="filepath")
+                fields["prompt"] = gr.Textbox(label=PROMPT_LABEL, lines=2, placeholder="Two people talk in a studio.")
+                with gr.Row():
+                    fields["speech"] = gr.Radio([SPEECH_FILES, SPEECH_TTS], value=SPEECH_FILES, label="Speech")
+                    fields["num_persons"] = gr.Slider(
+                        1, MAX_PERSONS, value=DEFAULT_PERSONS, step=1, label=PERSONS_LABEL
+                    )
+                fields["audio_type"] = gr.Radio(
+                    ["add", "para"], value="add", label="Recordings play",
+                    info="add: one after the other (turns); para: at the same time",
+                )
+                with gr.Group(visible=False) as tts_group:
+                    fields["tts_text"] = gr.Textbox(
+                        label=TTS_TEXT_LABEL, lines=3,
+                        placeholder="(s1) Do you know MultiTalk? (s2) Yes, it makes people talk!",
+                        info="(s1) starts person 1's turn, (s2) person 2's, ...",
+                    )
+                    fields["tts_engine"] = gr.Dropdown(
+                        list(TTS_ENGINES), value="auto", label="TTS engine",
+                        info="auto: Kokoro-82M when its weights are here, else espeak-ng",
+                    )
+                person_groups, audio_inputs, voice_inputs = [], [], []
+                for person in range(1, MAX_PERSONS + 1):
+                    with gr.Group(visible=person <= DEFAULT_PERSONS) as group:
+                        fields[f"audio_{person}"] = gr.Audio(label=audio_label(person), type="filepath")
+                        fields[f"voice_{person}"] = gr.Textbox(
+                            label=voice_label(person), value=DEFAULT_VOICES[person - 1], visible=False,
+                            info="a Kokoro voice (af_heart, am_adam, ...) or an espeak-ng voice (en-us+f3)",
+                        )
+                        fields[f"bbox_{person}"] = gr.Textbox(
+                            label=bbox_label(person), placeholder="optional: top, left, bottom, right (image pixels)",
+                        )
+                    person_groups.append(group)
+                    audio_inputs.append(fields[f"audio_{person}"])
+                    voice_inputs.append(fields[f"voice_{person}"])
+
+                with gr.Accordion("Generation", open=True):
+                    with gr.Row():
+                        fields["resolution"] = gr.Radio(list(cli.SIZES), value="multitalk-480", label="Resolution")
+                        fields["mode"] = gr.Radio(
+                            ["clip", "streaming"], value="clip", label="Mode",
+                            info="clip: one chunk; streaming: chunks until the speech ends",
+                        )
+                    with gr.Row():
+                        fields["num_frames"] = gr.Slider(5, 201, value=81, step=4, label="Frames per chunk (4n+1)")
+                        fields["max_frames"] = gr.Slider(
+                            5, cli.STREAMING_MAX_FRAMES, value=cli.STREAMING_MAX_FRAMES, step=4,
+                            label="Max frames (streaming)",
+                        )
+                    with gr.Row():
+                        fields["num_inference_steps"] = gr.Slider(
+                            1, 100, value=cli.DEFAULT_SAMPLE_STEPS, step=1, label="Sampling steps"
+                        )
+                        fields["seed"] = gr.Number(value=42, precision=0, label="Seed (-1: random)")
+                with gr.Accordion("Advanced", open=False):
+                    fields["negative_prompt"] = gr.Textbox(
+                        label="Negative prompt", value=DEFAULT_NEGATIVE_PROMPT, lines=3
+                    )
+                    with gr.Row():
+                        fields["shift"] = gr.Number(value=cli.DEFAULT_SHIFT["multitalk-480"], label="Shift")
+                        fields["text_guidance_scale"] = gr.Slider(1, 15, value=5.0, step=0.5, label="Text guidance")
+                        fields["audio_guidance_scale"] = gr.Slider(1, 15, value=4.0, step=0.5, label="Audio guidance")
+                    with gr.Row():
+                        fields["use_teacache"] = gr.Checkbox(value=use_teacache, label="TeaCache")
+                        fields["teacache_threshold"] = gr.Slider(
+                            0.05, 1.0, value=teacache_threshold, step=0.05, label="TeaCache threshold"
+                        )
+                        fields["use_apg"] = gr.Checkbox(value=False, label="APG")
+                    with gr.Row():
+                        fields["color_correction_strength"] = gr.Slider(
+                            0.0, 1.0, value=1.0, step=0.05, label="Colour correction"
+                        )
+                        fields["motion_frames"] = gr.Slider(1, 97, value=25, step=4, label="Motion frames (streaming)")
+                    with gr.Row():
+                        size_hint = "0: the bucket / 8 (tiny model)" if tiny else "0: the resolution's bucket"
+                        fields["height"] = gr.Number(value=0, precision=0, label="Height", info=size_hint)
+                        fields["width"] = gr.Number(value=0, precision=0, label="Width", info=size_hint)
+                run = gr.Button("Generate", variant="primary")
+            with gr.Column(scale=1):
+                video = gr.Video(label="Video")
+                status = gr.Textbox(label="Status", interactive=False, lines=3)
+
+        example = _bundled_example()
+        if example is not None:
+            gr.Examples(
+                [example],
+                inputs=[
+                    fields[name]
+                    for name in ("image", "prompt", "num_persons", "audio_1", "audio_2", "audio_type", "bbox_1",
+                                 "bbox_2")
+                ],
+            )
+
+        def show_persons(count):
+            return [gr.update(visible=i < int(count)) for i in range(MAX_PERSONS)]
+
+        def show_speech(kind):
+            tts = kind == SPEECH_TTS
+            return (
+                [gr.update(visible=tts)] + [gr.update(visible=not tts) for _ in audio_inputs]
+                + [gr.update(visible=tts) for _ in voice_inputs] + [gr.update(visible=not tts)]
+            )
+
+        def default_shift(resolution):
+            return cli.DEFAULT_SHIFT[resolution]
+
+        fields["num_persons"].change(show_persons, fields["num_persons"], person_groups)
+        fields["speech"].change(
+            show_speech, fields["speech"], [tts_group, *audio_inputs, *voice_inputs, fields["audio_type"]]
+        )
+        fields["resolution"].change(default_shift, fields["resolution"], fields["shift"])
+
+        names = {component: name for name, component in fields.items()}
+
+        def on_generate(values, progress=gr.Progress(track_tqdm=True)):
+            form = {names[component]: value for component, value in values.items() if component in names}
+            count = int(form["num_persons"])
+            tts = form["speech"] == SPEECH_TTS
+            result = generate_video(
+                get_pipeline,
+                form["image"],
+                form["prompt"],
+                audio=None if tts else [form[f"audio_{i}"] for i in range(1, count + 1)],
+                tts_text=(form["tts_text"] or "") if tts else None,
+                tts_voices=[form[f"voice_{i}"] for i in range(1, count + 1)] if tts else None,
+                tts_engine=form["tts_engine"],
+                num_persons=count,
+                audio_type=form["audio_type"],
+                negative_prompt=form["negative_prompt"],
+                resolution=form["resolution"],
+                mode=form["mode"],
+                num_frames=form["num_frames"],
+                motion_frames=form["motion_frames"],
+                max_frames=form["max_frames"],
+                num_inference_steps=form["num_inference_steps"],
+                shift=form["shift"],
+                text_guidance_scale=form["text_guidance_scale"],
+                audio_guidance_scale=form["audio_guidance_scale"],
+                seed=form["seed"] if form["seed"] is not None else 42,
+                use_teacache=form["use_teacache"],
+                teacache_threshold=form["teacache_threshold"],
+                use_apg=form["use_apg"],
+                color_correction_strength=form["color_correction_strength"],
+                bboxes=[form[f"bbox_{i}"] for i in range(1, count + 1)],
+                height=form["height"],
+                width=form["width"],
+                tiny=tiny,
+                output_dir=output_dir,
+                progress=progress,
+            )
+            return result.video, result.status
+
+        # A set of inputs hands the handler one {component: value} dict, read by name above.
+        run.click(on_generate, inputs=set(fields.values()), outputs=[video, status], api_name="generate")
+    demo.generate_fn = on_generate  # the wired handler, for callers (and tests) without a browser
+    return demo
+
+
+def launch(args: argparse.Namespace, **launch_kwargs):
+    """``multitalk serve``: checks the model flags, loads the model (so a broken folder fails now, not at the first
+    click), builds the app and serves it on ``args.host``:``args.port`` (``args.share``: a public gradio.live link)."""
+    output_dir = Path(getattr(args, "output_dir", None) or DEFAULT_OUTPUT_DIR)
+    get_pipeline = pipeline_loader(args)
+    cli._note("loading the model" + (" (--tiny)" if getattr(args, "tiny", False) else ""))
+    get_pipeline()
+    demo = build_app(
+        get_pipeline, output_dir=output_dir, tiny=bool(getattr(args, "tiny", False)),
+        use_teacache=bool(getattr(args, "use_teacache", False)),
+        teacache_threshold=getattr(args, "teacache_thresh", 0.2),
+    )
+    demo.queue(default_concurrency_limit=1)  # one pipeline, one generation at a time
+    return demo.launch(
+        server_name=getattr(args, "host", None),
+        server_port=getattr(args, "port", None),
+        share=bool(getattr(args, "share", False)),
+        allowed_paths=[str(output_dir.resolve())],
+        show_error=True,
+        **launch_kwargs,
+    )
