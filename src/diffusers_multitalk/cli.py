@@ -10,8 +10,9 @@
 
 ``generate`` takes MultiTalk's ``generate_multitalk.py`` flags with the same names and defaults, and its input
 JSON files. The flag -> pipeline-argument mapping lives in one pure function, :func:`build_generation_kwargs`.
-Flags this build cannot honour (quantised checkpoints, multi-GPU sequence parallelism and FSDP, the reference's
-VRAM manager) stop the command with an error naming them, before anything is loaded.
+Flags this build cannot honour (multi-GPU sequence parallelism and FSDP, the reference's VRAM manager, --quant
+values other than int8/fp8) stop the command with an error naming them, before anything is loaded. ``--quant int8
+--quant_dir <MeiGen-MultiTalk>`` loads MultiTalk's optimum-quanto files (loaders/quantized.py).
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--size", default="multitalk-480", choices=SIZES, help="resolution bucket table; the video follows the image's aspect ratio")
     g.add_argument("--frame_num", type=int, default=81, help="frames per clip, 4n+1 (81)")
     g.add_argument("--ckpt_dir", default=None, help="the Wan2.1-I2V-14B folder, with MultiTalk's weights linked in")
-    g.add_argument("--quant_dir", default=None, help="folder of the quantised checkpoints (only with --quant, not supported)")
+    g.add_argument("--quant_dir", default=None, help="the MeiGen-MultiTalk folder whose quant_models/ --quant reads")
     g.add_argument("--wav2vec_dir", default=None, help="the chinese-wav2vec2-base folder")
     g.add_argument("--lora_dir", nargs="+", default=None, help="LoRA files (Wan's original naming works)")
     g.add_argument("--lora_scale", type=float, nargs="+", default=[1.2], help="one scale per LoRA, or one for all (1.2)")
@@ -153,7 +154,11 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--apg_momentum", type=float, default=-0.75, help="APG momentum (-0.75)")
     g.add_argument("--apg_norm_threshold", type=float, default=55, help="APG norm threshold (55)")
     g.add_argument("--color_correction_strength", type=float, default=1.0, help="colour matching to the image, 0..1 (1)")
-    g.add_argument("--quant", default=None, help="int8/fp8 quantised checkpoints (not supported)")
+    g.add_argument(
+        "--quant", default=None,
+        help="int8 or fp8 (optimum-quanto): MultiTalk's quantised DiT and umT5 from --quant_dir; with --lora_dir, its "
+        "first file is the quantised FusionX DiT, as in MultiTalk; without --quant_dir the float weights are quantised on the fly",
+    )
 
     o = p.add_argument_group("diffusers-multitalk's flags")
     source = o.add_mutually_exclusive_group()
@@ -284,7 +289,7 @@ def unsupported_flags(args: argparse.Namespace, environ: dict | None = None) -> 
     if args.use_teacache and not teacache_available():
         refused.append(("--use_teacache", "TeaCache is not implemented in this build; drop the flag (every step then runs in full)"))
     if args.quant is not None:
-        refused.append((f"--quant {args.quant}", "quantised MultiTalk checkpoints (optimum-quanto int8/fp8) cannot be loaded by this build; use the bf16 weights"))
+        refused.extend(_quant_refusals(args))
     if args.num_persistent_param_in_dit is not None:
         refused.append((
             f"--num_persistent_param_in_dit {args.num_persistent_param_in_dit}",
@@ -302,6 +307,43 @@ def unsupported_flags(args: argparse.Namespace, environ: dict | None = None) -> 
     if world_size > 1:
         refused.append((f"torchrun (WORLD_SIZE={world_size})", "multi-GPU inference is not implemented; run one process"))
     return refused
+
+
+def _quant_refusals(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """Why ``--quant`` cannot be honoured here (empty when it can)."""
+    from .loaders.quantized import QUANT_CHOICES, QUANT_INSTALL_HINT
+
+    flag = f"--quant {args.quant}"
+    if args.quant not in QUANT_CHOICES:
+        return [(flag, f"MultiTalk's quantisations are {' and '.join(QUANT_CHOICES)}")]
+    if not quanto_available():
+        return [(flag, f"optimum-quanto is not installed: {QUANT_INSTALL_HINT}")]
+    if (args.tiny or args.model) and (args.quant_dir or quant_dit_path(args)):
+        given = f"--quant_dir {args.quant_dir}" if args.quant_dir else f"--lora_dir {args.lora_dir[0]}"
+        return [(
+            f"{flag} {given}",
+            "MultiTalk's quantised files are in the original layout and load only with --ckpt_dir; with "
+            f"{'--tiny' if args.tiny else '--model'}, give float weights (and LoRAs) to quantise on the fly",
+        )]
+    return []
+
+
+def quanto_available() -> bool:
+    """Whether optimum-quanto (for --quant) is installed."""
+    try:
+        return importlib.util.find_spec("optimum.quanto") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def quant_dit_path(args: argparse.Namespace) -> str | None:
+    """With --quant, the first --lora_dir file when it is a quantised DiT (MultiTalk's
+    ``quant_model_int8_FusionX.safetensors``): MultiTalk loads it as the whole DiT, not as a LoRA."""
+    if not getattr(args, "quant", None) or not args.lora_dir:
+        return None
+    from .loaders.quantized import is_quantized_checkpoint
+
+    return args.lora_dir[0] if is_quantized_checkpoint(args.lora_dir[0]) else None
 
 
 def teacache_available() -> bool:
@@ -344,6 +386,9 @@ def check_generate_args(args: argparse.Namespace) -> None:
         for path in args.lora_dir:
             if not Path(path).exists() and not _looks_like_repo_id(path):
                 problems.append(f"--lora_dir {path}: does not exist")
+        problems += _quant_lora_problems(args)
+    if args.quant_dir and args.quant is None:
+        problems.append(f"--quant_dir {args.quant_dir}: only used with --quant int8 (or fp8)")
     # the model source
     if args.model and not Path(args.model).is_dir() and not _looks_like_repo_id(args.model):
         problems.append(f"--model {args.model}: neither a folder here nor a Hub repo id (owner/name)")
@@ -358,6 +403,33 @@ def check_generate_args(args: argparse.Namespace) -> None:
             problems.append("--wav2vec_dir: required with --ckpt_dir (the chinese-wav2vec2-base folder)")
     if problems:
         raise CLIError("invalid arguments:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _quant_lora_problems(args: argparse.Namespace) -> list[str]:
+    """--lora_dir with (or without) --quant: MultiTalk's quantised FusionX DiT comes through --lora_dir with --quant."""
+    from .loaders.quantized import is_quantized_checkpoint
+
+    quantised = [path for path in args.lora_dir if is_quantized_checkpoint(path)]
+    if args.quant is None:
+        return [
+            f"--lora_dir {path}: a quantised DiT (MultiTalk's quant_model_*), not a LoRA: add --quant int8 (and --quant_dir)"
+            for path in quantised
+        ]
+    problems = []
+    if quantised and quantised[0] != args.lora_dir[0] or len(quantised) > 1:
+        problems.append("--lora_dir: with --quant the quantised DiT must be the first and only --lora_dir file")
+    elif quantised and len(args.lora_dir) > 1:
+        problems.append(
+            f"--lora_dir {' '.join(args.lora_dir[1:])}: a LoRA cannot be applied to the quantised DiT "
+            f"{args.lora_dir[0]}; MultiTalk ships FusionX already merged into it"
+        )
+    elif not quantised and args.quant_dir:
+        problems.append(
+            f"--lora_dir {args.lora_dir[0]}: with --quant and --quant_dir, --lora_dir is MultiTalk's quantised FusionX DiT "
+            "(quant_models/quant_model_int8_FusionX.safetensors); a float LoRA cannot be applied to the quantised "
+            "files: drop --quant_dir to fuse it into the float DiT and quantise that on the fly"
+        )
+    return problems
 
 
 def _looks_like_repo_id(value: str) -> bool:
@@ -492,7 +564,10 @@ def _wan_dir_problems(ckpt_dir: Path, need_linked_multitalk: bool) -> list[str]:
 
 
 def load_pipeline(args: argparse.Namespace, device, dtype):
-    """The pipeline from --tiny, --model or --ckpt_dir/--wav2vec_dir, with LoRAs, attention backend and placement."""
+    """The pipeline from --tiny, --model or --ckpt_dir/--wav2vec_dir, with LoRAs, quantisation, attention backend
+    and placement."""
+    quant_dit = quant_dit_path(args)
+    quant_files = bool(args.quant and (args.quant_dir or quant_dit))
     if args.tiny:
         from .tiny import make_tiny_pipeline
 
@@ -516,7 +591,15 @@ def load_pipeline(args: argparse.Namespace, device, dtype):
         ckpt_dir = Path(args.ckpt_dir)
         if not ckpt_dir.is_dir():
             raise CLIError(f"--ckpt_dir {ckpt_dir}: no such folder (`{PROG} download --target weights` fetches it)")
-        problems = _wan_dir_problems(ckpt_dir, need_linked_multitalk=args.multitalk_dir is None)
+        if quant_files:
+            from .loaders.quantized import quant_folder_problems
+
+            # The quantised DiT holds every weight: no shards or multitalk.safetensors needed, its files are.
+            problems = quant_folder_problems(
+                _wan_dir_problems(ckpt_dir, need_linked_multitalk=False), ckpt_dir, args.quant, args.quant_dir, quant_dit
+            )
+        else:
+            problems = _wan_dir_problems(ckpt_dir, need_linked_multitalk=args.multitalk_dir is None)
         if problems:
             lines = "\n".join(f"  {p}" for p in problems)
             raise CLIError(
@@ -527,9 +610,15 @@ def load_pipeline(args: argparse.Namespace, device, dtype):
         wav2vec_problems = [f"{label}: {detail}" if detail else label for label, ok, detail in inspect_wav2vec_dir(Path(args.wav2vec_dir)) if not ok]
         if wav2vec_problems:
             raise CLIError(f"--wav2vec_dir {args.wav2vec_dir} is incomplete:\n" + "\n".join(f"  {p}" for p in wav2vec_problems))
-        pipe = WanMultiTalkPipeline.from_original(ckpt_dir, args.multitalk_dir, args.wav2vec_dir, torch_dtype=dtype)
+        quant_kwargs = {}
+        if quant_files:
+            quant_kwargs = dict(quant=args.quant, quant_dir=args.quant_dir, quant_dit_path=quant_dit)
+            _note(f"--quant {args.quant}: the quantised DiT {quant_dit or 'from ' + str(args.quant_dir)}")
+        pipe = WanMultiTalkPipeline.from_original(
+            ckpt_dir, args.multitalk_dir, args.wav2vec_dir, torch_dtype=dtype, **quant_kwargs
+        )
 
-    specs = lora_specs(args)
+    specs = [] if quant_dit else lora_specs(args)
     if specs:
         names = []
         for index, (path, _) in enumerate(specs):
@@ -537,6 +626,11 @@ def load_pipeline(args: argparse.Namespace, device, dtype):
             pipe.load_lora_weights(path, adapter_name=name)
             names.append(name)
         pipe.set_adapters(names, [scale for _, scale in specs])
+    if args.quant and not quant_files:
+        from .loaders.quantized import quantize_pipeline
+
+        _note(f"--quant {args.quant} without --quant_dir: quantising the DiT{' (LoRAs fused first)' if specs else ''} and umT5 on the fly")
+        quantize_pipeline(pipe, args.quant)
 
     if args.use_teacache:
         pipe.transformer.enable_teacache(threshold=args.teacache_thresh, resolution=args.size)

@@ -178,6 +178,9 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         torch_dtype: torch.dtype | None = None,
         lora_path=None,
         lora_scale: float = 1.0,
+        quant: str | None = None,
+        quant_dir=None,
+        quant_dit_path=None,
     ) -> "WanMultiTalkPipeline":
         """Builds the pipeline from the official folders as users download them.
 
@@ -190,6 +193,11 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             torch_dtype: dtype of the DiT, text and image encoders (the VAE and wav2vec2 stay float32, as the
                 reference runs them).
             lora_path / lora_scale: an optional LoRA (e.g. a step-distillation LoRA) loaded into the transformer.
+            quant: "int8" or "fp8" (MultiTalk's `--quant`; needs optimum-quanto): with `quant_dir` (the
+                MeiGen-MultiTalk folder) the DiT and umT5 come from its `quant_models/` files, or the DiT from
+                `quant_dit_path` (e.g. `quant_model_int8_FusionX.safetensors`, MultiTalk's `--lora_dir` with
+                `--quant`); with neither, the float weights (and `lora_path`, fused) are quantised on the fly. See
+                [`~diffusers_multitalk.loaders.quantized`].
         """
         from ..loaders.original_folders import check_original_folders
         from ..loaders.wan_components import (
@@ -201,16 +209,35 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         from .multitalk_utils import make_multitalk_scheduler
 
         # Every missing file is named (with the command that downloads it) before anything heavy loads.
+        quant_files = quant is not None and (quant_dir is not None or quant_dit_path is not None)
+        if quant is not None:
+            from ..loaders import quantized
+
+            quantized.validate_quant(quant)
+            if quant_files and lora_path is not None:
+                raise ValueError(
+                    "A LoRA cannot be applied to MultiTalk's quantised files; for FusionX pass its quantised model "
+                    "(quant_models/quant_model_int8_FusionX.safetensors) as quant_dit_path, or drop quant_dir to "
+                    "quantise the float weights on the fly after fusing the LoRA."
+                )
         problems = check_original_folders(wan_dir, multitalk_dir, wav2vec_dir)
+        if quant_files:
+            problems = quantized.quant_folder_problems(problems, wan_dir, quant, quant_dir, quant_dit_path)
         if problems:
             raise FileNotFoundError("\n".join(problems))
         wan_dir = Path(wan_dir)
-        transformer = MultiTalkTransformer3DModel.from_original(
-            wan_dir, torch_dtype=torch_dtype, multitalk_path=_multitalk_file(wan_dir, multitalk_dir)
-        )
+        if quant_files:
+            transformer, text_encoder = quantized.load_quantized_components(
+                wan_dir, quant, quant_dir, quant_dit_path, torch_dtype=torch_dtype
+            )
+        else:
+            transformer = MultiTalkTransformer3DModel.from_original(
+                wan_dir, torch_dtype=torch_dtype, multitalk_path=_multitalk_file(wan_dir, multitalk_dir)
+            )
+            text_encoder = load_umt5_encoder_from_original(wan_dir, torch_dtype=torch_dtype)
         pipe = cls(
             tokenizer=load_umt5_tokenizer(wan_dir),
-            text_encoder=load_umt5_encoder_from_original(wan_dir, torch_dtype=torch_dtype),
+            text_encoder=text_encoder,
             image_encoder=load_clip_vision_from_original(wan_dir, torch_dtype=torch_dtype),
             transformer=transformer,
             vae=load_vae_from_original(wan_dir, torch_dtype=torch.float32),
@@ -221,6 +248,8 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         if lora_path is not None:
             pipe.load_lora_weights(lora_path, adapter_name="multitalk_lora")
             pipe.set_adapters(["multitalk_lora"], [lora_scale])
+        if quant is not None and not quant_files:
+            quantized.quantize_pipeline(pipe, quant)
         return pipe
 
     @classmethod
