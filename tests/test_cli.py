@@ -61,7 +61,7 @@ README_COMMANDS = [
     ("single, low VRAM",
      f"{BASE} --input_json examples/single_example_1.json --sample_steps 40 --mode streaming "
      "--num_persistent_param_in_dit 0 --use_teacache --save_file single_long_lowvram_exp",
-     SINGLE, 1, {}, {"--num_persistent_param_in_dit 0"}, []),
+     SINGLE, 1, {}, set(), []),
     ("single, 8 GPUs (torchrun)",
      f"{BASE} --dit_fsdp --t5_fsdp --ulysses_size=8 --input_json examples/single_example_1.json --sample_steps 40 "
      "--mode streaming --use_teacache --save_file single_long_multigpu_exp",
@@ -69,7 +69,7 @@ README_COMMANDS = [
     ("single, TTS",
      f"{BASE} --input_json examples/single_example_tts_1.json --sample_steps 40 --mode streaming "
      "--num_persistent_param_in_dit 0 --use_teacache --save_file single_long_lowvram_tts_exp --audio_mode tts",
-     TTS_SINGLE, 1, {"audio_type": "para"}, {"--num_persistent_param_in_dit 0"}, []),
+     TTS_SINGLE, 1, {"audio_type": "para"}, set(), []),
     ("multi, one GPU",
      f"{BASE} --input_json examples/multitalk_example_2.json --sample_steps 40 --mode streaming --use_teacache "
      "--save_file multi_long_exp",
@@ -77,7 +77,7 @@ README_COMMANDS = [
     ("multi, low VRAM",
      f"{BASE} --input_json examples/multitalk_example_2.json --sample_steps 40 --mode streaming "
      "--num_persistent_param_in_dit 0 --use_teacache --save_file multi_long_lowvram_exp",
-     TWO_PARA, 1, {"audio_type": "para"}, {"--num_persistent_param_in_dit 0"}, []),
+     TWO_PARA, 1, {"audio_type": "para"}, set(), []),
     ("multi, 8 GPUs (torchrun)",
      f"{BASE} --dit_fsdp --t5_fsdp --ulysses_size=8 --input_json examples/multitalk_example_2.json --sample_steps 40 "
      "--mode streaming --use_teacache --save_file multi_long_multigpu_exp",
@@ -86,24 +86,24 @@ README_COMMANDS = [
     ("multi, TTS",
      f"{BASE} --input_json examples/multitalk_example_tts_1.json --sample_steps 40 --mode streaming "
      "--num_persistent_param_in_dit 0 --use_teacache --save_file multi_long_lowvram_tts_exp --audio_mode tts",
-     TTS_TWO, 1, {"audio_type": "para"}, {"--num_persistent_param_in_dit 0"}, []),
+     TTS_TWO, 1, {"audio_type": "para"}, set(), []),
     ("single, FusionX LoRA",
      f"{BASE} --input_json examples/single_example_1.json --lora_dir {FUSIONX} --lora_scale 1.0 "
      "--sample_text_guide_scale 1.0 --sample_audio_guide_scale 2.0 --sample_steps 8 --mode streaming "
      "--num_persistent_param_in_dit 0 --save_file single_long_lowvram_fusionx_exp --sample_shift 2",
      SINGLE, 1, {"num_inference_steps": 8, "shift": 2.0, "text_guidance_scale": 1.0, "audio_guidance_scale": 2.0},
-     {"--num_persistent_param_in_dit 0"}, [(FUSIONX, 1.0)]),
+     set(), [(FUSIONX, 1.0)]),
     ("multi, FusionX LoRA",
      f"{BASE} --input_json examples/multitalk_example_2.json --lora_dir {FUSIONX} --lora_scale 1.0 "
      "--sample_text_guide_scale 1.0 --sample_audio_guide_scale 2.0 --sample_steps 8 --mode streaming "
      "--num_persistent_param_in_dit 0 --save_file multi_long_lowvram_fusionx_exp",
      TWO_PARA, 1, {"audio_type": "para", "num_inference_steps": 8, "text_guidance_scale": 1.0, "audio_guidance_scale": 2.0},
-     {"--num_persistent_param_in_dit 0"}, [(FUSIONX, 1.0)]),
+     set(), [(FUSIONX, 1.0)]),
     ("multi, int8",
      f"{BASE} --input_json examples/multitalk_example_2.json --sample_steps 40 --mode streaming --use_teacache "
      "--quant int8 --quant_dir weights/MeiGen-MultiTalk --num_persistent_param_in_dit 0 "
      "--save_file multi_long_lowvram_exp_quant",
-     TWO_PARA, 1, {"audio_type": "para"}, {"--quant int8", "--num_persistent_param_in_dit 0"}, []),
+     TWO_PARA, 1, {"audio_type": "para"}, {"--quant int8"}, []),
     ("multi, int8 + LoRA",
      f"{BASE} --input_json examples/multitalk_example_1.json --quant int8 --quant_dir weights/MeiGen-MultiTalk "
      f"--lora_dir {QUANT_LORA} --sample_text_guide_scale 1.0 --sample_audio_guide_scale 2.0 --sample_steps 8 "
@@ -111,7 +111,7 @@ README_COMMANDS = [
      TWO_ADD, 1,
      {"audio_type": "add", "num_inference_steps": 8, "shift": 2.0, "text_guidance_scale": 1.0,
       "audio_guidance_scale": 2.0, "bbox": [[160, 120, 1280, 1080], [160, 1320, 1280, 2280]]},
-     {"--quant int8", "--num_persistent_param_in_dit 0"}, [(QUANT_LORA, 1.2)]),
+     {"--quant int8"}, [(QUANT_LORA, 1.2)]),
     # the README's "Usage" list: --size multitalk-720, --mode clip, --use_apg
     ("usage: 720P clip with APG",
      f"{BASE} --input_json x.json --size multitalk-720 --mode clip --use_apg",
@@ -181,7 +181,6 @@ def test_default_save_file_and_output_path():
     "flags, named",
     [
         ("--quant int8 --quant_dir weights/MeiGen-MultiTalk", ["--quant int8"]),
-        ("--num_persistent_param_in_dit 0", ["--num_persistent_param_in_dit 0"]),
         ("--ulysses_size 2 --ring_size 2 --dit_fsdp --t5_fsdp", ["--ulysses_size 2", "--ring_size 2", "--dit_fsdp", "--t5_fsdp"]),
     ],
 )

@@ -10,8 +10,9 @@
 
 ``generate`` takes MultiTalk's ``generate_multitalk.py`` flags with the same names and defaults, and its input
 JSON files. The flag -> pipeline-argument mapping lives in one pure function, :func:`build_generation_kwargs`.
-Flags this build cannot honour (multi-GPU sequence parallelism and FSDP, the reference's VRAM manager, --quant
-values other than int8/fp8) stop the command with an error naming them, before anything is loaded. ``--quant int8
+Flags this build cannot honour (multi-GPU sequence parallelism and FSDP, --quant values other than int8/fp8) stop
+the command with an error naming them, before anything is loaded. ``--num_persistent_param_in_dit N`` (the
+reference's VRAM manager) is diffusers' group offloading here (pipelines/low_vram.py, docs/low_vram.md). ``--quant int8
 --quant_dir <MeiGen-MultiTalk>`` loads MultiTalk's optimum-quanto files (loaders/quantized.py).
 """
 
@@ -146,7 +147,11 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--sample_shift", type=float, default=None, help="timestep shift (7 at 480P, 11 at 720P)")
     g.add_argument("--sample_text_guide_scale", type=float, default=5.0, help="text guidance (5; 1 with distillation LoRAs)")
     g.add_argument("--sample_audio_guide_scale", type=float, default=4.0, help="audio guidance (4; 2 with distillation LoRAs)")
-    g.add_argument("--num_persistent_param_in_dit", type=int, default=None, help="the reference's VRAM manager (not supported)")
+    g.add_argument(
+        "--num_persistent_param_in_dit", type=int, default=None,
+        help="low VRAM: keep the DiT blocks that fit in N parameters on the GPU, stream the others from the CPU "
+        "block by block (0: lowest VRAM); the other models are offloaded too unless --offload_model False",
+    )
     g.add_argument("--audio_mode", default="localfile", choices=["localfile", "tts"], help="audio from files or from TTS (tts_audio)")
     g.add_argument("--use_teacache", action="store_true", help="TeaCache: skip the DiT on steps whose timestep changed little")
     g.add_argument("--teacache_thresh", type=float, default=0.2, help="TeaCache threshold, 0.2 to 0.5 (only with --use_teacache)")
@@ -290,11 +295,6 @@ def unsupported_flags(args: argparse.Namespace, environ: dict | None = None) -> 
         refused.append(("--use_teacache", "TeaCache is not implemented in this build; drop the flag (every step then runs in full)"))
     if args.quant is not None:
         refused.extend(_quant_refusals(args))
-    if args.num_persistent_param_in_dit is not None:
-        refused.append((
-            f"--num_persistent_param_in_dit {args.num_persistent_param_in_dit}",
-            "the reference's VRAM manager is not implemented; use --offload_model True (model CPU offload) instead",
-        ))
     if args.ulysses_size > 1:
         refused.append((f"--ulysses_size {args.ulysses_size}", "multi-GPU sequence parallelism is not implemented; run on one GPU"))
     if args.ring_size > 1:
@@ -370,6 +370,8 @@ def check_generate_args(args: argparse.Namespace) -> None:
         problems.append(f"--motion_frame {args.motion_frame}: must be 4n+1 and smaller than --frame_num ({args.frame_num})")
     if args.sample_steps is not None and args.sample_steps < 1:
         problems.append(f"--sample_steps {args.sample_steps}: must be at least 1")
+    if args.num_persistent_param_in_dit is not None and args.num_persistent_param_in_dit < 0:
+        problems.append(f"--num_persistent_param_in_dit {args.num_persistent_param_in_dit}: must be 0 or more (0: lowest VRAM)")
     if not 0.0 <= args.color_correction_strength <= 1.0:
         problems.append(f"--color_correction_strength {args.color_correction_strength}: must be in [0, 1]")
     if args.use_teacache and args.teacache_thresh <= 0:
@@ -644,10 +646,22 @@ def load_pipeline(args: argparse.Namespace, device, dtype):
     offload = args.offload_model
     if offload is None:
         offload = device.type == "cuda"  # the reference offloads by default on one GPU
+    low_vram = args.num_persistent_param_in_dit
+    if low_vram is not None and device.type == "cpu":
+        _note("--num_persistent_param_in_dit has no effect on the CPU (everything already lives there)")
+        low_vram = None
     if offload and device.type == "cpu":
         _note("--offload_model True has no effect on the CPU (everything already lives there)")
         offload = False
-    if offload:
+    if low_vram is not None:
+        # The DiT blocks that fit in N parameters stay on the GPU, the others stream in block by block (diffusers'
+        # group offloading). --offload_model (on by default) group-offloads umT5, CLIP, the VAE and wav2vec2 as well,
+        # False keeps them on the GPU; --t5_cpu keeps umT5 on the CPU. See docs/low_vram.md.
+        from .pipelines.low_vram import enable_low_vram
+
+        plan = enable_low_vram(pipe, device, low_vram, offload_components=offload, text_encoder_on_cpu=args.t5_cpu)
+        _note(plan.summary())
+    elif offload:
         if args.t5_cpu:
             # keep umT5 out of the offload chain, on the CPU; the pipeline feeds it on its own device
             pipe.model_cpu_offload_seq = "->".join(m for m in pipe.model_cpu_offload_seq.split("->") if m != "text_encoder")
