@@ -103,7 +103,7 @@ README_COMMANDS = [
      f"{BASE} --input_json examples/multitalk_example_2.json --sample_steps 40 --mode streaming --use_teacache "
      "--quant int8 --quant_dir weights/MeiGen-MultiTalk --num_persistent_param_in_dit 0 "
      "--save_file multi_long_lowvram_exp_quant",
-     TWO_PARA, 1, {"audio_type": "para"}, {"--quant int8"}, []),
+     TWO_PARA, 1, {"audio_type": "para"}, set(), []),
     ("multi, int8 + LoRA",
      f"{BASE} --input_json examples/multitalk_example_1.json --quant int8 --quant_dir weights/MeiGen-MultiTalk "
      f"--lora_dir {QUANT_LORA} --sample_text_guide_scale 1.0 --sample_audio_guide_scale 2.0 --sample_steps 8 "
@@ -111,7 +111,7 @@ README_COMMANDS = [
      TWO_ADD, 1,
      {"audio_type": "add", "num_inference_steps": 8, "shift": 2.0, "text_guidance_scale": 1.0,
       "audio_guidance_scale": 2.0, "bbox": [[160, 120, 1280, 1080], [160, 1320, 1280, 2280]]},
-     {"--quant int8"}, [(QUANT_LORA, 1.2)]),
+     set(), [(QUANT_LORA, 1.2)]),
     # the README's "Usage" list: --size multitalk-720, --mode clip, --use_apg
     ("usage: 720P clip with APG",
      f"{BASE} --input_json x.json --size multitalk-720 --mode clip --use_apg",

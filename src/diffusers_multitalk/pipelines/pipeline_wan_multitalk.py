@@ -211,9 +211,14 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         # Every missing file is named (with the command that downloads it) before anything heavy loads.
         quant_files = quant is not None and (quant_dir is not None or quant_dit_path is not None)
         if quant is not None:
-            from ..loaders import quantized
+            from ..loaders.quantized import (
+                load_quantized_components,
+                quant_folder_problems,
+                quantize_pipeline,
+                validate_quant,
+            )
 
-            quantized.validate_quant(quant)
+            validate_quant(quant)
             if quant_files and lora_path is not None:
                 raise ValueError(
                     "A LoRA cannot be applied to MultiTalk's quantised files; for FusionX pass its quantised model "
@@ -222,12 +227,12 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 )
         problems = check_original_folders(wan_dir, multitalk_dir, wav2vec_dir)
         if quant_files:
-            problems = quantized.quant_folder_problems(problems, wan_dir, quant, quant_dir, quant_dit_path)
+            problems = quant_folder_problems(problems, wan_dir, quant, quant_dir, quant_dit_path)
         if problems:
             raise FileNotFoundError("\n".join(problems))
         wan_dir = Path(wan_dir)
         if quant_files:
-            transformer, text_encoder = quantized.load_quantized_components(
+            transformer, text_encoder = load_quantized_components(
                 wan_dir, quant, quant_dir, quant_dit_path, torch_dtype=torch_dtype
             )
         else:
@@ -249,7 +254,7 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             pipe.load_lora_weights(lora_path, adapter_name="multitalk_lora")
             pipe.set_adapters(["multitalk_lora"], [lora_scale])
         if quant is not None and not quant_files:
-            quantized.quantize_pipeline(pipe, quant)
+            quantize_pipeline(pipe, quant)
         return pipe
 
     @classmethod
