@@ -19,6 +19,8 @@ from .pipelines import (
     WanMultiTalkPipelineOutput,
     export_to_video,
     export_to_video_with_audio,
+    disable_low_vram,
+    enable_low_vram,
 )
 from .tiny import make_tiny_pipeline
 
@@ -36,6 +38,8 @@ __all__ = [
     "WanMultiTalkPipelineOutput",
     "audio_windows",
     "combine_speakers",
+    "disable_low_vram",
+    "enable_low_vram",
     "encode_speech",
     "export_to_video",
     "export_to_video_with_audio",
