@@ -12,7 +12,6 @@ from pathlib import Path
 from unittest import mock
 
 import diffusers
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -24,25 +23,15 @@ from diffusers_multitalk import MultiTalkTransformer3DModel, WanMultiTalkPipelin
 from diffusers_multitalk import integration
 from diffusers_multitalk.loaders import convert as convert_module
 from diffusers_multitalk.loaders.convert import convert_original_to_diffusers
-from diffusers_multitalk.testing import write_tiny_original_folders
+from diffusers_multitalk.testing import tiny_generation_latents as generate, write_tiny_original_folders
 
 
-SR = 16000
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "convert_weights.py"
 WEIGHTS = ("text_encoder", "image_encoder", "transformer", "vae", "audio_encoder")
 REPO = "me/multitalk-tiny"
 
 
-def generate(pipe):
-    t = np.arange(SR) / SR
-    wave = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
-    image = (np.random.RandomState(0).rand(64, 96, 3) * 255).astype(np.uint8)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe(
-        image=image, audio=[(wave, SR)], prompt="a person talks", height=64, width=96, num_frames=5,
-        num_inference_steps=2, mode="clip", output_type="latent", generator=torch.Generator().manual_seed(0),
-    ).frames[0]
 
 
 def assert_same_weights(a, b, names=WEIGHTS):

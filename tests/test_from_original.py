@@ -5,7 +5,6 @@ import json
 import os
 import re
 
-import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -27,34 +26,15 @@ from diffusers_multitalk.loaders.wan_components import (
     load_umt5_encoder_from_original,
     load_vae_from_original,
 )
-from diffusers_multitalk.testing import write_tiny_original_folders
+from diffusers_multitalk.testing import tiny_generation_latents as generate, write_tiny_original_folders
 from diffusers_multitalk.tiny import TINY_IMAGE_DIM, make_tiny_components
 
 
-SR = 16000
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "wan_components_tiny")
 MODULES = ("text_encoder", "image_encoder", "transformer", "vae", "audio_encoder")
 INDEX = "diffusion_pytorch_model.safetensors.index.json"
 
 
-def generate(pipe):
-    """A short clip-mode generation: 64x96, 5 frames, 2 steps, 1 s of 220 Hz sine at 16 kHz."""
-    t = np.arange(SR) / SR
-    wave = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
-    image = (np.random.RandomState(0).rand(64, 96, 3) * 255).astype(np.uint8)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe(
-        image=image,
-        audio=[(wave, SR)],
-        prompt="a person talks",
-        height=64,
-        width=96,
-        num_frames=5,
-        num_inference_steps=2,
-        mode="clip",
-        output_type="latent",
-        generator=torch.Generator().manual_seed(0),
-    ).frames[0]
 
 
 def link_like_multitalk_readme(wan_dir, multitalk_dir):

@@ -17,7 +17,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -40,14 +39,13 @@ from diffusers_multitalk.loaders.quantized import (  # noqa: E402
 )
 from diffusers_multitalk.loaders.wan_components import WAN_T5_CHECKPOINT  # noqa: E402
 from diffusers_multitalk.models.transformer_multitalk import MultiTalkTransformer3DModel  # noqa: E402
-from diffusers_multitalk.testing import write_tiny_original_folders  # noqa: E402
+from diffusers_multitalk.testing import tiny_generation_latents as generate, write_tiny_original_folders  # noqa: E402
 from diffusers_multitalk.tiny import make_tiny_components  # noqa: E402
 
 
 FIXTURES = Path(__file__).parent / "fixtures"
 WEIGHTS = FIXTURES / "dit_tiny_weights"  # the reference's own WanModel keys (tiny, random)
 QTYPES = {"int8": qint8, "fp8": qfloat8}
-SR = 16000
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -349,15 +347,6 @@ def test_missing_optimum_quanto_names_the_install(monkeypatch):
 # --------------------------------------------------------------------------------------------------------------------
 # The pipeline and the CLI
 # --------------------------------------------------------------------------------------------------------------------
-def generate(pipe):
-    t = np.arange(SR) / SR
-    wave = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
-    image = (np.random.RandomState(0).rand(64, 96, 3) * 255).astype(np.uint8)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe(
-        image=image, audio=[(wave, SR)], prompt="a person talks", height=64, width=96, num_frames=5,
-        num_inference_steps=2, mode="clip", output_type="latent", generator=torch.Generator().manual_seed(0),
-    ).frames[0]
 
 
 @pytest.fixture(scope="module")

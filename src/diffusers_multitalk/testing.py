@@ -30,6 +30,7 @@ from .loaders.wan_components import (
 
 
 __all__ = [
+    "tiny_generation_latents",
     "WAN_DIR_NAME",
     "MULTITALK_DIR_NAME",
     "WAV2VEC_DIR_NAME",
@@ -181,3 +182,19 @@ def write_tiny_original_folders(root: str | os.PathLike, seed: int = 0) -> dict[
     components["audio_encoder"].save_pretrained(wav2vec_dir, safe_serialization=True)
     components["audio_feature_extractor"].save_pretrained(wav2vec_dir)
     return dict(wan_dir=wan_dir, multitalk_dir=multitalk_dir, wav2vec_dir=wav2vec_dir)
+
+
+def tiny_generation_latents(pipe) -> torch.Tensor:
+    """The latents of a short, fixed clip-mode generation (64x96, 5 frames, 2 steps, 1 s of a 220 Hz sine at
+    16 kHz, seed 0): what tests compare to show that two ways of loading give the same pipeline."""
+    import numpy as np
+
+    sampling_rate = 16000
+    t = np.arange(sampling_rate) / sampling_rate
+    wave = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    image = (np.random.RandomState(0).rand(64, 96, 3) * 255).astype(np.uint8)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(
+        image=image, audio=[(wave, sampling_rate)], prompt="a person talks", height=64, width=96, num_frames=5,
+        num_inference_steps=2, mode="clip", output_type="latent", generator=torch.Generator().manual_seed(0),
+    ).frames[0]
