@@ -301,3 +301,10 @@ def test_embed_frames_and_dtype(encoder):
     assert encoder.embed(speech, fps=30).shape[0] == 30
     with pytest.raises(ValueError, match="shorter than one video frame"):
         encoder.embed(speech[:100])
+
+
+def test_normalisation_can_be_left_out():
+    wave = 0.05 * np.sin(2 * np.pi * 200 * np.arange(16000) / 16000).astype(np.float32)
+    as_is = prepare_audio(wave, sampling_rate=16000, normalize_loudness=False)
+    assert np.array_equal(as_is, wave)
+    assert not np.allclose(prepare_audio(wave, sampling_rate=16000), wave)

@@ -436,6 +436,10 @@ def test_tts_mode(monkeypatch, tmp_path):
     assert tracks["person1"][0].sum() == 800 and tracks["person2"][0].sum() == 0
     kwargs = build_generation_kwargs(parse("--audio_mode tts"), {"prompt": "p", "cond_image": "i.png", "cond_audio": tracks, "audio_type": "add"})
     assert kwargs["audio_type"] == "para" and len(kwargs["audio"]) == 2
+    # the reference uses TTS speech as synthesised, recordings loudness-normalised
+    assert kwargs["normalize_loudness"] is False
+    local = build_generation_kwargs(parse(""), {"prompt": "p", "cond_image": "i.png", "cond_audio": tracks})
+    assert local["normalize_loudness"] is True
 
     # a TTS problem (here: an empty text) is a CLI error that names the field
     monkeypatch.undo()

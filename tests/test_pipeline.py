@@ -260,10 +260,15 @@ def test_dialogue_drives_the_persons_with_their_own_turns(pipe, image):
     # the same as speaking the script first and passing its tracks as simultaneous audio
     tracks, mixed = synthesize_dialogue(script, engine="espeak-ng")
     assert len(tracks) == 2 and np.abs(tracks[0][: len(tracks[0]) // 4]).max() > 0.01
-    by_hand = run(pipe, image, [(t, SR) for t in tracks], audio_type="para", output_type="latent")
+    by_hand = run(pipe, image, [(t, SR) for t in tracks], audio_type="para", output_type="latent",
+                  normalize_loudness=False)
     assert len(out.frames) == len(by_hand.frames)
     assert all(torch.equal(a, b) for a, b in zip(out.frames, by_hand.frames))
     assert np.allclose(out.audio, by_hand.audio)
+    # TTS speech drives the video as synthesised (the reference's TTS mode): not loudness-normalised
+    assert np.allclose(out.audio, mixed[: len(out.audio)], atol=1e-6)
+    normalised = run(pipe, image, [(t, SR) for t in tracks], audio_type="para", output_type="latent")
+    assert not all(torch.equal(a, b) for a, b in zip(out.frames, normalised.frames))
 
 
 @pytest.mark.parametrize(

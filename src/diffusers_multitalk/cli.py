@@ -485,6 +485,8 @@ def build_generation_kwargs(args: argparse.Namespace, input_data: dict) -> dict:
         audio=[audio_block[k] for k in persons],
         prompt=input_data["prompt"],
         audio_type=audio_type,
+        # the reference loudness-normalises recordings but drives the video with TTS speech as synthesised
+        normalize_loudness=args.audio_mode != "tts",
         bbox=bbox,
         resolution=args.size,
         height=getattr(args, "height", None),

@@ -220,7 +220,7 @@ def loudness_normalize(audio: np.ndarray, sr: int = TARGET_SAMPLE_RATE, lufs: fl
 # --------------------------------------------------------------------------------------------------
 
 
-def prepare_audio(audio: AudioInput, sampling_rate: int | None = None) -> np.ndarray:
+def prepare_audio(audio: AudioInput, sampling_rate: int | None = None, normalize_loudness: bool = True) -> np.ndarray:
     """Turn a file or waveform into MultiTalk's driving audio: float32, mono, 16 kHz, -23 LUFS.
 
     Args:
@@ -229,6 +229,8 @@ def prepare_audio(audio: AudioInput, sampling_rate: int | None = None) -> np.nda
             tensor, mono ``[samples]`` or multi-channel ``[samples, channels]`` / ``[channels, samples]``
             (channels are averaged). Integer PCM (uint8, int16, int32) is scaled to [-1, 1).
         sampling_rate: the sample rate of a waveform input (required for arrays; ignored for files).
+        normalize_loudness: normalise to -23 LUFS (the reference does for recordings; its TTS speech is used as
+            synthesised).
 
     Returns:
         ``np.ndarray`` float32 ``[samples]`` at 16 kHz.
@@ -270,7 +272,8 @@ def prepare_audio(audio: AudioInput, sampling_rate: int | None = None) -> np.nda
         if speech.size == 0:
             raise ValueError("Audio array is too short to be resampled to 16 kHz; pass a longer waveform.")
 
-    speech = loudness_normalize(speech, TARGET_SAMPLE_RATE, TARGET_LUFS)
+    if normalize_loudness:
+        speech = loudness_normalize(speech, TARGET_SAMPLE_RATE, TARGET_LUFS)
     return np.ascontiguousarray(speech, dtype=np.float32)
 
 

@@ -414,7 +414,7 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         pixels = resize_and_center_crop(pil, height, width)
         return pixels[None, :, None], (src_h, src_w)
 
-    def prepare_audio_inputs(self, audio, audio_type, device, min_frames: int = 0):
+    def prepare_audio_inputs(self, audio, audio_type, device, min_frames: int = 0, normalize_loudness: bool = True):
         """Turns the per-person audio entries into wav2vec2 embeddings `[frames, layers, hidden]` (float32) and the
         mixed track. Entries: a path, a `(waveform, sampling_rate)` tuple, a `{"array", "sampling_rate"}` dict, or a
         precomputed embedding tensor `[frames, layers, hidden]` (then no mixed track). Audio covering no more than
@@ -434,9 +434,9 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 if isinstance(entry, tuple):
                     if len(entry) != 2:
                         raise ValueError("a waveform entry must be (waveform, sampling_rate)")
-                    track = prepare_audio(entry[0], sampling_rate=entry[1])
+                    track = prepare_audio(entry[0], sampling_rate=entry[1], normalize_loudness=normalize_loudness)
                 else:
-                    track = prepare_audio(entry)
+                    track = prepare_audio(entry, normalize_loudness=normalize_loudness)
             except (ValueError, FileNotFoundError, TypeError) as error:
                 raise type(error)(f"audio of person {index + 1}: {error}") from error
             if float(np.abs(track).max()) < 1e-4:
@@ -636,6 +636,7 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         dialogue: str | None = None,
         dialogue_voices: Sequence[Any] | None = None,
         tts_engine: str | Any | None = None,
+        normalize_loudness: bool = True,
     ):
         r"""
         Generates a talking video.
@@ -685,6 +686,9 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 Kokoro-82M folder, or espeak-ng voices); None for the engine's defaults.
             tts_engine: None (Kokoro-82M when its weights are found, else espeak-ng, with a warning saying why),
                 "kokoro" (never falls back) or "espeak-ng"; see `diffusers_multitalk.audio.tts.resolve_tts_engine`.
+            normalize_loudness: bring each person's speech to -23 LUFS before wav2vec2, as the reference does for
+                recordings. Speech from `dialogue` is used as synthesised (the reference's TTS mode), whatever this
+                says; pass False for TTS tracks of your own.
 
         Examples:
         """
@@ -700,6 +704,7 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             # The script's turns are laid out on the tracks already: mix them as they are ("para").
             tracks, _ = synthesize_dialogue(dialogue, voices=dialogue_voices, engine=tts_engine)
             audio, audio_type = [(track, TARGET_SAMPLE_RATE) for track in tracks], "para"
+            normalize_loudness = False
         if mode == "clip":
             max_frames = num_frames
         shift = DEFAULT_SHIFT.get(str(resolution), 7.0) if shift is None else shift
@@ -720,7 +725,9 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         )
         if person_masks is not None:
             person_masks = person_masks.to(device)
-        embeddings, mixed_audio = self.prepare_audio_inputs(audio, audio_type, device, min_frames=num_frames)
+        embeddings, mixed_audio = self.prepare_audio_inputs(
+            audio, audio_type, device, min_frames=num_frames, normalize_loudness=normalize_loudness
+        )
         num_audio_frames = min(len(e) for e in embeddings)
         num_chunks, frames_to_keep = self.plan_chunks(num_audio_frames, num_frames, motion_frames, max_frames, mode)
 
