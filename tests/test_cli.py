@@ -194,18 +194,16 @@ def test_unsupported_flags_fail_clearly(flags, named, capsys):
         assert flag in err
 
 
-def test_teacache_is_honoured_when_the_build_has_it(monkeypatch):
+def test_teacache_is_honoured():
     from diffusers_multitalk.hooks.teacache import TEACACHE_HOOK
 
     args = parse("--tiny --use_teacache --teacache_thresh 0.3 --size multitalk-720")
-    assert cli.teacache_available() and cli.unsupported_flags(args, environ={}) == []
+    assert cli.unsupported_flags(args, environ={}) == []
     pipe = cli.load_pipeline(args, torch.device("cpu"), torch.float32)
     head = pipe.transformer.blocks[0]._diffusers_hook.get_hook(TEACACHE_HOOK)
     assert head is not None and head.config.threshold == 0.3 and head.config.resolution == "multitalk-720"
     with pytest.raises(CLIError, match="--teacache_thresh 0.0"):
         cli.check_generate_args(parse("--tiny --use_teacache --teacache_thresh 0"))
-    monkeypatch.setattr(cli, "teacache_available", lambda: False)  # a build without it refuses the flag
-    assert [flag for flag, _ in cli.unsupported_flags(args, environ={})] == ["--use_teacache"]
 
 
 def test_invalid_arguments_reported_together(capsys):
@@ -562,6 +560,8 @@ def test_info_runs(capsys, tmp_path):
     for needle in ("diffusers-multitalk", "torch:", "diffusers:", "transformers:", "device:", "attention backends", "native"):
         assert needle in out
     assert re.search(r"native\s+usable", out)
+    assert re.search(r"TTS \(--audio_mode tts\): kokoro (installed|not installed).*espeak-ng ", out)
+    assert "quantisation (--quant int8|fp8): optimum-quanto" in out and "web app (multitalk serve): gradio" in out
     assert main(["info", "--ckpt_dir", str(tmp_path), "--wav2vec_dir", str(tmp_path), "--model", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "[MISSING] models_t5_umt5-xxl-enc-bf16.pth" in out and "[MISSING] model_index.json" in out

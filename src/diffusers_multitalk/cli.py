@@ -291,8 +291,6 @@ def unsupported_flags(args: argparse.Namespace, environ: dict | None = None) -> 
     """The flags of ``args`` this build cannot honour, as ``(flag, why)``; empty when everything is supported."""
     environ = os.environ if environ is None else environ
     refused = []
-    if args.use_teacache and not teacache_available():
-        refused.append(("--use_teacache", "TeaCache is not implemented in this build; drop the flag (every step then runs in full)"))
     if args.quant is not None:
         refused.extend(_quant_refusals(args))
     if args.ulysses_size > 1:
@@ -344,15 +342,6 @@ def quant_dit_path(args: argparse.Namespace) -> str | None:
     from .loaders.quantized import is_quantized_checkpoint
 
     return args.lora_dir[0] if is_quantized_checkpoint(args.lora_dir[0]) else None
-
-
-def teacache_available() -> bool:
-    """Whether this build has TeaCache (``MultiTalkTransformer3DModel.enable_teacache``, diffusers_multitalk.hooks)."""
-    try:
-        from .models.transformer_multitalk import MultiTalkTransformer3DModel
-    except ImportError:  # pragma: no cover
-        return False
-    return hasattr(MultiTalkTransformer3DModel, "enable_teacache")
 
 
 def check_generate_args(args: argparse.Namespace) -> None:
@@ -1041,15 +1030,23 @@ def cmd_info(args: argparse.Namespace) -> int:
         out.append(f"ffmpeg: {get_ffmpeg_exe()}")
     except Exception as err:  # noqa: BLE001
         out.append(f"ffmpeg: not found ({err})")
-    out.append(f"TeaCache (--use_teacache): {'available' if teacache_available() else 'not in this build'}")
-    tts_module = importlib.util.find_spec("diffusers_multitalk.audio.tts") is not None
-    kokoro = _version("kokoro") != "not installed"
+    from .audio.tts import find_kokoro_dir
+
+    kokoro_dir = find_kokoro_dir()
     out.append(
-        f"TTS (--audio_mode tts): module {'present' if tts_module else 'not in this build'}, kokoro "
-        + ("installed" if kokoro else "not installed (pip install 'diffusers-multitalk[tts]')")
+        "TTS (--audio_mode tts): kokoro "
+        + ("installed" if _version("kokoro") != "not installed" else "not installed (pip install 'diffusers-multitalk[tts]')")
+        + f", Kokoro-82M weights {'at ' + str(kokoro_dir) if kokoro_dir else 'not found'}"
+        + f", espeak-ng {shutil.which('espeak-ng') or 'not found (apt install espeak-ng)'}"
     )
-    converter = importlib.util.find_spec("diffusers_multitalk.loaders.convert") is not None
-    out.append(f"converter (multitalk convert): {'present' if converter else 'not in this build'}")
+    out.append(
+        "quantisation (--quant int8|fp8): optimum-quanto "
+        + ("installed" if _version("optimum-quanto") != "not installed" else "not installed (pip install 'diffusers-multitalk[quant]')")
+    )
+    out.append(
+        "web app (multitalk serve): gradio "
+        + ("installed" if _version("gradio") != "not installed" else "not installed (pip install 'diffusers-multitalk[app]')")
+    )
     out.append("attention backends (diffusers):")
     for name, status in attention_backends(cuda):
         out.append(f"  {name:32s} {status}")
