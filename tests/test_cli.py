@@ -329,9 +329,13 @@ def test_audio_mode_decides_required_block(tmp_path):
     with pytest.raises(InputJSONError, match=r"\$\.tts_audio: missing \(required with --audio_mode tts\)"):
         validate_input({"prompt": "p", "cond_image": "two_people.png", "cond_audio": {"person1": "speaker1.wav"}},
                        base_dir=tmp_path, audio_mode="tts")
-    with pytest.raises(InputJSONError, match="not supported"):
+    # "None": the reference's silent person (a listener), but not everyone
+    listener = validate_input({"prompt": "p", "cond_image": "two_people.png",
+                               "cond_audio": {"person1": "speaker1.wav", "person2": "None"}}, base_dir=tmp_path)
+    assert listener["cond_audio"]["person2"] is None and listener["num_persons"] == 2
+    with pytest.raises(InputJSONError, match="every person is 'None'"):
         validate_input({"prompt": "p", "cond_image": "two_people.png",
-                        "cond_audio": {"person1": "speaker1.wav", "person2": "None"}}, base_dir=tmp_path)
+                        "cond_audio": {"person1": "None", "person2": "None"}}, base_dir=tmp_path)
 
 
 def test_relative_paths_json_folder_first_then_cwd(tmp_path, monkeypatch):

@@ -288,3 +288,24 @@ def test_dialogue_input_errors_come_before_any_speech(pipe, image, monkeypatch, 
     audio = kwargs.pop("audio")
     with pytest.raises(ValueError, match=message):
         run(pipe, image, audio, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# a silent person (the reference's "None" audio)
+# ----------------------------------------------------------------------------------------------------------------
+def test_a_silent_person_listens(pipe, image):
+    from diffusers_multitalk import prepare_audio
+
+    speaker = speech(0.5, 200, seed=1)
+    prepared = prepare_audio(speaker, sampling_rate=SR)
+    # "add": the listener's silence (as long as the speech) comes first, then the speech, as the reference lays it out
+    embeddings, mixed = pipe.prepare_audio_inputs([None, (speaker, SR)], "add", "cpu")
+    assert np.allclose(mixed, np.concatenate([np.zeros_like(prepared), prepared]))
+    assert len(embeddings) == 2 and embeddings[0].shape == embeddings[1].shape
+    # "para": the speech and silence side by side
+    embeddings, mixed = pipe.prepare_audio_inputs([(speaker, SR), None], "para", "cpu")
+    assert np.allclose(mixed, prepared)
+    out = run(pipe, image, [(speaker, SR), None], audio_type="para")
+    assert out.frames.shape == (1, 9, 64, 96, 3)
+    with pytest.raises(ValueError, match="Every person's audio is None"):
+        run(pipe, image, [None, None])

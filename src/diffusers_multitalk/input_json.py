@@ -327,7 +327,7 @@ def validate_input(
 
         # --- persons and their audio
         persons: dict[int, str] = {}
-        cond_audio: dict[str, str] = {}
+        cond_audio: dict[str, str | None] = {}
         if audio_mode == "localfile" and isinstance(data.get("cond_audio"), dict):
             block = data["cond_audio"]
             persons = _numbered(block, PERSON_KEY)
@@ -336,17 +336,16 @@ def validate_input(
                 value = block[key]
                 if not isinstance(value, str) or not value:
                     continue  # reported by the schema
-                if value.strip() in ("None", "none", "null"):
-                    problems.append(
-                        (["cond_audio", key], "'None' (a silent person, as the reference allows) is not supported: "
-                         "give this person's audio, or leave the person out")
-                    )
+                if value.strip() == "None":  # the reference's silent person (a listener)
+                    cond_audio[key] = None
                     continue
                 found, tried = _resolve(value, base_dir, cwd)
                 if found is None:
                     problems.append((["cond_audio", key], _missing_message(value, tried)))
                 else:
                     cond_audio[key] = str(found)
+            if persons and all(str(block.get(key)).strip() == "None" for key in persons.values()):
+                problems.append((["cond_audio"], "every person is 'None' (silent): give at least one person's audio"))
 
         # --- TTS
         tts = None

@@ -420,6 +420,8 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         precomputed embedding tensor `[frames, layers, hidden]` (then no mixed track). Audio covering no more than
         `min_frames` video frames is refused before the audio encoder runs."""
         entries = _audio_entries(audio)
+        if all(e is None for e in entries):
+            raise ValueError("Every person's audio is None (silent); give at least one person's speech.")
         if all(_is_embedding(e) for e in entries):
             embeddings = [e.float().to(device) for e in entries]
             _check_audio_length(min(len(e) for e in embeddings), min_frames)
@@ -428,6 +430,9 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             raise ValueError("Give either waveforms/paths for every person or embeddings for every person, not a mix.")
         tracks = []
         for index, entry in enumerate(entries):
+            if entry is None:  # a silent person (a listener); filled in below
+                tracks.append(None)
+                continue
             if isinstance(entry, dict):
                 entry = (entry.get("array"), entry.get("sampling_rate"))
             try:
@@ -440,8 +445,11 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             except (ValueError, FileNotFoundError, TypeError) as error:
                 raise type(error)(f"audio of person {index + 1}: {error}") from error
             if float(np.abs(track).max()) < 1e-4:
-                raise ValueError(f"audio of person {index + 1} is silent; give the person's speech.")
+                raise ValueError(f"audio of person {index + 1} is silent; give the person's speech (None makes a person a silent listener).")
             tracks.append(track)
+        # A silent person gets silence as long as the longest speech, as the reference's "None" audio does.
+        longest = max(len(t) for t in tracks if t is not None)
+        tracks = [np.zeros(longest, dtype=np.float32) if t is None else t for t in tracks]
         per_person, mixed = combine_speakers(tracks, audio_type)
         _check_audio_length(int(len(mixed) / TARGET_SAMPLE_RATE * FPS), min_frames)
         embeddings = [
@@ -645,7 +653,8 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             image: the reference image (PIL, array, tensor or path).
             audio: one entry per person: a path (wav/mp3/flac/m4a or a video file), a `(waveform, sampling_rate)`
                 tuple, a `{"array", "sampling_rate"}` dict, or precomputed wav2vec2 embeddings
-                `[frames at 25 fps, layers, hidden]`. A single entry may be given without a list.
+                `[frames at 25 fps, layers, hidden]`. A single entry may be given without a list. `None` makes a
+                person silent (a listener; the reference's `"None"` audio): silence as long as the longest speech.
             prompt / negative_prompt: text; the negative prompt defaults to the reference's.
             audio_type: "add" (persons speak in turn: person 1's track, then person 2's) or "para" (simultaneous;
                 the shorter track is padded with silence).
