@@ -245,10 +245,6 @@ def _synthesize(text: str, voices: Sequence[str], engine: str | None):
 
 def _configure_teacache(pipe, enabled: bool, threshold: float, resolution: str) -> None:
     transformer = pipe.transformer
-    if not hasattr(transformer, "enable_teacache"):
-        if enabled:
-            raise gr.Error("TeaCache: not available in this build; untick it.")
-        return
     if enabled and not threshold > 0:
         raise gr.Error(f"TeaCache threshold: must be positive (MultiTalk advises 0.2 to 0.5), got {threshold}.")
     transformer.disable_teacache()  # a no-op when it is off; it may be on from the previous request

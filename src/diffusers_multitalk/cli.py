@@ -1074,14 +1074,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 # convert
 # ================================================================================================================
 def cmd_convert(args: argparse.Namespace) -> int:
-    try:
-        from .loaders.convert import convert_original_to_diffusers
-    except ModuleNotFoundError as err:
-        if err.name and err.name.endswith("loaders.convert"):
-            raise CLIError("this build has no converter yet (diffusers_multitalk.loaders.convert)") from err
-        raise
-    except ImportError as err:
-        raise CLIError(f"the converter could not be imported: {err}") from err
+    from .loaders.convert import convert_original_to_diffusers
+
     result = convert_original_to_diffusers(
         wan_dir=args.wan_dir,
         multitalk_dir=args.multitalk_dir,
