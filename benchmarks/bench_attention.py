@@ -86,6 +86,21 @@ def main() -> None:
             del out
             torch.cuda.empty_cache()
 
+    if importlib.util.find_spec("flash_attn_interface"):  # FlashAttention-3 takes [B, S, H, D] as it is
+        from flash_attn_interface import flash_attn_func
+
+        def fa3_call():
+            out = flash_attn_func(q, k, v)
+            return out[0] if isinstance(out, tuple) else out
+
+        try:
+            out = fa3_call()
+            seconds = _time(fa3_call)
+            error = (out.float().transpose(1, 2) - reference).abs().max().item()
+            rows.append(("FlashAttention-3", "[B,S,H,D]", f"{seconds * 1e3:.1f}", f"{flops / seconds / 1e12:.0f}", f"{error:.1e}", ""))
+        except RuntimeError as err:
+            rows.append(("FlashAttention-3", "[B,S,H,D]", "n/a", "n/a", "n/a", str(err).splitlines()[0][:60]))
+
     extras = [m for m in ("flash_attn", "flash_attn_interface", "sageattention", "xformers") if importlib.util.find_spec(m)]
     rate = _matmul_rate()
     lines = [

@@ -143,7 +143,8 @@ def main():
         "--setups",
         default="sdpa,cudnn,cudnn+compile",
         help="comma list of BACKEND[+compile][+fused] (BACKEND: sdpa, cudnn, cudnnself = cuDNN for the self-attention "
-        "only, flash); compile and fused stay on for later setups",
+        "only, flash, flash3 = FlashAttention-3 everywhere, flash3self = FlashAttention-3 for the self-attention only; give it a process of its own "
+        "when compiling, so that no block compiled for another backend is reused); compile and fused stay on for later setups",
     )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
@@ -167,12 +168,12 @@ def main():
     rows, compiled, fused = [], False, False
     for setup in args.setups.split(","):
         options = setup.split("+")
-        if options[0] == "cudnnself":  # cuDNN for the video self-attention only, SDPA's choice elsewhere
+        if options[0] in ("cudnnself", "flash3self"):  # a kernel for the video self-attention only, SDPA elsewhere
             model.set_attention_backend("native")
             for block in model.blocks:
-                block.attn1.set_attention_backend("_native_cudnn")
+                block.attn1.set_attention_backend({"cudnnself": "_native_cudnn", "flash3self": "_flash_3"}[options[0]])
         else:
-            model.set_attention_backend({"sdpa": "native", "cudnn": "_native_cudnn", "flash": "flash"}[options[0]])
+            model.set_attention_backend({"sdpa": "native", "cudnn": "_native_cudnn", "flash": "flash", "flash3": "_flash_3"}[options[0]])
         if "fused" in options and not fused:
             model.fuse_qkv_projections()
             fused = True

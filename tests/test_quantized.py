@@ -485,3 +485,26 @@ def test_cli_tiny_quantised_on_the_fly():
         m.weight.qtype.name == "qfloat8_e4m3fn" for m in linears_in(pipe.transformer)
     )
     assert any(isinstance(m, QLinear) for m in pipe.text_encoder.modules())
+
+
+def test_diffusers_quantization_configs_apply_to_the_transformer(tmp_path):
+    """diffusers' own route: `quantization_config=` on `from_pretrained` of the model or of the whole pipeline."""
+    from diffusers import DiffusionPipeline, PipelineQuantizationConfig, QuantoConfig
+
+    from diffusers_multitalk import make_tiny_pipeline
+    from diffusers_multitalk.testing import tiny_generation_latents
+
+    pipe = make_tiny_pipeline(seed=0)
+    pipe.save_pretrained(tmp_path)
+    reference = tiny_generation_latents(pipe)
+    model = MultiTalkTransformer3DModel.from_pretrained(
+        tmp_path, subfolder="transformer", quantization_config=QuantoConfig(weights_dtype="int8")
+    )
+    assert isinstance(model.blocks[0].attn1.to_q, QLinear) and isinstance(model.blocks[0].audio_attn.to_q, QLinear)
+    quantized_pipe = DiffusionPipeline.from_pretrained(
+        tmp_path, quantization_config=PipelineQuantizationConfig(quant_mapping={"transformer": QuantoConfig(weights_dtype="int8")})
+    )
+    assert isinstance(quantized_pipe.transformer.blocks[0].ffn.net[2], QLinear)
+    latents = tiny_generation_latents(quantized_pipe)
+    error = (latents - reference).abs().max().item()
+    assert 0 < error < 0.05 * reference.abs().max().item(), error  # int8 weights: close, not equal

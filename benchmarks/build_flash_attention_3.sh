@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Builds FlashAttention-3 (Hopper) for the one case the 14B DiT's self-attention needs: forward, bf16, head dim 128,
+# no mask/varlen/paging/softcap/FP8 (every other instantiation is switched off, so the build takes minutes, not
+# hours). Used on the lent H100, whose image has nvcc and torch but no FA3 and no network:
+#   SRC: a .tgz holding flash-attention/hopper and flash-attention/csrc/cutlass/include (the cutlass commit that
+#        flash-attention pins as its submodule), made on a machine with network access.
+#   DEST: where the wheel (flash_attn_3, with the flash_attn_interface module diffusers' "_flash_3" backend imports)
+#        is written.
+# usage: bash benchmarks/build_flash_attention_3.sh SRC.tgz DEST_DIR
+set -euo pipefail
+SRC=$(realpath "$1"); DEST=$(realpath -m "$2")
+WORK=${FA3_WORK:-/tmp/fa3build}
+rm -rf "$WORK" && mkdir -p "$WORK" "$DEST" && tar -xzf "$SRC" -C "$WORK"
+cd "$WORK/flash-attention/hopper"
+for feature in BACKWARD SPLIT PAGEDKV APPENDKV LOCAL SOFTCAP PACKGQA FP16 FP8 VARLEN CLUSTER \
+               HDIM64 HDIM96 HDIM192 HDIM256 SM80 HDIMDIFF64 HDIMDIFF192; do
+  export "FLASH_ATTENTION_DISABLE_${feature}=TRUE"
+done
+export FLASH_ATTENTION_FORCE_BUILD=TRUE MAX_JOBS=${MAX_JOBS:-16} NVCC_THREADS=${NVCC_THREADS:-4}
+start=$(date +%s)
+if ! python3 -m pip wheel . --no-build-isolation --no-deps -w "$DEST" > "$WORK/build.log" 2>&1; then
+  grep -v "ptxas info\|bytes stack frame\|Used [0-9]* registers\|Compiling entry\|Function properties" "$WORK/build.log" | tail -60
+  echo "FlashAttention-3 build failed"; exit 1
+fi
+grep -v "ptxas info\|bytes stack frame\|Used [0-9]* registers\|Compiling entry\|Function properties" "$WORK/build.log" | tail -200 > "$DEST/fa3_build_tail.log"
+echo "FlashAttention-3 built in $(( $(date +%s) - start )) s:"; ls -la "$DEST"/*.whl
