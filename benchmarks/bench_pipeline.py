@@ -117,6 +117,7 @@ def main():
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny random pipeline (smoke test)")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--attention-backend", default=None, help="a diffusers attention backend for the DiT, e.g. _flash_3")
     parser.add_argument("--out", default=os.environ.get("OUT"))
     args = parser.parse_args()
 
@@ -126,6 +127,8 @@ def main():
     pipe = make_tiny_pipeline().to(device) if args.tiny else build_full_pipeline(device)
     build_seconds = time.perf_counter() - start
     pipe.set_progress_bar_config(disable=True)
+    if args.attention_backend:
+        pipe.transformer.set_attention_backend(args.attention_backend)
     if on_cuda and not args.no_compile:
         pipe.transformer.compile_repeated_blocks(fullgraph=False)
 
@@ -164,7 +167,7 @@ def main():
         f"device: {device_name}; torch {torch.__version__}; {'tiny random' if args.tiny else 'full-size random'} "
         f"components; 2 persons, {frames} frames at {out.frames.shape[2]}x{out.frames.shape[3]}, clip mode, "
         f"{args.steps} steps x 3 passes (text scale 5, audio scale 4); DiT compiled: "
-        f"{on_cuda and not args.no_compile}; pipeline build {build_seconds:.0f} s (not counted); peak memory "
+        f"{on_cuda and not args.no_compile}; DiT attention: {args.attention_backend or 'PyTorch SDPA'}; pipeline build {build_seconds:.0f} s (not counted); peak memory "
         f"{peak:.1f} GB"
     )
     rows = ["| phase | seconds | calls |", "|---|---|---|"]
