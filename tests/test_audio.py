@@ -308,3 +308,55 @@ def test_normalisation_can_be_left_out():
     as_is = prepare_audio(wave, sampling_rate=16000, normalize_loudness=False)
     assert np.array_equal(as_is, wave)
     assert not np.allclose(prepare_audio(wave, sampling_rate=16000), wave)
+
+
+def _step_by_step_embedding(model, feature_extractor, speech, num_frames):
+    """MultiTalk's recipe written out module by module: conv features, resampled to the video frames, projection,
+    positional conv, then each encoder layer's output (a pre-LN encoder's final norm on the last one)."""
+    values = feature_extractor(speech, sampling_rate=16000).input_values
+    values = torch.from_numpy(np.squeeze(np.asarray(values))).float()[None]
+    with torch.no_grad():
+        features = model.feature_extractor(values)
+        features = torch.nn.functional.interpolate(features, size=num_frames, mode="linear", align_corners=True)
+        hidden, _ = model.feature_projection(features.transpose(1, 2))
+        encoder = model.encoder
+        hidden = hidden + encoder.pos_conv_embed(hidden)
+        if not model.config.do_stable_layer_norm:
+            hidden = encoder.layer_norm(hidden)
+        layers = []
+        for layer in encoder.layers:
+            out = layer(hidden, attention_mask=None)
+            hidden = out[0] if isinstance(out, (tuple, list)) else out
+            layers.append(hidden)
+        if model.config.do_stable_layer_norm:
+            layers[-1] = encoder.layer_norm(layers[-1])
+    return torch.stack(layers, dim=2)[0]
+
+
+@pytest.mark.parametrize("stable_layer_norm", [False, True])
+def test_embedding_follows_the_recipe_for_both_encoder_kinds(stable_layer_norm):
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    config = Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=37, conv_dim=(16,) * 7,
+        do_stable_layer_norm=stable_layer_norm, feat_extract_norm="layer" if stable_layer_norm else "group",
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+    )
+    torch.manual_seed(0)
+    model, feature_extractor = Wav2Vec2Model(config).eval(), Wav2Vec2FeatureExtractor()
+    speech = prepare_audio(_voiced(1.2, 16000), sampling_rate=16000)
+    expected = _step_by_step_embedding(model, feature_extractor, speech, num_frames=30)
+    assert _max_err(encode_speech(model, feature_extractor, speech), expected) < 1e-6
+
+
+def test_embedding_runs_through_offload_hooks(encoder):
+    """Sequential CPU offload leaves the weights on "meta" and loads them in forward hooks: the embedding must go
+    through the model's forward (on a GPU, model CPU offload likewise moves wav2vec2 only when forward is called)."""
+    from accelerate import cpu_offload
+
+    speech = prepare_audio(_voiced(1.0, 16000), sampling_rate=16000)
+    expected = encoder.embed(speech)
+    offloaded = MultiTalkAudioEncoder.from_pretrained(WAV2VEC)
+    cpu_offload(offloaded.model, execution_device=torch.device("cpu"))
+    assert next(offloaded.model.parameters()).device.type == "meta"
+    assert torch.equal(offloaded.embed(speech), expected)

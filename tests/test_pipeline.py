@@ -309,3 +309,19 @@ def test_a_silent_person_listens(pipe, image):
     assert out.frames.shape == (1, 9, 64, 96, 3)
     with pytest.raises(ValueError, match="Every person's audio is None"):
         run(pipe, image, [None, None])
+
+
+def test_encoders_run_under_sequential_offload_hooks():
+    """accelerate's sequential offload leaves weights on "meta" and loads them in hooks (GPU-only through
+    `enable_sequential_cpu_offload`; here with the CPU as execution device): the pipeline must hand every encoder its
+    inputs where the hooks can move them, and give the same latents."""
+    from accelerate import cpu_offload
+
+    from diffusers_multitalk.testing import tiny_generation_latents
+
+    expected = tiny_generation_latents(make_tiny_pipeline(seed=0))
+    pipe = make_tiny_pipeline(seed=0)
+    for name in ("text_encoder", "image_encoder", "audio_encoder", "transformer", "vae"):
+        cpu_offload(getattr(pipe, name), execution_device=torch.device("cpu"))
+    assert next(pipe.text_encoder.parameters()).device.type == "meta"
+    assert torch.equal(tiny_generation_latents(pipe), expected)

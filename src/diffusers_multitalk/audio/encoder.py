@@ -55,32 +55,6 @@ def _eval_mode(module: torch.nn.Module):
             module.train()
 
 
-def _run_encoder_collecting_layers(encoder: torch.nn.Module, hidden_states: torch.Tensor, stable_layer_norm: bool):
-    """Run a wav2vec2 encoder and return the output of each layer (the hidden states after the embedding output).
-
-    Written out step by step because transformers 5 collects hidden states through hooks on the top-level
-    model, so ``encoder(..., output_hidden_states=True)`` alone returns none. The order is the one of
-    ``Wav2Vec2Encoder`` (post-LN, "group" feature norm: add positional conv embedding, layer norm, layers) and
-    of ``Wav2Vec2EncoderStableLayerNorm`` (pre-LN: add positional conv embedding, layers, final layer norm
-    applied to the last layer's output).
-    """
-    position_embeddings = encoder.pos_conv_embed(hidden_states)
-    hidden_states = hidden_states + position_embeddings.to(hidden_states.device)
-    if not stable_layer_norm:
-        hidden_states = encoder.layer_norm(hidden_states)
-    hidden_states = encoder.dropout(hidden_states)
-
-    layer_outputs = []
-    for layer in encoder.layers:
-        out = layer(hidden_states, attention_mask=None)
-        hidden_states = out[0] if isinstance(out, (tuple, list)) else out
-        layer_outputs.append(hidden_states)
-
-    if stable_layer_norm and layer_outputs:
-        layer_outputs[-1] = encoder.layer_norm(layer_outputs[-1])
-    return layer_outputs
-
-
 def _as_speech_array(speech) -> np.ndarray:
     if isinstance(speech, torch.Tensor):
         speech = speech.detach().cpu().float().numpy()
@@ -110,7 +84,7 @@ def encode_speech(model, feature_extractor, speech_16k, fps: float = 25) -> torc
         fps: video frame rate; the features get ``int(len(speech_16k) / 16000 * fps)`` time steps.
 
     Returns:
-        ``torch.Tensor [frames, num_hidden_layers, hidden_size]`` in the model's dtype, on the model's device.
+        ``torch.Tensor [frames, num_hidden_layers, hidden_size]`` in the model's dtype, on the device the model ran on.
     """
     speech = _as_speech_array(speech_16k)
     duration = len(speech) / TARGET_SAMPLE_RATE
@@ -123,18 +97,26 @@ def encode_speech(model, feature_extractor, speech_16k, fps: float = 25) -> torc
     input_values = feature_extractor(speech, sampling_rate=TARGET_SAMPLE_RATE).input_values
     input_values = torch.from_numpy(np.squeeze(np.asarray(input_values))).float()
 
+    # Through the model's own forward, so that offloading hooks (model / sequential CPU offload, group offloading)
+    # move the weights; on "meta" (sequential offload) the hooks also move the input.
     param = next(model.parameters())
-    device, dtype = param.device, param.dtype
-    input_values = input_values.to(device=device, dtype=dtype).unsqueeze(0)
+    device = param.device if param.device.type != "meta" else torch.device("cpu")
+    input_values = input_values.to(device=device, dtype=param.dtype).unsqueeze(0)
 
-    stable_layer_norm = bool(getattr(model.config, "do_stable_layer_norm", False))
-    with torch.no_grad(), _eval_mode(model):
-        conv_features = model.feature_extractor(input_values)  # [1, channels, steps]
-        conv_features = F.interpolate(conv_features, size=num_frames, mode="linear", align_corners=True)
-        conv_features = conv_features.transpose(1, 2)  # [1, frames, channels]
-        hidden_states, _ = model.feature_projection(conv_features)
-        layer_outputs = _run_encoder_collecting_layers(model.encoder, hidden_states, stable_layer_norm)
-        embedding = torch.stack(layer_outputs, dim=2).squeeze(0)  # [frames, layers, hidden]
+    def resample_to_video_frames(module, args, conv_features):  # [1, channels, steps] -> [1, channels, frames]
+        return F.interpolate(conv_features, size=num_frames, mode="linear", align_corners=True)
+
+    handle = model.feature_extractor.register_forward_hook(resample_to_video_frames)
+    try:
+        with torch.no_grad(), _eval_mode(model):
+            outputs = model(input_values, output_hidden_states=True)
+    finally:
+        handle.remove()
+    # hidden_states[0] is the embedding output; a pre-LN ("stable layer norm") encoder applies its final norm only
+    # to last_hidden_state, which is what the last layer's entry must be.
+    layer_outputs = list(outputs.hidden_states[1:])
+    layer_outputs[-1] = outputs.last_hidden_state
+    embedding = torch.stack(layer_outputs, dim=2).squeeze(0)  # [frames, layers, hidden]
     return embedding
 
 

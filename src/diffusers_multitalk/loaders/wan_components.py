@@ -609,7 +609,9 @@ def clip_image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     Returns ``[B, 1 + num_patches, hidden_size]`` (``[B, 257, 1280]`` for Wan).
     """
     param = next(model.parameters())
-    pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
+    # Weights on "meta" are loaded by accelerate's sequential-offload hooks, which also move the inputs.
+    device = param.device if param.device.type != "meta" else torch.device("cpu")
+    pixel_values = pixel_values.to(device=device, dtype=param.dtype)
     out = model(pixel_values=pixel_values, output_hidden_states=True)
     return out.hidden_states[-2]
 

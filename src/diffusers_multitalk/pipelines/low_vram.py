@@ -62,7 +62,7 @@ __all__ = [
 #   ids and attention mask to the device).
 # * CLIP is called through its forward; its layers are `vision_model.encoder.layers`.
 # * The VAE declares its own blocks (`_group_offload_block_modules`) and the feature-cache kwargs to leave alone.
-# * wav2vec2: `encode_speech` calls its submodules one by one, never its forward, so each layer gets its own group
+# * wav2vec2: `encode_speech` calls its forward (with a hook resampling the conv features); each leaf gets its own group
 #   ("leaf_level") and moves its own inputs.
 COMPONENT_OFFLOADING = {
     "text_encoder": dict(offload_type="block_level", num_blocks_per_group=1, block_modules=["encoder"]),

@@ -489,7 +489,9 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             return_tensors="pt",
         )
         length = int(inputs.attention_mask.gt(0).sum())
-        encoder_device = next(self.text_encoder.parameters()).device
+        encoder_device = next(self.text_encoder.parameters()).device  # umT5 may stay on the CPU (enable_low_vram)
+        if encoder_device.type == "meta":  # sequential offload: accelerate's hooks load the weights and move the inputs
+            encoder_device = torch.device("cpu")
         with torch.no_grad():
             states = self.text_encoder(
                 inputs.input_ids.to(encoder_device), inputs.attention_mask.to(encoder_device)

@@ -1,0 +1,160 @@
+"""CUDA-only checks (skipped on CPU machines): diffusers' offloading routes, attention backends and compilation on the
+tiny models, each compared with a plain resident run. Run on the lent GPU with `pytest tests/test_cuda.py`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers.models.attention_dispatch import (
+    AttentionBackendName,
+    _AttentionBackendRegistry,
+    _check_attention_backend_requirements,
+)
+from test_low_vram import CUDA, generate
+
+from diffusers_multitalk import MultiTalkTransformer3DModel, make_tiny_pipeline
+
+
+pytestmark = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True)
+def restore_the_active_attention_backend():
+    """diffusers' `set_attention_backend` also sets a process-wide default, which every attention module without a
+    backend of its own then uses: keep one test's choice out of the next one's models."""
+    active = _AttentionBackendRegistry._active_backend
+    yield
+    _AttentionBackendRegistry.set_active_backend(active)
+
+
+@pytest.fixture(scope="module")
+def resident_latents():
+    return generate(make_tiny_pipeline(seed=0).to("cuda"), device="cuda")
+
+
+def _assert_same_latents(latents, expected):
+    assert len(latents) == len(expected) == 3  # three streamed chunks
+    for ours, theirs in zip(latents, expected):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def _component_devices(pipe):
+    return {
+        name: {p.device.type for p in getattr(pipe, name).parameters()}
+        for name in ("text_encoder", "image_encoder", "audio_encoder", "transformer", "vae")
+    }
+
+
+def test_model_cpu_offload_matches_the_resident_pipeline(resident_latents):
+    pipe = make_tiny_pipeline(seed=0)
+    pipe.enable_model_cpu_offload()
+    assert pipe._execution_device.type == "cuda"
+    _assert_same_latents(generate(pipe, device="cuda"), resident_latents)
+    assert all(devices == {"cpu"} for devices in _component_devices(pipe).values())
+
+
+def test_sequential_cpu_offload_matches_the_resident_pipeline(resident_latents):
+    pipe = make_tiny_pipeline(seed=0)
+    pipe.enable_sequential_cpu_offload()
+    _assert_same_latents(generate(pipe, device="cuda"), resident_latents)
+
+
+@pytest.mark.parametrize("use_stream", [False, True])
+def test_diffusers_group_offloading_of_the_transformer(resident_latents, use_stream):
+    pipe = make_tiny_pipeline(seed=0)
+    for name in ("text_encoder", "image_encoder", "audio_encoder", "vae"):
+        getattr(pipe, name).to("cuda")
+    pipe.transformer.enable_group_offload(
+        onload_device=torch.device("cuda"),
+        offload_device=torch.device("cpu"),
+        offload_type="block_level",
+        num_blocks_per_group=1,
+        use_stream=use_stream,
+    )
+    _assert_same_latents(generate(pipe, device="cuda"), resident_latents)
+    assert {p.device.type for p in pipe.transformer.blocks.parameters()} == {"cpu"}
+
+
+def _head_dim_128_transformer():
+    """Small, but with the real head dimension (128), which the fused kernels are built for."""
+    torch.manual_seed(0)
+    config = dict(num_attention_heads=4, attention_head_dim=128, text_dim=64, ffn_dim=1024, num_layers=2, image_dim=64,
+                  added_kv_proj_dim=512, audio_layers=2, audio_channels=32, intermediate_dim=16, output_dim=16,
+                  context_tokens=4)
+    return MultiTalkTransformer3DModel(**config).eval().to("cuda", torch.bfloat16)
+
+
+def _inputs(model, persons):
+    c = model.config
+    g = torch.Generator("cuda").manual_seed(persons)
+    bf16 = dict(device="cuda", dtype=torch.bfloat16)
+    frames, latent_h, latent_w = 9, 16, 24
+    masks = torch.zeros(persons + 1, latent_h, latent_w, device="cuda")
+    for p in range(persons):
+        masks[p, :, p * latent_w // persons : (p + 1) * latent_w // persons] = 1
+    masks[-1] = 1 - masks[:-1].amax(0)
+    masks[-1, :2] = 1
+    return dict(
+        hidden_states=torch.randn(1, c.in_channels, (frames - 1) // 4 + 1, latent_h, latent_w, generator=g, **bf16),
+        timestep=torch.tensor([700.0], device="cuda"),
+        encoder_hidden_states=torch.randn(1, 512, c.text_dim, generator=g, **bf16),
+        encoder_hidden_states_image=torch.randn(1, 257, c.image_dim, generator=g, **bf16),
+        audio_embeds=torch.randn(1, persons, frames, 5, c.audio_layers, c.audio_channels, generator=g, **bf16),
+        ref_target_masks=masks if persons > 1 else None,
+    )
+
+
+def _backend_available(name):
+    try:
+        _check_attention_backend_requirements(AttentionBackendName(name))
+    except (RuntimeError, ImportError, ValueError):
+        return False
+    return True
+
+
+BACKENDS = ["native", "_native_cudnn", "_native_flash", "_native_efficient", "_flash_3"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_attention_backends_agree_with_the_math_kernel(backend):
+    if not _backend_available(backend):
+        pytest.skip(f"{backend} is not installed here")
+    model = _head_dim_128_transformer()
+    inputs = _inputs(model, persons=1)
+    with torch.no_grad():
+        model.set_attention_backend("_native_math")
+        expected = model(**inputs, return_dict=False)[0].float()
+        model.set_attention_backend(backend)
+        out = model(**inputs, return_dict=False)[0].float()
+    # bf16 kernels differ in their accumulation order only
+    assert (out - expected).abs().max().item() < 0.03 * expected.abs().max().item()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_person_scores_agree_across_backends(backend):
+    """The person map runs through the dispatcher too. (Whole 2-person outputs are not compared in bf16: L-RoPE takes
+    an argmax over these scores, so a rounding difference can move a token to another person's range.)"""
+    from diffusers_multitalk.models.attention_processor import person_attention_scores
+
+    if not _backend_available(backend):
+        pytest.skip(f"{backend} is not installed here")
+    g = torch.Generator("cuda").manual_seed(0)
+    query = torch.randn(1, 3 * 384, 4, 128, generator=g, device="cuda", dtype=torch.bfloat16)
+    key = torch.randn(1, 384, 4, 128, generator=g, device="cuda", dtype=torch.bfloat16)
+    masks = torch.zeros(3, 384, device="cuda")
+    masks[0, :192], masks[1, 192:], masks[2, :32] = 1, 1, 1
+    expected = person_attention_scores(query, key, masks, backend="_native_math")
+    scores = person_attention_scores(query, key, masks, backend=backend)
+    assert scores.shape == (1, 3, 3 * 384)
+    torch.testing.assert_close(scores, expected, rtol=2e-2, atol=2e-3 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("persons", [1, 2])
+def test_compiled_blocks_match_eager(persons):
+    model = _head_dim_128_transformer().float()  # float32: no argmax flips between the two runs
+    inputs = {k: v.float() if v is not None and v.is_floating_point() else v for k, v in _inputs(model, persons).items()}
+    with torch.no_grad():
+        expected = model(**inputs, return_dict=False)[0]
+        model.compile_repeated_blocks(fullgraph=False)
+        out = model(**inputs, return_dict=False)[0]
+    torch.testing.assert_close(out, expected, rtol=1e-3, atol=1e-3)
