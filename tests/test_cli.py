@@ -65,7 +65,7 @@ README_COMMANDS = [
     ("single, 8 GPUs (torchrun)",
      f"{BASE} --dit_fsdp --t5_fsdp --ulysses_size=8 --input_json examples/single_example_1.json --sample_steps 40 "
      "--mode streaming --use_teacache --save_file single_long_multigpu_exp",
-     SINGLE, 8, {}, {"--dit_fsdp", "--t5_fsdp", "--ulysses_size 8", "torchrun (WORLD_SIZE=8)"}, []),
+     SINGLE, 8, {}, {"--dit_fsdp", "--t5_fsdp"}, []),
     ("single, TTS",
      f"{BASE} --input_json examples/single_example_tts_1.json --sample_steps 40 --mode streaming "
      "--num_persistent_param_in_dit 0 --use_teacache --save_file single_long_lowvram_tts_exp --audio_mode tts",
@@ -82,7 +82,7 @@ README_COMMANDS = [
      f"{BASE} --dit_fsdp --t5_fsdp --ulysses_size=8 --input_json examples/multitalk_example_2.json --sample_steps 40 "
      "--mode streaming --use_teacache --save_file multi_long_multigpu_exp",
      TWO_PARA, 8, {"audio_type": "para"},
-     {"--dit_fsdp", "--t5_fsdp", "--ulysses_size 8", "torchrun (WORLD_SIZE=8)"}, []),
+     {"--dit_fsdp", "--t5_fsdp"}, []),
     ("multi, TTS",
      f"{BASE} --input_json examples/multitalk_example_tts_1.json --sample_steps 40 --mode streaming "
      "--num_persistent_param_in_dit 0 --use_teacache --save_file multi_long_lowvram_tts_exp --audio_mode tts",

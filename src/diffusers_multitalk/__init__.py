@@ -20,6 +20,7 @@ from .pipelines import (
     export_to_video,
     export_to_video_with_audio,
     disable_low_vram,
+    enable_context_parallelism,
     enable_low_vram,
 )
 from .tiny import make_tiny_pipeline
@@ -39,6 +40,7 @@ __all__ = [
     "audio_windows",
     "combine_speakers",
     "disable_low_vram",
+    "enable_context_parallelism",
     "enable_low_vram",
     "encode_speech",
     "export_to_video",

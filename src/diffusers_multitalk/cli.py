@@ -7,11 +7,13 @@
     multitalk info --ckpt_dir weights/Wan2.1-I2V-14B-480P --wav2vec_dir weights/chinese-wav2vec2-base
     multitalk convert --wan_dir ... --multitalk_dir ... --wav2vec_dir ... --output_dir ...
     multitalk serve --tiny                       # the web app (Gradio); takes generate's model flags
+    torchrun --nproc_per_node 2 -m diffusers_multitalk generate ... --ulysses_size 2   # one video on 2 GPUs
 
 ``generate`` takes MultiTalk's ``generate_multitalk.py`` flags with the same names and defaults, and its input
 JSON files. The flag -> pipeline-argument mapping lives in one pure function, :func:`build_generation_kwargs`.
-Flags this build cannot honour (multi-GPU sequence parallelism and FSDP, --quant values other than int8/fp8) stop
-the command with an error naming them, before anything is loaded. ``--num_persistent_param_in_dit N`` (the
+Flags this build cannot honour (FSDP, ring attention, --quant values other than int8/fp8) stop the command with
+an error naming them, before anything is loaded. ``--ulysses_size N`` under torchrun splits the DiT's video tokens
+over N processes (pipelines/context_parallel.py, docs/multi_gpu.md). ``--num_persistent_param_in_dit N`` (the
 reference's VRAM manager) is diffusers' group offloading here (pipelines/low_vram.py, docs/low_vram.md). ``--quant int8
 --quant_dir <MeiGen-MultiTalk>`` loads MultiTalk's optimum-quanto files (loaders/quantized.py).
 """
@@ -132,7 +134,10 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
         "--offload_model", type=str2bool, default=None,
         help="offload models to the CPU between uses (enable_model_cpu_offload); default: on with a GPU, as the reference on one GPU",
     )
-    g.add_argument("--ulysses_size", type=int, default=1, help="Ulysses sequence parallelism (only 1 is supported)")
+    g.add_argument(
+        "--ulysses_size", type=int, default=1,
+        help="GPUs sharing one video (context parallelism, Ulysses); launch with torchrun --nproc_per_node N",
+    )
     g.add_argument("--ring_size", type=int, default=1, help="ring attention parallelism (only 1 is supported)")
     g.add_argument("--t5_fsdp", action="store_true", help="FSDP for umT5 (not supported)")
     g.add_argument("--t5_cpu", action="store_true", help="keep the umT5 text encoder on the CPU")
@@ -293,17 +298,27 @@ def unsupported_flags(args: argparse.Namespace, environ: dict | None = None) -> 
     refused = []
     if args.quant is not None:
         refused.extend(_quant_refusals(args))
-    if args.ulysses_size > 1:
-        refused.append((f"--ulysses_size {args.ulysses_size}", "multi-GPU sequence parallelism is not implemented; run on one GPU"))
     if args.ring_size > 1:
-        refused.append((f"--ring_size {args.ring_size}", "multi-GPU ring attention is not implemented; run on one GPU"))
+        refused.append((f"--ring_size {args.ring_size}", "ring attention was not tested; use --ulysses_size for several GPUs"))
     if args.t5_fsdp:
-        refused.append(("--t5_fsdp", "FSDP is not implemented; run on one GPU (--t5_cpu keeps umT5 off the GPU)"))
+        refused.append(("--t5_fsdp", "FSDP is not implemented; leave it out (--t5_cpu keeps umT5 off the GPU)"))
     if args.dit_fsdp:
-        refused.append(("--dit_fsdp", "FSDP is not implemented; run on one GPU"))
+        refused.append(
+            ("--dit_fsdp", "FSDP is not implemented; leave it out: with --ulysses_size every GPU holds the whole DiT "
+             "(38 GB in bf16) and does 1/N of its work")
+        )
     world_size = int(environ.get("WORLD_SIZE", "1") or 1)
-    if world_size > 1:
-        refused.append((f"torchrun (WORLD_SIZE={world_size})", "multi-GPU inference is not implemented; run one process"))
+    if args.ulysses_size > 1 and world_size != args.ulysses_size:
+        refused.append(
+            (f"--ulysses_size {args.ulysses_size}", f"needs {args.ulysses_size} processes, one per GPU: "
+             f"torchrun --nproc_per_node {args.ulysses_size} -m diffusers_multitalk generate ... (WORLD_SIZE is {world_size})")
+        )
+    elif world_size > 1 and args.ulysses_size == 1:
+        refused.append((f"torchrun (WORLD_SIZE={world_size})", f"pass --ulysses_size {world_size} to split the work"))
+    if args.ulysses_size > 1 and args.num_persistent_param_in_dit is not None:
+        refused.append(("--num_persistent_param_in_dit with --ulysses_size", "block streaming with several GPUs was not tested"))
+    if args.ulysses_size > 1 and args.offload_model:
+        refused.append(("--offload_model True with --ulysses_size", "model offloading with several GPUs was not tested"))
     return refused
 
 
@@ -527,6 +542,8 @@ def resolve_device(name: str | None):
     import torch
 
     if name is None:
+        if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
+            return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
@@ -636,7 +653,7 @@ def load_pipeline(args: argparse.Namespace, device, dtype):
 
     offload = args.offload_model
     if offload is None:
-        offload = device.type == "cuda"  # the reference offloads by default on one GPU
+        offload = device.type == "cuda" and args.ulysses_size == 1  # as the reference: offload on one GPU only
     low_vram = args.num_persistent_param_in_dit
     if low_vram is not None and device.type == "cpu":
         _note("--num_persistent_param_in_dit has no effect on the CPU (everything already lives there)")
@@ -664,7 +681,34 @@ def load_pipeline(args: argparse.Namespace, device, dtype):
         pipe.to(device)
         if args.t5_cpu:
             pipe.text_encoder.to("cpu")
+    if args.ulysses_size > 1:
+        from .pipelines.context_parallel import enable_context_parallelism
+
+        enable_context_parallelism(pipe, ulysses_degree=args.ulysses_size)
+        if not _is_main_process():
+            pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _init_distributed(args: argparse.Namespace, device) -> None:
+    """torchrun's processes for --ulysses_size: one process group, the same seed everywhere."""
+    import torch
+    import torch.distributed as dist
+
+    if args.ulysses_size == 1 or dist.is_initialized():
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    seed = torch.tensor([args.base_seed], dtype=torch.int64, device=device if device.type == "cuda" else "cpu")
+    dist.broadcast(seed, src=0)  # a random seed (--base_seed -1) drawn on rank 0
+    args.base_seed = int(seed.item())
 
 
 # ================================================================================================================
@@ -710,8 +754,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     args.device = str(device)
     dtype = resolve_dtype(args.dtype, device, tiny=args.tiny)
-    if args.base_seed < 0:
+    seed_was_random = args.base_seed < 0
+    if seed_was_random:
         args.base_seed = random.randint(0, 99_999_999)
+    _init_distributed(args, device)
+    if seed_was_random and _is_main_process():
         _note(f"--base_seed was negative: using {args.base_seed}")
 
     image_stem = Path(input_data["cond_image"]).stem
@@ -730,6 +777,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as err:
         raise CLIError(str(err)) from err
 
+    if not _is_main_process():  # every process made the same video; the first one writes it
+        return 0
     path = output_path(args.save_file or default_save_file(args, input_data["prompt"]))
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = output.frames[0]
@@ -1123,6 +1172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules and sys.modules["torch.distributed"].is_initialized():
+            sys.modules["torch.distributed"].destroy_process_group()  # --ulysses_size
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -167,10 +167,34 @@ def apply_teacache(transformer: torch.nn.Module, config: TeaCacheConfig) -> Stat
             if index == 0
             else TeaCacheBlockHook(state_manager, is_tail=index == last)
         )
+        split_hook = _detach_context_parallel_split(registry) if index == 0 else None
         registry.register_hook(hook, TEACACHE_HOOK)
+        if split_hook is not None:  # back outside TeaCache: TeaCache must see (and cache) this rank's tokens only
+            registry.register_hook(split_hook, _context_parallel_split_name())
     # The transformer's registry caches its children's registries for `cache_context`: refresh it.
     HookRegistry.check_if_exists_or_initialize(transformer).invalidate_child_registries_cache()
     return state_manager
+
+
+def _context_parallel_split_name() -> str:
+    from diffusers.hooks.context_parallel import _CONTEXT_PARALLEL_INPUT_HOOK_TEMPLATE
+
+    return _CONTEXT_PARALLEL_INPUT_HOOK_TEMPLATE.format("blocks.0")
+
+
+def _detach_context_parallel_split(registry: HookRegistry):
+    """With context parallelism, a hook on block 0 splits the video tokens; returns it, removed, or None."""
+    name = _context_parallel_split_name()
+    if name not in registry.hooks:
+        return None
+    if registry._hook_order[-1] != name:
+        raise ValueError(
+            "TeaCache must run inside the context-parallel split of block 0, but other hooks were added after "
+            "`enable_parallelism`; enable TeaCache before them (or before `enable_parallelism`)."
+        )
+    split_hook = registry.get_hook(name)
+    registry.remove_hook(name, recurse=False)
+    return split_hook
 
 
 def remove_teacache(transformer: torch.nn.Module) -> None:

@@ -9,6 +9,7 @@ token, how strongly it attends to each person's region of the first latent frame
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.models.attention import AttentionModuleMixin
@@ -47,6 +48,28 @@ def apply_rotary_emb_1d(hidden_states: torch.Tensor, positions: torch.Tensor, ba
     out[..., 0::2] = x1 * cos - x2 * sin
     out[..., 1::2] = x2 * cos + x1 * sin
     return out.type_as(hidden_states)
+
+
+def context_parallel_group(parallel_config):
+    """The process group over which diffusers' context parallelism splits the video tokens (None without it).
+
+    diffusers gives rank r of this group the r-th of equal chunks of the sequence (ring x ulysses, flattened)."""
+    if parallel_config is None or getattr(parallel_config, "context_parallel_config", None) is None:
+        return None
+    return parallel_config.context_parallel_config._flattened_mesh.get_group()
+
+
+def gather_first_frame(local: torch.Tensor, tokens_per_frame: int, group) -> torch.Tensor:
+    """The first latent frame's tokens [B, tokens_per_frame, ...] from sequence shards [B, S_local, ...] (rank r
+    holds tokens [r * S_local, (r + 1) * S_local)); the first frame may span several ranks."""
+    if group is None:
+        return local[:, :tokens_per_frame]
+    local_len = local.shape[1]
+    take = min(tokens_per_frame, local_len)
+    parts = [torch.empty_like(local[:, :take]) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, local[:, :take].contiguous(), group=group)
+    counts = [max(0, min(take, tokens_per_frame - r * local_len)) for r in range(len(parts))]
+    return torch.cat([part[:, :count] for part, count in zip(parts, counts)], dim=1)
 
 
 def person_attention_scores(
@@ -149,9 +172,9 @@ class MultiTalkAttnProcessor:
         if person_token_masks is None:
             return out
         with torch.no_grad():
-            scores = person_attention_scores(
-                query, key[:, :tokens_per_frame], person_token_masks, backend=self._attention_backend
-            )
+            # Under context parallelism this rank holds a slice of the queries; every rank needs the whole first frame.
+            key_first_frame = gather_first_frame(key, tokens_per_frame, context_parallel_group(self._parallel_config))
+            scores = person_attention_scores(query, key_first_frame, person_token_masks, backend=self._attention_backend)
         return out, scores
 
 
@@ -176,7 +199,23 @@ class MultiTalkAudioAttnProcessor:
         query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))  # [B, S, H, D]
         if query_positions is not None:
             query = apply_rotary_emb_1d(query, query_positions)
-        query = query.reshape(batch * num_frames, seq_len // num_frames, attn.heads, -1)
+
+        # Under context parallelism this rank holds tokens [offset, offset + seq_len) of the whole sequence, which
+        # need not start or end on a frame boundary: pad them out to whole frames and use those frames' audio.
+        group = context_parallel_group(self._parallel_config)
+        lead = trail = 0
+        if group is not None:
+            total_len = seq_len * dist.get_world_size(group)
+            tokens_per_frame = total_len // num_frames
+            offset = seq_len * dist.get_rank(group)
+            first_frame = offset // tokens_per_frame
+            lead = offset - first_frame * tokens_per_frame
+            local_frames = -(-(lead + seq_len) // tokens_per_frame)
+            trail = local_frames * tokens_per_frame - lead - seq_len
+            query = F.pad(query, (0, 0, 0, 0, lead, trail))
+            audio_hidden_states = audio_hidden_states[:, first_frame : first_frame + local_frames]
+            num_frames = local_frames
+        query = query.reshape(batch * num_frames, query.shape[1] // num_frames, attn.heads, -1)
 
         key, value = attn.to_kv(audio_hidden_states.flatten(0, 1)).chunk(2, dim=-1)
         key = key.unflatten(2, (attn.heads, -1))  # [B*T, N_a, H, D]
@@ -185,7 +224,7 @@ class MultiTalkAudioAttnProcessor:
             key = apply_rotary_emb_1d(key, key_positions)
 
         out = dispatch_attention_fn(query, key, value, backend=self._attention_backend)
-        out = out.reshape(batch, seq_len, dim).type_as(hidden_states)
+        out = out.reshape(batch, -1, dim)[:, lead : lead + seq_len].type_as(hidden_states)
         return attn.to_out(out)
 
 

@@ -15,6 +15,7 @@ from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import FP32LayerNorm
+from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 from diffusers.models.transformers.transformer_wan import (
     WanRotaryPosEmbed,
     WanTimeTextImageEmbedding,
@@ -23,7 +24,7 @@ from diffusers.models.transformers.transformer_wan import (
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 
-from .attention_processor import MultiTalkAttnProcessor, MultiTalkAudioAttention
+from .attention_processor import MultiTalkAttnProcessor, MultiTalkAudioAttention, context_parallel_group
 
 
 logger = logging.get_logger(__name__)
@@ -196,8 +197,10 @@ class LRoPE:
         tokens_per_frame: int,
         class_range: int,
         class_interval: int,
+        group=None,
     ):
         self.token_masks = token_masks
+        self.group = group  # context parallelism: the scores of this rank's tokens only
         self.tokens_per_frame = tokens_per_frame
         step = (class_range - class_interval) / (num_persons - 1)
         self.ranges = [(p * step, p * step + class_interval) for p in range(num_persons)]
@@ -210,6 +213,9 @@ class LRoPE:
         person_scores = scores[:, :-1]
         low = person_scores.amin(dim=-1, keepdim=True)
         high = person_scores.amax(dim=-1, keepdim=True)
+        if self.group is not None:  # the min-max normalisation runs over the whole sequence
+            torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN, group=self.group)
+            torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX, group=self.group)
         starts = torch.tensor([lo for lo, _ in self.ranges], device=scores.device, dtype=scores.dtype)[:, None]
         widths = torch.tensor([hi - lo for lo, hi in self.ranges], device=scores.device, dtype=scores.dtype)[:, None]
         positions = (person_scores - low) / (high - low + 1e-8) * widths + starts
@@ -251,6 +257,20 @@ class MultiTalkTransformer3DModel(
     _keep_in_fp32_modules = ["time_embedder", "scale_shift_table", "norm1", "norm2", "norm3", "audio_norm"]
     _keys_to_ignore_on_load_unexpected = ["norm_added_q"]
     _repeated_blocks = ["MultiTalkTransformerBlock"]
+    # Context parallelism (`enable_parallelism`): the video tokens and their rotary tables are split along the
+    # sequence before the first block and gathered after the output projection, as in diffusers' Wan. The text,
+    # image and audio contexts stay whole on every rank; the audio attention and the person map (L-RoPE) handle
+    # their rank's slice themselves (see MultiTalkAudioAttnProcessor, gather_first_frame, LRoPE.query_positions).
+    _cp_plan = {
+        "rope": {
+            0: ContextParallelInput(split_dim=1, expected_dims=4, split_output=True),
+            1: ContextParallelInput(split_dim=1, expected_dims=4, split_output=True),
+        },
+        "blocks.0": {
+            "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False),
+        },
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
 
     @register_to_config
     def __init__(
@@ -352,6 +372,7 @@ class MultiTalkTransformer3DModel(
             post_patch_height * post_patch_width,
             self.config.class_range,
             self.config.class_interval,
+            group=context_parallel_group(self._parallel_config),
         )
 
     def forward(
@@ -396,6 +417,15 @@ class MultiTalkTransformer3DModel(
                 f"`audio_embeds` has {audio_embeds.shape[2]} frames; {num_frames} latent frames need {expected_frames}."
             )
         num_persons = audio_embeds.shape[1]
+        cp_group = context_parallel_group(self._parallel_config)
+        if cp_group is not None:
+            num_tokens, world_size = post_patch_num_frames * post_patch_height * post_patch_width, cp_group.size()
+            if num_tokens % world_size:
+                raise ValueError(
+                    f"Context parallelism over {world_size} processes needs a token count divisible by {world_size}; "
+                    f"{post_patch_num_frames} latent frames x {post_patch_height} x {post_patch_width} = {num_tokens} "
+                    "is not. Change the frame count or the size (480P/720P buckets divide by 2, 4 and 8)."
+                )
 
         rotary_emb = self.rope(hidden_states)
         hidden_states = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()
