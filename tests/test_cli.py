@@ -182,6 +182,8 @@ def test_default_save_file_and_output_path():
     [
         ("--quant int8 --quant_dir weights/MeiGen-MultiTalk", ["--quant int8"]),
         ("--ulysses_size 2 --ring_size 2 --dit_fsdp --t5_fsdp", ["--ulysses_size 2", "--ring_size 2", "--dit_fsdp", "--t5_fsdp"]),
+        ("--ulysses_size 2 --quant int8 --offload_model True --num_persistent_param_in_dit 0",
+         ["--quant with --ulysses_size", "--offload_model True with --ulysses_size", "--num_persistent_param_in_dit with"]),
     ],
 )
 def test_unsupported_flags_fail_clearly(flags, named, capsys):

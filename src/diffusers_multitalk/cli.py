@@ -317,6 +317,8 @@ def unsupported_flags(args: argparse.Namespace, environ: dict | None = None) -> 
         refused.append((f"torchrun (WORLD_SIZE={world_size})", f"pass --ulysses_size {world_size} to split the work"))
     if args.ulysses_size > 1 and args.num_persistent_param_in_dit is not None:
         refused.append(("--num_persistent_param_in_dit with --ulysses_size", "block streaming with several GPUs was not tested"))
+    if args.ulysses_size > 1 and args.quant is not None:
+        refused.append(("--quant with --ulysses_size", "quantised weights with several GPUs were not tested"))
     if args.ulysses_size > 1 and args.offload_model:
         refused.append(("--offload_model True with --ulysses_size", "model offloading with several GPUs was not tested"))
     return refused
