@@ -3,7 +3,11 @@
 # no mask/varlen/paging/softcap/FP8 (every other instantiation is switched off, so the build takes minutes, not
 # hours). Used on the lent H100, whose image has nvcc and torch but no FA3 and no network:
 #   SRC: a .tgz holding flash-attention/hopper and flash-attention/csrc/cutlass/include (the cutlass commit that
-#        flash-attention pins as its submodule), made on a machine with network access.
+#        flash-attention pins as its submodule) and flash-attention/README.md (setup.py reads it), made on a machine
+#        with network access, e.g.:
+#          git clone https://github.com/Dao-AILab/flash-attention && git -C flash-attention submodule update --init csrc/cutlass
+#          tar -czf fa3-src.tgz flash-attention/README.md flash-attention/hopper flash-attention/csrc/cutlass/include
+#        (this repository's numbers: flash-attention 0251105, cutlass 7127592).
 #   DEST: where the wheel (flash_attn_3, with the flash_attn_interface module diffusers' "_flash_3" backend imports)
 #        is written.
 # usage: bash benchmarks/build_flash_attention_3.sh SRC.tgz DEST_DIR
