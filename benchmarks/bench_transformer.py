@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from diffusers_multitalk.models.transformer_multitalk import MultiTalkTransformer3DModel  # noqa: E402
+from diffusers_multitalk.testing import column_person_masks  # noqa: E402
 
 
 FULL_CONFIG = dict(
@@ -85,11 +86,7 @@ def make_inputs(persons, frames, height, width, device):
     latent_t, latent_h, latent_w = (frames - 1) // 4 + 1, height // 8, width // 8
     g = torch.Generator(device=device).manual_seed(0)
     bf16 = dict(device=device, dtype=torch.bfloat16)
-    masks = torch.zeros(persons + 1, latent_h, latent_w, device=device)
-    for p in range(persons):
-        masks[p, :, p * latent_w // persons : (p + 1) * latent_w // persons] = 1
-    masks[-1] = 1 - masks[:-1].amax(0)
-    masks[-1, :2] = 1
+    masks = column_person_masks(persons, latent_h, latent_w, device=device)
     return dict(
         hidden_states=torch.randn(1, 36, latent_t, latent_h, latent_w, generator=g, **bf16),
         timestep=torch.tensor([900.0], device=device),

@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from diffusers_multitalk.testing import column_person_masks
+
 
 WORLD_SIZE = 2
 
@@ -29,11 +31,7 @@ def _transformer_inputs(transformer, persons: int):
     c = transformer.config
     g = torch.Generator().manual_seed(persons)
     frames, latent_h, latent_w = 9, 8, 12
-    masks = torch.zeros(persons + 1, latent_h, latent_w)
-    for p in range(persons):
-        masks[p, :, p * latent_w // persons : (p + 1) * latent_w // persons] = 1
-    masks[-1] = 1 - masks[:-1].amax(0)
-    masks[-1, :2] = 1
+    masks = column_person_masks(persons, latent_h, latent_w)
     return dict(
         hidden_states=torch.randn(1, c.in_channels, (frames - 1) // 4 + 1, latent_h, latent_w, generator=g),
         timestep=torch.tensor([700.0]),

@@ -13,6 +13,7 @@ from diffusers.models.attention_dispatch import (
 from test_low_vram import CUDA, generate
 
 from diffusers_multitalk import MultiTalkTransformer3DModel, make_tiny_pipeline
+from diffusers_multitalk.testing import column_person_masks
 
 
 pytestmark = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
@@ -89,11 +90,7 @@ def _inputs(model, persons):
     g = torch.Generator("cuda").manual_seed(persons)
     bf16 = dict(device="cuda", dtype=torch.bfloat16)
     frames, latent_h, latent_w = 9, 16, 24
-    masks = torch.zeros(persons + 1, latent_h, latent_w, device="cuda")
-    for p in range(persons):
-        masks[p, :, p * latent_w // persons : (p + 1) * latent_w // persons] = 1
-    masks[-1] = 1 - masks[:-1].amax(0)
-    masks[-1, :2] = 1
+    masks = column_person_masks(persons, latent_h, latent_w, device="cuda")
     return dict(
         hidden_states=torch.randn(1, c.in_channels, (frames - 1) // 4 + 1, latent_h, latent_w, generator=g, **bf16),
         timestep=torch.tensor([700.0], device="cuda"),

@@ -713,6 +713,13 @@ def _init_distributed(args: argparse.Namespace, device) -> None:
     args.base_seed = int(seed.item())
 
 
+def _shutdown_distributed() -> None:
+    """Ends the process group `_init_distributed` started (torch is only imported if a command already did)."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_initialized():
+        distributed.destroy_process_group()
+
+
 # ================================================================================================================
 # generate: TTS
 # ================================================================================================================
@@ -1175,8 +1182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
-        if "torch.distributed" in sys.modules and sys.modules["torch.distributed"].is_initialized():
-            sys.modules["torch.distributed"].destroy_process_group()  # --ulysses_size
+        _shutdown_distributed()
 
 
 if __name__ == "__main__":  # pragma: no cover

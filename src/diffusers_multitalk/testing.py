@@ -30,6 +30,7 @@ from .loaders.wan_components import (
 
 
 __all__ = [
+    "column_person_masks",
     "tiny_generation_latents",
     "WAN_DIR_NAME",
     "MULTITALK_DIR_NAME",
@@ -198,3 +199,14 @@ def tiny_generation_latents(pipe) -> torch.Tensor:
         image=image, audio=[(wave, sampling_rate)], prompt="a person talks", height=64, width=96, num_frames=5,
         num_inference_steps=2, mode="clip", output_type="latent", generator=torch.Generator().manual_seed(0),
     ).frames[0]
+
+
+def column_person_masks(persons: int, height: int, width: int, device=None) -> torch.Tensor:
+    """`ref_target_masks` [persons + 1, height, width] for tests and benchmarks: person p owns the p-th vertical
+    strip, the background the rest plus the top two rows (so classes overlap, as real face masks and backgrounds do)."""
+    masks = torch.zeros(persons + 1, height, width, device=device)
+    for p in range(persons):
+        masks[p, :, p * width // persons : (p + 1) * width // persons] = 1
+    masks[-1] = 1 - masks[:-1].amax(0)
+    masks[-1, :2] = 1
+    return masks

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..hooks.offload import input_device
 from .processing import TARGET_SAMPLE_RATE
 
 
@@ -98,10 +99,8 @@ def encode_speech(model, feature_extractor, speech_16k, fps: float = 25) -> torc
     input_values = torch.from_numpy(np.squeeze(np.asarray(input_values))).float()
 
     # Through the model's own forward, so that offloading hooks (model / sequential CPU offload, group offloading)
-    # move the weights; on "meta" (sequential offload) the hooks also move the input.
-    param = next(model.parameters())
-    device = param.device if param.device.type != "meta" else torch.device("cpu")
-    input_values = input_values.to(device=device, dtype=param.dtype).unsqueeze(0)
+    # move the weights.
+    input_values = input_values.to(device=input_device(model), dtype=next(model.parameters()).dtype).unsqueeze(0)
 
     def resample_to_video_frames(module, args, conv_features):  # [1, channels, steps] -> [1, channels, frames]
         return F.interpolate(conv_features, size=num_frames, mode="linear", align_corners=True)

@@ -1,1 +1,2 @@
+from .offload import input_device
 from .teacache import TEACACHE_COEFFICIENTS, TeaCacheConfig, apply_teacache, remove_teacache

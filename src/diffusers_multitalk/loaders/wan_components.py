@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..hooks.offload import input_device
 from .original_folders import (
     WAN_CLIP_CHECKPOINT,
     WAN_CLIP_TOKENIZER_DIR,
@@ -608,10 +609,7 @@ def clip_image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     (``hidden_states[0]`` is the embedding after ``pre_layrnorm``, ``hidden_states[i]`` the output of block ``i``).
     Returns ``[B, 1 + num_patches, hidden_size]`` (``[B, 257, 1280]`` for Wan).
     """
-    param = next(model.parameters())
-    # Weights on "meta" are loaded by accelerate's sequential-offload hooks, which also move the inputs.
-    device = param.device if param.device.type != "meta" else torch.device("cpu")
-    pixel_values = pixel_values.to(device=device, dtype=param.dtype)
+    pixel_values = pixel_values.to(device=input_device(model), dtype=next(model.parameters()).dtype)
     out = model(pixel_values=pixel_values, output_hidden_states=True)
     return out.hidden_states[-2]
 

@@ -347,7 +347,7 @@ class MultiTalkTransformer3DModel(
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, inner_dim) / inner_dim**0.5)
         self.gradient_checkpointing = False
 
-    def _person_rope(self, ref_target_masks, num_persons, post_patch_height, post_patch_width, device):
+    def _person_rope(self, ref_target_masks, num_persons, post_patch_height, post_patch_width, device, cp_group):
         if ref_target_masks is None:
             raise ValueError(
                 f"`ref_target_masks` is required for {num_persons} persons: [persons + 1, H, W] masks at latent "
@@ -372,7 +372,7 @@ class MultiTalkTransformer3DModel(
             post_patch_height * post_patch_width,
             self.config.class_range,
             self.config.class_interval,
-            group=context_parallel_group(self._parallel_config),
+            group=cp_group,
         )
 
     def forward(
@@ -444,7 +444,7 @@ class MultiTalkTransformer3DModel(
         lrope = None
         if num_persons > 1:
             lrope = self._person_rope(
-                ref_target_masks, num_persons, post_patch_height, post_patch_width, hidden_states.device
+                ref_target_masks, num_persons, post_patch_height, post_patch_width, hidden_states.device, cp_group
             )
 
         for block in self.blocks:

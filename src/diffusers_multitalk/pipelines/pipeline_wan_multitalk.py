@@ -29,6 +29,7 @@ from transformers import (
 from ..audio.encoder import audio_windows, encode_speech, mirror_pad_embedding
 from ..audio.processing import TARGET_SAMPLE_RATE, combine_speakers, prepare_audio
 from ..audio.tts import parse_dialogue, synthesize_dialogue
+from ..hooks.offload import input_device
 from ..loaders.wan_components import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD, clip_image_features, preprocess_clip_frames
 from ..models.transformer_multitalk import MultiTalkTransformer3DModel
 from .multitalk_utils import (
@@ -489,9 +490,7 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             return_tensors="pt",
         )
         length = int(inputs.attention_mask.gt(0).sum())
-        encoder_device = next(self.text_encoder.parameters()).device  # umT5 may stay on the CPU (enable_low_vram)
-        if encoder_device.type == "meta":  # sequential offload: accelerate's hooks load the weights and move the inputs
-            encoder_device = torch.device("cpu")
+        encoder_device = input_device(self.text_encoder)  # umT5 may stay on the CPU (enable_low_vram)
         with torch.no_grad():
             states = self.text_encoder(
                 inputs.input_ids.to(encoder_device), inputs.attention_mask.to(encoder_device)
