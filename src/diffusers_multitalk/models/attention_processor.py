@@ -4,6 +4,8 @@ The self- and text/image cross-attention follow diffusers' ``WanAttnProcessor``;
 MultiTalk needs: the image/text split of the cross-attention context is a config value (diffusers assumes 512 text
 tokens, the original checkpoints' configs may say otherwise), and the self-attention can return, for every video
 token, how strongly it attends to each person's region of the first latent frame (the input of L-RoPE).
+The video self-attention can also run through a kernel outside diffusers' dispatcher (`SELF_ATTENTION_KERNELS`,
+chosen per block with `models.fp8.set_self_attention_kernel`), e.g. SageAttention's 8-bit Triton kernel.
 """
 
 from __future__ import annotations
@@ -72,6 +74,20 @@ def gather_first_frame(local: torch.Tensor, tokens_per_frame: int, group) -> tor
     return torch.cat([part[:, :count] for part, count in zip(parts, counts)], dim=1)
 
 
+@torch.compiler.disable
+def sage_triton_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """SageAttention 1 (the `sageattention` 1.x package, Triton): Q and K in int8 with one scale per block of
+    tokens (K smoothed by its mean first), P·V in fp16. [B, S, H, D] in and out, no mask. Kept out of torch.compile
+    graphs (its Triton launches and the in-place smoothing of K run eagerly)."""
+    from sageattention import sageattn
+
+    return sageattn(query, key.clone(), value, tensor_layout="NHD", is_causal=False)
+
+
+# Kernels for the video self-attention beside diffusers' dispatcher: name -> fn(query, key, value) on [B, S, H, D].
+SELF_ATTENTION_KERNELS = {"sage_triton": sage_triton_attention}
+
+
 def person_attention_scores(
     query: torch.Tensor,
     key_first_frame: torch.Tensor,
@@ -118,8 +134,10 @@ class MultiTalkAttnProcessor:
     _attention_backend = None
     _parallel_config = None
 
-    def __init__(self, image_context_length: int = 257):
+    def __init__(self, image_context_length: int = 257, self_attention_kernel: str | None = None):
         self.image_context_length = image_context_length
+        # A name of SELF_ATTENTION_KERNELS for the video self-attention (None: diffusers' dispatcher).
+        self.self_attention_kernel = self_attention_kernel
 
     def __call__(
         self,
@@ -155,14 +173,20 @@ class MultiTalkAttnProcessor:
             )
             hidden_states_img = hidden_states_img.flatten(2, 3).type_as(query)
 
-        out = dispatch_attention_fn(
-            query,
-            key,
-            value,
-            attn_mask=attention_mask,
-            backend=self._attention_backend,
-            parallel_config=(self._parallel_config if encoder_hidden_states is None else None),
-        )
+        kernel = getattr(self, "self_attention_kernel", None)
+        if kernel is not None and encoder_hidden_states is None and attention_mask is None:
+            if self._parallel_config is not None:
+                raise ValueError(f"The self-attention kernel {kernel!r} does not support context parallelism.")
+            out = SELF_ATTENTION_KERNELS[kernel](query, key, value)
+        else:
+            out = dispatch_attention_fn(
+                query,
+                key,
+                value,
+                attn_mask=attention_mask,
+                backend=self._attention_backend,
+                parallel_config=(self._parallel_config if encoder_hidden_states is None else None),
+            )
         out = out.flatten(2, 3).type_as(query)
         if hidden_states_img is not None:
             out = out + hidden_states_img

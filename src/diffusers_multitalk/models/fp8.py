@@ -1,0 +1,129 @@
+"""FP8 (and int8) execution of the MultiTalk DiT's block linears through torchao, and 8-bit self-attention choices.
+
+The block linears (self-attention q/k/v/o, text/image cross-attention q/k/v/o and the image k/v, the FFN) are
+quantised in place with torchao's `quantize_`: weights to float8 e4m3 with one scale per output row, activations to
+float8 e4m3 per token at run time (`Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())`), so the matrix
+products run through `torch._scaled_mm` on the tensor cores' FP8 path (Hopper, Ada, MI300). Everything else stays as
+diffusers keeps it: the audio adapter (`audio_proj`, every block's `audio_attn`), the norms, the modulation tables,
+the time/text/image embedders, the patch embedding and the output head.
+
+    from diffusers_multitalk.models.fp8 import enable_fp8, set_self_attention_kernel
+    enable_fp8(pipe.transformer)                               # "fp8" (row-wise) | "fp8_tensor" | "int8_dynamic"
+    set_self_attention_kernel(pipe.transformer, "sage_triton")  # SageAttention 1 (Triton) for the video self-attention
+    pipe.transformer.compile_repeated_blocks(fullgraph=False)   # compile after quantising
+
+The same selection through diffusers' quantization config, for `from_pretrained` of a converted repo:
+
+    transformer = MultiTalkTransformer3DModel.from_pretrained(repo, subfolder="transformer",
+        quantization_config=torchao_quantization_config("fp8"), torch_dtype=torch.bfloat16)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+# Modules kept in their float dtype (diffusers' `_keep_in_fp32_modules`, the norms, are never linears anyway).
+KEEP_FLOAT_MODULES = ("audio_proj", "audio_attn", "condition_embedder", "patch_embedding", "proj_out")
+
+QUANT_MODES = ("fp8", "fp8_tensor", "int8_dynamic")
+
+
+def is_block_linear(module: nn.Module, fqn: str) -> bool:
+    """The filter of `enable_fp8`: a linear layer inside `blocks.N` that is not part of the audio adapter."""
+    parts = fqn.split(".")
+    return isinstance(module, nn.Linear) and parts[0] == "blocks" and not any(k in parts for k in KEEP_FLOAT_MODULES)
+
+
+def torchao_config(mode: str = "fp8"):
+    """The torchao config of a quantisation mode.
+
+    - "fp8": float8 e4m3 weights (per output row) and activations (per token, dynamic); the recommended FP8 layout.
+    - "fp8_tensor": the same with one scale per tensor (cheaper scaling, coarser).
+    - "int8_dynamic": int8 weights (per row) and int8 activations (per token, dynamic) through `torch._int_mm`.
+    """
+    try:
+        from torchao.quantization import (
+            Float8DynamicActivationFloat8WeightConfig,
+            Int8DynamicActivationInt8WeightConfig,
+            PerRow,
+            PerTensor,
+        )
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError('FP8 execution needs torchao: pip install "diffusers-multitalk[torchao]"') from e
+    if mode == "fp8":
+        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    if mode == "fp8_tensor":
+        return Float8DynamicActivationFloat8WeightConfig(granularity=PerTensor())
+    if mode == "int8_dynamic":
+        return Int8DynamicActivationInt8WeightConfig()
+    raise ValueError(f"Unknown quantisation mode {mode!r}; choose one of {QUANT_MODES}.")
+
+
+def _selected_blocks(transformer, blocks) -> set[int]:
+    num_blocks = len(transformer.blocks)
+    chosen = set(range(num_blocks)) if blocks is None else {int(b) for b in blocks}
+    if not chosen <= set(range(num_blocks)):
+        raise ValueError(f"Block indices {sorted(chosen)} out of range for {num_blocks} blocks.")
+    return chosen
+
+
+def enable_fp8(transformer: nn.Module, mode: str = "fp8", blocks=None) -> list[str]:
+    """Quantises the block linears of `transformer` in place (see the module docstring); returns their names.
+
+    Args:
+        transformer: a `MultiTalkTransformer3DModel` (bf16 weights; FP8 needs a GPU of compute capability >= 8.9).
+        mode: one of `QUANT_MODES` (see `torchao_config`).
+        blocks: indices of the blocks to quantise (default: all).
+    """
+    from torchao.quantization import quantize_
+
+    config = torchao_config(mode)
+    chosen = _selected_blocks(transformer, blocks)
+    names = []
+
+    def filter_fn(module, fqn):
+        if is_block_linear(module, fqn) and int(fqn.split(".")[1]) in chosen:
+            names.append(fqn)
+            return True
+        return False
+
+    quantize_(transformer, config, filter_fn=filter_fn)
+    transformer._multitalk_quant_mode = mode
+    return names
+
+
+def torchao_quantization_config(mode: str = "fp8"):
+    """diffusers' `TorchAoConfig` doing what `enable_fp8` does, for `from_pretrained(..., quantization_config=)`
+    (or inside a `PipelineQuantizationConfig(quant_mapping={"transformer": ...})`)."""
+    from diffusers import TorchAoConfig
+
+    return TorchAoConfig(torchao_config(mode), modules_to_not_convert=list(KEEP_FLOAT_MODULES))
+
+
+def set_self_attention_kernel(transformer: nn.Module, kernel: str | None, blocks=None) -> None:
+    """Chooses the kernel of the video self-attention (`attn1`) of the given blocks (default: all).
+
+    `kernel`: a name of `attention_processor.SELF_ATTENTION_KERNELS` ("sage_triton": SageAttention 1's Triton kernel,
+    int8 Q·K with per-block scales and fp16 P·V) or None for diffusers' dispatcher (the transformer's attention
+    backend). The person map and the cross-attentions keep the dispatcher.
+    """
+    from .attention_processor import SELF_ATTENTION_KERNELS
+
+    if kernel is not None and kernel not in SELF_ATTENTION_KERNELS:
+        raise ValueError(f"Unknown self-attention kernel {kernel!r}; choose one of {sorted(SELF_ATTENTION_KERNELS)}.")
+    chosen = _selected_blocks(transformer, blocks)
+    for index, block in enumerate(transformer.blocks):
+        if index in chosen:
+            block.attn1.processor.self_attention_kernel = kernel
+
+
+def quantized_linear_count(transformer: nn.Module) -> dict[str, int]:
+    """How many linears hold torchao tensor-subclass weights, by weight type (for checks and reports)."""
+    counts: dict[str, int] = {}
+    for module in transformer.modules():
+        if isinstance(module, nn.Linear) and type(module.weight) not in (torch.Tensor, nn.Parameter):
+            name = type(module.weight).__name__
+            counts[name] = counts.get(name, 0) + 1
+    return counts

@@ -1,0 +1,101 @@
+"""Named generation presets: sampling settings (pipeline call arguments and the matching `multitalk generate` flags)
+plus the execution set-up that goes with them (quantisation, attention kernel, VAE dtype, compilation).
+
+The "fast" preset is MultiTalk's FusionX / lightx2v few-step setting: 8 steps, text guidance 1 (so two DiT passes
+per step: conditional and audio-dropped), audio guidance 2, shift 2. Its execution set-up is the fastest one whose
+deviation from bf16 was measured to stay within that of MultiTalk's own int8 weights (docs/performance.md).
+
+    from diffusers_multitalk.presets import apply_preset
+    call_kwargs = apply_preset(pipe, "fast")        # sets up pipe.transformer / pipe.vae, returns pipe(...) kwargs
+    out = pipe(image=..., audio=[...], prompt=..., **call_kwargs)
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+
+PRESETS = {
+    "fast": {
+        # pipeline call arguments
+        "call": {
+            "num_inference_steps": 8,
+            "text_guidance_scale": 1.0,
+            "audio_guidance_scale": 2.0,
+            "shift": 2.0,
+        },
+        # execution set-up (see apply_setup)
+        "setup": {
+            "quant": None,  # torchao mode of models.fp8.enable_fp8, or None for bf16
+            "self_attention_kernel": None,  # a name of attention_processor.SELF_ATTENTION_KERNELS, or None
+            "vae_dtype": "bfloat16",
+            "compile": True,
+        },
+    },
+}
+
+# pipeline call argument -> `multitalk generate` flag (MultiTalk's own flag names)
+CALL_TO_FLAG = {
+    "num_inference_steps": "--sample_steps",
+    "text_guidance_scale": "--sample_text_guide_scale",
+    "audio_guidance_scale": "--sample_audio_guide_scale",
+    "shift": "--sample_shift",
+}
+
+FAST_PRESET = PRESETS["fast"]
+
+
+def preset_call_kwargs(name: str = "fast") -> dict:
+    """The pipeline call arguments of a preset."""
+    return dict(_preset(name)["call"])
+
+
+def preset_setup(name: str = "fast") -> dict:
+    """The execution set-up of a preset (a copy)."""
+    return dict(_preset(name)["setup"])
+
+
+def preset_cli_flags(name: str = "fast") -> list[str]:
+    """The `multitalk generate` flags that give a preset's sampling settings, e.g.
+    `["--sample_steps", "8", "--sample_text_guide_scale", "1.0", ...]`."""
+    flags = []
+    for key, value in _preset(name)["call"].items():
+        flags += [CALL_TO_FLAG[key], str(value)]
+    return flags
+
+
+def _preset(name):
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
+    return copy.deepcopy(PRESETS[name])
+
+
+def apply_setup(pipe, quant=None, self_attention_kernel=None, vae_dtype=None, compile=False) -> None:
+    """Applies an execution set-up to a `WanMultiTalkPipeline` in place: torchao quantisation of the DiT's block
+    linears (`models.fp8.enable_fp8`), a self-attention kernel, the VAE's dtype, and `compile_repeated_blocks`
+    (last, after quantising). Compilation is skipped off CUDA."""
+    from .models.fp8 import enable_fp8, set_self_attention_kernel
+
+    if quant is not None:
+        enable_fp8(pipe.transformer, quant)
+    if self_attention_kernel is not None:
+        set_self_attention_kernel(pipe.transformer, self_attention_kernel)
+    if vae_dtype is not None:
+        pipe.vae.to(getattr(torch, vae_dtype) if isinstance(vae_dtype, str) else vae_dtype)
+    if compile and pipe.transformer.device.type == "cuda":
+        pipe.transformer.compile_repeated_blocks(fullgraph=False)
+
+
+def apply_preset(pipe, name: str = "fast", setup: bool = True, **overrides) -> dict:
+    """Sets up `pipe` for a preset (unless `setup=False`) and returns the call arguments; keyword `overrides`
+    replace set-up entries (e.g. `quant="fp8"`, `compile=False`)."""
+    if setup:
+        options = preset_setup(name)
+        unknown = set(overrides) - set(options)
+        if unknown:
+            raise ValueError(f"Unknown set-up options {sorted(unknown)}; known: {sorted(options)}.")
+        options.update(overrides)
+        apply_setup(pipe, **options)
+    return preset_call_kwargs(name)
