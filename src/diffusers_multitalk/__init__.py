@@ -15,6 +15,7 @@ from .audio import (
 from .models import MultiTalkTransformer3DModel
 from .pipelines import (
     DEFAULT_NEGATIVE_PROMPT,
+    WanInfiniteTalkPipeline,
     WanMultiTalkPipeline,
     WanMultiTalkPipelineOutput,
     export_to_video,
@@ -35,6 +36,7 @@ __all__ = [
     "DEFAULT_NEGATIVE_PROMPT",
     "MultiTalkAudioEncoder",
     "MultiTalkTransformer3DModel",
+    "WanInfiniteTalkPipeline",
     "WanMultiTalkPipeline",
     "WanMultiTalkPipelineOutput",
     "audio_windows",

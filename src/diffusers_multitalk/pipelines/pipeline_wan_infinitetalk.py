@@ -1,0 +1,473 @@
+"""WanInfiniteTalkPipeline: audio-driven dubbing of a video (or animation of an image) as InfiniteTalk does it."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.utils import logging
+
+from ..audio.encoder import audio_windows, mirror_pad_embedding
+from ..audio.processing import TARGET_SAMPLE_RATE
+from ..audio.tts import synthesize_dialogue
+from .multitalk_utils import (
+    APGState,
+    add_noise_flow,
+    closest_bucket,
+    combine_guidance,
+    combine_guidance_two_pass,
+    match_color_lab,
+    resize_and_center_crop,
+    resolution_buckets,
+    set_multitalk_timesteps,
+)
+from .pipeline_wan_multitalk import FPS, WanMultiTalkPipeline, WanMultiTalkPipelineOutput, _audio_entries
+from .video_input import SourceVideo, open_source_video
+
+
+logger = logging.get_logger(__name__)
+
+# InfiniteTalk's size names use MultiTalk's bucket tables (ASPECT_RATIO_627 / ASPECT_RATIO_960) and shifts.
+INFINITETALK_RESOLUTIONS = {"infinitetalk-480": "multitalk-480", "infinitetalk-720": "multitalk-720"}
+DEFAULT_SHIFT = {"infinitetalk-480": 7.0, "infinitetalk-720": 11.0, "multitalk-480": 7.0, "multitalk-720": 11.0}
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers_multitalk import WanInfiniteTalkPipeline, export_to_video_with_audio
+
+        >>> pipe = WanInfiniteTalkPipeline.from_original(
+        ...     "weights/Wan2.1-I2V-14B-480P", "weights/InfiniteTalk/single/infinitetalk.safetensors",
+        ...     "weights/chinese-wav2vec2-base", torch_dtype=torch.bfloat16,
+        ... ).to("cuda")
+        >>> out = pipe(video="interview.mp4", audio="new_voice.wav", prompt="A man talks to the camera.")
+        >>> export_to_video_with_audio(out.frames[0], out.audio, "dubbed.mp4", fps=25)
+        ```
+"""
+
+
+def bucket_resolution(resolution: str | int) -> str | int:
+    """The MultiTalk bucket table name an InfiniteTalk size name (`infinitetalk-480`, `infinitetalk-720`) uses."""
+    return INFINITETALK_RESOLUTIONS.get(str(resolution).strip().lower(), resolution)
+
+
+def plan_infinitetalk_video(num_audio_frames, num_frames, motion_frames, max_frames=None, mode=None):
+    """`(chunk_frames, num_chunks, frames_kept)` for audio of `num_audio_frames` video frames.
+
+    Streaming follows the reference's loop: chunks advance by `num_frames - motion_frames` until one reaches the
+    audio's end (or `max_frames`); at least two chunks are rendered once the audio outlasts one. "clip" is one
+    chunk of `num_frames`. Audio (or a cap) that fits in one chunk gives one chunk of the shortest 4n+1 length (at
+    least 5) covering it, where the reference refuses such audio. The output keeps `min(audio, max_frames)` frames
+    (a clip: at most `num_frames`).
+    """
+    limit = num_audio_frames if max_frames is None else min(max_frames, num_audio_frames)
+    if mode == "clip" and limit > num_frames:
+        return num_frames, 1, num_frames
+    if limit <= num_frames:
+        return max(5, 4 * math.ceil((limit - 1) / 4) + 1), 1, limit
+    chunks, end = 1, num_frames
+    while True:
+        chunks += 1
+        end += num_frames - motion_frames
+        if end >= limit:
+            return num_frames, chunks, limit
+
+
+class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
+    r"""
+    InfiniteTalk (MeiGen-AI/InfiniteTalk): dubs a video, or animates an image, for as long as the audio lasts.
+
+    The components are [`WanMultiTalkPipeline`]'s (InfiniteTalk's DiT has MultiTalk's architecture and key names).
+    What differs is the conditioning of each chunk: the condition image is the source video's frame at the chunk's
+    start time (image-to-video: the image), it alone is marked known in the VAE condition, CLIP sees it, and the
+    chunk's leading latents are the clean latents of that image (first chunk) or of the last `motion_frames`
+    generated frames (later chunks), pasted back before every forward pass and after every step.
+    """
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Loading
+    # ------------------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_original(
+        cls,
+        wan_dir,
+        infinitetalk_file=None,
+        wav2vec_dir=None,
+        torch_dtype: torch.dtype | None = None,
+        dit_path=None,
+        lora_path=None,
+        lora_scale: float = 1.0,
+        quant: str | None = None,
+        quant_path=None,
+        quant_t5_dir=None,
+    ) -> "WanInfiniteTalkPipeline":
+        """Builds the pipeline from the folders and files as users download them.
+
+        Args:
+            wan_dir: `Wan2.1-I2V-14B-480P/` (DiT shards, umT5, CLIP, VAE, `google/umt5-xxl/`).
+            infinitetalk_file: `InfiniteTalk/single/infinitetalk.safetensors` (one person) or
+                `multi/infinitetalk.safetensors` (several), the reference's `--infinitetalk_dir`; or the
+                `InfiniteTalk/` folder (then `single/`). Not needed with `dit_path` or `quant_path`.
+            wav2vec_dir: `chinese-wav2vec2-base/`.
+            torch_dtype: dtype of the DiT, text and image encoders (the VAE and wav2vec2 stay float32).
+            dit_path: a full DiT checkpoint saved with `torch.save({"state_dict": ...})` (the reference's
+                `--dit_path`), used instead of the Wan shards + adapter file.
+            lora_path / lora_scale: an optional LoRA loaded into the transformer.
+            quant: "int8" or "fp8" (needs optimum-quanto): the DiT from `quant_path`, InfiniteTalk's
+                `quant_models/infinitetalk_single_{quant}.safetensors` with its JSON map beside it (the reference's
+                `--quant_dir`, a file); umT5 from `quant_t5_dir` (a folder holding MultiTalk-style
+                `quant_models/t5_{quant}.safetensors`) when given, else the float umT5. Without `quant_path` the float
+                weights are quantised on the fly.
+        """
+        from ..loaders.infinitetalk import load_infinitetalk_components
+
+        components, needs_quantize = load_infinitetalk_components(
+            wan_dir,
+            infinitetalk_file,
+            wav2vec_dir,
+            torch_dtype=torch_dtype,
+            dit_path=dit_path,
+            quant=quant,
+            quant_path=quant_path,
+            quant_t5_dir=quant_t5_dir,
+            lora_path=lora_path,
+        )
+        pipe = cls(**components)
+        if lora_path is not None:
+            pipe.load_lora_weights(lora_path, adapter_name="infinitetalk_lora")
+            pipe.set_adapters(["infinitetalk_lora"], [lora_scale])
+        if needs_quantize:
+            from ..loaders.quantized import quantize_pipeline
+
+            quantize_pipeline(pipe, quant)
+        return pipe
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Inputs
+    # ------------------------------------------------------------------------------------------------------------
+    def open_source(self, image, video, video_fps) -> SourceVideo:
+        """The condition source: the video to dub, or the still image (a one-frame source, held every chunk)."""
+        if (image is None) == (video is None):
+            raise ValueError(
+                "Give `video` (the video to dub: a path, an array [frames, H, W, 3] or a list of images) or `image` "
+                "(a still image to animate), exactly one of them."
+            )
+        if video is not None:
+            return open_source_video(video, fps=video_fps)
+        return open_source_video([image], fps=FPS)
+
+    def prepare_source_frame(self, frame: np.ndarray, height: int, width: int) -> torch.Tensor:
+        """A source frame resized/centre-cropped to the output size: `[1, 3, 1, H, W]` in [-1, 1]."""
+        return resize_and_center_crop(PIL.Image.fromarray(frame), height, width)[None, :, None]
+
+    def check_source_size(self, source: SourceVideo, is_video: bool, resolution, height, width, allow_upscale):
+        """The output size: the bucket nearest the source's first frame (or `height`/`width`); refuses upscaling
+        unless allowed, as for images."""
+        src_h, src_w = source.size
+        if height is None:
+            height, width = closest_bucket(src_h, src_w, resolution_buckets(bucket_resolution(resolution)))
+        if not allow_upscale and (src_h < height or src_w < width):
+            what = "video" if is_video else "image"
+            raise ValueError(
+                f"The `{what}` is {src_w}x{src_h} (w x h), smaller than the {width}x{height} target "
+                f"({'bucket of ' + str(resolution) if resolution else 'size asked'}). Give a larger {what}, a smaller "
+                "`resolution`/`height`/`width`, or pass `allow_upscale=True` to upscale it as the original does."
+            )
+        return height, width
+
+    def encode_motion_frames(self, frames: torch.Tensor, device) -> torch.Tensor:
+        """Normalised VAE latents of pixel frames `[1, 3, F, H, W]` (the clean motion latents of a chunk)."""
+        with torch.no_grad():
+            latent = self.vae.encode(frames.to(device=device, dtype=self.vae.dtype)).latent_dist.mode()
+        mean, std = self._vae_stats(device)
+        return ((latent.float() - mean) / std).float()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Generation
+    # ------------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: PIL.Image.Image | np.ndarray | torch.Tensor | str | None = None,
+        audio: Sequence[Any] | Any = None,
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        video: str | np.ndarray | Sequence[Any] | None = None,
+        video_fps: float | None = None,
+        audio_type: str = "add",
+        bbox: Sequence[Sequence[float]] | dict | None = None,
+        face_scale: float = 0.05,
+        resolution: str = "infinitetalk-480",
+        height: int | None = None,
+        width: int | None = None,
+        allow_upscale: bool = False,
+        mode: str | None = None,
+        num_frames: int = 81,
+        motion_frames: int = 9,
+        max_frames: int | None = None,
+        num_inference_steps: int = 40,
+        shift: float | None = None,
+        text_guidance_scale: float = 5.0,
+        audio_guidance_scale: float = 4.0,
+        use_apg: bool = False,
+        apg_momentum: float = -0.75,
+        apg_norm_threshold: float = 55.0,
+        color_correction_strength: float = 1.0,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        max_sequence_length: int = 512,
+        output_type: str = "np",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        attention_kwargs: dict[str, Any] | None = None,
+        dialogue: str | None = None,
+        dialogue_voices: Sequence[Any] | None = None,
+        tts_engine: str | Any | None = None,
+        normalize_loudness: bool = True,
+    ):
+        r"""
+        Dubs `video` with new audio (video-to-video), or animates `image` (image-to-video).
+
+        Args:
+            image: a still image to animate (PIL, array, tensor or path); give it or `video`.
+            audio: one entry per person, as for [`WanMultiTalkPipeline`] (paths, `(waveform, rate)` tuples, dicts,
+                precomputed wav2vec2 embeddings, None for a silent listener).
+            prompt / negative_prompt: text; the negative prompt defaults to the reference's.
+            video: the video to dub: a path (any container/codec ffmpeg decodes, AV1 included; decoded as a
+                stream), an array `[frames, H, W, 3]` (uint8 or floats in [0, 1]) or a list of images. Each chunk is
+                conditioned on the source frame on screen at the chunk's start time (a 24 or 30 fps source stays in
+                step with the 25 fps output); when the audio outlasts the video its last frame is held (a warning
+                says so). Its first frame picks the size bucket and places the persons; later frames of another size
+                are resized/cropped to that size. Its own sound is not used: the output carries `audio`.
+            video_fps: the frame rate of an array/list `video` (25); files report their own.
+            audio_type, bbox, face_scale: as for [`WanMultiTalkPipeline`]; boxes are in the first frame's pixels.
+                Without boxes two persons get the left/right halves of the frame (the reference's default), for a
+                video too: pass `bbox` when they stand elsewhere.
+            resolution: "infinitetalk-480" or "infinitetalk-720" (MultiTalk's bucket tables; "multitalk-*" too).
+            height / width / allow_upscale: as for [`WanMultiTalkPipeline`].
+            mode: None (the default: the whole audio, one clip when it fits in `num_frames`, else streaming),
+                "streaming" (chunks overlapping by `motion_frames` until the audio ends) or "clip" (one chunk of
+                `num_frames`). Audio shorter than a chunk gives one chunk of the shortest 4n+1 length covering it.
+            num_frames: frames per chunk, 4n+1 (81).
+            motion_frames: generated frames each later chunk continues from (InfiniteTalk's `--motion_frame`, 9).
+            max_frames: a cap on the video's length in frames (None: no cap; the reference's `--max_frame_num`,
+                1000 by default there).
+            num_inference_steps, shift, text_guidance_scale, audio_guidance_scale, use_apg, apg_momentum,
+            apg_norm_threshold: as for [`WanMultiTalkPipeline`] (shift 7 at 480P, 11 at 720P).
+            color_correction_strength: LAB colour matching of every chunk to the source's first frame (0 disables).
+            generator, latents, prompt_embeds, negative_prompt_embeds, max_sequence_length, output_type,
+            return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, attention_kwargs, dialogue,
+            dialogue_voices, tts_engine, normalize_loudness: as for [`WanMultiTalkPipeline`].
+
+        Returns:
+            [`WanMultiTalkPipelineOutput`]: the frames (as long as the audio, or `max_frames`) and the mixed audio.
+
+        Examples:
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        if mode not in (None, "clip", "streaming"):
+            raise ValueError(f"`mode` must be None (the whole audio), 'clip' or 'streaming', got {mode!r}.")
+        if max_frames is not None and max_frames < 1:
+            raise ValueError(f"`max_frames` must be None (no cap) or a positive frame count, got {max_frames}.")
+        self.check_inputs(
+            image if image is not None else video, audio, prompt, negative_prompt, prompt_embeds,
+            negative_prompt_embeds, audio_type, bbox, height, width, "clip" if mode == "clip" else "streaming",
+            num_frames, motion_frames, max(num_frames, max_frames or num_frames), num_inference_steps, output_type,
+            callback_on_step_end_tensor_inputs, dialogue, dialogue_voices,
+        )
+        source = self.open_source(image, video, video_fps)
+        try:
+            return self._generate(
+                source, video is not None, audio, prompt, negative_prompt, audio_type, bbox, face_scale, resolution,
+                height, width, allow_upscale, mode, num_frames, motion_frames, max_frames, num_inference_steps,
+                shift, text_guidance_scale, audio_guidance_scale, use_apg, apg_momentum, apg_norm_threshold,
+                color_correction_strength, generator, latents, prompt_embeds, negative_prompt_embeds,
+                max_sequence_length, output_type, return_dict, callback_on_step_end,
+                callback_on_step_end_tensor_inputs, attention_kwargs, dialogue, dialogue_voices, tts_engine,
+                normalize_loudness,
+            )
+        finally:
+            source.close()
+
+    def _generate(
+        self, source, is_video, audio, prompt, negative_prompt, audio_type, bbox, face_scale, resolution, height,
+        width, allow_upscale, mode, num_frames, motion_frames, max_frames, num_inference_steps, shift,
+        text_guidance_scale, audio_guidance_scale, use_apg, apg_momentum, apg_norm_threshold,
+        color_correction_strength, generator, latents, prompt_embeds, negative_prompt_embeds, max_sequence_length,
+        output_type, return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, attention_kwargs,
+        dialogue, dialogue_voices, tts_engine, normalize_loudness,
+    ):
+        if dialogue is not None:
+            tracks, _ = synthesize_dialogue(dialogue, voices=dialogue_voices, engine=tts_engine)
+            audio, audio_type = [(track, TARGET_SAMPLE_RATE) for track in tracks], "para"
+            normalize_loudness = False
+        shift = DEFAULT_SHIFT.get(str(resolution), 7.0) if shift is None else shift
+        self._interrupt = False
+        self._current_timestep = None
+        device = self._execution_device
+        transformer_dtype = self.transformer.dtype
+
+        # 1. Source, persons and audio (cheap checks first, then the audio encoder)
+        height, width = self.check_source_size(source, is_video, resolution, height, width, allow_upscale)
+        cond_image = self.prepare_source_frame(source.first_frame, height, width)
+        color_reference = cond_image.clone() if color_correction_strength > 0 else None
+        num_persons = len(_audio_entries(audio)) if dialogue is None else len(audio)
+        if is_video and num_persons > 1 and bbox is None:
+            logger.warning(
+                f"{num_persons} persons on a video without `bbox`: each is taken to stand in an equal vertical strip "
+                "of the first frame (the reference's default); pass `bbox` (one [top, left, bottom, right] box per "
+                "person, in the first frame's pixels) when they stand elsewhere."
+            )
+        lat_h, lat_w = height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial
+        person_masks = self.prepare_person_masks(num_persons, bbox, face_scale, source.size, (height, width), (lat_h, lat_w))
+        if person_masks is not None:
+            person_masks = person_masks.to(device)
+        embeddings, mixed_audio = self.prepare_audio_inputs(
+            audio, audio_type, device, normalize_loudness=normalize_loudness
+        )
+        num_audio_frames = min(len(e) for e in embeddings)
+        num_frames, num_chunks, frames_to_keep = plan_infinitetalk_video(
+            num_audio_frames, num_frames, motion_frames, max_frames, mode
+        )
+        lat_t = (num_frames - 1) // self.vae_scale_factor_temporal + 1
+        if num_chunks == 1:  # a chunk past the audio's end is driven by its mirrored tail, as streaming's last one
+            embeddings = [mirror_pad_embedding(e, num_frames) for e in embeddings]
+
+        # 2. Text
+        three_pass = not math.isclose(text_guidance_scale, 1.0)
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt, negative_prompt, three_pass, prompt_embeds, negative_prompt_embeds, max_sequence_length,
+            device, transformer_dtype,
+        )
+        prompt_embeds = prompt_embeds.to(device=device, dtype=transformer_dtype)
+        if three_pass:
+            negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=transformer_dtype)
+
+        # 3. Chunks
+        videos, chunk_latents = [], []
+        frames_done = 0
+        audio_start = 0
+        previous_video = None
+        self._num_timesteps = num_inference_steps
+        with self.progress_bar(total=num_chunks * num_inference_steps) as progress_bar:
+            for chunk in range(num_chunks):
+                is_first = chunk == 0
+                audio_embeds = torch.stack(
+                    [audio_windows(e, num_frames, start=audio_start) for e in embeddings]
+                )[None].to(device=device, dtype=transformer_dtype)
+                silent_audio = torch.zeros_like(audio_embeds[:, -1:])
+                noise = self.prepare_latents(
+                    (1, 16, lat_t, lat_h, lat_w), generator, device, latents if is_first else None
+                )
+                if not is_first:
+                    cond_image = self.prepare_source_frame(source.frame_at(audio_start / FPS), height, width)
+                image_embeds = self.encode_image(cond_image, device).to(transformer_dtype)
+                condition, _ = self.prepare_condition(cond_image, num_frames, 1, device)
+                condition = condition.to(transformer_dtype)
+                num_motion = 1 if is_first else motion_frames
+                motion_pixels = cond_image if is_first else previous_video[:, :, -motion_frames:]
+                motion_latents = self.encode_motion_frames(motion_pixels, device)
+                num_motion_latents = motion_latents.shape[2]
+
+                self.transformer._reset_stateful_cache()
+                timesteps = set_multitalk_timesteps(self.scheduler, num_inference_steps, shift, device=device)
+                sigmas = self.scheduler.sigmas
+                latent = noise
+                if not is_first:
+                    latent[:, :, :num_motion_latents] = add_noise_flow(
+                        motion_latents, torch.randn(motion_latents.shape, generator=generator, device=device), sigmas[0]
+                    )
+                apg = APGState(apg_momentum, apg_norm_threshold) if use_apg else None
+
+                for i, t in enumerate(timesteps):
+                    if self.interrupt:
+                        continue
+                    self._current_timestep = t
+                    latent[:, :, :num_motion_latents] = motion_latents
+                    model_input = torch.cat([latent.to(transformer_dtype), condition], dim=1)
+                    timestep = t.expand(1)
+
+                    def run(branch, text, audio_input):
+                        with self.transformer.cache_context(
+                            branch, step_index=i, num_inference_steps=num_inference_steps, timestep=t,
+                            sigma=float(sigmas[i]),
+                        ):
+                            return self.transformer(
+                                model_input, timestep, text, image_embeds, audio_input,
+                                ref_target_masks=person_masks, return_dict=False, attention_kwargs=attention_kwargs,
+                            )[0].float()
+
+                    noise_cond = run("cond", prompt_embeds, audio_embeds)
+                    if three_pass:
+                        noise_drop_text = run("drop_text", negative_prompt_embeds, audio_embeds)
+                        noise_uncond = run("uncond", negative_prompt_embeds, silent_audio)
+                        noise_pred = combine_guidance(
+                            noise_cond, noise_drop_text, noise_uncond, text_guidance_scale, audio_guidance_scale, apg
+                        )
+                    else:
+                        noise_drop_audio = run("drop_audio", prompt_embeds, silent_audio)
+                        noise_pred = combine_guidance_two_pass(noise_cond, noise_drop_audio, audio_guidance_scale, apg)
+
+                    latent = self.scheduler.step(noise_pred, t, latent, return_dict=False)[0]
+                    if not is_first:
+                        # Drawn (and then overwritten) as the reference does, which keeps its noise order.
+                        latent[:, :, :num_motion_latents] = add_noise_flow(
+                            motion_latents,
+                            torch.randn(motion_latents.shape, generator=generator, device=device),
+                            sigmas[i + 1],
+                        )
+                    latent[:, :, :num_motion_latents] = motion_latents
+
+                    if callback_on_step_end is not None:
+                        available = {"latents": latent, "noise_pred": noise_pred}
+                        callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
+                        callback_outputs = callback_on_step_end(self, chunk * num_inference_steps + i, t, callback_kwargs)
+                        latent = callback_outputs.pop("latents", latent)
+                    progress_bar.update()
+
+                if output_type == "latent":
+                    chunk_latents.append(latent)
+                    if num_chunks == 1:
+                        break
+                video = self.decode_latents(latent)
+                if color_reference is not None:
+                    video = match_color_lab(video, color_reference, color_correction_strength)
+                new_frames = video if is_first else video[:, :, num_motion:]
+                new_frames = new_frames[:, :, : frames_to_keep - frames_done]
+                frames_done += new_frames.shape[2]
+                if output_type != "latent":
+                    videos.append(new_frames)
+                if chunk == num_chunks - 1 or self.interrupt:
+                    break
+                previous_video = video
+                audio_start += num_frames - motion_frames
+                audio_end = audio_start + num_frames
+                if audio_end >= frames_to_keep:
+                    embeddings = [mirror_pad_embedding(e, audio_end) for e in embeddings]
+
+        self._current_timestep = None
+        self.transformer._reset_stateful_cache()
+        self.maybe_free_model_hooks()
+
+        audio_out = None
+        if mixed_audio is not None:
+            length = int(round(frames_done / FPS * TARGET_SAMPLE_RATE))
+            audio_out = np.pad(mixed_audio, (0, max(0, length - len(mixed_audio))))[:length].astype(np.float32)
+        if output_type == "latent":
+            frames = chunk_latents
+        else:
+            frames = self.video_processor.postprocess_video(torch.cat(videos, dim=2), output_type=output_type)
+        if not return_dict:
+            return (frames, audio_out)
+        return WanMultiTalkPipelineOutput(frames=frames, audio=audio_out)
