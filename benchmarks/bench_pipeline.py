@@ -41,7 +41,7 @@ def build_full_pipeline(device):
         Wav2Vec2Model,
     )
 
-    from diffusers_multitalk.pipelines.multitalk_utils import make_multitalk_scheduler
+    from diffusers_multitalk.pipelines.sampling import make_multitalk_scheduler
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_transformer import FULL_CONFIG, build_model

@@ -10,22 +10,20 @@ import torch
 from safetensors import safe_open
 
 from diffusers_multitalk import WanMultiTalkPipeline
-from diffusers_multitalk.loaders import transformer_original, wan_components
+from diffusers_multitalk.loaders import transformer_original, wan_checkpoint, wan_clip
 from diffusers_multitalk.loaders.convert import check_original_folders
-from diffusers_multitalk.loaders.wan_components import (
-    WAN_CLIP_CHECKPOINT,
-    WAN_T5_CHECKPOINT,
-    WAN_VAE_CHECKPOINT,
+from diffusers_multitalk.loaders.original_folders import WAN_CLIP_CHECKPOINT, WAN_T5_CHECKPOINT, WAN_VAE_CHECKPOINT
+from diffusers_multitalk.loaders.wan_clip import (
     convert_clip_vision_to_original,
-    convert_umt5_encoder_to_original,
-    convert_vae_to_original,
     convert_wan_clip_visual_state_dict,
-    convert_wan_t5_state_dict,
-    convert_wan_vae_state_dict,
     load_clip_vision_from_original,
-    load_umt5_encoder_from_original,
-    load_vae_from_original,
 )
+from diffusers_multitalk.loaders.wan_umt5 import (
+    convert_umt5_encoder_to_original,
+    convert_wan_t5_state_dict,
+    load_umt5_encoder_from_original,
+)
+from diffusers_multitalk.loaders.wan_vae import convert_vae_to_original, convert_wan_vae_state_dict, load_vae_from_original
 from diffusers_multitalk.testing import tiny_generation_latents as generate, write_tiny_original_folders
 from diffusers_multitalk.tiny import TINY_IMAGE_DIM, make_tiny_components
 
@@ -117,7 +115,7 @@ def test_wan_config_gives_the_tiny_transformer_config(folders, reference):
 
 def test_clip_head_table_names_the_tiny_tower(reference):
     # The tiny width is in the explicit table of known towers, so `from_original` needs no head count.
-    assert wan_components._KNOWN_VIT_HEADS[TINY_IMAGE_DIM] == reference["image_encoder"].config.num_attention_heads
+    assert wan_clip._KNOWN_VIT_HEADS[TINY_IMAGE_DIM] == reference["image_encoder"].config.num_attention_heads
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -293,7 +291,7 @@ def test_inverse_conversions_reject_foreign_keys(reference):
 
 def test_rule_inversion():
     rules = [(re.compile(r"a\.(\d+)\.b\.(x|y)"), r"c.\2.d.\1")]
-    ((pattern, repl),) = wan_components._invert_rules(rules)
+    ((pattern, repl),) = wan_checkpoint._invert_rules(rules)
     assert pattern.fullmatch("c.y.d.12").expand(repl) == "a.12.b.y"
     with pytest.raises(ValueError, match="cannot be inverted"):
-        wan_components._invert_rules([(re.compile(r"a\.(\d+)"), "b")])
+        wan_checkpoint._invert_rules([(re.compile(r"a\.(\d+)"), "b")])

@@ -13,30 +13,34 @@ import PIL.Image
 import pytest
 import torch
 
-from diffusers_multitalk.pipelines.multitalk_utils import (
-    ASPECT_RATIO_627,
-    ASPECT_RATIO_960,
-    APGState,
-    MomentumBuffer,
+from diffusers_multitalk.pipelines.color_correction import lab_to_rgb, match_color_lab, rgb_to_lab
+from diffusers_multitalk.pipelines.guidance import (
     adaptive_projected_guidance,
-    add_noise_flow,
-    center_crop_offsets,
-    closest_bucket,
+    APGState,
     combine_guidance,
     combine_guidance_two_pass,
-    default_person_masks,
-    lab_to_rgb,
-    latent_person_masks,
+    MomentumBuffer,
+)
+from diffusers_multitalk.pipelines.image_processing import (
+    ASPECT_RATIO_627,
+    ASPECT_RATIO_960,
+    center_crop_offsets,
+    closest_bucket,
     load_image_any,
-    make_multitalk_scheduler,
-    match_color_lab,
-    multitalk_sigmas,
-    multitalk_timesteps,
-    person_masks_from_bboxes,
     preprocess_image,
     resize_and_center_crop,
     resolution_buckets,
-    rgb_to_lab,
+)
+from diffusers_multitalk.pipelines.person_masks import (
+    default_person_masks,
+    latent_person_masks,
+    person_masks_from_bboxes,
+)
+from diffusers_multitalk.pipelines.sampling import (
+    add_noise_flow,
+    make_multitalk_scheduler,
+    multitalk_sigmas,
+    multitalk_timesteps,
     set_multitalk_timesteps,
 )
 from diffusers_multitalk.pipelines.video_io import (

@@ -37,7 +37,7 @@ from diffusers_multitalk.loaders.quantized import (  # noqa: E402
     quantize_pipeline,
     save_quantized_multitalk_transformer,
 )
-from diffusers_multitalk.loaders.wan_components import WAN_T5_CHECKPOINT  # noqa: E402
+from diffusers_multitalk.loaders.original_folders import WAN_T5_CHECKPOINT  # noqa: E402
 from diffusers_multitalk.models.transformer_multitalk import MultiTalkTransformer3DModel  # noqa: E402
 from diffusers_multitalk.testing import tiny_generation_latents as generate, write_tiny_original_folders  # noqa: E402
 from diffusers_multitalk.tiny import make_tiny_components  # noqa: E402

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from diffusers_multitalk.audio import tts as tts_mod
+from diffusers_multitalk.audio.tts import engines as tts_engines
 from diffusers_multitalk.audio.tts import (
     DialogueTurn,
     EspeakEngine,
@@ -37,7 +38,7 @@ def no_kokoro(tmp_path, monkeypatch):
     """No Kokoro-82M folder anywhere the automatic choice looks."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(tts_mod.KOKORO_DIR_ENV, raising=False)
-    monkeypatch.setattr(tts_mod, "_hf_cached_kokoro_dir", lambda: None)
+    monkeypatch.setattr(tts_engines, "_hf_cached_kokoro_dir", lambda: None)
     return tmp_path
 
 
@@ -543,7 +544,7 @@ def test_kokoro_found_through_the_environment(kokoro_dir, no_kokoro, monkeypatch
 
 
 def test_kokoro_english_without_spacy_model(kokoro_dir, monkeypatch, caplog):
-    if tts_mod._spacy_model_installed():
+    if tts_engines._spacy_model_installed():
         pytest.skip("en_core_web_sm is installed here")
     import spacy.cli
 

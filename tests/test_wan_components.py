@@ -10,24 +10,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffusers_multitalk.loaders.wan_components import (
-    WAN_CLIP_CHECKPOINT,
-    WAN_T5_CHECKPOINT,
-    WAN_VAE_CHECKPOINT,
-    clip_image_features,
+from diffusers_multitalk.loaders.original_folders import WAN_CLIP_CHECKPOINT, WAN_T5_CHECKPOINT, WAN_VAE_CHECKPOINT
+from diffusers_multitalk.loaders.wan_clip import (
     clip_vision_config_from_wan_state_dict,
     convert_wan_clip_visual_state_dict,
-    convert_wan_t5_state_dict,
-    convert_wan_vae_state_dict,
     load_clip_vision_from_original,
-    load_tokenizer,
-    load_umt5_encoder_from_original,
-    load_umt5_tokenizer,
-    load_vae_from_original,
-    preprocess_clip_frames,
-    umt5_config_from_wan_state_dict,
-    vae_config_from_wan_state_dict,
 )
+from diffusers_multitalk.loaders.wan_tokenizers import load_tokenizer, load_umt5_tokenizer
+from diffusers_multitalk.loaders.wan_umt5 import (
+    convert_wan_t5_state_dict,
+    load_umt5_encoder_from_original,
+    umt5_config_from_wan_state_dict,
+)
+from diffusers_multitalk.loaders.wan_vae import convert_wan_vae_state_dict, load_vae_from_original, vae_config_from_wan_state_dict
+from diffusers_multitalk.pipelines.clip_features import clip_image_features, preprocess_clip_frames
 
 FIXTURES = Path(__file__).parent / "fixtures" / "wan_components_tiny"
 T5_FILE = FIXTURES / "models_t5_umt5-tiny-enc.pth"

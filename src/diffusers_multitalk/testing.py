@@ -16,17 +16,18 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .loaders.original_folders import DIT_INDEX, MULTITALK_FILE
-from .loaders.transformer_original import convert_multitalk_transformer_to_original
-from .loaders.wan_components import (
+from .loaders.original_folders import (
+    DIT_INDEX,
+    MULTITALK_FILE,
     WAN_CLIP_CHECKPOINT,
     WAN_T5_CHECKPOINT,
     WAN_UMT5_TOKENIZER_DIR,
     WAN_VAE_CHECKPOINT,
-    convert_clip_vision_to_original,
-    convert_umt5_encoder_to_original,
-    convert_vae_to_original,
 )
+from .loaders.transformer_original import convert_multitalk_transformer_to_original
+from .loaders.wan_clip import convert_clip_vision_to_original
+from .loaders.wan_umt5 import convert_umt5_encoder_to_original
+from .loaders.wan_vae import convert_vae_to_original
 
 
 __all__ = [

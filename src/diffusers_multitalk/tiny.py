@@ -45,7 +45,7 @@ def make_tiny_components(seed: int = 0) -> dict:
     )
 
     from .models.transformer_multitalk import MultiTalkTransformer3DModel
-    from .pipelines.multitalk_utils import make_multitalk_scheduler
+    from .pipelines.sampling import make_multitalk_scheduler
 
     torch.manual_seed(seed)
     text_encoder = UMT5EncoderModel(

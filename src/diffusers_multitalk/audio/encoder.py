@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..hooks.offload import input_device
+from ..utils.devices import input_device
 from .processing import TARGET_SAMPLE_RATE
 
 

@@ -1,2 +1,1 @@
-from .offload import input_device
 from .teacache import TEACACHE_COEFFICIENTS, TeaCacheConfig, apply_teacache, remove_teacache

@@ -199,13 +199,13 @@ def _rule_key_fn(rules) -> Callable[[str], str | None]:
 
 
 def _t5_to_transformers(key: str) -> str | None:
-    from .wan_components import _T5_RULES
+    from .wan_umt5 import _T5_RULES
 
     return _rule_key_fn(_T5_RULES)(key)
 
 
 def _t5_to_original(key: str) -> str | None:
-    from .wan_components import _T5_INVERSE_RULES
+    from .wan_umt5 import _T5_INVERSE_RULES
 
     return _rule_key_fn(_T5_INVERSE_RULES)(key)
 
@@ -559,7 +559,7 @@ def load_quantized_umt5_encoder(checkpoint, map_path=None, quant: str | None = N
     from accelerate import init_empty_weights
     from transformers import UMT5EncoderModel
 
-    from .wan_components import umt5_config_from_wan_state_dict
+    from .wan_umt5 import umt5_config_from_wan_state_dict
 
     checkpoint = Path(checkpoint)
     map_path = Path(map_path) if map_path is not None else find_quantization_map(checkpoint, quant)
@@ -727,7 +727,7 @@ def load_quantized_components(wan_dir, quant: str, quant_dir=None, dit_path=None
     _check_quant(quant)
     require_optimum_quanto()
     from .transformer_original import load_multitalk_transformer_from_original
-    from .wan_components import load_umt5_encoder_from_original
+    from .wan_umt5 import load_umt5_encoder_from_original
 
     wan_dir = Path(wan_dir)
     if quant_dir is None and dit_path is None:

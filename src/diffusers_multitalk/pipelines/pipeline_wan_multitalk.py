@@ -29,24 +29,14 @@ from transformers import (
 from ..audio.encoder import audio_windows, encode_speech, mirror_pad_embedding
 from ..audio.processing import TARGET_SAMPLE_RATE, combine_speakers, prepare_audio
 from ..audio.tts import parse_dialogue, synthesize_dialogue
-from ..hooks.offload import input_device
-from ..loaders.wan_components import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD, clip_image_features, preprocess_clip_frames
+from ..utils.devices import input_device
 from ..models.transformer_multitalk import MultiTalkTransformer3DModel
-from .multitalk_utils import (
-    APGState,
-    add_noise_flow,
-    closest_bucket,
-    combine_guidance,
-    combine_guidance_two_pass,
-    default_person_masks,
-    latent_person_masks,
-    load_image_any,
-    match_color_lab,
-    person_masks_from_bboxes,
-    resize_and_center_crop,
-    resolution_buckets,
-    set_multitalk_timesteps,
-)
+from .clip_features import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD, clip_image_features, preprocess_clip_frames
+from .color_correction import match_color_lab
+from .guidance import APGState, combine_guidance, combine_guidance_two_pass
+from .image_processing import closest_bucket, load_image_any, resize_and_center_crop, resolution_buckets
+from .person_masks import default_person_masks, latent_person_masks, person_masks_from_bboxes
+from .sampling import add_noise_flow, set_multitalk_timesteps
 
 
 logger = logging.get_logger(__name__)
@@ -201,13 +191,11 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 [`~diffusers_multitalk.loaders.quantized`].
         """
         from ..loaders.original_folders import check_original_folders
-        from ..loaders.wan_components import (
-            load_clip_vision_from_original,
-            load_umt5_encoder_from_original,
-            load_umt5_tokenizer,
-            load_vae_from_original,
-        )
-        from .multitalk_utils import make_multitalk_scheduler
+        from ..loaders.wan_clip import load_clip_vision_from_original
+        from ..loaders.wan_tokenizers import load_umt5_tokenizer
+        from ..loaders.wan_umt5 import load_umt5_encoder_from_original
+        from ..loaders.wan_vae import load_vae_from_original
+        from .sampling import make_multitalk_scheduler
 
         # Every missing file is named (with the command that downloads it) before anything heavy loads.
         quant_files = quant is not None and (quant_dir is not None or quant_dit_path is not None)
@@ -273,7 +261,7 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         from transformers import AutoTokenizer
 
         from ..audio.encoder import WAV2VEC_DOWNLOAD_HINT
-        from .multitalk_utils import make_multitalk_scheduler
+        from .sampling import make_multitalk_scheduler
 
         root = Path(wan_diffusers_dir)
         missing = [name for name in ("tokenizer", "text_encoder", "image_encoder", "vae", "transformer") if not (root / name).is_dir()]

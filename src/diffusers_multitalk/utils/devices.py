@@ -1,4 +1,4 @@
-"""Where to hand a component its inputs when offloading hooks may own its weights."""
+"""Devices: where to hand a component its inputs when offloading hooks may own its weights."""
 
 from __future__ import annotations
 
