@@ -35,7 +35,8 @@ def image():
 
 
 def run(pipe, image, audio, seed=0, **kwargs):
-    args = dict(SMALL, prompt="two people talk", generator=torch.Generator().manual_seed(seed))
+    # The reference's one-chunk clip unless a test asks otherwise (the pipeline's own default covers the whole audio).
+    args = dict(SMALL, mode="clip", prompt="two people talk", generator=torch.Generator().manual_seed(seed))
     args.update(kwargs)
     return pipe(image=image, audio=audio, **args)
 
@@ -60,6 +61,130 @@ def test_streaming_covers_the_audio(pipe, image, persons, monkeypatch):
     assert len(calls) >= 3, "expected at least 3 chunks"
     assert out.frames.shape[1] == 20, "frame count must equal the audio length at 25 fps"
     assert out.audio.shape == (20 * SR // 25,)
+
+
+def test_default_mode_covers_the_whole_audio(pipe, image):
+    # 0.8 s of turns ("add": 0.4 s each) = 20 frames > one 9-frame chunk: streaming, to the end of both turns
+    audio = [(speech(0.4, 150, seed=0), SR), (speech(0.4, 210, seed=1), SR)]
+    out = run(pipe, image, audio, mode=None, audio_type="add")
+    assert out.frames.shape[1] == 20 and out.audio.shape == (20 * SR // 25,)
+
+
+def test_explicit_clip_warns_what_it_drops(pipe, image, caplog):
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            out = run(pipe, image, [(speech(0.8), SR)], mode="clip")
+    finally:
+        diffusers_logging.disable_propagation()
+    assert out.frames.shape[1] == 9
+    assert "0.44 s of the 0.80 s audio are dropped" in caplog.text
+
+
+@pytest.mark.parametrize("seconds, frames", [(0.2, 5), (0.28, 7), (0.36, 9)])
+def test_audio_shorter_than_a_chunk_gives_a_video_as_long_as_the_audio(pipe, image, seconds, frames):
+    # 0.2 s = 5 frames, 0.28 s = 7 (a 9-frame chunk cut to 7), 0.36 s = 9 (exactly one chunk), in every mode
+    for mode in (None, "clip", "streaming"):
+        out = run(pipe, image, [(speech(seconds), SR)], mode=mode)
+        assert out.frames.shape[1] == frames, mode
+        assert out.audio.shape == (frames * SR // 25,)
+
+
+def test_short_chunk_length_is_the_shortest_4n_plus_1(pipe):
+    plan = WanMultiTalkPipeline.plan_video
+    assert plan(7, 81, 25) == (9, 1, 7)  # VideoPlan(chunk_frames, num_chunks, num_frames) compares as a tuple
+    assert plan(2, 81, 25) == (5, 1, 2)
+    assert plan(81, 81, 25) == (81, 1, 81)
+    assert plan(82, 81, 25) == (81, 2, 82)
+    assert plan(1500, 81, 25, max_frames=None) == (81, 27, 1500)  # no hidden cap: a minute is a minute
+    assert plan(1500, 81, 25, max_frames=1000) == (81, 18, 1000)
+    assert plan(1500, 81, 25, mode="clip") == (81, 1, 81)
+
+
+def test_max_frames_caps_with_a_warning(pipe, image, caplog):
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            out = run(pipe, image, [(speech(0.8), SR)], mode=None, max_frames=13)
+    finally:
+        diffusers_logging.disable_propagation()
+    assert out.frames.shape[1] == 13
+    assert "max_frames=13 cuts the video at 0.52 s" in caplog.text
+
+
+def test_output_path_streams_to_an_mp4_with_the_audio(pipe, image, tmp_path):
+    import imageio.v3 as iio
+
+    audio = [(speech(0.4, 150, seed=0), SR), (speech(0.4, 210, seed=1), SR)]
+    reference = run(pipe, image, audio, mode=None)
+    path = tmp_path / "talk.mp4"
+    out = run(pipe, image, audio, mode=None, output_path=path)
+    assert out.frames is None and out.video_path == str(path)
+    assert not [p for p in tmp_path.iterdir() if p.name != "talk.mp4"], "no part file may remain"
+    frames = iio.imread(path, plugin="pyav") if _has_pyav() else _ffmpeg_frames(path)
+    assert len(frames) == reference.frames.shape[1] == 20
+    # the same pixels as the in-memory route, up to H.264 at crf 18
+    assert np.abs(frames.astype(np.float32) / 255 - reference.frames[0]).mean() < 0.08
+    assert abs(_duration(path, "a") - 0.8) < 0.15
+
+
+def test_output_path_error_leaves_no_file(pipe, image, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("decoder broke")
+
+    monkeypatch.setattr(pipe, "decode_latents", fail)
+    with pytest.raises(RuntimeError, match="decoder broke"):
+        run(pipe, image, [(speech(0.8), SR)], mode=None, output_path=tmp_path / "talk.mp4")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_values_are_named(pipe, image):
+    with pytest.raises(ValueError, match="text_guidance_scale"):
+        run(pipe, image, [(speech(0.5), SR)], text_guidance_scale=-1.0)
+    with pytest.raises(ValueError, match="audio_guidance_scale"):
+        run(pipe, image, [(speech(0.5), SR)], audio_guidance_scale=-0.5)
+    with pytest.raises(ValueError, match="smaller than one 16x16-pixel patch"):
+        run(pipe, image[:1, :1], [(speech(0.5), SR)], allow_upscale=True)
+    with pytest.raises(ValueError, match="output_type='latent'"):
+        run(pipe, image, [(speech(0.5), SR)], output_type="latent", output_path="x.mp4")
+
+
+def _has_pyav():
+    import importlib.util
+
+    return importlib.util.find_spec("av") is not None
+
+
+def _ffmpeg_frames(path):
+    import subprocess
+
+    from diffusers_multitalk.pipelines.video_io import get_ffmpeg_exe
+
+    probe = subprocess.run([get_ffmpeg_exe(), "-i", str(path)], capture_output=True, text=True).stderr
+    width, height = (int(v) for v in __import__("re").search(r", (\d+)x(\d+)", probe).groups())
+    raw = subprocess.run(
+        [get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        capture_output=True, check=True,
+    ).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
+
+
+def _duration(path, stream):
+    """Seconds of the file's video ("v") or audio ("a") stream, decoded by ffmpeg."""
+    import re
+    import subprocess
+
+    from diffusers_multitalk.pipelines.video_io import get_ffmpeg_exe
+
+    log = subprocess.run(
+        [get_ffmpeg_exe(), "-i", str(path), "-map", f"0:{stream}:0", "-f", "null", "-"], capture_output=True, text=True
+    ).stderr
+    h, m, s = re.findall(r"time=(\d+):(\d+):([\d.]+)", log)[-1]
+    return int(h) * 3600 + int(m) * 60 + float(s)
 
 
 def test_streaming_matches_chunk_plan(pipe, image):
@@ -206,14 +331,14 @@ def no_heavy_work(pipe, monkeypatch):
     [
         (dict(audio=["/nonexistent/voice.wav"]), "person 1.*nonexistent"),
         (dict(audio=[(np.zeros(SR, dtype=np.float32), SR)]), "person 1 is silent"),
-        (dict(audio=[(speech(0.2), SR)]), "needs more than num_frames"),
+        (dict(audio=[(speech(0.02), SR)]), "shorter than one video frame"),
         (dict(audio=[(speech(0.5), SR)] * 2, bbox=[[0, 0, 64, 96]]), "1 bounding boxes for 2 persons"),
         (dict(audio=[(speech(0.5), SR)] * 2, bbox=[[0, 0, 64, 96], [0, 90, 64, 500]]), "outside"),
         (dict(height=60), "multiples of 16"),
         (dict(height=None, width=None, resolution="multitalk-720"), "smaller than the"),
         (dict(audio=[(speech(0.5), SR)] * 7), "at most 6 persons"),
         (dict(num_frames=10), "4n\\+1"),
-        (dict(mode="stream"), "'clip' or 'streaming'"),
+        (dict(mode="stream"), "`mode` must be"),
         (dict(audio_type="mix"), "'add'"),
         (dict(audio=[speech(0.5)]), "sampling_rate"),
     ],

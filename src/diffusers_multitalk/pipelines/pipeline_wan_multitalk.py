@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import PIL.Image
@@ -31,9 +31,11 @@ from ..audio.processing import TARGET_SAMPLE_RATE, combine_speakers, prepare_aud
 from ..audio.tts import parse_dialogue, synthesize_dialogue
 from ..utils.devices import input_device
 from ..models.transformer_multitalk import MultiTalkTransformer3DModel
+from .video_io import VideoWriter
 from .clip_features import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD, clip_image_features, preprocess_clip_frames
 from .color_correction import match_color_lab
 from .guidance import APGState, combine_guidance, combine_guidance_two_pass
+from .model_index import MultiTalkModelIndexMixin
 from .image_processing import closest_bucket, load_image_any, resize_and_center_crop, resolution_buckets
 from .person_masks import default_person_masks, latent_person_masks, person_masks_from_bboxes
 from .sampling import add_noise_flow, set_multitalk_timesteps
@@ -80,12 +82,22 @@ class WanMultiTalkPipelineOutput(BaseOutput):
             precomputed embeddings were given).
         sample_rate: sample rate of `audio`.
         fps: frame rate of `frames`.
+        video_path: the mp4 written when `output_path` was given (`frames` is then None).
     """
 
     frames: Any
     audio: np.ndarray | None
     sample_rate: int = TARGET_SAMPLE_RATE
     fps: int = FPS
+    video_path: str | None = None
+
+
+class VideoPlan(NamedTuple):
+    """What one call generates: chunks of `chunk_frames` frames, `num_chunks` of them, `num_frames` kept."""
+
+    chunk_frames: int
+    num_chunks: int
+    num_frames: int
 
 
 def _whitespace_clean(text: str) -> str:
@@ -96,7 +108,7 @@ def _is_embedding(entry) -> bool:
     return isinstance(entry, torch.Tensor) and entry.ndim == 3
 
 
-class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
+class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraLoaderMixin):
     r"""
     Audio-driven talking video generation with MultiTalk (Wan2.1-I2V-14B + audio adapter).
 
@@ -146,16 +158,6 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         self.vae_scale_factor_temporal = self.vae.config.scale_factor_temporal if getattr(self, "vae", None) else 4
         self.vae_scale_factor_spatial = self.vae.config.scale_factor_spatial if getattr(self, "vae", None) else 8
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
-
-    def to_json_string(self) -> str:
-        """`model_index.json` as diffusers writes it, with this package's components named
-        `["diffusers_multitalk", class]` instead of their module paths, which Hub downloads reject (see
-        `diffusers_multitalk.integration`); `save_pretrained` and `push_to_hub` write the index through here."""
-        index = json.loads(super().to_json_string())
-        for key, value in index.items():
-            if isinstance(value, list) and len(value) == 2 and str(value[0]).startswith("diffusers_multitalk."):
-                index[key] = ["diffusers_multitalk", value[1]]
-        return json.dumps(index, indent=2, sort_keys=True) + "\n"
 
     # ------------------------------------------------------------------------------------------------------------
     # Loading
@@ -319,6 +321,9 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         callback_on_step_end_tensor_inputs,
         dialogue=None,
         dialogue_voices=None,
+        text_guidance_scale=5.0,
+        audio_guidance_scale=4.0,
+        output_path=None,
     ):
         if image is None:
             raise ValueError("`image` is required: the reference image of the person(s).")
@@ -367,17 +372,24 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             raise ValueError("Give both `height` and `width`, or neither (then `resolution` picks the bucket).")
         if height is not None and (height % 16 or width % 16 or height <= 0 or width <= 0):
             raise ValueError(f"`height` and `width` must be positive multiples of 16, got {height}x{width}.")
-        if mode not in ("clip", "streaming"):
-            raise ValueError(f"`mode` must be 'clip' or 'streaming', got {mode!r}.")
+        if mode not in (None, "auto", "clip", "streaming"):
+            raise ValueError(
+                f"`mode` must be None/'auto' (the whole audio), 'clip' (one chunk) or 'streaming', got {mode!r}."
+            )
         if num_frames < 5 or (num_frames - 1) % 4:
             raise ValueError(f"`num_frames` must be 4n+1 and at least 5 (e.g. 81), got {num_frames}.")
-        if mode == "streaming":
+        if mode != "clip":
             if motion_frames < 1 or (motion_frames - 1) % 4 or motion_frames >= num_frames:
                 raise ValueError(
                     f"`motion_frames` must be 4n+1 and smaller than num_frames ({num_frames}), got {motion_frames}."
                 )
-            if max_frames < num_frames:
-                raise ValueError(f"`max_frames` ({max_frames}) must be at least num_frames ({num_frames}).")
+        if max_frames is not None and max_frames < 5:
+            raise ValueError(f"`max_frames` must be None (no cap) or at least 5 frames, got {max_frames}.")
+        for name, scale in (("text_guidance_scale", text_guidance_scale), ("audio_guidance_scale", audio_guidance_scale)):
+            if not math.isfinite(scale) or scale < 0:
+                raise ValueError(f"`{name}` must be a finite number >= 0 (1 turns that guidance off), got {scale}.")
+        if output_path is not None and output_type == "latent":
+            raise ValueError("`output_path` writes decoded frames: it cannot be combined with output_type='latent'.")
         if num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be >= 1, got {num_inference_steps}.")
         if output_type not in ("np", "pt", "pil", "latent"):
@@ -392,6 +404,13 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         (source_h, source_w))`."""
         pil = load_image_any(image)
         src_h, src_w = pil.height, pil.width
+        # One DiT token covers vae_scale x patch pixels: a smaller image holds no detail to animate.
+        cell = self.vae_scale_factor_spatial * self.transformer.config.patch_size[-1]
+        if src_h < cell or src_w < cell:
+            raise ValueError(
+                f"The image is {src_w}x{src_h} (w x h), smaller than one {cell}x{cell}-pixel patch of the model; give "
+                "a real picture of the person(s) (480P or larger works best)."
+            )
         if height is None:
             height, width = closest_bucket(src_h, src_w, resolution_buckets(resolution))
         if not allow_upscale and (src_h < height or src_w < width):
@@ -406,8 +425,8 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
     def prepare_audio_inputs(self, audio, audio_type, device, min_frames: int = 0, normalize_loudness: bool = True):
         """Turns the per-person audio entries into wav2vec2 embeddings `[frames, layers, hidden]` (float32) and the
         mixed track. Entries: a path, a `(waveform, sampling_rate)` tuple, a `{"array", "sampling_rate"}` dict, or a
-        precomputed embedding tensor `[frames, layers, hidden]` (then no mixed track). Audio covering no more than
-        `min_frames` video frames is refused before the audio encoder runs."""
+        precomputed embedding tensor `[frames, layers, hidden]` (then no mixed track). Audio shorter than one video
+        frame (or covering no more than `min_frames` frames, when given) is refused before the audio encoder runs."""
         entries = _audio_entries(audio)
         if all(e is None for e in entries):
             raise ValueError("Every person's audio is None (silent); give at least one person's speech.")
@@ -491,8 +510,7 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         """CLIP tokens of the last condition frame `[1, 257, dim]`, preprocessed as the reference does."""
         kwargs = {}
         if self.image_processor is not None:
-            size = self.image_processor.crop_size
-            kwargs["image_size"] = size["height"] if isinstance(size, dict) else int(size)
+            kwargs["image_size"] = _processor_image_size(self.image_processor)
         pixel_values = preprocess_clip_frames(frames[:, :, -1:].float(), layout="BCTHW", **kwargs)
         if self.image_processor is not None and (
             tuple(self.image_processor.image_mean) != CLIP_IMAGE_MEAN
@@ -562,6 +580,31 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         return masks
 
     @staticmethod
+    def plan_video(num_audio_frames, num_frames, motion_frames, max_frames=None, mode=None) -> "VideoPlan":
+        """What to generate for audio of `num_audio_frames` video frames: the chunk length, the number of chunks and
+        the frames kept. `mode` None/"auto" covers the whole audio (one clip when it fits, else streaming); "clip"
+        is the reference's single chunk; audio (or a `max_frames` cap) shorter than a chunk gives one chunk of the
+        shortest 4n+1 length that covers it. Logs a warning for audio that is not used."""
+        limit = num_audio_frames if max_frames is None else min(max_frames, num_audio_frames)
+        if max_frames is not None and max_frames < num_audio_frames:
+            logger.warning(
+                f"max_frames={max_frames} cuts the video at {max_frames / FPS:.2f} s: the last "
+                f"{(num_audio_frames - max_frames) / FPS:.2f} s of the {num_audio_frames / FPS:.2f} s audio are not used."
+            )
+        if mode == "clip" and limit > num_frames:
+            logger.warning(
+                f"mode='clip' makes one chunk of {num_frames} frames ({num_frames / FPS:.2f} s): the last "
+                f"{(limit - num_frames) / FPS:.2f} s of the {limit / FPS:.2f} s audio are dropped; leave the mode "
+                "unset (or use 'streaming') for the whole audio."
+            )
+            return VideoPlan(chunk_frames=num_frames, num_chunks=1, num_frames=num_frames)
+        if limit <= num_frames:
+            chunk_frames = max(5, 4 * math.ceil((limit - 1) / 4) + 1)
+            return VideoPlan(chunk_frames=chunk_frames, num_chunks=1, num_frames=limit)
+        num_chunks, keep = WanMultiTalkPipeline.plan_chunks(num_audio_frames, num_frames, motion_frames, limit, "streaming")
+        return VideoPlan(chunk_frames=num_frames, num_chunks=num_chunks, num_frames=keep)
+
+    @staticmethod
     def plan_chunks(num_audio_frames, num_frames, motion_frames, max_frames, mode):
         """How many chunks the reference's loop generates, and the frames it keeps."""
         if mode == "clip":
@@ -608,10 +651,10 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         height: int | None = None,
         width: int | None = None,
         allow_upscale: bool = False,
-        mode: str = "clip",
+        mode: str | None = None,
         num_frames: int = 81,
         motion_frames: int = 25,
-        max_frames: int = 1000,
+        max_frames: int | None = None,
         num_inference_steps: int = 40,
         shift: float | None = None,
         text_guidance_scale: float = 5.0,
@@ -634,6 +677,7 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         dialogue_voices: Sequence[Any] | None = None,
         tts_engine: str | Any | None = None,
         normalize_loudness: bool = True,
+        output_path: str | os.PathLike | None = None,
     ):
         r"""
         Generates a talking video.
@@ -654,11 +698,14 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             resolution: "multitalk-480" or "multitalk-720": the nearest aspect bucket of the reference (resize +
                 centre crop). Ignored when `height`/`width` are given (multiples of 16).
             allow_upscale: allow source images smaller than the target size (the reference upsamples silently).
-            mode: "clip" (one chunk of `num_frames`) or "streaming" (chunks overlapping by `motion_frames` until the
-                audio ends or `max_frames`).
+            mode: None or "auto" (the default: the whole audio, as one clip when it fits in `num_frames`, else
+                streaming), "clip" (the reference's one chunk of `num_frames`; longer audio is cut, with a warning)
+                or "streaming" (chunks overlapping by `motion_frames` until the audio ends). Audio shorter than a
+                chunk gives one shorter chunk (the shortest 4n+1 frame count that covers it, at least 5 frames).
             num_frames: frames per chunk, 4n+1 (81).
             motion_frames: frames each streaming chunk is conditioned on (25).
-            max_frames: streaming cap (1000 frames = 40 s).
+            max_frames: a cap on the video's length in frames (None: no cap; InfiniteTalk's `--max_frame_num`);
+                a warning says how much audio it cuts.
             num_inference_steps: steps per chunk (40).
             shift: timestep shift; default 7 at 480P, 11 at 720P.
             text_guidance_scale / audio_guidance_scale: 5 / 4. With a text scale of 1 two passes run per step
@@ -687,6 +734,9 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             normalize_loudness: bring each person's speech to -23 LUFS before wav2vec2, as the reference does for
                 recordings. Speech from `dialogue` is used as synthesised (the reference's TTS mode), whatever this
                 says; pass False for TTS tracks of your own.
+            output_path: write the video (with the mixed audio) to this mp4 as each chunk is decoded, so memory stays
+                flat however long the video is; the output's `frames` is then None and `video_path` names the file.
+                The file appears only when complete (a hidden part file until then, removed on any error).
 
         Examples:
         """
@@ -696,15 +746,14 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         self.check_inputs(
             image, audio, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, audio_type, bbox, height,
             width, mode, num_frames, motion_frames, max_frames, num_inference_steps, output_type,
-            callback_on_step_end_tensor_inputs, dialogue, dialogue_voices,
+            callback_on_step_end_tensor_inputs, dialogue, dialogue_voices, text_guidance_scale, audio_guidance_scale,
+            output_path,
         )
         if dialogue is not None:
             # The script's turns are laid out on the tracks already: mix them as they are ("para").
             tracks, _ = synthesize_dialogue(dialogue, voices=dialogue_voices, engine=tts_engine)
             audio, audio_type = [(track, TARGET_SAMPLE_RATE) for track in tracks], "para"
             normalize_loudness = False
-        if mode == "clip":
-            max_frames = num_frames
         shift = DEFAULT_SHIFT.get(str(resolution), 7.0) if shift is None else shift
         self._interrupt = False
         self._current_timestep = None
@@ -716,7 +765,6 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         height, width = cond_frames.shape[-2:]
         color_reference = cond_frames.clone() if color_correction_strength > 0 else None
         num_persons = len(_audio_entries(audio))
-        lat_t = (num_frames - 1) // self.vae_scale_factor_temporal + 1
         lat_h, lat_w = height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial
         person_masks = self.prepare_person_masks(
             num_persons, bbox, face_scale, source_size, (height, width), (lat_h, lat_w)
@@ -724,10 +772,14 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         if person_masks is not None:
             person_masks = person_masks.to(device)
         embeddings, mixed_audio = self.prepare_audio_inputs(
-            audio, audio_type, device, min_frames=num_frames, normalize_loudness=normalize_loudness
+            audio, audio_type, device, normalize_loudness=normalize_loudness
         )
         num_audio_frames = min(len(e) for e in embeddings)
-        num_chunks, frames_to_keep = self.plan_chunks(num_audio_frames, num_frames, motion_frames, max_frames, mode)
+        plan = self.plan_video(num_audio_frames, num_frames, motion_frames, max_frames, mode)
+        num_frames, num_chunks, frames_to_keep = plan.chunk_frames, plan.num_chunks, plan.num_frames
+        lat_t = (num_frames - 1) // self.vae_scale_factor_temporal + 1
+        if num_chunks == 1:  # a chunk past the audio's end is driven by its mirrored tail, as streaming's last one
+            embeddings = [mirror_pad_embedding(e, num_frames) for e in embeddings]
 
         # 2. Text
         three_pass = not math.isclose(text_guidance_scale, 1.0)
@@ -739,117 +791,169 @@ class WanMultiTalkPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         if three_pass:
             negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=transformer_dtype)
 
-        # 3. Chunks
-        videos, chunk_latents = [], []
-        is_first = True
-        num_motion = 1
-        audio_start = 0
-        self._num_timesteps = num_inference_steps
-        with self.progress_bar(total=num_chunks * num_inference_steps) as progress_bar:
-            for chunk in range(num_chunks):
-                audio_embeds = torch.stack(
-                    [audio_windows(e, num_frames, start=audio_start) for e in embeddings]
-                )[None].to(device=device, dtype=transformer_dtype)
-                silent_audio = torch.zeros_like(audio_embeds[:, -1:])
-
-                noise = self.prepare_latents(
-                    (1, 16, lat_t, lat_h, lat_w), generator, device, latents if is_first else None
-                )
-                image_embeds = self.encode_image(cond_frames, device).to(transformer_dtype)
-                condition, motion_latents = self.prepare_condition(cond_frames, num_frames, num_motion, device)
-                condition = condition.to(transformer_dtype)
-
-                # Cache hooks start every chunk afresh, as the reference's TeaCache counter does.
-                self.transformer._reset_stateful_cache()
-                timesteps = set_multitalk_timesteps(self.scheduler, num_inference_steps, shift, device=device)
-                sigmas = self.scheduler.sigmas
-                latent = noise
-                if not is_first:
-                    latent[:, :, : motion_latents.shape[2]] = add_noise_flow(
-                        motion_latents, torch.randn(motion_latents.shape, generator=generator, device=device), sigmas[0]
-                    )
-                apg = APGState(apg_momentum, apg_norm_threshold) if use_apg else None
-
-                for i, t in enumerate(timesteps):
-                    if self.interrupt:
-                        continue
-                    self._current_timestep = t
-                    model_input = torch.cat([latent.to(transformer_dtype), condition], dim=1)
-                    timestep = t.expand(1)
-
-                    def run(branch, text, audio_input):
-                        # Each guidance branch has its own cache context (TeaCache, FirstBlockCache, ...).
-                        with self.transformer.cache_context(
-                            branch, step_index=i, num_inference_steps=num_inference_steps, timestep=t,
-                            sigma=float(sigmas[i]),
-                        ):
-                            return self.transformer(
-                                model_input, timestep, text, image_embeds, audio_input,
-                                ref_target_masks=person_masks, return_dict=False, attention_kwargs=attention_kwargs,
-                            )[0].float()
-
-                    noise_cond = run("cond", prompt_embeds, audio_embeds)
-                    if three_pass:
-                        noise_drop_text = run("drop_text", negative_prompt_embeds, audio_embeds)
-                        noise_uncond = run("uncond", negative_prompt_embeds, silent_audio)
-                        noise_pred = combine_guidance(
-                            noise_cond, noise_drop_text, noise_uncond, text_guidance_scale, audio_guidance_scale, apg
-                        )
-                    else:
-                        noise_drop_audio = run("drop_audio", prompt_embeds, silent_audio)
-                        noise_pred = combine_guidance_two_pass(noise_cond, noise_drop_audio, audio_guidance_scale, apg)
-
-                    latent = self.scheduler.step(noise_pred, t, latent, return_dict=False)[0]
-                    if not is_first:
-                        latent[:, :, : motion_latents.shape[2]] = add_noise_flow(
-                            motion_latents,
-                            torch.randn(motion_latents.shape, generator=generator, device=device),
-                            sigmas[i + 1],
-                        )
-
-                    if callback_on_step_end is not None:
-                        available = {"latents": latent, "noise_pred": noise_pred}
-                        callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
-                        callback_outputs = callback_on_step_end(self, chunk * num_inference_steps + i, t, callback_kwargs)
-                        latent = callback_outputs.pop("latents", latent)
-                    progress_bar.update()
-
-                chunk_latents.append(latent)
-                if output_type == "latent" and mode == "clip":
-                    break
-                video = self.decode_latents(latent)
-                if color_reference is not None:
-                    video = match_color_lab(video, color_reference, color_correction_strength)
-                videos.append(video if is_first else video[:, :, num_motion:])
-
-                # Next chunk: condition on the last motion frames, advance the audio.
-                if chunk == num_chunks - 1:
-                    break
-                is_first = False
-                num_motion = motion_frames
-                cond_frames = video[:, :, -motion_frames:]
-                audio_start += num_frames - motion_frames
-                audio_end = audio_start + num_frames
-                if audio_end >= min(max_frames, num_audio_frames):
-                    embeddings = [mirror_pad_embedding(e, audio_end) for e in embeddings]
-
-        self._current_timestep = None
-        self.transformer._reset_stateful_cache()
-        self.maybe_free_model_hooks()
-
         audio_out = None
         if mixed_audio is not None:
             length = int(round(frames_to_keep / FPS * TARGET_SAMPLE_RATE))
             audio_out = np.pad(mixed_audio, (0, max(0, length - len(mixed_audio))))[:length].astype(np.float32)
+        # Frames go to the mp4 as each chunk is decoded (flat memory), or are gathered for the caller.
+        writer = VideoWriter(output_path, fps=FPS, audio=audio_out, sample_rate=TARGET_SAMPLE_RATE) if output_path else None
 
-        if output_type == "latent":
+        # 3. Chunks
+        videos, chunk_latents = [], []
+        frames_done = 0
+        is_first = True
+        num_motion = 1
+        audio_start = 0
+        self._num_timesteps = num_inference_steps
+        try:
+            with self.progress_bar(total=num_chunks * num_inference_steps) as progress_bar:
+                for chunk in range(num_chunks):
+                    if num_chunks > 1:
+                        progress_bar.set_description(f"chunk {chunk + 1}/{num_chunks}")
+                    audio_embeds = torch.stack(
+                        [audio_windows(e, num_frames, start=audio_start) for e in embeddings]
+                    )[None].to(device=device, dtype=transformer_dtype)
+                    silent_audio = torch.zeros_like(audio_embeds[:, -1:])
+
+                    noise = self.prepare_latents(
+                        (1, 16, lat_t, lat_h, lat_w), generator, device, latents if is_first else None
+                    )
+                    image_embeds = self.encode_image(cond_frames, device).to(transformer_dtype)
+                    condition, motion_latents = self.prepare_condition(cond_frames, num_frames, num_motion, device)
+                    condition = condition.to(transformer_dtype)
+
+                    # Cache hooks start every chunk afresh, as the reference's TeaCache counter does.
+                    self.transformer._reset_stateful_cache()
+                    timesteps = set_multitalk_timesteps(self.scheduler, num_inference_steps, shift, device=device)
+                    sigmas = self.scheduler.sigmas
+                    latent = noise
+                    if not is_first:
+                        latent[:, :, : motion_latents.shape[2]] = add_noise_flow(
+                            motion_latents,
+                            torch.randn(motion_latents.shape, generator=generator, device=device),
+                            sigmas[0],
+                        )
+                    apg = APGState(apg_momentum, apg_norm_threshold) if use_apg else None
+
+                    for i, t in enumerate(timesteps):
+                        if self.interrupt:
+                            continue
+                        self._current_timestep = t
+                        model_input = torch.cat([latent.to(transformer_dtype), condition], dim=1)
+                        timestep = t.expand(1)
+
+                        def run(branch, text, audio_input):
+                            # Each guidance branch has its own cache context (TeaCache, FirstBlockCache, ...).
+                            with self.transformer.cache_context(
+                                branch, step_index=i, num_inference_steps=num_inference_steps, timestep=t,
+                                sigma=float(sigmas[i]),
+                            ):
+                                return self.transformer(
+                                    model_input, timestep, text, image_embeds, audio_input,
+                                    ref_target_masks=person_masks, return_dict=False,
+                                    attention_kwargs=attention_kwargs,
+                                )[0].float()
+
+                        noise_cond = run("cond", prompt_embeds, audio_embeds)
+                        if three_pass:
+                            noise_drop_text = run("drop_text", negative_prompt_embeds, audio_embeds)
+                            noise_uncond = run("uncond", negative_prompt_embeds, silent_audio)
+                            noise_pred = combine_guidance(
+                                noise_cond, noise_drop_text, noise_uncond, text_guidance_scale,
+                                audio_guidance_scale, apg,
+                            )
+                        else:
+                            noise_drop_audio = run("drop_audio", prompt_embeds, silent_audio)
+                            noise_pred = combine_guidance_two_pass(
+                                noise_cond, noise_drop_audio, audio_guidance_scale, apg
+                            )
+
+                        latent = self.scheduler.step(noise_pred, t, latent, return_dict=False)[0]
+                        if not is_first:
+                            latent[:, :, : motion_latents.shape[2]] = add_noise_flow(
+                                motion_latents,
+                                torch.randn(motion_latents.shape, generator=generator, device=device),
+                                sigmas[i + 1],
+                            )
+
+                        if callback_on_step_end is not None:
+                            available = {"latents": latent, "noise_pred": noise_pred}
+                            callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
+                            callback_outputs = callback_on_step_end(
+                                self, chunk * num_inference_steps + i, t, callback_kwargs
+                            )
+                            latent = callback_outputs.pop("latents", latent)
+                        progress_bar.update()
+
+                    if output_type == "latent":
+                        chunk_latents.append(latent)
+                        if num_chunks == 1:
+                            break
+                    video = self.decode_latents(latent)
+                    if color_reference is not None:
+                        video = match_color_lab(video, color_reference, color_correction_strength)
+                    new_frames = video if is_first else video[:, :, num_motion:]
+                    new_frames = new_frames[:, :, : frames_to_keep - frames_done]
+                    frames_done += new_frames.shape[2]
+                    if writer is not None:
+                        writer.write(self.video_processor.postprocess_video(new_frames, output_type="np")[0])
+                    elif output_type != "latent":
+                        videos.append(new_frames)
+
+                    # Next chunk: condition on the last motion frames, advance the audio. An interrupt ends the
+                    # video with this chunk.
+                    if chunk == num_chunks - 1 or self.interrupt:
+                        break
+                    is_first = False
+                    num_motion = motion_frames
+                    cond_frames = video[:, :, -motion_frames:]
+                    audio_start += num_frames - motion_frames
+                    audio_end = audio_start + num_frames
+                    if audio_end >= plan.num_frames:
+                        embeddings = [mirror_pad_embedding(e, audio_end) for e in embeddings]
+            if writer is not None:
+                writer.close()  # an interrupted video's audio ends with its frames (the writer cuts it)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        finally:
+            self._current_timestep = None
+            self.transformer._reset_stateful_cache()
+            self.maybe_free_model_hooks()
+
+        if audio_out is not None and frames_done and frames_done < frames_to_keep:
+            audio_out = audio_out[: int(round(frames_done / FPS * TARGET_SAMPLE_RATE))]
+        video_path = None
+        if writer is not None:
+            frames, video_path = None, writer.path
+        elif output_type == "latent":
             frames = chunk_latents
         else:
-            video = torch.cat(videos, dim=2)[:, :, :frames_to_keep]
-            frames = self.video_processor.postprocess_video(video, output_type=output_type)
+            frames = self.video_processor.postprocess_video(torch.cat(videos, dim=2), output_type=output_type)
         if not return_dict:
             return (frames, audio_out)
-        return WanMultiTalkPipelineOutput(frames=frames, audio=audio_out)
+        return WanMultiTalkPipelineOutput(frames=frames, audio=audio_out, video_path=video_path)
+
+
+def _processor_image_size(processor) -> int:
+    """The square input size of a CLIP image processor, whatever type transformers gives its `crop_size`/`size`
+    (a dict, transformers 5's `SizeDict`, or an int)."""
+    for attribute in ("crop_size", "size"):
+        size = getattr(processor, attribute, None)
+        if size is None:
+            continue
+        if isinstance(size, (int, float)):
+            return int(size)
+        lookup = size.get if hasattr(size, "get") else lambda key, size=size: getattr(size, key, None)
+        for key in ("height", "shortest_edge", "width"):
+            value = lookup(key)
+            if value:
+                return int(value)
+    raise ValueError(
+        f"{type(processor).__name__} has no usable crop_size/size ({getattr(processor, 'crop_size', None)!r}); "
+        "Wan's CLIP takes 224x224 images."
+    )
 
 
 def _audio_entries(audio) -> list:
@@ -860,12 +964,13 @@ def _audio_entries(audio) -> list:
     return [audio]
 
 
-def _check_audio_length(num_audio_frames: int, num_frames: int) -> None:
-    # The reference refuses audio that does not outlast one chunk.
-    if num_audio_frames <= num_frames:
+def _check_audio_length(num_audio_frames: int, min_frames: int) -> None:
+    if num_audio_frames < 1:
+        raise ValueError(f"The audio is shorter than one video frame (1/{FPS} s); give the person's speech.")
+    if min_frames and num_audio_frames <= min_frames:
         raise ValueError(
-            f"The audio covers {num_audio_frames} frames ({num_audio_frames / FPS:.2f} s at {FPS} fps); a chunk "
-            f"needs more than num_frames={num_frames}. Use longer audio or a smaller 4n+1 `num_frames`."
+            f"The audio covers {num_audio_frames} frames ({num_audio_frames / FPS:.2f} s at {FPS} fps); more than "
+            f"{min_frames} are needed here."
         )
 
 

@@ -1,7 +1,7 @@
 """Writing generated frames (and the driving audio) to an H.264 / AAC mp4 with ffmpeg.
 
 The ffmpeg binary is the one bundled with ``imageio-ffmpeg``. Frames are streamed to ffmpeg's
-stdin as raw RGB; the output is first written to a hidden temporary file next to ``path`` and moved
+stdin as raw RGB as they come (:class:`VideoWriter`, which the pipeline feeds chunk by chunk); the output is first written to a hidden temporary file next to ``path`` and moved
 into place only when ffmpeg succeeds, so a failed export never leaves a partial video behind.
 
 Frame sizes must be even for yuv420p: odd heights/widths are padded by repeating the last row/column
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import subprocess
 import tempfile
 import uuid
@@ -22,7 +23,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-__all__ = ["export_to_video", "export_to_video_with_audio", "get_ffmpeg_exe"]
+__all__ = ["VideoWriter", "export_to_video", "export_to_video_with_audio", "get_ffmpeg_exe"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -138,123 +139,179 @@ def _audio_array(audio) -> np.ndarray:
     raise ValueError(f"unsupported audio dtype {arr.dtype}")
 
 
-def _fit_length(arr: np.ndarray, num_samples: int) -> np.ndarray:
-    if arr.shape[0] >= num_samples:
-        return arr[:num_samples]
-    pad = np.zeros((num_samples - arr.shape[0], arr.shape[1]), dtype=arr.dtype)
-    return np.concatenate([arr, pad], axis=0)
-
-
 # ---------------------------------------------------------------------------------------------------
 # writer
 # ---------------------------------------------------------------------------------------------------
 
 
-def _write(
-    frames,
-    path: PathLike,
-    fps: float,
-    crf: int,
-    preset: str,
-    audio=None,
-    sample_rate: int = 16000,
-    audio_bitrate: str = "192k",
-) -> str:
-    if not fps or fps <= 0 or not math.isfinite(fps):
-        raise ValueError(f"fps must be a positive number, got {fps!r}")
-    if not 0 <= int(crf) <= 51:
-        raise ValueError(f"crf must be in [0, 51], got {crf!r}")
-    seq = _frame_sequence(frames)
-    first = _frame_to_uint8(seq[0], 0)
-    height, width = first.shape[:2]
-    pad_h, pad_w = height % 2, width % 2
-    if pad_h or pad_w:
-        warnings.warn(
-            f"frame size {width}x{height} is odd; padding to {width + pad_w}x{height + pad_h} "
-            "(last row/column repeated) for H.264 yuv420p",
-            stacklevel=3,
-        )
-    num_frames = len(seq)
-    duration = num_frames / fps
+class VideoWriter:
+    """Streams frames into an H.264 mp4 (yuv420p), with an optional AAC track, as they are made.
 
-    path = os.fspath(path)
-    out_dir = os.path.dirname(os.path.abspath(path))
-    os.makedirs(out_dir, exist_ok=True)
-    tmp_path = os.path.join(out_dir, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.part")
+    Frames go to ffmpeg's stdin as soon as :meth:`write` gets them, so a long video never sits in memory. The file
+    is written as a hidden ``.NAME.<hex>.part`` beside ``path`` and moved into place by :meth:`close`;
+    :meth:`abort` (or leaving a ``with`` block by an exception, ``KeyboardInterrupt`` and ``SystemExit`` included)
+    stops ffmpeg and removes it. ``audio`` (a waveform at ``sample_rate`` or a path ffmpeg reads) is padded with
+    silence or cut to the video's length.
+    """
 
-    with tempfile.TemporaryDirectory(prefix="multitalk_export_") as work:
-        audio_args: list[str] = []
-        if audio is not None:
-            if isinstance(audio, (str, os.PathLike)):
-                audio_path = os.fspath(audio)
-                if not os.path.isfile(audio_path):
-                    raise FileNotFoundError(f"audio file not found: {audio_path}")
-                # ffmpeg decodes it; apad + -t below pad/trim it to the video's duration
-                audio_args = ["-i", audio_path]
-            else:
-                if not sample_rate or sample_rate <= 0:
-                    raise ValueError(f"sample_rate must be positive, got {sample_rate!r}")
-                import soundfile as sf
+    def __init__(
+        self,
+        path: PathLike,
+        fps: float = 25,
+        audio=None,
+        sample_rate: int = 16000,
+        crf: int = 18,
+        preset: str = "medium",
+        audio_bitrate: str = "192k",
+    ):
+        if not fps or fps <= 0 or not math.isfinite(fps):
+            raise ValueError(f"fps must be a positive number, got {fps!r}")
+        if not 0 <= int(crf) <= 51:
+            raise ValueError(f"crf must be in [0, 51], got {crf!r}")
+        self.path = os.fspath(path)
+        self.fps, self.crf, self.preset, self.audio_bitrate = float(fps), int(crf), preset, audio_bitrate
+        self.num_frames = 0
+        out_dir = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(out_dir, exist_ok=True)
+        self.part_path = os.path.join(out_dir, f".{os.path.basename(self.path)}.{uuid.uuid4().hex[:8]}.part")
+        self._work = tempfile.mkdtemp(prefix="multitalk_export_")
+        self._proc = None
+        self._err_file = None
+        self._size = None
+        self._audio_path = None
+        try:
+            if audio is not None:
+                self._audio_path = self._audio_file(audio, sample_rate)
+        except BaseException:
+            self._cleanup()
+            raise
 
-                wav = _fit_length(_audio_array(audio), int(round(duration * sample_rate)))
-                audio_path = os.path.join(work, "audio.wav")
-                subtype = "PCM_16" if wav.dtype == np.int16 else "FLOAT"
-                sf.write(audio_path, wav, int(sample_rate), subtype=subtype)
-                audio_args = ["-i", audio_path]
+    def _audio_file(self, audio, sample_rate) -> str:
+        if isinstance(audio, (str, os.PathLike)):
+            audio_path = os.fspath(audio)
+            if not os.path.isfile(audio_path):
+                raise FileNotFoundError(f"audio file not found: {audio_path}")
+            return audio_path
+        if not sample_rate or sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {sample_rate!r}")
+        import soundfile as sf
 
+        wav = _audio_array(audio)
+        audio_path = os.path.join(self._work, "audio.wav")
+        sf.write(audio_path, wav, int(sample_rate), subtype="PCM_16" if wav.dtype == np.int16 else "FLOAT")
+        return audio_path
+
+    def _start(self, height: int, width: int) -> None:
+        pad_h, pad_w = height % 2, width % 2
+        if pad_h or pad_w:
+            warnings.warn(
+                f"frame size {width}x{height} is odd; padding to {width + pad_w}x{height + pad_h} "
+                "(last row/column repeated) for H.264 yuv420p",
+                stacklevel=4,
+            )
+        self._size, self._pad = (height, width), (pad_h, pad_w)
         cmd = [
             get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width + pad_w}x{height + pad_h}",
-            "-framerate", repr(float(fps)), "-i", "pipe:0",
-            *audio_args,
-            "-map", "0:v:0",
+            "-framerate", repr(self.fps), "-i", "pipe:0",
         ]  # fmt: skip
-        if audio is not None:
-            cmd += ["-map", "1:a:0", "-c:a", "aac", "-b:a", audio_bitrate, "-af", "apad", "-t", repr(duration)]
+        # The video stream first; the audio is muxed on at close, cut or padded to the frames written.
+        self._video_path = self.part_path if self._audio_path is None else os.path.join(self._work, "video.mp4")
         cmd += [
-            "-c:v", "libx264", "-preset", preset, "-crf", str(int(crf)), "-pix_fmt", "yuv420p",
-            "-frames:v", str(num_frames), "-movflags", "+faststart", "-f", "mp4", tmp_path,
+            "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf), "-pix_fmt", "yuv420p",
+            "-movflags", "+faststart", "-f", "mp4", self._video_path,
         ]  # fmt: skip
+        self._err_file = open(os.path.join(self._work, "ffmpeg.log"), "wb")
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._err_file)
 
-        err_path = os.path.join(work, "ffmpeg.log")
-        ok = False
+    def write(self, frames) -> None:
+        """Appends frames: a ``[T, H, W, 3]`` array/tensor or a list of frames (see :func:`export_to_video`)."""
+        for frame in _frame_sequence(frames):
+            arr = _frame_to_uint8(frame, self.num_frames)
+            if self._proc is None:
+                self._start(*arr.shape[:2])
+            if arr.shape[:2] != self._size:
+                raise ValueError(
+                    f"frame {self.num_frames} has size {arr.shape[1]}x{arr.shape[0]}, expected "
+                    f"{self._size[1]}x{self._size[0]}"
+                )
+            try:
+                self._proc.stdin.write(np.ascontiguousarray(_even_pad(arr, *self._pad)).tobytes())
+            except BrokenPipeError:
+                raise RuntimeError(f"ffmpeg stopped while writing {self.path}:\n{self._log()}") from None
+            self.num_frames += 1
+
+    def close(self) -> str:
+        """Finishes the file and moves it into place; returns its path."""
         try:
-            with open(err_path, "wb") as err_file:
-                proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err_file)
-                try:
-                    broken = _feed_frames(proc, seq, first, height, width, pad_h, pad_w)
-                except BaseException:
-                    proc.kill()  # bad input: stop ffmpeg rather than let it finish a short video
-                    proc.wait()
-                    raise
-                try:
-                    proc.stdin.close()
-                except BrokenPipeError:
-                    broken = True
-                returncode = proc.wait()
-            if returncode != 0 or broken:
-                with open(err_path, "rb") as f:
-                    log = f.read().decode("utf-8", "replace").strip()
-                raise RuntimeError(f"ffmpeg failed (exit code {returncode}) writing {path}:\n{log[-2000:]}")
-            os.replace(tmp_path, path)
-            ok = True
-        finally:
-            if not ok and os.path.exists(tmp_path):
-                os.remove(tmp_path)
-    return path
+            if self._proc is None:
+                raise ValueError("no frames to write")
+            try:
+                self._proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            returncode = self._proc.wait()
+            if returncode != 0:
+                raise RuntimeError(f"ffmpeg failed (exit code {returncode}) writing {self.path}:\n{self._log()}")
+            if self._audio_path is not None:
+                self._mux_audio()
+            os.replace(self.part_path, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._cleanup()
+        return self.path
+
+    def _mux_audio(self) -> None:
+        duration = self.num_frames / self.fps
+        cmd = [
+            get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+            "-i", self._video_path, "-i", self._audio_path, "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
+            "-c:a", "aac", "-b:a", self.audio_bitrate, "-af", "apad", "-t", repr(duration),
+            "-movflags", "+faststart", "-f", "mp4", self.part_path,
+        ]  # fmt: skip
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._err_file)
+        returncode = self._proc.wait()
+        if returncode != 0:
+            raise RuntimeError(f"ffmpeg failed (exit code {returncode}) adding the audio to {self.path}:\n{self._log()}")
+
+    def abort(self) -> None:
+        """Stops ffmpeg and removes the unfinished file."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        if os.path.exists(self.part_path):
+            os.remove(self.part_path)
+        self._cleanup()
+
+    def _log(self) -> str:
+        self._err_file.flush()
+        with open(self._err_file.name, "rb") as f:
+            return f.read().decode("utf-8", "replace").strip()[-2000:]
+
+    def _cleanup(self) -> None:
+        if self._err_file is not None:
+            self._err_file.close()
+        shutil.rmtree(self._work, ignore_errors=True)
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
-def _feed_frames(proc, seq, first, height, width, pad_h, pad_w) -> bool:
-    """Stream the frames to ffmpeg's stdin; True if ffmpeg closed the pipe early."""
-    for i, frame in enumerate(seq):
-        arr = first if i == 0 else _frame_to_uint8(frame, i)
-        if arr.shape[:2] != (height, width):
-            raise ValueError(f"frame {i} has size {arr.shape[1]}x{arr.shape[0]}, expected {width}x{height}")
-        try:
-            proc.stdin.write(np.ascontiguousarray(_even_pad(arr, pad_h, pad_w)).tobytes())
-        except BrokenPipeError:
-            return True
-    return False
+def _write(frames, path: PathLike, fps: float, crf: int, preset: str, audio=None, sample_rate: int = 16000,
+           audio_bitrate: str = "192k") -> str:  # fmt: skip
+    seq = _frame_sequence(frames)  # an empty input fails before any file is made
+    writer = VideoWriter(path, fps=fps, audio=audio, sample_rate=sample_rate, crf=crf, preset=preset,
+                         audio_bitrate=audio_bitrate)  # fmt: skip
+    with writer:
+        writer.write(seq)
+    return writer.path
 
 
 def export_to_video(
