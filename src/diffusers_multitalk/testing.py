@@ -37,6 +37,7 @@ __all__ = [
     "MULTITALK_DIR_NAME",
     "WAV2VEC_DIR_NAME",
     "write_tiny_original_folders",
+    "write_tiny_infinitetalk_folders",
     "wan_original_config",
 ]
 
@@ -211,3 +212,21 @@ def column_person_masks(persons: int, height: int, width: int, device=None) -> t
     masks[-1] = 1 - masks[:-1].amax(0)
     masks[-1, :2] = 1
     return masks
+
+
+INFINITETALK_DIR_NAME = "InfiniteTalk"
+
+
+def write_tiny_infinitetalk_folders(root: str | os.PathLike, seed: int = 0) -> dict[str, Path]:
+    """`write_tiny_original_folders(root, seed)` plus MeiGen-AI/InfiniteTalk's layout: `InfiniteTalk/single/` and
+    `InfiniteTalk/multi/infinitetalk.safetensors` holding the tiny DiT's audio modules in the original key names (the
+    real files' role: the adapter over Wan2.1-I2V's shards). Returns `dict(wan_dir=..., infinitetalk_dir=...,
+    wav2vec_dir=...)`; `WanInfiniteTalkPipeline.from_original` on them rebuilds `make_tiny_components(seed)`."""
+    import shutil
+
+    folders = write_tiny_original_folders(root, seed)
+    infinitetalk_dir = Path(root) / INFINITETALK_DIR_NAME
+    for variant in ("single", "multi"):
+        (infinitetalk_dir / variant).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folders["multitalk_dir"] / MULTITALK_FILE, infinitetalk_dir / variant / "infinitetalk.safetensors")
+    return dict(wan_dir=folders["wan_dir"], infinitetalk_dir=infinitetalk_dir, wav2vec_dir=folders["wav2vec_dir"])

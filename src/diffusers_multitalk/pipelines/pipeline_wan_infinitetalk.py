@@ -15,17 +15,10 @@ from diffusers.utils import logging
 from ..audio.encoder import audio_windows, mirror_pad_embedding
 from ..audio.processing import TARGET_SAMPLE_RATE
 from ..audio.tts import synthesize_dialogue
-from .multitalk_utils import (
-    APGState,
-    add_noise_flow,
-    closest_bucket,
-    combine_guidance,
-    combine_guidance_two_pass,
-    match_color_lab,
-    resize_and_center_crop,
-    resolution_buckets,
-    set_multitalk_timesteps,
-)
+from .color_correction import match_color_lab
+from .guidance import APGState, combine_guidance, combine_guidance_two_pass
+from .image_processing import closest_bucket, resize_and_center_crop, resolution_buckets
+from .sampling import add_noise_flow, set_multitalk_timesteps
 from .pipeline_wan_multitalk import FPS, WanMultiTalkPipeline, WanMultiTalkPipelineOutput, _audio_entries
 from .video_input import SourceVideo, open_source_video
 
@@ -105,7 +98,6 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
         lora_scale: float = 1.0,
         quant: str | None = None,
         quant_path=None,
-        quant_t5_dir=None,
     ) -> "WanInfiniteTalkPipeline":
         """Builds the pipeline from the folders and files as users download them.
 
@@ -119,11 +111,12 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
             dit_path: a full DiT checkpoint saved with `torch.save({"state_dict": ...})` (the reference's
                 `--dit_path`), used instead of the Wan shards + adapter file.
             lora_path / lora_scale: an optional LoRA loaded into the transformer.
-            quant: "int8" or "fp8" (needs optimum-quanto): the DiT from `quant_path`, InfiniteTalk's
-                `quant_models/infinitetalk_single_{quant}.safetensors` with its JSON map beside it (the reference's
-                `--quant_dir`, a file); umT5 from `quant_t5_dir` (a folder holding MultiTalk-style
-                `quant_models/t5_{quant}.safetensors`) when given, else the float umT5. Without `quant_path` the float
-                weights are quantised on the fly.
+            quant: "int8" or "fp8" (needs optimum-quanto). Without `quant_path` the float weights are quantised on
+                the fly (after fusing `lora_path`).
+            quant_path: the quantised DiT, InfiniteTalk's `quant_models/infinitetalk_single_<quant>.safetensors` (the
+                reference's `--quant_dir`, a file; its map `infinitetalk_single_<quant>.json` beside it), or the
+                `InfiniteTalk/` folder holding it. The umT5 is quantised too when `t5_<quant>.safetensors` and
+                `t5_map_<quant>.json` lie beside the file, where the reference reads them; else it loads in float.
         """
         from ..loaders.infinitetalk import load_infinitetalk_components
 
@@ -135,7 +128,6 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
             dit_path=dit_path,
             quant=quant,
             quant_path=quant_path,
-            quant_t5_dir=quant_t5_dir,
             lora_path=lora_path,
         )
         pipe = cls(**components)
@@ -160,7 +152,9 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
             )
         if video is not None:
             return open_source_video(video, fps=video_fps)
-        return open_source_video([image], fps=FPS)
+        source = open_source_video([image], fps=FPS)
+        source.still = True  # the image conditions every chunk
+        return source
 
     def prepare_source_frame(self, frame: np.ndarray, height: int, width: int) -> torch.Tensor:
         """A source frame resized/centre-cropped to the output size: `[1, 3, 1, H, W]` in [-1, 1]."""

@@ -11,7 +11,7 @@ import PIL.Image
 import torch
 from diffusers.utils import logging
 
-from .multitalk_utils import load_image_any
+from .image_processing import load_image_any
 
 
 logger = logging.get_logger(__name__)
@@ -41,14 +41,23 @@ class SourceVideo:
         fps: the source's frame rate.
         description: how errors name the source.
         num_frames: the frame count when known up front (arrays, lists), else None.
+        still: a still image (image-to-video): held for every time, without a warning.
     """
 
-    def __init__(self, frames: Iterator[np.ndarray], fps: float, description: str, num_frames: int | None = None):
+    def __init__(
+        self,
+        frames: Iterator[np.ndarray],
+        fps: float,
+        description: str,
+        num_frames: int | None = None,
+        still: bool = False,
+    ):
         if not fps or not math.isfinite(fps) or fps <= 0:
             raise ValueError(f"`video` {description}: its frame rate is unknown ({fps!r}); pass `video_fps=`.")
         self.fps = float(fps)
         self.description = description
         self.num_frames = num_frames
+        self.still = still
         self._frames = frames
         self._index = -1
         self._current: np.ndarray | None = None
@@ -82,7 +91,7 @@ class SourceVideo:
         if index < self._index:
             raise ValueError(f"`video` {self.description} is read forwards; frame {index} was asked after {self._index}.")
         self._advance_to(index)
-        if index > self._index and not self.held_last_frame:
+        if index > self._index and not self.held_last_frame and not self.still:
             self.held_last_frame = True
             logger.warning(
                 f"The audio outlasts the source video {self.description} ({self._index + 1} frames, "
@@ -153,7 +162,7 @@ def open_source_video(video: Any, fps: float | None = None) -> SourceVideo:
             raise ValueError(f"`video` file {path!r} does not exist; give the path of the video to dub.")
         if path.lower().endswith(IMAGE_EXTENSIONS):
             frame = _as_uint8_frame(path, 0)
-            return SourceVideo(iter([frame]), fps or 25.0, repr(path), num_frames=1)
+            return SourceVideo(iter([frame]), fps or 25.0, repr(path), num_frames=1, still=True)
         frames, file_fps = _ffmpeg_frames(path)
         return SourceVideo(frames, fps or file_fps, repr(path))
     if isinstance(video, torch.Tensor):
@@ -171,7 +180,7 @@ def open_source_video(video: Any, fps: float | None = None) -> SourceVideo:
     if isinstance(video, (list, tuple)):
         return SourceVideo(_list_frames(video), fps or 25.0, f"list of {len(video)} images", num_frames=len(video))
     if isinstance(video, PIL.Image.Image):
-        return SourceVideo(iter([_as_uint8_frame(video, 0)]), fps or 25.0, "image", num_frames=1)
+        return SourceVideo(iter([_as_uint8_frame(video, 0)]), fps or 25.0, "image", num_frames=1, still=True)
     raise ValueError(
         f"`video` must be a path, an array [frames, H, W, 3] or a list of images, got {type(video).__name__}."
     )
