@@ -155,3 +155,72 @@ def test_compiled_blocks_match_eager(persons):
         model.compile_repeated_blocks(fullgraph=False)
         out = model(**inputs, return_dict=False)[0]
     torch.testing.assert_close(out, expected, rtol=1e-3, atol=1e-3)
+
+
+def _fp8_capable():
+    return torch.cuda.get_device_capability() >= (8, 9)
+
+
+def test_fp8_block_linears_run_in_float8_and_stay_close_to_bf16():
+    """torchao's row-wise FP8 on the block linears: every one of them holds float8 weights, the audio adapter and
+    the head stay bf16, and the forward stays near the bf16 one (random weights: FP8 e4m3 rounds to ~3 significant
+    bits, a few percent)."""
+    pytest.importorskip("torchao")
+    if not _fp8_capable():
+        pytest.skip("FP8 matrix products need compute capability >= 8.9")
+    from diffusers_multitalk.models.fp8 import enable_fp8, quantized_linear_count
+
+    model = _head_dim_128_transformer()
+    inputs = _inputs(model, persons=2)
+    with torch.no_grad():
+        expected = model(**inputs, return_dict=False)[0].float()
+        names = enable_fp8(model, "fp8")
+        out = model(**inputs, return_dict=False)[0].float()
+    assert len(names) == 12 * len(model.blocks)
+    assert quantized_linear_count(model) == {"Float8Tensor": len(names)}
+    assert type(model.blocks[0].audio_attn.to_q.weight) is torch.nn.Parameter
+    assert type(model.proj_out.weight) is torch.nn.Parameter
+    assert torch.isfinite(out).all()
+    rel = ((out - expected).norm() / expected.norm()).item()
+    assert 0 < rel < 0.15
+
+
+def test_sage_triton_self_attention_is_close_to_sdpa():
+    pytest.importorskip("sageattention")
+    from diffusers_multitalk.models.attention_processor import sage_triton_attention
+
+    g = torch.Generator("cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 2048, 4, 128, generator=g, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    k_before = k.clone()
+    out = sage_triton_attention(q, k, v).float()
+    expected = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+    assert torch.equal(k, k_before)  # the kernel's in-place smoothing of K does not leak out
+    assert ((out - expected.float()).norm() / expected.float().norm()).item() < 0.05
+
+
+def test_sage_triton_as_a_per_block_choice_in_the_model():
+    pytest.importorskip("sageattention")
+    from diffusers_multitalk.models.fp8 import set_self_attention_kernel
+
+    model = _head_dim_128_transformer()
+    inputs = _inputs(model, persons=1)
+    with torch.no_grad():
+        expected = model(**inputs, return_dict=False)[0].float()
+        set_self_attention_kernel(model, "sage_triton", blocks=[1])
+        out = model(**inputs, return_dict=False)[0].float()
+    assert [b.attn1.processor.self_attention_kernel for b in model.blocks] == [None, "sage_triton"]
+    rel = ((out - expected).norm() / expected.norm()).item()
+    assert 0 < rel < 0.05
+
+
+def test_fast_preset_set_up_on_the_tiny_pipeline():
+    """apply_preset on CUDA: VAE in bf16, compiled blocks, the preset's sampling arguments; finite latents."""
+    from diffusers_multitalk.presets import apply_preset
+
+    pipe = make_tiny_pipeline(seed=0).to("cuda")
+    kwargs = apply_preset(pipe, "fast")
+    assert pipe.vae.dtype == torch.bfloat16
+    assert all(getattr(b, "_compiled_call_impl", None) is not None for b in pipe.transformer.blocks)
+    kwargs["num_inference_steps"] = 2
+    latents = generate(pipe, device="cuda", **{k: v for k, v in kwargs.items() if k != "num_inference_steps"})
+    assert all(torch.isfinite(x).all() for x in latents)

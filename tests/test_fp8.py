@@ -1,0 +1,207 @@
+"""CPU tests of the FP8/int8 execution plumbing (models/fp8.py), the self-attention kernel choice, the fast preset
+(presets.py) and the deviation benchmark on tiny weights. The FP8 kernels themselves need a GPU (tests/test_cuda.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffusers_multitalk import make_tiny_pipeline
+from diffusers_multitalk.models import attention_processor
+from diffusers_multitalk.models.fp8 import (
+    KEEP_FLOAT_MODULES,
+    enable_fp8,
+    is_block_linear,
+    quantized_linear_count,
+    set_self_attention_kernel,
+    torchao_config,
+    torchao_quantization_config,
+)
+from diffusers_multitalk.presets import FAST_PRESET, apply_preset, preset_call_kwargs, preset_cli_flags
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_transformer():
+    return make_tiny_pipeline(seed=0).transformer.eval()
+
+
+def tiny_inputs(model, persons=1, seed=0):
+    c = model.config
+    g = torch.Generator().manual_seed(seed)
+    frames = 5
+    return dict(
+        hidden_states=torch.randn(1, c.in_channels, 2, 8, 12, generator=g),
+        timestep=torch.tensor([700.0]),
+        encoder_hidden_states=torch.randn(1, 16, c.text_dim, generator=g),
+        encoder_hidden_states_image=torch.randn(1, 257, c.image_dim, generator=g),
+        audio_embeds=torch.randn(1, persons, frames, 5, c.audio_layers, c.audio_channels, generator=g),
+    )
+
+
+def block_linear_names(model):
+    return [name for name, module in model.named_modules() if is_block_linear(module, name)]
+
+
+def test_block_linears_are_the_attention_and_ffn_layers_only():
+    model = tiny_transformer()
+    names = block_linear_names(model)
+    per_block = {name.split(".", 2)[2] for name in names}
+    assert per_block == {
+        "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+        "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "attn2.add_k_proj", "attn2.add_v_proj",
+        "ffn.net.0.proj", "ffn.net.2",
+    }
+    assert len(names) == 12 * len(model.blocks)
+    assert not any(part in name.split(".") for name in names for part in KEEP_FLOAT_MODULES)
+
+
+def test_unknown_quant_mode_is_refused():
+    with pytest.raises(ValueError, match="Unknown quantisation mode"):
+        torchao_config("fp4")
+
+
+def test_fp8_mode_on_the_cpu_says_it_needs_a_gpu():
+    pytest.importorskip("torchao")
+    if torch.cuda.is_available():
+        pytest.skip("runs the real FP8 path in tests/test_cuda.py")
+    with pytest.raises(AssertionError, match="compute capability"):
+        enable_fp8(tiny_transformer(), "fp8")
+
+
+def test_int8_dynamic_quantises_the_block_linears_and_keeps_the_rest():
+    """The same plumbing as FP8 through a torchao config that runs on the CPU (W8A8 int8)."""
+    pytest.importorskip("torchao")
+    model = tiny_transformer()
+    inputs = tiny_inputs(model)
+    with torch.no_grad():
+        expected = model(**inputs, return_dict=False)[0]
+        audio_q = model.blocks[0].audio_attn.to_q.weight.detach().clone()
+        names = enable_fp8(model, "int8_dynamic", blocks=[1])
+        out = model(**inputs, return_dict=False)[0]
+    assert names == [n for n in block_linear_names(model) if n.startswith("blocks.1.")]
+    assert sum(quantized_linear_count(model).values()) == 12
+    assert type(model.blocks[0].attn1.to_q.weight) is torch.nn.Parameter  # block 0 not chosen
+    assert type(model.blocks[1].audio_attn.to_q.weight) is torch.nn.Parameter
+    torch.testing.assert_close(model.blocks[0].audio_attn.to_q.weight, audio_q, rtol=0, atol=0)
+    rel = ((out - expected).norm() / expected.norm()).item()
+    assert 0 < rel < 0.05
+
+
+def test_block_indices_out_of_range_are_refused():
+    with pytest.raises(ValueError, match="out of range"):
+        set_self_attention_kernel(tiny_transformer(), None, blocks=[7])
+
+
+def test_torchao_quantization_config_keeps_the_audio_adapter_in_float():
+    pytest.importorskip("torchao")
+    from diffusers import TorchAoConfig
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig
+
+    config = torchao_quantization_config("fp8")
+    assert isinstance(config, TorchAoConfig)
+    assert isinstance(config.quant_type, Float8DynamicActivationFloat8WeightConfig)
+    assert set(config.modules_to_not_convert) == set(KEEP_FLOAT_MODULES)
+
+
+def test_torchao_quantization_config_through_from_pretrained(tmp_path):
+    pytest.importorskip("torchao")
+    from diffusers_multitalk import MultiTalkTransformer3DModel
+
+    model = tiny_transformer()
+    model.save_pretrained(tmp_path)
+    loaded = MultiTalkTransformer3DModel.from_pretrained(
+        tmp_path, quantization_config=torchao_quantization_config("int8_dynamic"), torch_dtype=torch.float32
+    )
+    quantized = {n for n, m in loaded.named_modules() if type(getattr(m, "weight", None)).__name__ == "Int8Tensor"}
+    assert quantized == set(block_linear_names(loaded))
+    inputs = tiny_inputs(model)
+    with torch.no_grad():
+        expected = model(**inputs, return_dict=False)[0]
+        out = loaded(**inputs, return_dict=False)[0]
+    assert ((out - expected).norm() / expected.norm()).item() < 0.05
+
+
+def test_self_attention_kernel_is_a_per_block_choice(monkeypatch):
+    calls = []
+
+    def sdpa_kernel(q, k, v):  # a stand-in kernel (SageAttention needs CUDA): [B, S, H, D] in and out
+        calls.append(q.shape)
+        return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+    monkeypatch.setitem(attention_processor.SELF_ATTENTION_KERNELS, "test_sdpa", sdpa_kernel)
+    model = tiny_transformer()
+    inputs = tiny_inputs(model, persons=2)
+    inputs["ref_target_masks"] = torch.zeros(3, 8, 12)
+    inputs["ref_target_masks"][0, :, :6], inputs["ref_target_masks"][1, :, 6:] = 1, 1
+    inputs["ref_target_masks"][2, :2] = 1
+    with torch.no_grad():
+        expected = model(**inputs, return_dict=False)[0]
+        set_self_attention_kernel(model, "test_sdpa", blocks=[0])
+        out = model(**inputs, return_dict=False)[0]
+    assert len(calls) == 1  # block 0's self-attention only; the person map and cross-attention keep the dispatcher
+    assert [b.attn1.processor.self_attention_kernel for b in model.blocks] == ["test_sdpa", None]
+    assert model.blocks[0].attn2.processor.self_attention_kernel is None
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="Unknown self-attention kernel"):
+        set_self_attention_kernel(model, "nope")
+
+
+def test_fast_preset_maps_to_multitalk_flags():
+    assert preset_call_kwargs("fast") == dict(
+        num_inference_steps=8, text_guidance_scale=1.0, audio_guidance_scale=2.0, shift=2.0
+    )
+    assert preset_cli_flags("fast") == [
+        "--sample_steps", "8", "--sample_text_guide_scale", "1.0", "--sample_audio_guide_scale", "2.0",
+        "--sample_shift", "2.0",
+    ]
+    with pytest.raises(ValueError, match="Unknown preset"):
+        preset_call_kwargs("slow")
+
+
+def test_fast_preset_flags_are_generate_flags():
+    from diffusers_multitalk import cli
+
+    parser = cli.build_parser() if hasattr(cli, "build_parser") else None
+    if parser is None:
+        pytest.skip("cli.build_parser is not there")
+    args = parser.parse_args(["generate", *preset_cli_flags("fast")])
+    assert (args.sample_steps, args.sample_text_guide_scale, args.sample_audio_guide_scale, args.sample_shift) == (
+        8, 1.0, 2.0, 2.0
+    )
+
+
+def test_apply_preset_sets_up_the_pipeline():
+    pipe = make_tiny_pipeline(seed=0)
+    kwargs = apply_preset(pipe, "fast")
+    assert kwargs == FAST_PRESET["call"]
+    assert pipe.vae.dtype == torch.bfloat16
+    # compilation is for CUDA only; on the CPU the blocks stay eager
+    assert all(getattr(b, "_compiled_call_impl", None) is None for b in pipe.transformer.blocks)
+    with pytest.raises(ValueError, match="Unknown set-up options"):
+        apply_preset(pipe, "fast", attention="sage")
+    assert apply_preset(pipe, "fast", setup=False) == kwargs
+
+
+def test_deviation_benchmark_on_tiny_weights(tmp_path):
+    """bench_fp8.py on a 1-layer narrow model on the CPU: the same seed gives the same weights in every set-up, the
+    int8 set-ups deviate from bf16 by a little, not by nothing."""
+    pytest.importorskip("optimum.quanto")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_fp8.py"), "--device", "cpu", "--layers", "1",
+           "--dim-scale", "10", "--frames-scale", "16", "--warmup", "0", "--repeats", "1", "--out", str(tmp_path),
+           "--jobs", "bf16+eager@480p1,quanto_int8@480p1,bf16+eager@480p2"]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, timeout=600)
+    result = json.loads((tmp_path / "bench_fp8.json").read_text())
+    rows = {(r["setup"], r["shape"]): r for r in result["rows"]}
+    assert not [r for r in result["rows"] if "error" in r]
+    assert rows[("bf16+eager", "480p1")]["checksum"] == rows[("quanto_int8", "480p1")]["checksum"]
+    assert 1e-4 < rows[("quanto_int8", "480p1")]["rel_l2_vs_bf16"] < 0.1
+    assert rows[("bf16+eager", "480p2")]["persons"] == 2 and rows[("bf16+eager", "480p2")]["finite"]
+    assert (tmp_path / "bench_fp8.md").exists()
