@@ -5,7 +5,7 @@
         --multitalk_dir weights/MeiGen-MultiTalk --wav2vec_dir weights/chinese-wav2vec2-base \
         --output_dir weights/MultiTalk-480P-diffusers --dtype bfloat16 [--push_to_hub me/MultiTalk-480P-diffusers]
 
-A thin wrapper of `diffusers_multitalk.loaders.convert.convert_original_to_diffusers` (which `multitalk convert`
+A thin wrapper of `diffusers_multitalk.conversion.convert_original_to_diffusers` (which `multitalk convert`
 also calls); flags may be spelt with `_` or `-`.
 """
 
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from diffusers_multitalk.loaders.convert import convert_original_to_diffusers
+    from diffusers_multitalk.conversion import convert_original_to_diffusers
 
     try:
         report = convert_original_to_diffusers(

@@ -1,10 +1,11 @@
 """Official folders -> diffusers folder (`convert_original_to_diffusers`, scripts/convert_weights.py) and every route
-that loads the result: `DiffusionPipeline.from_pretrained` with the package, `WanMultiTalkPipeline.from_pretrained`,
-and the bundled remote code without the package."""
+that loads the result: `WanMultiTalkPipeline.from_pretrained` (no remote code), `DiffusionPipeline.from_pretrained` with
+`trust_remote_code=True` in a process that never imported the package (the reviewed files of the top-level
+`pipelines/`), and plain `save_pretrained` folders through the names registered with diffusers."""
 
+import filecmp
 import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -20,10 +21,11 @@ from safetensors.torch import save_file
 
 import diffusers_multitalk
 from diffusers_multitalk import MultiTalkTransformer3DModel, WanMultiTalkPipeline, make_tiny_pipeline
-from diffusers_multitalk import integration
-from diffusers_multitalk.loaders import convert as convert_module
-from diffusers_multitalk.loaders.convert import convert_original_to_diffusers
-from diffusers_multitalk.testing import tiny_generation_latents as generate, write_tiny_original_folders
+from diffusers_multitalk import conversion as convert_module
+from diffusers_multitalk.conversion import convert_original_to_diffusers
+from diffusers_multitalk.pipelines import model_index
+from diffusers_multitalk.testing import tiny_generation_latents as generate
+from diffusers_multitalk.testing import write_tiny_original_folders
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,8 +83,9 @@ def converted(folders, tmp_path_factory):
 def test_converted_folder_layout_and_report(converted, original):
     out, report = converted
     index = json.loads((out / "model_index.json").read_text())
-    assert index["_class_name"] == "WanMultiTalkPipeline"
-    assert index["transformer"] == ["diffusers_multitalk", "MultiTalkTransformer3DModel"]
+    # the index names the shipped remote-code files (see pipelines/model_index.py)
+    assert index["_class_name"] == ["pipeline_wan_multitalk", "WanMultiTalkPipeline"]
+    assert index["transformer"] == ["transformer_multitalk", "MultiTalkTransformer3DModel"]
     assert index["vae"] == ["diffusers", "AutoencoderKLWan"] and index["text_encoder"] == ["transformers", "UMT5EncoderModel"]
     for name in ("transformer", "vae", "text_encoder", "image_encoder", "audio_encoder"):
         assert (out / name / "config.json").is_file()
@@ -104,7 +107,10 @@ def test_converted_folder_layout_and_report(converted, original):
 
 
 def test_diffusion_pipeline_from_pretrained_gives_the_same_pipeline(converted, original, original_latents):
-    pipe = DiffusionPipeline.from_pretrained(converted[0])
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        DiffusionPipeline.from_pretrained(converted[0])
+    # the remote code only imports the package, so with it imported the classes are the package's own
+    pipe = DiffusionPipeline.from_pretrained(converted[0], trust_remote_code=True)
     assert type(pipe) is WanMultiTalkPipeline
     assert type(pipe.transformer) is MultiTalkTransformer3DModel
     assert_same_weights(pipe, original)
@@ -126,8 +132,9 @@ def test_model_card(converted):
     assert meta["base_model"] == ["Wan-AI/Wan2.1-I2V-14B-480P", "MeiGen-AI/MeiGen-MultiTalk"]
     assert {"diffusers-multitalk", "WanMultiTalkPipeline"} <= set(meta["tags"])
     body = text.split("---\n", 2)[2]
-    assert "WanMultiTalkPipeline" in body and "import diffusers_multitalk" in body
-    assert 'custom_pipeline="pipeline", trust_remote_code=True' in body
+    assert 'DiffusionPipeline.from_pretrained("path/to/this/folder", trust_remote_code=True' in body
+    assert 'WanMultiTalkPipeline.from_pretrained("path/to/this/folder"' in body
+    assert "`pipeline_wan_multitalk.py`" in body and "`transformer/transformer_multitalk.py`" in body
     assert "models_t5_umt5-xxl-enc-bf16.pth" in body and "multitalk.safetensors" in body
     assert "TencentGameMate/chinese-wav2vec2-base" in body
 
@@ -138,10 +145,10 @@ def test_model_card(converted):
 def test_import_registers_the_names_with_diffusers():
     assert diffusers.WanMultiTalkPipeline is WanMultiTalkPipeline
     assert diffusers.pipelines.diffusers_multitalk is diffusers_multitalk
-    integration.register_with_diffusers()  # idempotent
+    model_index.register_with_diffusers([WanMultiTalkPipeline])  # idempotent
     assert diffusers.WanMultiTalkPipeline is WanMultiTalkPipeline
     # diffusers' own names are never replaced.
-    assert not integration._register(diffusers, "WanPipeline", WanMultiTalkPipeline)
+    assert not model_index._register(diffusers, "WanPipeline", WanMultiTalkPipeline)
     assert diffusers.WanPipeline is not WanMultiTalkPipeline
 
 
@@ -149,11 +156,12 @@ def test_save_pretrained_round_trips(tmp_path):
     pipe = make_tiny_pipeline(seed=3)
     pipe.save_pretrained(tmp_path / "plain")
     index = json.loads((tmp_path / "plain" / "model_index.json").read_text())
-    # the pipeline writes the portable entry itself (diffusers would record the module path, which Hub downloads
-    # reject); converted folders get the same
+    # without remote code the pipeline names its transformer by the package (diffusers would record the module
+    # path, which Hub downloads reject) and ships no code
     assert index["transformer"] == ["diffusers_multitalk", "MultiTalkTransformer3DModel"]
     assert index["_class_name"] == "WanMultiTalkPipeline" and index["vae"] == ["diffusers", "AutoencoderKLWan"]
-    assert integration.make_model_index_portable(tmp_path / "plain") == index
+    assert not list((tmp_path / "plain").rglob("*.py"))
+    assert model_index.saved_model_index(index) == index == model_index.package_model_index(index)
     reloaded = DiffusionPipeline.from_pretrained(tmp_path / "plain")
     assert type(reloaded) is WanMultiTalkPipeline
     assert_same_weights(reloaded, pipe)
@@ -167,62 +175,62 @@ def test_save_pretrained_round_trips(tmp_path):
     assert_same_weights(WanMultiTalkPipeline.from_pretrained(tmp_path / "again"), pipe)
 
 
-def test_hub_download_accepts_only_the_portable_index(converted):
-    """`DiffusionPipeline.download` rejects a component library it cannot see (here, a module path) before it
-    downloads anything; the portable entry passes because `diffusers.pipelines.diffusers_multitalk` exists."""
+def test_hub_download_finds_every_class(converted, tmp_path):
+    """`DiffusionPipeline.download` rejects a component library it cannot see before it downloads anything: the
+    converted index names the shipped `transformer/transformer_multitalk.py`; a plain one names the package, which
+    passes because `diffusers.pipelines.diffusers_multitalk` is registered; a module path does not pass."""
     from diffusers.pipelines.pipeline_loading_utils import _get_custom_components_and_folders
 
     index = json.loads((converted[0] / "model_index.json").read_text())
     filenames = [str(p.relative_to(converted[0])) for p in converted[0].rglob("*") if p.is_file()]
     custom, folders = _get_custom_components_and_folders(REPO, index, filenames)
-    assert custom == {} and "transformer" in folders
-    index["transformer"] = ["diffusers_multitalk.models.transformer_multitalk", "MultiTalkTransformer3DModel"]
+    assert custom == {"transformer": "transformer_multitalk"} and "transformer" in folders
+    plain = model_index.package_model_index(index)
+    assert plain["_class_name"] == "WanMultiTalkPipeline"
+    assert plain["transformer"] == ["diffusers_multitalk", "MultiTalkTransformer3DModel"]
+    assert _get_custom_components_and_folders(REPO, plain, filenames)[0] == {}
+    plain["transformer"] = ["diffusers_multitalk.models.transformer_multitalk", "MultiTalkTransformer3DModel"]
     with pytest.raises(ValueError, match="does not exist"):
-        _get_custom_components_and_folders(REPO, index, filenames)
+        _get_custom_components_and_folders(REPO, plain, filenames)
 
 
-def test_bundled_remote_code(converted):
-    out = converted[0]
-    modules = integration.bundled_modules()
-    assert ("models", "transformer_multitalk") in modules and ("pipelines", "pipeline_wan_multitalk") in modules
-    pipeline_py = (out / "pipeline.py").read_text()
-    for parts in modules:
-        name = integration._flat_name(parts)
-        source = (out / f"{name}.py").read_text()
-        compile(source, name, "exec")
-        assert not re.search(r"^\s*(from\s+\.\.|from\s+diffusers_multitalk|import\s+diffusers_multitalk)", source, re.M), name
-        # diffusers copies only the files a local custom pipeline imports directly.
-        assert f"from .{name} import" in pipeline_py, name
-    assert converted[1]["remote_code_files"][0] == "pipeline.py"
+def test_remote_code_files_are_the_reviewed_ones(converted):
+    out, report = converted
+    assert report["remote_code_files"] == ["pipeline_wan_multitalk.py", "transformer/transformer_multitalk.py"]
+    for name in report["remote_code_files"]:
+        assert filecmp.cmp(out / name, ROOT / "pipelines" / name, shallow=False), name
+        assert len((out / name).read_text().splitlines()) < 30, "remote code is small and readable"
 
 
-_REMOTE_SCRIPT = textwrap.dedent(
+_FRESH_PROCESS_SCRIPT = textwrap.dedent(
     """
     import json, os, sys
-    sys.modules["diffusers_multitalk"] = None  # the package is not installed
     import numpy as np, torch
     from diffusers import DiffusionPipeline
     import diffusers.utils.dynamic_modules_utils as dmu
 
-    folder, latents_file = sys.argv[1], sys.argv[2]
+    folder = sys.argv[1]
+    assert "diffusers_multitalk" not in sys.modules
     result = {}
     try:
-        DiffusionPipeline.from_pretrained(folder, custom_pipeline="pipeline")
+        DiffusionPipeline.from_pretrained(folder)
     except ValueError as err:
-        result["without_trust"] = str(err)
-    pipe = DiffusionPipeline.from_pretrained(folder, custom_pipeline="pipeline", trust_remote_code=True)
-    result["pipeline_module"] = type(pipe).__module__
-    result["transformer_module"] = type(pipe.transformer).__module__
+        result["without_trust"] = str(err).splitlines()[-1]
+    pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    result["pipeline"] = f"{type(pipe).__module__}.{type(pipe).__name__}"
+    result["transformer"] = f"{type(pipe.transformer).__module__}.{type(pipe.transformer).__name__}"
     t = np.arange(16000) / 16000
     wave = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
     image = (np.random.RandomState(0).rand(64, 96, 3) * 255).astype(np.uint8)
     pipe.set_progress_bar_config(disable=True)
-    latents = pipe(image=image, audio=[(wave, 16000)], prompt="a person talks", height=64, width=96, num_frames=5,
-                   num_inference_steps=2, mode="clip", output_type="latent",
-                   generator=torch.Generator().manual_seed(0)).frames[0]
-    torch.save(latents, latents_file)
+    kwargs = dict(image=image, audio=[(wave, 16000)], prompt="a person talks", height=64, width=96, num_frames=5,
+                  num_inference_steps=2, mode="clip")
+    latents = pipe(**kwargs, output_type="latent", generator=torch.Generator().manual_seed(0)).frames[0]
+    torch.save(latents, sys.argv[2])
+    frames = pipe(**kwargs, output_type="np", generator=torch.Generator().manual_seed(0)).frames
+    result["frames"] = [list(frames.shape), str(frames.dtype)]
 
-    # The Hub route: diffusers fetches pipeline.py, then each file it imports, recursively (Hub calls faked).
+    # The Hub route: diffusers fetches the pipeline file from the repo (Hub calls faked by the folder).
     def hf_hub_download(repo_id, filename, subfolder=None, **kwargs):
         path = os.path.join(folder, subfolder or "", filename)
         if not os.path.isfile(path):
@@ -232,29 +240,42 @@ _REMOTE_SCRIPT = textwrap.dedent(
         sha = "0123abcd"
     dmu.hf_hub_download = hf_hub_download
     dmu.model_info = lambda *args, **kwargs: Info()
-    cls = dmu.get_class_from_dynamic_module("me/multitalk-tiny", "pipeline.py", trust_remote_code=True)
-    result["hub_pipeline_module"] = cls.__module__
-    print(json.dumps(result))
+    cls = dmu.get_class_from_dynamic_module("me/multitalk-tiny", "pipeline_wan_multitalk.py", trust_remote_code=True)
+    result["hub_pipeline"] = f"{cls.__module__}.{cls.__name__}"
+    print(json.dumps(result, indent=1))
     """
 )
 
 
-def test_remote_code_without_the_package(converted, original_latents, tmp_path):
+def test_fresh_process_loads_with_trust_remote_code(converted, original_latents, tmp_path):
+    """`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` in a process that never imported
+    diffusers_multitalk: the remote file imports the installed package, which then generates."""
     env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
-    script = tmp_path / "remote.py"
-    script.write_text(_REMOTE_SCRIPT)
+    script = tmp_path / "fresh.py"
+    script.write_text(_FRESH_PROCESS_SCRIPT)
     run = subprocess.run(
         [sys.executable, str(script), str(converted[0]), str(tmp_path / "latents.pt")],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    result = json.loads(run.stdout[run.stdout.index("{"):])
+    print(run.stdout)  # pytest -s shows what a user sees
     assert "trust_remote_code=True" in result["without_trust"]
-    assert result["pipeline_module"] == "diffusers_modules.local.multitalk_pipelines_pipeline_wan_multitalk"
-    assert result["transformer_module"] == "diffusers_modules.local.multitalk_models_transformer_multitalk"
-    assert result["hub_pipeline_module"].startswith("diffusers_modules.local.me--multitalk-tiny.0123abcd.multitalk_pipelines")
+    assert result["pipeline"] == "diffusers_multitalk.pipelines.pipeline_wan_multitalk.WanMultiTalkPipeline"
+    assert result["transformer"] == "diffusers_multitalk.models.transformer_multitalk.MultiTalkTransformer3DModel"
+    assert result["hub_pipeline"] == result["pipeline"]
+    assert result["frames"] == [[1, 5, 64, 96, 3], "float32"]
     latents = torch.load(tmp_path / "latents.pt", weights_only=True)
     assert torch.equal(latents, original_latents), (latents - original_latents).abs().max()
+
+
+def test_save_pretrained_with_remote_code(tmp_path):
+    pipe = make_tiny_pipeline(seed=3)
+    pipe.save_pretrained(tmp_path / "remote", remote_code=True)
+    index = json.loads((tmp_path / "remote" / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_wan_multitalk", "WanMultiTalkPipeline"]
+    assert (tmp_path / "remote" / "transformer" / "transformer_multitalk.py").is_file()
+    assert_same_weights(WanMultiTalkPipeline.from_pretrained(tmp_path / "remote"), pipe)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -333,7 +354,7 @@ def test_bfloat16_and_shards(folders, tmp_path):
     assert report["components"]["text_encoder"]["tensor_dtypes"].keys() == {"BF16"}
     assert report["verification"]["ok"]
     dtypes = {"default": torch.bfloat16, "vae": torch.float32, "audio_encoder": torch.float32}
-    pipe = DiffusionPipeline.from_pretrained(out, torch_dtype=dtypes)
+    pipe = WanMultiTalkPipeline.from_pretrained(out, torch_dtype=dtypes)
     assert (pipe.transformer.dtype, pipe.vae.dtype, pipe.audio_encoder.dtype) == (torch.bfloat16, torch.float32, torch.float32)
 
 

@@ -11,8 +11,12 @@ from safetensors import safe_open
 
 from diffusers_multitalk import WanMultiTalkPipeline
 from diffusers_multitalk.loaders import transformer_original, wan_checkpoint, wan_clip
-from diffusers_multitalk.loaders.convert import check_original_folders
-from diffusers_multitalk.loaders.original_folders import WAN_CLIP_CHECKPOINT, WAN_T5_CHECKPOINT, WAN_VAE_CHECKPOINT
+from diffusers_multitalk.loaders.original_folders import (
+    WAN_CLIP_CHECKPOINT,
+    WAN_T5_CHECKPOINT,
+    WAN_VAE_CHECKPOINT,
+    check_original_folders,
+)
 from diffusers_multitalk.loaders.wan_clip import (
     convert_clip_vision_to_original,
     convert_wan_clip_visual_state_dict,
@@ -23,8 +27,13 @@ from diffusers_multitalk.loaders.wan_umt5 import (
     convert_wan_t5_state_dict,
     load_umt5_encoder_from_original,
 )
-from diffusers_multitalk.loaders.wan_vae import convert_vae_to_original, convert_wan_vae_state_dict, load_vae_from_original
-from diffusers_multitalk.testing import tiny_generation_latents as generate, write_tiny_original_folders
+from diffusers_multitalk.loaders.wan_vae import (
+    convert_vae_to_original,
+    convert_wan_vae_state_dict,
+    load_vae_from_original,
+)
+from diffusers_multitalk.testing import tiny_generation_latents as generate
+from diffusers_multitalk.testing import write_tiny_original_folders
 from diffusers_multitalk.tiny import TINY_IMAGE_DIM, make_tiny_components
 
 

@@ -15,11 +15,11 @@ import torch
 
 from diffusers_multitalk.pipelines.color_correction import lab_to_rgb, match_color_lab, rgb_to_lab
 from diffusers_multitalk.pipelines.guidance import (
-    adaptive_projected_guidance,
     APGState,
+    MomentumBuffer,
+    adaptive_projected_guidance,
     combine_guidance,
     combine_guidance_two_pass,
-    MomentumBuffer,
 )
 from diffusers_multitalk.pipelines.image_processing import (
     ASPECT_RATIO_627,
@@ -48,6 +48,7 @@ from diffusers_multitalk.pipelines.video_io import (
     export_to_video_with_audio,
     get_ffmpeg_exe,
 )
+
 
 # ---------------------------------------------------------------------------------------------------
 # 1. sampler

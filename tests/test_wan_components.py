@@ -22,8 +22,13 @@ from diffusers_multitalk.loaders.wan_umt5 import (
     load_umt5_encoder_from_original,
     umt5_config_from_wan_state_dict,
 )
-from diffusers_multitalk.loaders.wan_vae import convert_wan_vae_state_dict, load_vae_from_original, vae_config_from_wan_state_dict
+from diffusers_multitalk.loaders.wan_vae import (
+    convert_wan_vae_state_dict,
+    load_vae_from_original,
+    vae_config_from_wan_state_dict,
+)
 from diffusers_multitalk.pipelines.clip_features import clip_image_features, preprocess_clip_frames
+
 
 FIXTURES = Path(__file__).parent / "fixtures" / "wan_components_tiny"
 T5_FILE = FIXTURES / "models_t5_umt5-tiny-enc.pth"

@@ -1,6 +1,6 @@
 """The official MultiTalk download folders -> one diffusers pipeline folder (`from_pretrained`, Hub-ready).
 
-    from diffusers_multitalk.loaders.convert import convert_original_to_diffusers
+    from diffusers_multitalk.conversion import convert_original_to_diffusers
 
     report = convert_original_to_diffusers(
         "weights/Wan2.1-I2V-14B-480P", "weights/MeiGen-MultiTalk", "weights/chinese-wav2vec2-base",
@@ -9,8 +9,12 @@
 
 The result is `WanMultiTalkPipeline.save_pretrained` output (`model_index.json`, one folder per component, safetensors
 shards with their index) plus a model card (`README.md`), a conversion report (`conversion_report.json`) and the
-remote-code pipeline (`pipeline.py`, `multitalk_*.py`) for users without the package. See
-`diffusers_multitalk.integration` for how each loading route resolves the classes.
+reviewed remote-code files of the repository's top-level `pipelines/` folder, so that
+`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` loads it in a process that never imported the
+package. See `diffusers_multitalk.pipelines.model_index` for how each loading route resolves the classes.
+
+This module sits above the pipelines (it builds, saves and reloads a `WanMultiTalkPipeline`), beside the runtime: the
+loaders below it only read the original checkpoints.
 
 Nothing is written until everything has been checked; the folder is built next to `output_dir` under a temporary
 name, verified by reloading every component and comparing its parameters, and only then renamed into place.
@@ -29,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from .original_folders import (
+from .loaders.original_folders import (
     MULTITALK_REPO,
     WAN_REPO,
     WAN_REPO_720,
@@ -145,7 +149,7 @@ def _load_component(folder: Path, name: str, library: str, class_name: str, dtyp
 
     from diffusers import ModelMixin
 
-    from ..integration import LIBRARY_NAME
+    from .pipelines.model_index import LIBRARY_NAME
 
     module = importlib.import_module(LIBRARY_NAME if library.split(".")[0] == LIBRARY_NAME else library)
     cls = getattr(module, class_name)
@@ -164,9 +168,11 @@ def verify_saved_pipeline(folder, pipe) -> dict:
     """Reloads every weight component of the saved `folder` (one at a time, with the class its model_index entry
     names) and compares each parameter and buffer with `pipe`'s, exactly. Raises `ValueError` on any difference;
     returns per-component counts and the largest absolute difference (0.0)."""
+    from .pipelines.model_index import package_model_index
+
     folder = Path(folder)
     with open(folder / "model_index.json") as f:
-        index = json.load(f)
+        index = package_model_index(json.load(f))
     results = {}
     for name, entry in sorted(index.items()):
         module = getattr(pipe, name, None)
@@ -205,8 +211,6 @@ def model_card(report: dict, repo_id: str | None = None) -> str:
     usage for both loading routes and what was converted from what."""
     from huggingface_hub import ModelCardData
 
-    from ..integration import REMOTE_CODE_FILE
-
     data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="image-to-video",
@@ -231,24 +235,23 @@ def model_card(report: dict, repo_id: str | None = None) -> str:
         else ""
     )
     versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
-    remote = (
-        f"""
-Without the package, the pipeline code bundled in this repository (`{REMOTE_CODE_FILE}` and `multitalk_*.py`, a copy of
-diffusers-multitalk {report['versions']['diffusers_multitalk']}) can be run as remote code. It imports
-{', '.join(report.get('remote_code_requirements') or [])}.
+    remote_files = ", ".join(f"`{name}`" for name in report.get("remote_code_files") or [])
+    without_package = (
+        f"""Without importing the package: `model_index.json` names the remote-code files of this repository
+({remote_files}), which only import the installed diffusers-multitalk, so `trust_remote_code=True` runs those few
+lines:
 
 ```py
 import torch
 from diffusers import DiffusionPipeline
 
 {dtypes}
-pipe = DiffusionPipeline.from_pretrained(
-    "{where}", custom_pipeline="pipeline", trust_remote_code=True, torch_dtype=dtypes
-).to("cuda")
+pipe = DiffusionPipeline.from_pretrained("{where}", trust_remote_code=True, torch_dtype=dtypes).to("cuda")
 ```
+
 """
-        if report.get("remote_code_files")
-        else ""
+        if remote_files
+        else "This folder ships no remote code: import diffusers-multitalk to load it.\n\n"
     )
     body = f"""
 # MultiTalk ({Path(report['sources']['wan_dir']).name}) for diffusers
@@ -265,22 +268,18 @@ transformer in float32).
 pip install diffusers-multitalk
 ```
 
+{without_package}With the package imported, no remote code runs:
+
 ```py
 import torch
-from diffusers import DiffusionPipeline
-import diffusers_multitalk  # registers WanMultiTalkPipeline and MultiTalkTransformer3DModel with diffusers
+from diffusers_multitalk import WanMultiTalkPipeline, export_to_video_with_audio
 
 {dtypes}
-pipe = DiffusionPipeline.from_pretrained("{where}", torch_dtype=dtypes).to("cuda")
-# or: pipe = diffusers_multitalk.WanMultiTalkPipeline.from_pretrained("{where}", torch_dtype=dtypes).to("cuda")
+pipe = WanMultiTalkPipeline.from_pretrained("{where}", torch_dtype=dtypes).to("cuda")
 out = pipe(image="podcast.png", audio=["host.wav", "guest.wav"], prompt="Two people talk in a studio.")
-diffusers_multitalk.export_to_video_with_audio(out.frames[0], out.audio, "podcast.mp4", fps=25)
+export_to_video_with_audio(out.frames[0], out.audio, "podcast.mp4", fps=25)
 ```
 
-`import diffusers_multitalk` is needed before `DiffusionPipeline.from_pretrained`: diffusers resolves the pipeline
-class (`_class_name: WanMultiTalkPipeline`) and the transformer (`["diffusers_multitalk",
-"MultiTalkTransformer3DModel"]`) only among names it knows, and the import registers them.
-{remote}
 ## Conversion
 
 Converted with diffusers-multitalk's `convert_original_to_diffusers` on {report['created']} ({versions}) from:
@@ -309,7 +308,7 @@ def _versions() -> dict:
     import diffusers
     import transformers
 
-    from .. import __version__
+    from . import __version__
 
     return {
         "diffusers_multitalk": __version__,
@@ -361,15 +360,15 @@ def convert_original_to_diffusers(
         max_shard_size: largest safetensors shard.
         verify: reload every component from the written folder and compare its parameters (one component at a time:
             peak memory is the pipeline plus its largest component).
-        remote_code: also write `pipeline.py` and the bundled `multitalk_*.py` modules (see
-            `diffusers_multitalk.integration`).
+        remote_code: also ship the reviewed remote-code files (the repository's top-level `pipelines/`) and name
+            them in the model index (see `diffusers_multitalk.pipelines.model_index`).
         aliases: `dtype=` and `lora_dir=` (the `multitalk convert` flag names) for `torch_dtype` / `lora_path`.
 
     The report (also saved as `conversion_report.json`) lists, per component, its class, source, tensor count,
     parameter count, dtypes, files and bytes, plus the verification result and, after a push, the repo URL.
     """
-    from ..integration import bundled_requirements, make_model_index_portable, write_remote_code
-    from ..pipelines.pipeline_wan_multitalk import WanMultiTalkPipeline
+    from .pipelines.model_index import package_model_index
+    from .pipelines.pipeline_wan_multitalk import WanMultiTalkPipeline
 
     for alias, name in (("dtype", "torch_dtype"), ("lora_dir", "lora_path")):
         if alias in aliases:
@@ -404,10 +403,10 @@ def convert_original_to_diffusers(
     tag = uuid.uuid4().hex[:8]
     partial = output_dir.parent / f".{output_dir.name}.partial-{tag}"
     try:
-        pipe.save_pretrained(partial, safe_serialization=True, max_shard_size=max_shard_size)
-        index = make_model_index_portable(partial)
-        remote_files = write_remote_code(partial) if remote_code else []
-        requirements = bundled_requirements() if remote_code else []
+        pipe.save_pretrained(partial, safe_serialization=True, max_shard_size=max_shard_size, remote_code=remote_code)
+        with open(partial / "model_index.json") as f:
+            index = package_model_index(json.load(f))
+        remote_files = sorted(str(p.relative_to(partial)) for p in partial.rglob("*.py")) if remote_code else []
         names = {
             "wan": wan_dir.name,
             "multitalk": Path(multitalk_dir).name if multitalk_dir is not None else wan_dir.name,
@@ -435,7 +434,6 @@ def convert_original_to_diffusers(
             "num_tensors": sum(c.get("num_tensors", 0) for c in components.values()),
             "total_bytes": sum(c["bytes"] for c in components.values()),
             "remote_code_files": remote_files,
-            "remote_code_requirements": requirements,
             "verification": verify_saved_pipeline(partial, pipe) if verify else None,
         }
         with open(partial / CONVERSION_REPORT, "w") as f:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.hooks import BaseState, StateManager
+
+from .._diffusers_compat import BaseState, StateManager, context_parallel_input_hook_name, hook_order
 
 
 TEACACHE_HOOK = "multitalk_teacache"
@@ -177,9 +178,7 @@ def apply_teacache(transformer: torch.nn.Module, config: TeaCacheConfig) -> Stat
 
 
 def _context_parallel_split_name() -> str:
-    from diffusers.hooks.context_parallel import _CONTEXT_PARALLEL_INPUT_HOOK_TEMPLATE
-
-    return _CONTEXT_PARALLEL_INPUT_HOOK_TEMPLATE.format("blocks.0")
+    return context_parallel_input_hook_name("blocks.0")
 
 
 def _detach_context_parallel_split(registry: HookRegistry):
@@ -187,7 +186,7 @@ def _detach_context_parallel_split(registry: HookRegistry):
     name = _context_parallel_split_name()
     if name not in registry.hooks:
         return None
-    if registry._hook_order[-1] != name:
+    if hook_order(registry)[-1] != name:
         raise ValueError(
             "TeaCache must run inside the context-parallel split of block 0, but other hooks were added after "
             "`enable_parallelism`; enable TeaCache before them (or before `enable_parallelism`)."

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+
 _WAN_REPO_ID = "Wan-AI/Wan2.1-I2V-14B-480P"
 _DOWNLOAD_HINT = f"huggingface-cli download {_WAN_REPO_ID} --local-dir <dir>"
 

@@ -29,6 +29,7 @@ from .wan_checkpoint import (
     _strip_prefix,
 )
 
+
 __all__ = [
     "clip_vision_config_from_wan_state_dict",
     "convert_clip_vision_to_original",

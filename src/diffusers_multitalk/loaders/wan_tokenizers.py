@@ -8,6 +8,7 @@ from pathlib import Path
 from .original_folders import WAN_CLIP_TOKENIZER_DIR, WAN_UMT5_TOKENIZER_DIR
 from .wan_checkpoint import _DOWNLOAD_HINT
 
+
 __all__ = ["load_clip_tokenizer", "load_tokenizer", "load_umt5_tokenizer"]
 
 

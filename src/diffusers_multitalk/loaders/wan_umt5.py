@@ -29,6 +29,7 @@ from .wan_checkpoint import (
     _resolve_checkpoint,
 )
 
+
 __all__ = [
     "convert_umt5_encoder_to_original",
     "convert_wan_t5_state_dict",

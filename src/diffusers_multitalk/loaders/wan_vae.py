@@ -24,6 +24,7 @@ from .wan_checkpoint import (
     _resolve_checkpoint,
 )
 
+
 __all__ = [
     "convert_vae_to_original",
     "convert_wan_vae_state_dict",

@@ -16,7 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.models.attention import AttentionModuleMixin
 from diffusers.models.attention_dispatch import dispatch_attention_fn
-from diffusers.models.transformers.transformer_wan import _get_added_kv_projections, _get_qkv_projections
+
+from .._diffusers_compat import _get_added_kv_projections, _get_qkv_projections, context_parallel_process_group
 
 
 def apply_wan_rotary_emb(hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
@@ -58,7 +59,7 @@ def context_parallel_group(parallel_config):
     diffusers gives rank r of this group the r-th of equal chunks of the sequence (ring x ulysses, flattened)."""
     if parallel_config is None or getattr(parallel_config, "context_parallel_config", None) is None:
         return None
-    return parallel_config.context_parallel_config._flattened_mesh.get_group()
+    return context_parallel_process_group(parallel_config.context_parallel_config)
 
 
 def gather_first_frame(local: torch.Tensor, tokens_per_frame: int, group) -> torch.Tensor:

@@ -15,7 +15,6 @@ from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import FP32LayerNorm
-from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 from diffusers.models.transformers.transformer_wan import (
     WanRotaryPosEmbed,
     WanTimeTextImageEmbedding,
@@ -24,6 +23,12 @@ from diffusers.models.transformers.transformer_wan import (
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 
+from .._diffusers_compat import (
+    ContextParallelInput,
+    ContextParallelOutput,
+    TransformerBlockMetadata,
+    TransformerBlockRegistry,
+)
 from .attention_processor import MultiTalkAttnProcessor, MultiTalkAudioAttention, context_parallel_group
 
 
@@ -168,8 +173,6 @@ class MultiTalkTransformerBlock(WanTransformerBlock):
 
 
 def _register_block_for_cache_hooks():
-    from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
-
     TransformerBlockRegistry.register(
         model_class=MultiTalkTransformerBlock,
         metadata=TransformerBlockMetadata(return_hidden_states_index=0, return_encoder_hidden_states_index=None),

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from ..utils.devices import input_device
 
+
 __all__ = ["CLIP_IMAGE_MEAN", "CLIP_IMAGE_STD", "clip_image_features", "preprocess_clip_frames"]
 
 # Normalisation that Wan applies to the CLIP input (the OpenAI CLIP statistics).

@@ -32,7 +32,8 @@ from typing import Sequence
 
 import torch
 from diffusers.hooks import HookRegistry, apply_group_offloading
-from diffusers.hooks.group_offloading import (
+
+from .._diffusers_compat import (
     _GROUP_OFFLOADING,
     _LAYER_EXECUTION_TRACKER,
     _LAZY_PREFETCH_GROUP_OFFLOADING,
@@ -42,6 +43,7 @@ from diffusers.hooks.group_offloading import (
     ModuleGroup,
     _is_group_offload_enabled,
     _raise_error_if_accelerate_model_or_sequential_hook_present,
+    set_prefetch_next_group,
 )
 
 
@@ -300,7 +302,7 @@ def apply_dit_low_vram(
         # than traced in the first forward by diffusers' LazyPrefetchGroupOffloadingHook, whose removal of its tracer
         # hooks would silently unhook a TeaCache registered above them.
         for before, hook in zip([top_hook, *hooks[:-1]], hooks):
-            before.next_group = hook.group
+            set_prefetch_next_group(before, hook.group)
             hook.group.onload_self = False
     registry.invalidate_child_registries_cache()
 

@@ -1,31 +1,34 @@
-"""How diffusers finds this package's classes in a saved pipeline folder.
+"""The model index (`model_index.json`) of a saved MultiTalk pipeline: the one place it is written and read, and how
+diffusers finds this package's classes from it.
 
 diffusers (0.42) resolves the names in a folder's `model_index.json` like this:
 
-* `_class_name` (the pipeline): `DiffusionPipeline.from_pretrained` looks it up as an attribute of the `diffusers`
-  module, unless `custom_pipeline=` names a code file (then `trust_remote_code=True` is needed, local folders
-  included). `WanMultiTalkPipeline.from_pretrained` uses its own class and never looks.
+* `_class_name`: a name is looked up as an attribute of the `diffusers` module; a pair `["<file>", "<Class>"]` whose
+  `<file>.py` sits at the top of the folder (or Hub repo) is loaded from that file as remote code
+  (`trust_remote_code=True`), without the caller importing anything.
 * a component `[library, class]`: `library` must be one diffusers loads from (diffusers, transformers, ...), a
-  module under `diffusers.pipelines`, a module the caller has already imported (diffusers never imports a module
-  because a repository names it), or a `<component>/<library>.py` file in the folder (remote code). `save_pretrained`
-  records a third-party class under its full module path (`diffusers_multitalk.models.transformer_multitalk`),
-  which resolves through `sys.modules` for local folders, but `DiffusionPipeline.download` rejects such an entry for
-  Hub repositories before downloading anything.
+  module under `diffusers.pipelines`, a module the caller has already imported, or `<component>/<library>.py` in the
+  folder (remote code again).
 
-So `register_with_diffusers()` (run on `import diffusers_multitalk`) adds `diffusers.WanMultiTalkPipeline` and the
-module `diffusers.pipelines.diffusers_multitalk` (this package), and converted folders name the transformer
-`["diffusers_multitalk", "MultiTalkTransformer3DModel"]` (`make_model_index_portable`). With the package imported,
-`DiffusionPipeline.from_pretrained(folder or Hub id)` then resolves everything without remote code. For users without
-the package, `write_remote_code` bundles the pipeline's source into the folder: a top-level `pipeline.py` plus
-`multitalk_*.py` modules, loaded with `custom_pipeline="pipeline", trust_remote_code=True`.
+So a folder saved with `save_pretrained(..., remote_code=True)` (what `convert_original_to_diffusers` writes) names
+the reviewed remote-code files of the repository's top-level `pipelines/` folder, which it ships:
+`_class_name: ["pipeline_wan_multitalk", "WanMultiTalkPipeline"]` with `pipeline_wan_multitalk.py`, and
+`transformer: ["transformer_multitalk", "MultiTalkTransformer3DModel"]` with `transformer/transformer_multitalk.py`.
+Those files only import the installed package, so `DiffusionPipeline.from_pretrained(repo, trust_remote_code=True)`
+works in a process that never imported it. This package's pipeline classes read such an index back as their own
+names (`_dict_from_json_file` below), so `WanMultiTalkPipeline.from_pretrained(repo)` runs no remote code.
+
+A folder saved without remote code names `_class_name: "WanMultiTalkPipeline"` and the transformer
+`["diffusers_multitalk", "MultiTalkTransformer3DModel"]`; `register_with_diffusers` (run when the pipelines package is
+imported) adds `diffusers.WanMultiTalkPipeline` and `diffusers.pipelines.diffusers_multitalk` so that
+`DiffusionPipeline.from_pretrained` resolves both.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import os
-import re
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -33,28 +36,110 @@ from pathlib import Path
 
 __all__ = [
     "LIBRARY_NAME",
-    "REMOTE_CODE_FILE",
+    "REMOTE_CODE_DIR",
+    "MultiTalkModelIndexMixin",
+    "package_model_index",
     "register_with_diffusers",
-    "portable_model_index",
-    "make_model_index_portable",
-    "bundled_modules",
-    "bundled_requirements",
-    "write_remote_code",
+    "remote_code_files",
+    "saved_model_index",
 ]
 
 LIBRARY_NAME = "diffusers_multitalk"
-REMOTE_CODE_FILE = "pipeline.py"
-BUNDLE_PREFIX = "multitalk_"
-# What the remote-code pipeline needs: the pipeline (and, through its imports, the transformer, loaders, audio
-# code, hooks) plus the video export helpers users call on its output.
-_BUNDLE_ROOTS = ("pipelines.pipeline_wan_multitalk", "models.transformer_multitalk", "pipelines.video_io")
-_EXPORTED = (
-    "WanMultiTalkPipeline",
-    "WanMultiTalkPipelineOutput",
-    "MultiTalkTransformer3DModel",
-    "export_to_video",
-    "export_to_video_with_audio",
-)
+# The reviewed remote-code files: `pipelines/` at the top of the source repository (not part of the package).
+REMOTE_CODE_DIR = Path(__file__).resolve().parents[3] / "pipelines"
+# class -> the file stem that defines it in REMOTE_CODE_DIR (pipelines at its top, components in their folder).
+REMOTE_PIPELINES = {"WanMultiTalkPipeline": "pipeline_wan_multitalk"}
+REMOTE_COMPONENTS = {"MultiTalkTransformer3DModel": "transformer_multitalk"}
+
+
+def _is_entry(key: str, value) -> bool:
+    return not key.startswith("_") and isinstance(value, (list, tuple)) and len(value) == 2
+
+
+def remote_code_files(index: dict) -> dict[str, Path]:
+    """The remote-code files a folder with this (package-named) index ships: relative path -> source file. Raises if
+    a class of this package has no reviewed remote code."""
+    files = {}
+    pipeline = index["_class_name"]
+    if pipeline not in REMOTE_PIPELINES:
+        raise ValueError(f"{pipeline} has no reviewed remote code; add {REMOTE_CODE_DIR}/<file>.py for it.")
+    files[f"{REMOTE_PIPELINES[pipeline]}.py"] = REMOTE_CODE_DIR / f"{REMOTE_PIPELINES[pipeline]}.py"
+    for key, value in index.items():
+        if _is_entry(key, value) and value[0] == LIBRARY_NAME:
+            if value[1] not in REMOTE_COMPONENTS:
+                raise ValueError(f"{value[1]} has no reviewed remote code; add {REMOTE_CODE_DIR}/{key}/<file>.py.")
+            stem = REMOTE_COMPONENTS[value[1]]
+            files[f"{key}/{stem}.py"] = REMOTE_CODE_DIR / key / f"{stem}.py"
+    missing = [str(source) for source in files.values() if not source.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"The remote-code files {missing} are missing: they live in the source repository's top-level "
+            "`pipelines/` folder, which an installed wheel does not have. Save with remote_code=False, or from a "
+            "source checkout."
+        )
+    return files
+
+
+def saved_model_index(index: dict, remote_code: bool = False) -> dict:
+    """`model_index.json` contents as they are saved, from diffusers' own (`DiffusionPipeline.to_json_string`).
+
+    This package's components get the library `diffusers_multitalk` instead of their module path, which Hub downloads
+    reject; with `remote_code`, the pipeline and those components name the remote-code files instead."""
+    out = dict(index)
+    for key, value in index.items():
+        if _is_entry(key, value) and str(value[0]).startswith(LIBRARY_NAME + "."):
+            out[key] = [LIBRARY_NAME, value[1]]
+    if remote_code:
+        remote_code_files(out)  # every class has its file
+        out["_class_name"] = [REMOTE_PIPELINES[out["_class_name"]], out["_class_name"]]
+        for key, value in out.items():
+            if _is_entry(key, value) and value[0] == LIBRARY_NAME:
+                out[key] = [REMOTE_COMPONENTS[value[1]], value[1]]
+    return out
+
+
+def package_model_index(index: dict) -> dict:
+    """The inverse of `saved_model_index(..., remote_code=True)`: the remote-code names read as this package's."""
+    out = dict(index)
+    name = index.get("_class_name")
+    if isinstance(name, (list, tuple)) and len(name) == 2 and REMOTE_PIPELINES.get(name[1]) == name[0]:
+        out["_class_name"] = name[1]
+    for key, value in index.items():
+        if _is_entry(key, value) and value[1] in REMOTE_COMPONENTS and REMOTE_COMPONENTS[value[1]] == value[0]:
+            out[key] = [LIBRARY_NAME, value[1]]
+    return out
+
+
+class MultiTalkModelIndexMixin:
+    """Writes and reads this package's pipelines' `model_index.json` (see the module docstring)."""
+
+    _save_remote_code = False
+
+    def to_json_string(self) -> str:
+        """`model_index.json` as `save_pretrained` and `push_to_hub` write it: `saved_model_index` of diffusers' own."""
+        index = saved_model_index(json.loads(super().to_json_string()), remote_code=self._save_remote_code)
+        return json.dumps(index, indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, remote_code: bool = False, **kwargs):
+        """diffusers' `save_pretrained`; `remote_code=True` also ships the reviewed remote-code files and names them in
+        the model index, so that `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` loads it in a
+        process that has not imported diffusers-multitalk (it must be installed)."""
+        if remote_code:
+            index = saved_model_index(json.loads(super().to_json_string()))
+            for relative, source in remote_code_files(index).items():
+                target = Path(save_directory) / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+        self._save_remote_code = remote_code
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            del self._save_remote_code
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file: str | os.PathLike):
+        # Read by `load_config` and `DiffusionPipeline.download`: this class is the code the remote files name.
+        return package_model_index(super()._dict_from_json_file(json_file))
 
 
 def _origin(obj) -> str:
@@ -79,273 +164,13 @@ def _register(owner: types.ModuleType, name: str, value) -> bool:
     return True
 
 
-def register_with_diffusers() -> None:
-    """Lets diffusers resolve this package's names: `diffusers.WanMultiTalkPipeline` (the `_class_name` of saved
-    folders) and `diffusers.pipelines.diffusers_multitalk` (the library of `["diffusers_multitalk",
-    "MultiTalkTransformer3DModel"]` entries). Idempotent; called on `import diffusers_multitalk`. Names that diffusers
-    itself defines are never replaced."""
+def register_with_diffusers(pipeline_classes=()) -> None:
+    """Lets diffusers resolve this package's names in indexes saved without remote code: `diffusers.<Pipeline>` (the
+    `_class_name`) and `diffusers.pipelines.diffusers_multitalk` (the library of `["diffusers_multitalk",
+    "MultiTalkTransformer3DModel"]` entries). Idempotent; names that diffusers itself defines are never replaced."""
     import diffusers
     import diffusers.pipelines
 
-    from .pipelines.pipeline_wan_multitalk import WanMultiTalkPipeline
-
-    _register(diffusers, "WanMultiTalkPipeline", WanMultiTalkPipeline)
+    for cls in pipeline_classes:
+        _register(diffusers, cls.__name__, cls)
     _register(diffusers.pipelines, LIBRARY_NAME, sys.modules[LIBRARY_NAME])
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# model_index.json
-# ----------------------------------------------------------------------------------------------------------------
-def portable_model_index(index: dict) -> dict:
-    """`model_index.json` contents with this package's components named `[LIBRARY_NAME, class]` instead of their
-    full module paths, for every class the package exports at its top level."""
-    import diffusers_multitalk
-
-    out = dict(index)
-    for key, value in index.items():
-        if key.startswith("_") or not isinstance(value, (list, tuple)) or len(value) != 2:
-            continue
-        library, class_name = value
-        ours = isinstance(library, str) and library.startswith(LIBRARY_NAME + ".")
-        if ours and hasattr(diffusers_multitalk, class_name):
-            out[key] = [LIBRARY_NAME, class_name]
-    return out
-
-
-def make_model_index_portable(folder: str | os.PathLike) -> dict:
-    """Rewrites `folder/model_index.json` with `portable_model_index`; returns the new contents."""
-    path = Path(folder) / "model_index.json"
-    with open(path) as f:
-        index = json.load(f)
-    new = portable_model_index(index)
-    if new != index:
-        with open(path, "w") as f:
-            f.write(json.dumps(new, indent=2, sort_keys=True) + "\n")
-    return new
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# remote code
-# ----------------------------------------------------------------------------------------------------------------
-def _package_dir() -> Path:
-    return Path(__file__).resolve().parent
-
-
-def _module_path(parts: tuple[str, ...]) -> Path:
-    base = _package_dir().joinpath(*parts)
-    if base.is_dir():
-        return base / "__init__.py"
-    return base.with_suffix(".py")
-
-
-def _flat_name(parts: tuple[str, ...]) -> str:
-    return BUNDLE_PREFIX + ("_".join(parts) if parts else "package")
-
-
-def _import_target(parts: tuple[str, ...], node: ast.ImportFrom) -> tuple[str, ...] | None:
-    """The package-relative module an import of module `parts` refers to, or None if it is not this package's."""
-    if node.level:
-        is_package = _module_path(parts).name == "__init__.py"
-        package = list(parts if is_package else parts[:-1])
-        if node.level - 1 > len(package):
-            raise ValueError(f"{'.'.join(parts)}: relative import beyond the package")
-        package = package[: len(package) - (node.level - 1)]
-        target = tuple(package + (node.module.split(".") if node.module else []))
-    elif node.module == LIBRARY_NAME or (node.module or "").startswith(LIBRARY_NAME + "."):
-        target = tuple(node.module.split(".")[1:])
-    else:
-        return None
-    if node.module is None or any(_module_path(target + (a.name,)).exists() for a in node.names):
-        raise ValueError(
-            f"{'.'.join(parts)}: `from {'.' * node.level}{node.module or ''} import "
-            f"{', '.join(a.name for a in node.names)}` imports a module; the bundler handles "
-            "`from .module import name`."
-        )
-    return target
-
-
-def _imports(parts: tuple[str, ...]) -> list[tuple[ast.ImportFrom, tuple[str, ...], bool]]:
-    """This package's `from ... import` statements in module `parts`: (node, target module, inside a function)."""
-    tree = ast.parse(_module_path(parts).read_text(encoding="utf-8"))
-    found = []
-
-    def visit(node, in_function):
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.Import) and any(a.name.split(".")[0] == LIBRARY_NAME for a in child.names):
-                raise ValueError(
-                    f"{'.'.join(parts)}: `import {LIBRARY_NAME}...` cannot be bundled; use `from ... import`."
-                )
-            if isinstance(child, ast.ImportFrom):
-                target = _import_target(parts, child)
-                if target is not None:
-                    found.append((child, target, in_function))
-            visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
-
-    visit(tree, False)
-    return found
-
-
-def bundled_modules() -> list[tuple[str, ...]]:
-    """The package modules the remote-code pipeline needs (every import, function-level ones too), in a stable
-    order."""
-    todo = [tuple(name.split(".")) for name in _BUNDLE_ROOTS]
-    seen: list[tuple[str, ...]] = []
-    while todo:
-        parts = todo.pop(0)
-        if parts in seen:
-            continue
-        if not _module_path(parts).exists():
-            raise FileNotFoundError(f"{LIBRARY_NAME}.{'.'.join(parts)} has no source file to bundle")
-        seen.append(parts)
-        todo.extend(target for _, target, _ in _imports(parts) if target not in seen)
-    _check_acyclic(seen)
-    return sorted(seen)
-
-
-def _check_acyclic(modules: list[tuple[str, ...]]) -> None:
-    """diffusers fetches a Hub repo's remote code by following `from .x import` lines recursively and does not stop
-    at files it already has (0.42), so the module-level imports of the bundle must not form a cycle (imports inside
-    functions are bundled in a form it does not follow)."""
-    graph = {parts: {t for _, t, lazy in _imports(parts) if not lazy} for parts in modules}
-    state: dict[tuple[str, ...], int] = {}
-
-    def visit(parts, path):
-        if state.get(parts) == 2:
-            return
-        if state.get(parts) == 1:
-            cycle = path[path.index(parts):] + [parts]
-            raise ValueError("Module-level import cycle: " + " -> ".join(".".join(p) for p in cycle))
-        state[parts] = 1
-        for target in sorted(graph.get(parts, ())):
-            visit(target, path + [parts])
-        state[parts] = 2
-
-    for parts in sorted(graph):
-        visit(parts, [])
-
-
-_PIP_NAMES = {"PIL": "pillow", "imageio_ffmpeg": "imageio-ffmpeg", "yaml": "pyyaml", "cv2": "opencv-python"}
-
-
-def bundled_requirements() -> list[str]:
-    """The third-party distributions the bundled modules import (function-level imports included)."""
-    names = set()
-    for parts in bundled_modules():
-        for node in ast.walk(ast.parse(_module_path(parts).read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                names.update(a.name.split(".")[0] for a in node.names)
-            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
-                names.add(node.module.split(".")[0])
-    names -= set(sys.stdlib_module_names) | {LIBRARY_NAME, "__future__"}
-    return sorted(_PIP_NAMES.get(n, n) for n in names)
-
-
-_FROM_HEAD = re.compile(r"from\s+[\w.]+\s+import")
-
-
-def _flattened_source(parts: tuple[str, ...]) -> str:
-    """The module's source with each import of this package made flat and relative, the form diffusers' remote-code
-    loader copies and resolves: module-level ones become `from .multitalk_<module> import ...`; those inside
-    functions (often there to break an import cycle) import the module through importlib at call time, which
-    diffusers' Hub fetcher does not follow (it would loop on a cycle), since `pipeline.py` names every module
-    anyway."""
-    lines = _module_path(parts).read_text(encoding="utf-8").splitlines(keepends=True)
-    # Bottom-up, so that replacing a multi-line statement does not shift the ones still to do.
-    for node, target, lazy in sorted(_imports(parts), key=lambda item: -item[0].lineno):
-        first, last = node.lineno - 1, node.end_lineno - 1
-        line = lines[first]
-        if lazy:
-            indent = line[: node.col_offset]
-            if line[: node.col_offset].strip() or lines[last][node.end_col_offset :].strip():
-                raise ValueError(f"{'.'.join(parts)}:{node.lineno}: cannot rewrite an import sharing its line")
-            module = "_bundled_module"
-            names = "; ".join(f"{a.asname or a.name} = {module}.{a.name}" for a in node.names)
-            lines[first : last + 1] = [
-                f'{indent}{module} = __import__("importlib").import_module(".{_flat_name(target)}", __package__); '
-                f"{names}\n"
-            ]
-            continue
-        head = _FROM_HEAD.match(line, node.col_offset)
-        if head is None:
-            raise ValueError(f"{'.'.join(parts)}:{node.lineno}: cannot rewrite {line.strip()!r}")
-        lines[first] = line[: head.start()] + f"from .{_flat_name(target)} import" + line[head.end() :]
-    return "".join(lines)
-
-
-_PIPELINE_TEMPLATE = '''"""WanMultiTalkPipeline as remote code, for users who have not installed diffusers-multitalk.
-
-    pipe = DiffusionPipeline.from_pretrained(<this folder or Hub repo>, custom_pipeline="pipeline",
-                                             trust_remote_code=True)
-
-Generated by diffusers-multitalk {version}. If the `diffusers_multitalk` package can be imported, its code is used
-(as `DiffusionPipeline.from_pretrained` without remote code would); otherwise the copy of it bundled next to this file
-(`{prefix}*.py`, diffusers-multitalk {version}, imports flattened for diffusers' loader).
-"""
-
-import importlib
-import sys
-
-import diffusers.pipelines
-
-
-try:
-    _package = importlib.import_module("{library}")
-except ImportError:
-    _package = None
-
-if _package is not None:
-    WanMultiTalkPipeline = _package.WanMultiTalkPipeline
-    MultiTalkTransformer3DModel = _package.MultiTalkTransformer3DModel
-else:
-    # diffusers copies only the modules a local custom pipeline imports directly, so each one is named here.
-{module_imports}
-{exports}
-
-    # model_index.json names the transformer ["{library}", "MultiTalkTransformer3DModel"]: diffusers looks
-    # that library up under diffusers.pipelines, where the installed package would register itself.
-    setattr(diffusers.pipelines, "{library}", sys.modules[__name__])
-'''
-
-
-def write_remote_code(folder: str | os.PathLike) -> list[str]:
-    """Writes the remote-code pipeline into `folder`: `pipeline.py` and one flat `multitalk_*.py` per bundled
-    package module. Returns the file names written."""
-    from . import __version__
-
-    folder = Path(folder)
-    modules = bundled_modules()
-    written = []
-    for parts in modules:
-        name = _flat_name(parts) + ".py"
-        header = (
-            f"# Bundled by diffusers-multitalk {__version__} from {LIBRARY_NAME}/{'/'.join(parts)}"
-            f"{'/__init__' if _module_path(parts).name == '__init__.py' else ''}.py; imports of the package are "
-            f"flattened to `from .{BUNDLE_PREFIX}<module> import`.\n"
-        )
-        (folder / name).write_text(header + _flattened_source(parts), encoding="utf-8")
-        written.append(name)
-
-    def module_of(symbol: str) -> str:
-        for parts in modules:
-            if re.search(rf"^(class|def) {symbol}\b", _module_path(parts).read_text(encoding="utf-8"), re.M):
-                return _flat_name(parts)
-        raise ValueError(f"{symbol} is not defined in a bundled module")
-
-    exported = {symbol: module_of(symbol) for symbol in _EXPORTED}
-    module_imports = "\n".join(
-        f"    from .{_flat_name(parts)} import __name__ as _{_flat_name(parts)}  # noqa: F401"
-        for parts in modules
-        if _flat_name(parts) not in exported.values()
-    )
-    exports = "\n".join(f"    from .{module} import {symbol}  # noqa: F401" for symbol, module in exported.items())
-    (folder / REMOTE_CODE_FILE).write_text(
-        _PIPELINE_TEMPLATE.format(
-            version=__version__,
-            prefix=BUNDLE_PREFIX,
-            library=LIBRARY_NAME,
-            module_imports=module_imports,
-            exports=exports,
-        ),
-        encoding="utf-8",
-    )
-    return [REMOTE_CODE_FILE, *written]

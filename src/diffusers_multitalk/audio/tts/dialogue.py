@@ -13,6 +13,7 @@ from ..processing import (
     TARGET_SAMPLE_RATE,
 )
 
+
 logger = logging.getLogger(__name__)
 
 

@@ -31,6 +31,7 @@ from .kokoro import (
     _spacy_model_installed,
 )
 
+
 logger = logging.getLogger(__name__)
 
 

@@ -22,6 +22,7 @@ from .kokoro import (
     _looks_like_path,
 )
 
+
 logger = logging.getLogger(__name__)
 
 

@@ -12,6 +12,7 @@ from .dialogue import TTSResult
 from .kokoro import KOKORO_VOICES_DIR, _looks_like_path
 from .synthesis import _synthesize
 
+
 logger = logging.getLogger(__name__)
 
 

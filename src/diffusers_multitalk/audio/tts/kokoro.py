@@ -14,6 +14,7 @@ import numpy as np
 
 from .dialogue import TTSEngineUnavailableError
 
+
 logger = logging.getLogger(__name__)
 
 
@@ -150,7 +151,7 @@ class KokoroEngine:
         import json
 
         try:
-            with open(self.repo_dir / KOKORO_CONFIG_NAME, "r", encoding="utf-8") as handle:
+            with open(self.repo_dir / KOKORO_CONFIG_NAME, encoding="utf-8") as handle:
                 return 2 * int(json.load(handle)["style_dim"])
         except Exception:
             return 256
@@ -158,7 +159,6 @@ class KokoroEngine:
     def _load(self) -> None:
         try:
             import torch
-
             from kokoro import KModel, KPipeline
         except ImportError as exc:
             raise TTSEngineUnavailableError(

@@ -19,6 +19,7 @@ from ..processing import (
 from .dialogue import TTSResult, parse_dialogue
 from .engines import _resolve_engine
 
+
 logger = logging.getLogger(__name__)
 
 
