@@ -240,6 +240,8 @@ def main():
         )
     text = header + "\n\n" + "\n".join(lines) + "\n"
     if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "bench_fp8.json").write_text(json.dumps(result, indent=1))
         (Path(args.out) / "bench_fp8.md").write_text(text)
     print(text)
 
