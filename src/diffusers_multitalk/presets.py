@@ -3,7 +3,9 @@ plus the execution set-up that goes with them (quantisation, attention kernel, V
 
 The "fast" preset is MultiTalk's FusionX / lightx2v few-step setting: 8 steps, text guidance 1 (so two DiT passes
 per step: conditional and audio-dropped), audio guidance 2, shift 2. Its execution set-up is the fastest one whose
-deviation from bf16 was measured to stay within that of MultiTalk's own int8 weights (docs/performance.md).
+deviation from bf16 was measured to stay within that of MultiTalk's own int8 weights (docs/performance.md): on the
+H200 that is the bf16 DiT, compiled, with the VAE in bf16 (FP8 linears were 17% faster per forward but deviated about
+twice as much as int8; SageAttention 1 was slower than cuDNN). `quant="fp8"` opts in to FP8 anyway.
 
     from diffusers_multitalk.presets import apply_preset
     call_kwargs = apply_preset(pipe, "fast")        # sets up pipe.transformer / pipe.vae, returns pipe(...) kwargs
