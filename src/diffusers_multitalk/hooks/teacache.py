@@ -26,6 +26,9 @@ TEACACHE_COEFFICIENTS = {
     "multitalk-480": (2.57151496e05, -3.54229917e04, 1.40286849e03, -1.35890334e01, 1.32517977e-01),
     "multitalk-720": (8.10705460e03, 2.13393892e03, -3.72934672e02, 1.66203073e01, -4.17769401e-02),
 }
+# InfiniteTalk (same DiT) keys its sizes by its own names with MultiTalk's values.
+TEACACHE_COEFFICIENTS["infinitetalk-480"] = TEACACHE_COEFFICIENTS["multitalk-480"]
+TEACACHE_COEFFICIENTS["infinitetalk-720"] = TEACACHE_COEFFICIENTS["multitalk-720"]
 RETENTION_STEPS = 5
 
 
@@ -36,7 +39,7 @@ class TeaCacheConfig:
         threshold (`float`, defaults to 0.2): accumulated rescaled change below which the blocks are skipped
             (MultiTalk's `--teacache_thresh`; higher is faster and less faithful).
         resolution (`str`, defaults to "multitalk-480"): picks the fitted coefficients ("multitalk-480" or
-            "multitalk-720").
+            "multitalk-720"; InfiniteTalk's "infinitetalk-480"/"infinitetalk-720" are the same).
         coefficients (`tuple`, *optional*): explicit polynomial coefficients, highest power first.
         retention_steps (`int`, defaults to 5): first steps of every chunk that always run the blocks.
     """

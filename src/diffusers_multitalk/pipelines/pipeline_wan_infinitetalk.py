@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
+import os
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -12,13 +13,10 @@ import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import logging
 
-from ..audio.encoder import audio_windows, mirror_pad_embedding
 from ..audio.processing import TARGET_SAMPLE_RATE
 from ..audio.tts import synthesize_dialogue
-from .color_correction import match_color_lab
-from .guidance import APGState, combine_guidance, combine_guidance_two_pass
+from .chunk_loop import ChunkConditioning, ChunkLoopSettings, run_chunk_loop
 from .image_processing import closest_bucket, resize_and_center_crop, resolution_buckets
-from .sampling import add_noise_flow, set_multitalk_timesteps
 from .pipeline_wan_multitalk import FPS, WanMultiTalkPipeline, WanMultiTalkPipelineOutput, _audio_entries
 from .video_input import SourceVideo, open_source_video
 
@@ -50,26 +48,15 @@ def bucket_resolution(resolution: str | int) -> str | int:
     return INFINITETALK_RESOLUTIONS.get(str(resolution).strip().lower(), resolution)
 
 
-def plan_infinitetalk_video(num_audio_frames, num_frames, motion_frames, max_frames=None, mode=None):
-    """`(chunk_frames, num_chunks, frames_kept)` for audio of `num_audio_frames` video frames.
+@dataclass
+class InfiniteTalkSource:
+    """What InfiniteTalk's chunks are conditioned on: the source video (or still image), the output size and the
+    first frame prepared (`[1, 3, 1, H, W]` in [-1, 1])."""
 
-    Streaming follows the reference's loop: chunks advance by `num_frames - motion_frames` until one reaches the
-    audio's end (or `max_frames`); at least two chunks are rendered once the audio outlasts one. "clip" is one
-    chunk of `num_frames`. Audio (or a cap) that fits in one chunk gives one chunk of the shortest 4n+1 length (at
-    least 5) covering it, where the reference refuses such audio. The output keeps `min(audio, max_frames)` frames
-    (a clip: at most `num_frames`).
-    """
-    limit = num_audio_frames if max_frames is None else min(max_frames, num_audio_frames)
-    if mode == "clip" and limit > num_frames:
-        return num_frames, 1, num_frames
-    if limit <= num_frames:
-        return max(5, 4 * math.ceil((limit - 1) / 4) + 1), 1, limit
-    chunks, end = 1, num_frames
-    while True:
-        chunks += 1
-        end += num_frames - motion_frames
-        if end >= limit:
-            return num_frames, chunks, limit
+    video: SourceVideo
+    height: int
+    width: int
+    first_frame: torch.Tensor
 
 
 class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
@@ -143,13 +130,17 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
     # ------------------------------------------------------------------------------------------------------------
     # Inputs
     # ------------------------------------------------------------------------------------------------------------
-    def open_source(self, image, video, video_fps) -> SourceVideo:
-        """The condition source: the video to dub, or the still image (a one-frame source, held every chunk)."""
+    @staticmethod
+    def check_source_arguments(image, video) -> None:
         if (image is None) == (video is None):
             raise ValueError(
                 "Give `video` (the video to dub: a path, an array [frames, H, W, 3] or a list of images) or `image` "
                 "(a still image to animate), exactly one of them."
             )
+
+    def open_source(self, image, video, video_fps) -> SourceVideo:
+        """The condition source: the video to dub, or the still image (a one-frame source, held every chunk)."""
+        self.check_source_arguments(image, video)
         if video is not None:
             return open_source_video(video, fps=video_fps)
         source = open_source_video([image], fps=FPS)
@@ -227,6 +218,7 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
         dialogue_voices: Sequence[Any] | None = None,
         tts_engine: str | Any | None = None,
         normalize_loudness: bool = True,
+        output_path: str | os.PathLike | None = None,
     ):
         r"""
         Dubs `video` with new audio (video-to-video), or animates `image` (image-to-video).
@@ -248,19 +240,23 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
                 video too: pass `bbox` when they stand elsewhere.
             resolution: "infinitetalk-480" or "infinitetalk-720" (MultiTalk's bucket tables; "multitalk-*" too).
             height / width / allow_upscale: as for [`WanMultiTalkPipeline`].
-            mode: None (the default: the whole audio, one clip when it fits in `num_frames`, else streaming),
-                "streaming" (chunks overlapping by `motion_frames` until the audio ends) or "clip" (one chunk of
-                `num_frames`). Audio shorter than a chunk gives one chunk of the shortest 4n+1 length covering it.
+            mode: None or "auto" (the default: the whole audio, one clip when it fits in `num_frames`, else
+                streaming), "streaming" (chunks overlapping by `motion_frames` until the audio ends) or "clip" (one
+                chunk of `num_frames`; longer audio is cut, with a warning). Audio shorter than a chunk gives one chunk
+                of the shortest 4n+1 length covering it (the reference refuses such audio).
             num_frames: frames per chunk, 4n+1 (81).
             motion_frames: generated frames each later chunk continues from (InfiniteTalk's `--motion_frame`, 9).
             max_frames: a cap on the video's length in frames (None: no cap; the reference's `--max_frame_num`,
-                1000 by default there).
+                1000 by default there); a warning says how much audio it cuts.
             num_inference_steps, shift, text_guidance_scale, audio_guidance_scale, use_apg, apg_momentum,
             apg_norm_threshold: as for [`WanMultiTalkPipeline`] (shift 7 at 480P, 11 at 720P).
             color_correction_strength: LAB colour matching of every chunk to the source's first frame (0 disables).
             generator, latents, prompt_embeds, negative_prompt_embeds, max_sequence_length, output_type,
             return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, attention_kwargs, dialogue,
             dialogue_voices, tts_engine, normalize_loudness: as for [`WanMultiTalkPipeline`].
+            output_path: write the dubbed video with the new audio (the source's own sound is not carried over) to
+                this mp4 as each chunk is decoded, so memory stays flat however long the video is; `frames` is then
+                None and `video_path` names the file.
 
         Returns:
             [`WanMultiTalkPipelineOutput`]: the frames (as long as the audio, or `max_frames`) and the mixed audio.
@@ -270,198 +266,102 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
-        if mode not in (None, "clip", "streaming"):
-            raise ValueError(f"`mode` must be None (the whole audio), 'clip' or 'streaming', got {mode!r}.")
-        if max_frames is not None and max_frames < 1:
-            raise ValueError(f"`max_frames` must be None (no cap) or a positive frame count, got {max_frames}.")
+        self.check_source_arguments(image, video)
         self.check_inputs(
             image if image is not None else video, audio, prompt, negative_prompt, prompt_embeds,
-            negative_prompt_embeds, audio_type, bbox, height, width, "clip" if mode == "clip" else "streaming",
-            num_frames, motion_frames, max(num_frames, max_frames or num_frames), num_inference_steps, output_type,
-            callback_on_step_end_tensor_inputs, dialogue, dialogue_voices,
+            negative_prompt_embeds, audio_type, bbox, height, width, mode, num_frames, motion_frames, max_frames,
+            num_inference_steps, output_type, callback_on_step_end_tensor_inputs, dialogue, dialogue_voices,
+            text_guidance_scale, audio_guidance_scale, output_path,
         )
-        source = self.open_source(image, video, video_fps)
+        video_source = self.open_source(image, video, video_fps)
         try:
-            return self._generate(
-                source, video is not None, audio, prompt, negative_prompt, audio_type, bbox, face_scale, resolution,
-                height, width, allow_upscale, mode, num_frames, motion_frames, max_frames, num_inference_steps,
-                shift, text_guidance_scale, audio_guidance_scale, use_apg, apg_momentum, apg_norm_threshold,
-                color_correction_strength, generator, latents, prompt_embeds, negative_prompt_embeds,
-                max_sequence_length, output_type, return_dict, callback_on_step_end,
-                callback_on_step_end_tensor_inputs, attention_kwargs, dialogue, dialogue_voices, tts_engine,
-                normalize_loudness,
+            if dialogue is not None:
+                # The script's turns are laid out on the tracks already: mix them as they are ("para").
+                tracks, _ = synthesize_dialogue(dialogue, voices=dialogue_voices, engine=tts_engine)
+                audio, audio_type = [(track, TARGET_SAMPLE_RATE) for track in tracks], "para"
+                normalize_loudness = False
+            shift = DEFAULT_SHIFT.get(str(resolution), 7.0) if shift is None else shift
+            self._interrupt = False
+            self._current_timestep = None
+            device = self._execution_device
+            transformer_dtype = self.transformer.dtype
+
+            # 1. Source, persons and audio (cheap checks first, then the audio encoder)
+            height, width = self.check_source_size(video_source, video is not None, resolution, height, width, allow_upscale)
+            first_frame = self.prepare_source_frame(video_source.first_frame, height, width)
+            source = InfiniteTalkSource(video_source, height, width, first_frame)
+            color_reference = first_frame.clone() if color_correction_strength > 0 else None
+            num_persons = len(_audio_entries(audio))
+            if video is not None and num_persons > 1 and bbox is None:
+                logger.warning(
+                    f"{num_persons} persons on a video without `bbox`: each is taken to stand in an equal vertical "
+                    "strip of the first frame (the reference's default); pass `bbox` (one [top, left, bottom, right] "
+                    "box per person, in the first frame's pixels) when they stand elsewhere."
+                )
+            lat_h, lat_w = height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial
+            person_masks = self.prepare_person_masks(
+                num_persons, bbox, face_scale, video_source.size, (height, width), (lat_h, lat_w)
+            )
+            if person_masks is not None:
+                person_masks = person_masks.to(device)
+            embeddings, mixed_audio = self.prepare_audio_inputs(
+                audio, audio_type, device, normalize_loudness=normalize_loudness
+            )
+            num_audio_frames = min(len(e) for e in embeddings)
+            plan = self.plan_video(num_audio_frames, num_frames, motion_frames, max_frames, mode)
+
+            # 2. Text
+            three_pass = not math.isclose(text_guidance_scale, 1.0)
+            prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+                prompt, negative_prompt, three_pass, prompt_embeds, negative_prompt_embeds, max_sequence_length,
+                device, transformer_dtype,
+            )
+            prompt_embeds = prompt_embeds.to(device=device, dtype=transformer_dtype)
+            if three_pass:
+                negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=transformer_dtype)
+
+            # 3. Chunks: MultiTalk's loop with InfiniteTalk's conditioning (the methods below)
+            settings = ChunkLoopSettings(
+                num_inference_steps=num_inference_steps, shift=shift, text_guidance_scale=text_guidance_scale,
+                audio_guidance_scale=audio_guidance_scale, use_apg=use_apg, apg_momentum=apg_momentum,
+                apg_norm_threshold=apg_norm_threshold, color_correction_strength=color_correction_strength,
+                output_type=output_type, callback_on_step_end=callback_on_step_end,
+                callback_on_step_end_tensor_inputs=tuple(callback_on_step_end_tensor_inputs),
+                attention_kwargs=attention_kwargs, fps=FPS,
+            )  # fmt: skip
+            frames, audio_out, video_path = run_chunk_loop(
+                self, source, embeddings, plan, motion_frames, (lat_h, lat_w), prompt_embeds,
+                negative_prompt_embeds, person_masks, color_reference, mixed_audio, settings, generator=generator,
+                latents=latents, output_path=output_path,
             )
         finally:
-            source.close()
-
-    def _generate(
-        self, source, is_video, audio, prompt, negative_prompt, audio_type, bbox, face_scale, resolution, height,
-        width, allow_upscale, mode, num_frames, motion_frames, max_frames, num_inference_steps, shift,
-        text_guidance_scale, audio_guidance_scale, use_apg, apg_momentum, apg_norm_threshold,
-        color_correction_strength, generator, latents, prompt_embeds, negative_prompt_embeds, max_sequence_length,
-        output_type, return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, attention_kwargs,
-        dialogue, dialogue_voices, tts_engine, normalize_loudness,
-    ):
-        if dialogue is not None:
-            tracks, _ = synthesize_dialogue(dialogue, voices=dialogue_voices, engine=tts_engine)
-            audio, audio_type = [(track, TARGET_SAMPLE_RATE) for track in tracks], "para"
-            normalize_loudness = False
-        shift = DEFAULT_SHIFT.get(str(resolution), 7.0) if shift is None else shift
-        self._interrupt = False
-        self._current_timestep = None
-        device = self._execution_device
-        transformer_dtype = self.transformer.dtype
-
-        # 1. Source, persons and audio (cheap checks first, then the audio encoder)
-        height, width = self.check_source_size(source, is_video, resolution, height, width, allow_upscale)
-        cond_image = self.prepare_source_frame(source.first_frame, height, width)
-        color_reference = cond_image.clone() if color_correction_strength > 0 else None
-        num_persons = len(_audio_entries(audio)) if dialogue is None else len(audio)
-        if is_video and num_persons > 1 and bbox is None:
-            logger.warning(
-                f"{num_persons} persons on a video without `bbox`: each is taken to stand in an equal vertical strip "
-                "of the first frame (the reference's default); pass `bbox` (one [top, left, bottom, right] box per "
-                "person, in the first frame's pixels) when they stand elsewhere."
-            )
-        lat_h, lat_w = height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial
-        person_masks = self.prepare_person_masks(num_persons, bbox, face_scale, source.size, (height, width), (lat_h, lat_w))
-        if person_masks is not None:
-            person_masks = person_masks.to(device)
-        embeddings, mixed_audio = self.prepare_audio_inputs(
-            audio, audio_type, device, normalize_loudness=normalize_loudness
-        )
-        num_audio_frames = min(len(e) for e in embeddings)
-        num_frames, num_chunks, frames_to_keep = plan_infinitetalk_video(
-            num_audio_frames, num_frames, motion_frames, max_frames, mode
-        )
-        lat_t = (num_frames - 1) // self.vae_scale_factor_temporal + 1
-        if num_chunks == 1:  # a chunk past the audio's end is driven by its mirrored tail, as streaming's last one
-            embeddings = [mirror_pad_embedding(e, num_frames) for e in embeddings]
-
-        # 2. Text
-        three_pass = not math.isclose(text_guidance_scale, 1.0)
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt, negative_prompt, three_pass, prompt_embeds, negative_prompt_embeds, max_sequence_length,
-            device, transformer_dtype,
-        )
-        prompt_embeds = prompt_embeds.to(device=device, dtype=transformer_dtype)
-        if three_pass:
-            negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=transformer_dtype)
-
-        # 3. Chunks
-        videos, chunk_latents = [], []
-        frames_done = 0
-        audio_start = 0
-        previous_video = None
-        self._num_timesteps = num_inference_steps
-        with self.progress_bar(total=num_chunks * num_inference_steps) as progress_bar:
-            for chunk in range(num_chunks):
-                is_first = chunk == 0
-                audio_embeds = torch.stack(
-                    [audio_windows(e, num_frames, start=audio_start) for e in embeddings]
-                )[None].to(device=device, dtype=transformer_dtype)
-                silent_audio = torch.zeros_like(audio_embeds[:, -1:])
-                noise = self.prepare_latents(
-                    (1, 16, lat_t, lat_h, lat_w), generator, device, latents if is_first else None
-                )
-                if not is_first:
-                    cond_image = self.prepare_source_frame(source.frame_at(audio_start / FPS), height, width)
-                image_embeds = self.encode_image(cond_image, device).to(transformer_dtype)
-                condition, _ = self.prepare_condition(cond_image, num_frames, 1, device)
-                condition = condition.to(transformer_dtype)
-                num_motion = 1 if is_first else motion_frames
-                motion_pixels = cond_image if is_first else previous_video[:, :, -motion_frames:]
-                motion_latents = self.encode_motion_frames(motion_pixels, device)
-                num_motion_latents = motion_latents.shape[2]
-
-                self.transformer._reset_stateful_cache()
-                timesteps = set_multitalk_timesteps(self.scheduler, num_inference_steps, shift, device=device)
-                sigmas = self.scheduler.sigmas
-                latent = noise
-                if not is_first:
-                    latent[:, :, :num_motion_latents] = add_noise_flow(
-                        motion_latents, torch.randn(motion_latents.shape, generator=generator, device=device), sigmas[0]
-                    )
-                apg = APGState(apg_momentum, apg_norm_threshold) if use_apg else None
-
-                for i, t in enumerate(timesteps):
-                    if self.interrupt:
-                        continue
-                    self._current_timestep = t
-                    latent[:, :, :num_motion_latents] = motion_latents
-                    model_input = torch.cat([latent.to(transformer_dtype), condition], dim=1)
-                    timestep = t.expand(1)
-
-                    def run(branch, text, audio_input):
-                        with self.transformer.cache_context(
-                            branch, step_index=i, num_inference_steps=num_inference_steps, timestep=t,
-                            sigma=float(sigmas[i]),
-                        ):
-                            return self.transformer(
-                                model_input, timestep, text, image_embeds, audio_input,
-                                ref_target_masks=person_masks, return_dict=False, attention_kwargs=attention_kwargs,
-                            )[0].float()
-
-                    noise_cond = run("cond", prompt_embeds, audio_embeds)
-                    if three_pass:
-                        noise_drop_text = run("drop_text", negative_prompt_embeds, audio_embeds)
-                        noise_uncond = run("uncond", negative_prompt_embeds, silent_audio)
-                        noise_pred = combine_guidance(
-                            noise_cond, noise_drop_text, noise_uncond, text_guidance_scale, audio_guidance_scale, apg
-                        )
-                    else:
-                        noise_drop_audio = run("drop_audio", prompt_embeds, silent_audio)
-                        noise_pred = combine_guidance_two_pass(noise_cond, noise_drop_audio, audio_guidance_scale, apg)
-
-                    latent = self.scheduler.step(noise_pred, t, latent, return_dict=False)[0]
-                    if not is_first:
-                        # Drawn (and then overwritten) as the reference does, which keeps its noise order.
-                        latent[:, :, :num_motion_latents] = add_noise_flow(
-                            motion_latents,
-                            torch.randn(motion_latents.shape, generator=generator, device=device),
-                            sigmas[i + 1],
-                        )
-                    latent[:, :, :num_motion_latents] = motion_latents
-
-                    if callback_on_step_end is not None:
-                        available = {"latents": latent, "noise_pred": noise_pred}
-                        callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
-                        callback_outputs = callback_on_step_end(self, chunk * num_inference_steps + i, t, callback_kwargs)
-                        latent = callback_outputs.pop("latents", latent)
-                    progress_bar.update()
-
-                if output_type == "latent":
-                    chunk_latents.append(latent)
-                    if num_chunks == 1:
-                        break
-                video = self.decode_latents(latent)
-                if color_reference is not None:
-                    video = match_color_lab(video, color_reference, color_correction_strength)
-                new_frames = video if is_first else video[:, :, num_motion:]
-                new_frames = new_frames[:, :, : frames_to_keep - frames_done]
-                frames_done += new_frames.shape[2]
-                if output_type != "latent":
-                    videos.append(new_frames)
-                if chunk == num_chunks - 1 or self.interrupt:
-                    break
-                previous_video = video
-                audio_start += num_frames - motion_frames
-                audio_end = audio_start + num_frames
-                if audio_end >= frames_to_keep:
-                    embeddings = [mirror_pad_embedding(e, audio_end) for e in embeddings]
-
-        self._current_timestep = None
-        self.transformer._reset_stateful_cache()
-        self.maybe_free_model_hooks()
-
-        audio_out = None
-        if mixed_audio is not None:
-            length = int(round(frames_done / FPS * TARGET_SAMPLE_RATE))
-            audio_out = np.pad(mixed_audio, (0, max(0, length - len(mixed_audio))))[:length].astype(np.float32)
-        if output_type == "latent":
-            frames = chunk_latents
-        else:
-            frames = self.video_processor.postprocess_video(torch.cat(videos, dim=2), output_type=output_type)
+            video_source.close()
         if not return_dict:
             return (frames, audio_out)
-        return WanMultiTalkPipelineOutput(frames=frames, audio=audio_out)
+        return WanMultiTalkPipelineOutput(frames=frames, audio=audio_out, video_path=video_path)
+
+    def prepare_chunk_conditioning(
+        self, source: InfiniteTalkSource, chunk_index, audio_start, previous_video, num_frames, motion_frames, device
+    ) -> ChunkConditioning:
+        """InfiniteTalk's rule for a chunk: the source frame on screen at the chunk's start time (the image, for
+        image-to-video) is the condition image: CLIP sees it and it alone is marked known in the VAE condition. The
+        motion latents are the clean latents of that frame (first chunk) or of the last `motion_frames` generated
+        frames (later chunks)."""
+        if chunk_index == 0:
+            cond_image = source.first_frame
+        else:
+            frame = source.video.frame_at(audio_start / FPS)
+            cond_image = self.prepare_source_frame(frame, source.height, source.width)
+        image_embeds = self.encode_image(cond_image, device)
+        condition, _ = self.prepare_condition(cond_image, num_frames, 1, device)
+        if chunk_index == 0:
+            motion_pixels, num_motion = cond_image, 1
+        else:
+            motion_pixels, num_motion = previous_video[:, :, -motion_frames:], motion_frames
+        return ChunkConditioning(image_embeds, condition, self.encode_motion_frames(motion_pixels, device), num_motion)
+
+    def pin_motion_latents(self, latents: torch.Tensor, motion_latents: torch.Tensor) -> torch.Tensor:
+        """InfiniteTalk keeps the chunk's leading latents at the clean motion latents before every forward pass and
+        after every step (over the re-noised ones, whose noise is still drawn: the reference's noise order)."""
+        latents[:, :, : motion_latents.shape[2]] = motion_latents
+        return latents

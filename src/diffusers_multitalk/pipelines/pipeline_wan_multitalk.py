@@ -18,7 +18,6 @@ from diffusers.loaders import WanLoraLoaderMixin
 from diffusers.utils import BaseOutput, logging
 from diffusers.video_processor import VideoProcessor
 from transformers import (
-    CLIPImageProcessor,
     CLIPVisionModel,
     PreTrainedTokenizerBase,
     UMT5EncoderModel,
@@ -26,19 +25,16 @@ from transformers import (
     Wav2Vec2Model,
 )
 
-from ..audio.encoder import audio_windows, encode_speech, mirror_pad_embedding
+from ..audio.encoder import encode_speech
 from ..audio.processing import TARGET_SAMPLE_RATE, combine_speakers, prepare_audio
 from ..audio.tts import parse_dialogue, synthesize_dialogue
 from ..utils.devices import input_device
 from ..models.transformer_multitalk import MultiTalkTransformer3DModel
-from .video_io import VideoWriter
+from .chunk_loop import ChunkConditioning, ChunkLoopSettings, run_chunk_loop
 from .clip_features import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD, clip_image_features, preprocess_clip_frames
-from .color_correction import match_color_lab
-from .guidance import APGState, combine_guidance, combine_guidance_two_pass
 from .model_index import MultiTalkModelIndexMixin
 from .image_processing import closest_bucket, load_image_any, resize_and_center_crop, resolution_buckets
 from .person_masks import default_person_masks, latent_person_masks, person_masks_from_bboxes
-from .sampling import add_noise_flow, set_multitalk_timesteps
 
 
 logger = logging.get_logger(__name__)
@@ -141,7 +137,7 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
         scheduler: FlowMatchEulerDiscreteScheduler,
         audio_encoder: Wav2Vec2Model,
         audio_feature_extractor: Wav2Vec2FeatureExtractor,
-        image_processor: CLIPImageProcessor | None = None,
+        image_processor: "CLIPImageProcessor | None" = None,  # noqa: F821 - any CLIP image processor class
     ):
         super().__init__()
         self.register_modules(
@@ -284,7 +280,7 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
         )
         image_processor = None
         if (root / "image_processor").is_dir():
-            image_processor = CLIPImageProcessor.from_pretrained(root, subfolder="image_processor")
+            image_processor = clip_image_processor_class().from_pretrained(root, subfolder="image_processor")
         return cls(
             tokenizer=AutoTokenizer.from_pretrained(root / "tokenizer"),
             text_encoder=UMT5EncoderModel.from_pretrained(root, subfolder="text_encoder", torch_dtype=torch_dtype).eval(),
@@ -378,11 +374,8 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
             )
         if num_frames < 5 or (num_frames - 1) % 4:
             raise ValueError(f"`num_frames` must be 4n+1 and at least 5 (e.g. 81), got {num_frames}.")
-        if mode != "clip":
-            if motion_frames < 1 or (motion_frames - 1) % 4 or motion_frames >= num_frames:
-                raise ValueError(
-                    f"`motion_frames` must be 4n+1 and smaller than num_frames ({num_frames}), got {motion_frames}."
-                )
+        if mode == "streaming":  # the default mode checks it in plan_video, once it knows the audio's length
+            _check_motion_frames(motion_frames, num_frames)
         if max_frames is not None and max_frames < 5:
             raise ValueError(f"`max_frames` must be None (no cap) or at least 5 frames, got {max_frames}.")
         for name, scale in (("text_guidance_scale", text_guidance_scale), ("audio_guidance_scale", audio_guidance_scale)):
@@ -601,6 +594,7 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
         if limit <= num_frames:
             chunk_frames = max(5, 4 * math.ceil((limit - 1) / 4) + 1)
             return VideoPlan(chunk_frames=chunk_frames, num_chunks=1, num_frames=limit)
+        _check_motion_frames(motion_frames, num_frames)
         num_chunks, keep = WanMultiTalkPipeline.plan_chunks(num_audio_frames, num_frames, motion_frames, limit, "streaming")
         return VideoPlan(chunk_frames=num_frames, num_chunks=num_chunks, num_frames=keep)
 
@@ -776,10 +770,6 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
         )
         num_audio_frames = min(len(e) for e in embeddings)
         plan = self.plan_video(num_audio_frames, num_frames, motion_frames, max_frames, mode)
-        num_frames, num_chunks, frames_to_keep = plan.chunk_frames, plan.num_chunks, plan.num_frames
-        lat_t = (num_frames - 1) // self.vae_scale_factor_temporal + 1
-        if num_chunks == 1:  # a chunk past the audio's end is driven by its mirrored tail, as streaming's last one
-            embeddings = [mirror_pad_embedding(e, num_frames) for e in embeddings]
 
         # 2. Text
         three_pass = not math.isclose(text_guidance_scale, 1.0)
@@ -791,149 +781,52 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
         if three_pass:
             negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=transformer_dtype)
 
-        audio_out = None
-        if mixed_audio is not None:
-            length = int(round(frames_to_keep / FPS * TARGET_SAMPLE_RATE))
-            audio_out = np.pad(mixed_audio, (0, max(0, length - len(mixed_audio))))[:length].astype(np.float32)
-        # Frames go to the mp4 as each chunk is decoded (flat memory), or are gathered for the caller.
-        writer = VideoWriter(output_path, fps=FPS, audio=audio_out, sample_rate=TARGET_SAMPLE_RATE) if output_path else None
-
-        # 3. Chunks
-        videos, chunk_latents = [], []
-        frames_done = 0
-        is_first = True
-        num_motion = 1
-        audio_start = 0
-        self._num_timesteps = num_inference_steps
-        try:
-            with self.progress_bar(total=num_chunks * num_inference_steps) as progress_bar:
-                for chunk in range(num_chunks):
-                    if num_chunks > 1:
-                        progress_bar.set_description(f"chunk {chunk + 1}/{num_chunks}")
-                    audio_embeds = torch.stack(
-                        [audio_windows(e, num_frames, start=audio_start) for e in embeddings]
-                    )[None].to(device=device, dtype=transformer_dtype)
-                    silent_audio = torch.zeros_like(audio_embeds[:, -1:])
-
-                    noise = self.prepare_latents(
-                        (1, 16, lat_t, lat_h, lat_w), generator, device, latents if is_first else None
-                    )
-                    image_embeds = self.encode_image(cond_frames, device).to(transformer_dtype)
-                    condition, motion_latents = self.prepare_condition(cond_frames, num_frames, num_motion, device)
-                    condition = condition.to(transformer_dtype)
-
-                    # Cache hooks start every chunk afresh, as the reference's TeaCache counter does.
-                    self.transformer._reset_stateful_cache()
-                    timesteps = set_multitalk_timesteps(self.scheduler, num_inference_steps, shift, device=device)
-                    sigmas = self.scheduler.sigmas
-                    latent = noise
-                    if not is_first:
-                        latent[:, :, : motion_latents.shape[2]] = add_noise_flow(
-                            motion_latents,
-                            torch.randn(motion_latents.shape, generator=generator, device=device),
-                            sigmas[0],
-                        )
-                    apg = APGState(apg_momentum, apg_norm_threshold) if use_apg else None
-
-                    for i, t in enumerate(timesteps):
-                        if self.interrupt:
-                            continue
-                        self._current_timestep = t
-                        model_input = torch.cat([latent.to(transformer_dtype), condition], dim=1)
-                        timestep = t.expand(1)
-
-                        def run(branch, text, audio_input):
-                            # Each guidance branch has its own cache context (TeaCache, FirstBlockCache, ...).
-                            with self.transformer.cache_context(
-                                branch, step_index=i, num_inference_steps=num_inference_steps, timestep=t,
-                                sigma=float(sigmas[i]),
-                            ):
-                                return self.transformer(
-                                    model_input, timestep, text, image_embeds, audio_input,
-                                    ref_target_masks=person_masks, return_dict=False,
-                                    attention_kwargs=attention_kwargs,
-                                )[0].float()
-
-                        noise_cond = run("cond", prompt_embeds, audio_embeds)
-                        if three_pass:
-                            noise_drop_text = run("drop_text", negative_prompt_embeds, audio_embeds)
-                            noise_uncond = run("uncond", negative_prompt_embeds, silent_audio)
-                            noise_pred = combine_guidance(
-                                noise_cond, noise_drop_text, noise_uncond, text_guidance_scale,
-                                audio_guidance_scale, apg,
-                            )
-                        else:
-                            noise_drop_audio = run("drop_audio", prompt_embeds, silent_audio)
-                            noise_pred = combine_guidance_two_pass(
-                                noise_cond, noise_drop_audio, audio_guidance_scale, apg
-                            )
-
-                        latent = self.scheduler.step(noise_pred, t, latent, return_dict=False)[0]
-                        if not is_first:
-                            latent[:, :, : motion_latents.shape[2]] = add_noise_flow(
-                                motion_latents,
-                                torch.randn(motion_latents.shape, generator=generator, device=device),
-                                sigmas[i + 1],
-                            )
-
-                        if callback_on_step_end is not None:
-                            available = {"latents": latent, "noise_pred": noise_pred}
-                            callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
-                            callback_outputs = callback_on_step_end(
-                                self, chunk * num_inference_steps + i, t, callback_kwargs
-                            )
-                            latent = callback_outputs.pop("latents", latent)
-                        progress_bar.update()
-
-                    if output_type == "latent":
-                        chunk_latents.append(latent)
-                        if num_chunks == 1:
-                            break
-                    video = self.decode_latents(latent)
-                    if color_reference is not None:
-                        video = match_color_lab(video, color_reference, color_correction_strength)
-                    new_frames = video if is_first else video[:, :, num_motion:]
-                    new_frames = new_frames[:, :, : frames_to_keep - frames_done]
-                    frames_done += new_frames.shape[2]
-                    if writer is not None:
-                        writer.write(self.video_processor.postprocess_video(new_frames, output_type="np")[0])
-                    elif output_type != "latent":
-                        videos.append(new_frames)
-
-                    # Next chunk: condition on the last motion frames, advance the audio. An interrupt ends the
-                    # video with this chunk.
-                    if chunk == num_chunks - 1 or self.interrupt:
-                        break
-                    is_first = False
-                    num_motion = motion_frames
-                    cond_frames = video[:, :, -motion_frames:]
-                    audio_start += num_frames - motion_frames
-                    audio_end = audio_start + num_frames
-                    if audio_end >= plan.num_frames:
-                        embeddings = [mirror_pad_embedding(e, audio_end) for e in embeddings]
-            if writer is not None:
-                writer.close()  # an interrupted video's audio ends with its frames (the writer cuts it)
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            raise
-        finally:
-            self._current_timestep = None
-            self.transformer._reset_stateful_cache()
-            self.maybe_free_model_hooks()
-
-        if audio_out is not None and frames_done and frames_done < frames_to_keep:
-            audio_out = audio_out[: int(round(frames_done / FPS * TARGET_SAMPLE_RATE))]
-        video_path = None
-        if writer is not None:
-            frames, video_path = None, writer.path
-        elif output_type == "latent":
-            frames = chunk_latents
-        else:
-            frames = self.video_processor.postprocess_video(torch.cat(videos, dim=2), output_type=output_type)
+        # 3. Chunks (the loop InfiniteTalk shares; this pipeline's conditioning is `prepare_chunk_conditioning`)
+        settings = ChunkLoopSettings(
+            num_inference_steps=num_inference_steps, shift=shift, text_guidance_scale=text_guidance_scale,
+            audio_guidance_scale=audio_guidance_scale, use_apg=use_apg, apg_momentum=apg_momentum,
+            apg_norm_threshold=apg_norm_threshold, color_correction_strength=color_correction_strength,
+            output_type=output_type, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=tuple(callback_on_step_end_tensor_inputs),
+            attention_kwargs=attention_kwargs, fps=FPS,
+        )  # fmt: skip
+        frames, audio_out, video_path = run_chunk_loop(
+            self, cond_frames, embeddings, plan, motion_frames, (lat_h, lat_w), prompt_embeds, negative_prompt_embeds,
+            person_masks, color_reference, mixed_audio, settings, generator=generator, latents=latents,
+            output_path=output_path,
+        )
         if not return_dict:
             return (frames, audio_out)
         return WanMultiTalkPipelineOutput(frames=frames, audio=audio_out, video_path=video_path)
+
+    def prepare_chunk_conditioning(
+        self, source, chunk_index, audio_start, previous_video, num_frames, motion_frames, device
+    ) -> ChunkConditioning:
+        """MultiTalk's rule for a chunk: the first is conditioned on the reference image `source`, later ones on the
+        last `motion_frames` generated frames (all marked known in the VAE condition; CLIP sees the last of them)."""
+        if chunk_index == 0:
+            cond_frames, num_motion = source, 1
+        else:
+            cond_frames, num_motion = previous_video[:, :, -motion_frames:], motion_frames
+        image_embeds = self.encode_image(cond_frames, device)
+        condition, motion_latents = self.prepare_condition(cond_frames, num_frames, num_motion, device)
+        return ChunkConditioning(image_embeds, condition, motion_latents, num_motion)
+
+    def pin_motion_latents(self, latents: torch.Tensor, motion_latents: torch.Tensor) -> torch.Tensor:
+        """Called before every forward pass and after every step; MultiTalk leaves its re-noised motion latents be."""
+        return latents
+
+
+def clip_image_processor_class():
+    """transformers' CLIP image processor class: without torchvision, transformers 5's PIL one (its plain
+    `CLIPImageProcessor` then warns and falls back to it anyway); transformers 4's `CLIPImageProcessor`."""
+    import importlib.util
+
+    import transformers
+
+    if importlib.util.find_spec("torchvision") is None and hasattr(transformers, "CLIPImageProcessorPil"):
+        return transformers.CLIPImageProcessorPil
+    return transformers.CLIPImageProcessor
 
 
 def _processor_image_size(processor) -> int:
@@ -962,6 +855,14 @@ def _audio_entries(audio) -> list:
     ):
         return list(audio)
     return [audio]
+
+
+def _check_motion_frames(motion_frames: int, num_frames: int) -> None:
+    if motion_frames < 1 or (motion_frames - 1) % 4 or motion_frames >= num_frames:
+        raise ValueError(
+            f"`motion_frames` must be 4n+1 and smaller than `num_frames` ({num_frames}) for audio longer than one "
+            f"chunk, got {motion_frames}."
+        )
 
 
 def _check_audio_length(num_audio_frames: int, min_frames: int) -> None:
