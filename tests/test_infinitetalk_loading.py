@@ -183,3 +183,28 @@ def test_quantised_map_missing_is_named(folders, quant_files, tmp_path):
     assert "huggingface-cli download MeiGen-AI/InfiniteTalk --include 'quant_models/infinitetalk_single_int8*'" in str(error.value)
     with pytest.raises(ValueError, match="needs quant='int8' or 'fp8'"):
         WanInfiniteTalkPipeline.from_original(folders["wan_dir"], None, folders["wav2vec_dir"], quant_path=lonely)
+
+
+def test_lora_on_the_downloaded_weights(folders, tmp_path):
+    from safetensors.torch import save_file
+
+    # A LoRA in Wan trainers' naming on every block's self-attention query.
+    tiny = make_tiny_components(0)["transformer"]
+    dim = tiny.config.num_attention_heads * tiny.config.attention_head_dim
+    g = torch.Generator().manual_seed(0)
+    lora = {}
+    for i in range(tiny.config.num_layers):
+        lora[f"diffusion_model.blocks.{i}.self_attn.q.lora_down.weight"] = torch.randn(2, dim, generator=g) * 0.5
+        lora[f"diffusion_model.blocks.{i}.self_attn.q.lora_up.weight"] = torch.randn(dim, 2, generator=g) * 0.5
+    path = tmp_path / "wan_lora.safetensors"
+    save_file(lora, str(path))
+    pipe = WanInfiniteTalkPipeline.from_original(
+        folders["wan_dir"], folders["infinitetalk_dir"], folders["wav2vec_dir"], lora_path=path, lora_scale=0.5
+    )
+    assert "infinitetalk_lora" in pipe.transformer.blocks[0].attn1.to_q.lora_A
+    with_lora = _video_latents(pipe)
+    pipe.set_adapters(["infinitetalk_lora"], [0.0])
+    without = _video_latents(pipe)
+    assert not torch.allclose(with_lora[0], without[0], atol=1e-4)
+    expected = _video_latents(WanInfiniteTalkPipeline(**make_tiny_components(0)))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(without, expected))
