@@ -11,7 +11,7 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.utils import logging
+from diffusers.utils import logging, replace_example_docstring
 
 from ..audio.processing import TARGET_SAMPLE_RATE
 from ..audio.tts import synthesize_dialogue
@@ -177,6 +177,7 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
     # Generation
     # ------------------------------------------------------------------------------------------------------------
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         image: PIL.Image.Image | np.ndarray | torch.Tensor | str | None = None,
