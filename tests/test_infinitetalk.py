@@ -400,3 +400,13 @@ def test_teacache_with_infinitetalk_sizes_skips_and_restarts_every_chunk(pipe):
     finally:
         pipe.transformer.disable_teacache()
         hook.remove()
+
+
+def test_tiny_infinitetalk_pipeline():
+    from diffusers_multitalk import make_tiny_pipeline
+
+    tiny = make_tiny_pipeline(0, pipeline_class=WanInfiniteTalkPipeline)
+    assert isinstance(tiny, WanInfiniteTalkPipeline)
+    reference = WanInfiniteTalkPipeline(**make_tiny_components(0))
+    for (name, got), (_, want) in zip(tiny.transformer.state_dict().items(), reference.transformer.state_dict().items()):
+        assert torch.equal(got, want), name

@@ -123,8 +123,10 @@ def make_tiny_components(seed: int = 0) -> dict:
     )
 
 
-def make_tiny_pipeline(seed: int = 0):
-    """A `WanMultiTalkPipeline` with tiny random components (CPU-friendly, no downloads, noise-like output)."""
-    from .pipelines.pipeline_wan_multitalk import WanMultiTalkPipeline
+def make_tiny_pipeline(seed: int = 0, pipeline_class=None):
+    """A `WanMultiTalkPipeline` (or `pipeline_class`, e.g. `WanInfiniteTalkPipeline`, which takes the same
+    components) with tiny random components (CPU-friendly, no downloads, noise-like output)."""
+    if pipeline_class is None:
+        from .pipelines.pipeline_wan_multitalk import WanMultiTalkPipeline as pipeline_class
 
-    return WanMultiTalkPipeline(**make_tiny_components(seed))
+    return pipeline_class(**make_tiny_components(seed))
