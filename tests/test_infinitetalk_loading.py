@@ -208,3 +208,17 @@ def test_lora_on_the_downloaded_weights(folders, tmp_path):
     assert not torch.allclose(with_lora[0], without[0], atol=1e-4)
     expected = _video_latents(WanInfiniteTalkPipeline(**make_tiny_components(0)))
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(without, expected))
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    from diffusers import DiffusionPipeline
+
+    from diffusers_multitalk import make_tiny_pipeline
+
+    pipe = make_tiny_pipeline(0, pipeline_class=WanInfiniteTalkPipeline)
+    pipe.save_pretrained(tmp_path / "tiny-infinitetalk")
+    assert json.load(open(tmp_path / "tiny-infinitetalk" / "model_index.json"))["_class_name"] == "WanInfiniteTalkPipeline"
+    for loader in (WanInfiniteTalkPipeline, DiffusionPipeline):
+        back = loader.from_pretrained(tmp_path / "tiny-infinitetalk")
+        assert type(back) is WanInfiniteTalkPipeline
+        assert_same_weights(back.transformer, pipe.transformer)
