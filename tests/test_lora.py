@@ -41,6 +41,7 @@ def _latents(pipe):
         height=64,
         width=96,
         num_frames=9,
+        mode="clip",
         num_inference_steps=1,
         output_type="latent",
         generator=torch.Generator().manual_seed(0),
