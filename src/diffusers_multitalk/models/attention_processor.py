@@ -80,7 +80,7 @@ def sage_triton_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
     """SageAttention 1 (the `sageattention` 1.x package, Triton): Q and K in int8 with one scale per block of
     tokens (K smoothed by its mean first), P·V in fp16. [B, S, H, D] in and out, no mask. Kept out of torch.compile
     graphs (its Triton launches and the in-place smoothing of K run eagerly). On an H200 it was slower than cuDNN's
-    bf16 attention at the 14B shape (docs/performance.md); it is here for GPUs where it pays (e.g. Ada)."""
+    bf16 attention at the 14B shape (docs/performance.md); it stays a per-block choice, not measured on other GPUs."""
     from sageattention import sageattn
 
     return sageattn(query, key.clone(), value, tensor_layout="NHD", is_causal=False)
