@@ -115,13 +115,13 @@ README_COMMANDS = [
     # the README's "Usage" list: --size multitalk-720, --mode clip, --use_apg
     ("usage: 720P clip with APG",
      f"{BASE} --input_json x.json --size multitalk-720 --mode clip --use_apg",
-     SINGLE, 1, {"resolution": "multitalk-720", "shift": 11.0, "mode": "clip", "max_frames": 81, "use_apg": True},
+     SINGLE, 1, {"resolution": "multitalk-720", "shift": 11.0, "mode": "clip", "max_frames": None, "use_apg": True},
      set(), []),
 ]
 
 DEFAULT_KWARGS = dict(
     resolution="multitalk-480", height=None, width=None, allow_upscale=True, mode="streaming", num_frames=81,
-    motion_frames=25, max_frames=1000, num_inference_steps=40, shift=7.0, text_guidance_scale=5.0,
+    motion_frames=25, max_frames=None, num_inference_steps=40, shift=7.0, text_guidance_scale=5.0,
     audio_guidance_scale=4.0, use_apg=False, apg_momentum=-0.75, apg_norm_threshold=55.0,
     color_correction_strength=1.0, audio_type="add", bbox=None,
 )
@@ -153,14 +153,16 @@ def test_readme_commands_map_to_pipeline_kwargs(name, flags, data, world_size, c
 
 def test_reference_defaults():
     args = parse("")
-    assert (args.task, args.size, args.frame_num, args.motion_frame, args.mode) == ("multitalk-14B", "multitalk-480", 81, 25, "clip")
+    assert (args.task, args.size, args.frame_num, args.motion_frame, args.mode) == ("multitalk-14B", "multitalk-480", 81, 25, None)
     assert (args.sample_steps, args.sample_shift, args.base_seed, args.input_json) == (None, None, 42, "examples.json")
     assert (args.sample_text_guide_scale, args.sample_audio_guide_scale, args.lora_scale) == (5.0, 4.0, [1.2])
-    assert (args.offload_model, args.audio_mode, args.audio_save_dir, args.teacache_thresh) == (None, "localfile", "save_audio", 0.2)
+    assert (args.offload_model, args.audio_mode, args.audio_save_dir, args.teacache_thresh) == (None, "localfile", None, 0.2)
     assert (args.apg_momentum, args.apg_norm_threshold, args.color_correction_strength) == (-0.75, 55, 1.0)
     assert (args.ulysses_size, args.ring_size, args.quant, args.quant_dir, args.num_persistent_param_in_dit) == (1, 1, None, None, None)
     kwargs = build_generation_kwargs(args, SINGLE)
-    assert kwargs["mode"] == "clip" and kwargs["max_frames"] == 81 and kwargs["shift"] == 7.0
+    # no mode given: the whole audio (the pipeline picks clip or streaming); no hidden length cap
+    assert kwargs["mode"] is None and kwargs["max_frames"] is None and kwargs["shift"] == 7.0
+    assert build_generation_kwargs(parse("--max_frame_num 500"), SINGLE)["max_frames"] == 500
     assert build_generation_kwargs(parse("--size multitalk-720"), SINGLE)["shift"] == 11.0
     assert parse("--offload_model False").offload_model is False and parse("--offload_model yes").offload_model is True
     overrides = build_generation_kwargs(parse("--height 64 --width 96 --frame_num 5 --motion_frame 1 --base_seed 7"), SINGLE)
@@ -377,7 +379,7 @@ def test_generate_tiny_two_person_writes_mp4_with_audio(tmp_path, capsys):
     save = tmp_path / "out" / "demo"
     status = main([
         "generate", "--tiny", "--input_json", str(EXAMPLES / "two_person_tiny.json"),
-        "--frame_num", "5", "--sample_steps", "2", "--height", "64", "--width", "96", "--use_teacache",
+        "--frame_num", "5", "--mode", "clip", "--sample_steps", "2", "--height", "64", "--width", "96", "--use_teacache",
         "--save_file", str(save), "--audio_save_dir", str(tmp_path / "audio"), "--device", "cpu",
     ])
     out = capsys.readouterr().out
@@ -396,7 +398,7 @@ def test_generate_tiny_tts_example_speaks_with_espeak(tmp_path, capsys):
     save = tmp_path / "tts"
     status = main([
         "generate", "--tiny", "--input_json", str(EXAMPLES / "two_person_tts_tiny.json"), "--audio_mode", "tts",
-        "--frame_num", "5", "--sample_steps", "1", "--height", "64", "--width", "96",
+        "--frame_num", "5", "--mode", "clip", "--sample_steps", "1", "--height", "64", "--width", "96",
         "--save_file", str(save), "--audio_save_dir", str(tmp_path / "audio"), "--device", "cpu",
     ])
     captured = capsys.readouterr()

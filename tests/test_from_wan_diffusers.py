@@ -46,6 +46,10 @@ def folders(tmp_path_factory):
     wan.save_pretrained(root / "transformer")
     for name in ("tokenizer", "text_encoder", "image_encoder", "vae"):
         components[name].save_pretrained(root / name)
+    # as Wan-AI/Wan2.1-I2V-14B-480P-Diffusers has it: a CLIPImageProcessor folder
+    from transformers import CLIPImageProcessor
+
+    CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224}).save_pretrained(root / "image_processor")
     multitalk = root / "MeiGen-MultiTalk"
     multitalk.mkdir()
     save_file(
@@ -73,6 +77,7 @@ def test_transformer_from_wan_diffusers(folders):
 
 def test_pipeline_from_wan_diffusers_generates(folders):
     pipe = WanMultiTalkPipeline.from_wan_diffusers(folders["root"], folders["multitalk"], folders["wav2vec"])
+    assert pipe.image_processor is not None, "the repo's image_processor/ folder must be loaded"
     reference = WanMultiTalkPipeline(**folders["components"])
     pipe.set_progress_bar_config(disable=True)
     reference.set_progress_bar_config(disable=True)
@@ -91,3 +96,18 @@ def test_missing_subfolders_are_named(tmp_path, folders):
         WanMultiTalkPipeline.from_wan_diffusers(tmp_path, folders["multitalk"], folders["wav2vec"])
     with pytest.raises(FileNotFoundError, match="MeiGen-MultiTalk"):
         MultiTalkTransformer3DModel.from_wan_diffusers(folders["root"] / "transformer", tmp_path / "none")
+
+
+def test_encode_image_with_a_processor_loaded_from_a_folder(folders, tmp_path):
+    """transformers 5 hands back `crop_size` as a SizeDict from from_pretrained (not a dict): encode_image must take
+    it, and give the numbers of the processor-less route (both use OpenAI's CLIP statistics at 224 px)."""
+    from transformers import CLIPImageProcessor
+
+    CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224}).save_pretrained(tmp_path / "image_processor")
+    loaded = CLIPImageProcessor.from_pretrained(tmp_path / "image_processor")
+    with_processor = WanMultiTalkPipeline(**{**folders["components"], "image_processor": loaded})
+    without = WanMultiTalkPipeline(**folders["components"])
+    frames = torch.rand(1, 3, 1, 64, 96) * 2 - 1
+    a = with_processor.encode_image(frames, "cpu")
+    b = without.encode_image(frames, "cpu")
+    assert a.shape == b.shape and torch.allclose(a, b, atol=1e-6)

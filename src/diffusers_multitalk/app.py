@@ -30,7 +30,6 @@ import argparse
 import datetime
 import os
 import random
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -252,28 +251,29 @@ def _configure_teacache(pipe, enabled: bool, threshold: float, resolution: str) 
         transformer.enable_teacache(threshold=float(threshold), resolution=resolution)
 
 
-def _write_video(output, output_dir: Path, seed: int) -> Path:
-    """Writes the frames and mixed audio to ``output_dir``: encoded to a hidden temporary file first, renamed when
-    complete, so a failed or interrupted export leaves nothing half-written behind."""
-    from .pipelines.video_io import export_to_video, export_to_video_with_audio
+def _video_shape(path: Path, fallback: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(frames, height, width) of the written mp4, read back with ffmpeg."""
+    import re
+    import subprocess
 
+    from .pipelines.video_io import get_ffmpeg_exe
+
+    log = subprocess.run(
+        [get_ffmpeg_exe(), "-hide_banner", "-i", str(path), "-map", "0:v:0", "-f", "null", "-"],
+        capture_output=True, text=True,
+    ).stderr
+    size = re.search(r"Video: .*?, (\d+)x(\d+)", log)
+    frames = re.findall(r"frame=\s*(\d+)", log)
+    if not size or not frames:
+        return fallback
+    return int(frames[-1]), int(size.group(2)), int(size.group(1))
+
+
+def _video_path(output_dir: Path, seed: int) -> Path:
+    """A fresh name in ``output_dir``; the pipeline streams the video there (a hidden part file until complete)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S_%f")
-    path = output_dir / f"multitalk_{stamp}_seed{seed}.mp4"
-    fd, partial = tempfile.mkstemp(prefix=".partial_", suffix=".mp4", dir=output_dir)
-    os.close(fd)
-    try:
-        if output.audio is not None:
-            export_to_video_with_audio(
-                output.frames[0], output.audio, partial, fps=output.fps, sample_rate=output.sample_rate
-            )
-        else:
-            export_to_video(output.frames[0], partial, fps=output.fps)
-        os.replace(partial, path)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
-    return path
+    return output_dir / f"multitalk_{stamp}_seed{seed}.mp4"
 
 
 def generate_video(
@@ -289,10 +289,10 @@ def generate_video(
     audio_type: str = "add",
     negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
     resolution: str = "multitalk-480",
-    mode: str = "clip",
+    mode: str | None = "auto",
     num_frames: int = 81,
     motion_frames: int = 25,
-    max_frames: int = cli.STREAMING_MAX_FRAMES,
+    max_frames: int | None = None,
     num_inference_steps: int = cli.DEFAULT_SAMPLE_STEPS,
     shift: float | None = None,
     text_guidance_scale: float = 5.0,
@@ -402,7 +402,9 @@ def generate_video(
     # 2. The model, and the pipeline's own checks (frames, mode, number of persons, boxes) before any heavy work
     report(0.0, desc="Loading the model")
     pipe = pipe if isinstance(pipe, DiffusionPipeline) else pipe()
-    num_frames, motion_frames, max_frames = int(num_frames), int(motion_frames), int(max_frames)
+    mode = None if mode in (None, "", "auto") else mode
+    num_frames, motion_frames = int(num_frames), int(motion_frames)
+    max_frames = int(max_frames) if max_frames else None  # 0 or empty: no cap
     try:
         pipe.check_inputs(
             image=image, audio=audio, prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=None,
@@ -437,7 +439,8 @@ def generate_video(
     if bbox is not None:
         input_data["bbox"] = {f"person{i}": box for i, box in enumerate(bbox, start=1)}
     kwargs = cli.build_generation_kwargs(args, input_data)
-    kwargs.update(negative_prompt=negative_prompt, max_frames=num_frames if mode == "clip" else max_frames)
+    path = _video_path(Path(output_dir), seed)
+    kwargs.update(negative_prompt=negative_prompt, max_frames=max_frames, output_path=path)
     report(0.0, desc="Generating")
     try:
         output = pipe(**kwargs)
@@ -450,10 +453,10 @@ def generate_video(
         ) from err
 
     # 5. The mp4
-    report(1.0, desc="Writing the video")
-    path = _write_video(output, Path(output_dir), seed)
-    frames = output.frames[0]
-    frame_count, frame_h, frame_w = len(frames), frames[0].shape[0], frames[0].shape[1]
+    report(1.0, desc="Done")
+    frame_count = int(round(len(output.audio) / output.sample_rate * output.fps)) if output.audio is not None else 0
+    frame_h, frame_w = kwargs.get("height") or 0, kwargs.get("width") or 0
+    frame_count, frame_h, frame_w = _video_shape(path, (frame_count, frame_h, frame_w))
     if tts_result is not None:
         speech = (
             f"TTS with {tts_result.engine} ({', '.join(v or '?' for v in tts_result.voices)}), "
@@ -464,7 +467,7 @@ def generate_video(
     steps = kwargs["num_inference_steps"]
     status = (
         f"{frame_count} frames ({frame_count / output.fps:.2f} s at {output.fps} fps), {frame_w}x{frame_h}, "
-        f"{mode} mode, {steps} step{'s' if steps != 1 else ''}, shift {kwargs['shift']:g}, seed {seed}; "
+        f"{mode or 'auto'} mode, {steps} step{'s' if steps != 1 else ''}, shift {kwargs['shift']:g}, seed {seed}; "
         f"speech: {speech}; "
         f"TeaCache {'on (' + format(float(teacache_threshold), 'g') + ')' if use_teacache else 'off'}, "
         f"APG {'on' if use_apg else 'off'}; {time.perf_counter() - started:.1f} s. Saved {path}"
@@ -569,14 +572,13 @@ def build_app(
                     with gr.Row():
                         fields["resolution"] = gr.Radio(list(cli.SIZES), value="multitalk-480", label="Resolution")
                         fields["mode"] = gr.Radio(
-                            ["clip", "streaming"], value="clip", label="Mode",
-                            info="clip: one chunk; streaming: chunks until the speech ends",
+                            ["auto", "clip", "streaming"], value="auto", label="Mode",
+                            info="auto: the whole speech; clip: one chunk; streaming: chunks until the speech ends",
                         )
                     with gr.Row():
                         fields["num_frames"] = gr.Slider(5, 201, value=81, step=4, label="Frames per chunk (4n+1)")
-                        fields["max_frames"] = gr.Slider(
-                            5, cli.STREAMING_MAX_FRAMES, value=cli.STREAMING_MAX_FRAMES, step=4,
-                            label="Max frames (streaming)",
+                        fields["max_frames"] = gr.Number(
+                            value=0, precision=0, minimum=0, label="Max frames (0: as long as the speech)",
                         )
                     with gr.Row():
                         fields["num_inference_steps"] = gr.Slider(

@@ -27,7 +27,9 @@ import json
 import os
 import random
 import shutil
+import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -61,7 +63,6 @@ PROG = "multitalk"
 # The reference's defaults that depend on other flags.
 DEFAULT_SAMPLE_STEPS = 40
 DEFAULT_SHIFT = {"multitalk-480": 7.0, "multitalk-720": 11.0}
-STREAMING_MAX_FRAMES = 1000  # the reference's cap in streaming mode (40 s at 25 fps)
 SIZES = ("multitalk-480", "multitalk-720")
 
 # Files of the checkpoints as the reference's README downloads them.
@@ -89,6 +90,14 @@ KOKORO_ALLOW_PATTERNS = ["config.json", "kokoro-v1_0.pth", "voices/*.pt"]
 
 class CLIError(Exception):
     """A user-facing error: printed as ``multitalk <command>: error: ...``, exit status 1."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is so that `finally` blocks and writers clean up."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
 
 def _note(message: str) -> None:
@@ -143,11 +152,23 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--t5_cpu", action="store_true", help="keep the umT5 text encoder on the CPU")
     g.add_argument("--dit_fsdp", action="store_true", help="FSDP for the DiT (not supported)")
     g.add_argument("--save_file", default=None, help="output name; '.mp4' is appended (default: task_size_..._prompt_time)")
-    g.add_argument("--audio_save_dir", default="save_audio", help="where the mixed (and TTS) audio is saved, per image")
+    g.add_argument(
+        "--audio_save_dir", default=None,
+        help="also save the mixed (and TTS) audio as wav files under DIR/<image name>/ (as the reference does); "
+        "default: no audio side files",
+    )
     g.add_argument("--base_seed", type=int, default=42, help="seed; negative picks a random one")
     g.add_argument("--input_json", default="examples.json", help="the input file: prompt, cond_image, cond_audio, ...")
     g.add_argument("--motion_frame", type=int, default=25, help="frames each streaming chunk continues from, 4n+1 (25)")
-    g.add_argument("--mode", default="clip", choices=["clip", "streaming"], help="clip: one chunk; streaming: until the audio ends")
+    g.add_argument(
+        "--mode", default=None, choices=["clip", "streaming"],
+        help="default: the whole audio (one clip when it fits in --frame_num frames, else streaming); clip: one chunk "
+        "of --frame_num frames, longer audio cut (with a warning); streaming: chunks until the audio ends",
+    )
+    g.add_argument(
+        "--max_frame_num", type=int, default=None,
+        help="cap the video at N frames (25 fps; InfiniteTalk's flag); default: as long as the audio",
+    )
     g.add_argument("--sample_steps", type=int, default=None, help=f"sampling steps ({DEFAULT_SAMPLE_STEPS})")
     g.add_argument("--sample_shift", type=float, default=None, help="timestep shift (7 at 480P, 11 at 720P)")
     g.add_argument("--sample_text_guide_scale", type=float, default=5.0, help="text guidance (5; 1 with distillation LoRAs)")
@@ -370,10 +391,15 @@ def check_generate_args(args: argparse.Namespace) -> None:
     problems = []
     if args.frame_num < 5 or (args.frame_num - 1) % 4:
         problems.append(f"--frame_num {args.frame_num}: must be 4n+1 and at least 5 (e.g. 81)")
-    if args.mode == "streaming" and (
+    if args.mode != "clip" and (
         args.motion_frame < 1 or (args.motion_frame - 1) % 4 or args.motion_frame >= args.frame_num
     ):
         problems.append(f"--motion_frame {args.motion_frame}: must be 4n+1 and smaller than --frame_num ({args.frame_num})")
+    if args.max_frame_num is not None and args.max_frame_num < 5:
+        problems.append(f"--max_frame_num {args.max_frame_num}: must be at least 5 frames (0.2 s)")
+    for flag in ("sample_text_guide_scale", "sample_audio_guide_scale"):
+        if getattr(args, flag) < 0:
+            problems.append(f"--{flag} {getattr(args, flag)}: must be 0 or more (1 turns that guidance off)")
     if args.sample_steps is not None and args.sample_steps < 1:
         problems.append(f"--sample_steps {args.sample_steps}: must be at least 1")
     if args.num_persistent_param_in_dit is not None and args.num_persistent_param_in_dit < 0:
@@ -501,7 +527,7 @@ def build_generation_kwargs(args: argparse.Namespace, input_data: dict) -> dict:
         mode=args.mode,
         num_frames=args.frame_num,
         motion_frames=args.motion_frame,
-        max_frames=args.frame_num if args.mode == "clip" else STREAMING_MAX_FRAMES,
+        max_frames=args.max_frame_num,
         num_inference_steps=args.sample_steps if args.sample_steps is not None else DEFAULT_SAMPLE_STEPS,
         shift=float(args.sample_shift) if args.sample_shift is not None else DEFAULT_SHIFT[args.size],
         text_guidance_scale=float(args.sample_text_guide_scale),
@@ -760,6 +786,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         input_data = load_input_json(args.input_json, audio_mode=args.audio_mode)
     except (InputJSONError, ImportError) as err:
         raise CLIError(str(err)) from err
+    # Where the video goes is checked before any model loads: a 14B run must not fail at its last write.
+    path = output_path(args.save_file or default_save_file(args, input_data["prompt"]))
+    check_writable(path, "--save_file")
+    audio_dir = Path(args.audio_save_dir) / Path(input_data["cond_image"]).stem if args.audio_save_dir else None
+    if audio_dir is not None:
+        check_writable(audio_dir / "sum.wav", "--audio_save_dir")
     device = resolve_device(args.device)
     args.device = str(device)
     dtype = resolve_dtype(args.dtype, device, tiny=args.tiny)
@@ -770,8 +802,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if seed_was_random and _is_main_process():
         _note(f"--base_seed was negative: using {args.base_seed}")
 
-    image_stem = Path(input_data["cond_image"]).stem
-    audio_dir = Path(args.audio_save_dir) / image_stem if args.audio_save_dir else None
     if args.audio_mode == "tts":
         input_data = dict(input_data, cond_audio=synthesize_tts(input_data["tts_audio"]))
 
@@ -781,24 +811,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     kwargs = build_generation_kwargs(args, input_data)
     pipe = load_pipeline(args, device, dtype)
+    # Every process makes the same video; the first one writes it, chunk by chunk as they are decoded.
+    if _is_main_process():
+        kwargs["output_path"] = path
     try:
         output = pipe(**kwargs)
     except (ValueError, FileNotFoundError) as err:
-        raise CLIError(str(err)) from err
-
-    if not _is_main_process():  # every process made the same video; the first one writes it
+        raise CLIError(flag_names(str(err))) from err
+    if not _is_main_process():
         return 0
-    path = output_path(args.save_file or default_save_file(args, input_data["prompt"]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames = output.frames[0]
-    if output.audio is not None:
-        from .pipelines.video_io import export_to_video_with_audio
-
-        export_to_video_with_audio(frames, output.audio, path, fps=output.fps, sample_rate=output.sample_rate)
-    else:
-        from .pipelines.video_io import export_to_video
-
-        export_to_video(frames, path, fps=output.fps)
 
     if audio_dir is not None:
         import soundfile as sf
@@ -811,6 +832,48 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 sf.write(audio_dir / f"{key}.wav", wave, rate)
     print(path)
     return 0
+
+
+# The pipeline's argument names -> the flags that set them, for errors raised past the CLI's own checks.
+_FLAG_OF_ARGUMENT = {
+    "num_frames": "--frame_num",
+    "motion_frames": "--motion_frame",
+    "max_frames": "--max_frame_num",
+    "num_inference_steps": "--sample_steps",
+    "shift": "--sample_shift",
+    "text_guidance_scale": "--sample_text_guide_scale",
+    "audio_guidance_scale": "--sample_audio_guide_scale",
+    "color_correction_strength": "--color_correction_strength",
+    "height": "--height",
+    "width": "--width",
+    "resolution": "--size",
+    "mode": "--mode",
+}
+
+
+def flag_names(message: str) -> str:
+    """Names the command line's flags where the pipeline's message names its arguments (`num_frames`, ...)."""
+    for argument, flag in _FLAG_OF_ARGUMENT.items():
+        message = message.replace(f"`{argument}`", flag).replace(f"{argument}=", f"{flag} ")
+    return message
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """Fails at once, naming the flag, if `path` could not be created (read-only folder, a parent that is a file)."""
+    path = Path(path)
+    if path.is_dir():
+        raise CLIError(f"{flag} {path}: is a folder; give a file name")
+    parent = path.parent.absolute()
+    ancestor = next(folder for folder in [parent, *parent.parents] if folder.exists())
+    if not ancestor.is_dir():
+        raise CLIError(f"{flag} {path}: {ancestor} is a file, not a folder")
+    try:  # a real probe: permission bits say nothing for root, read-only mounts or /proc
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as err:
+        raise CLIError(f"{flag} {path}: cannot write in {ancestor} ({err.strerror or err})") from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise CLIError(f"{flag} {path}: exists and is not writable")
 
 
 # ================================================================================================================
@@ -1173,6 +1236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    # SIGTERM unwinds like Ctrl-C, so the writers' cleanup runs and no part file stays behind.
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(args.func(args) or 0)
     except CLIError as err:
@@ -1181,7 +1246,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"{PROG} {args.command}: terminated", file=sys.stderr)
+        return 143
+    except Exception as err:  # noqa: BLE001 - one line, not a traceback; MULTITALK_TRACEBACK=1 shows it
+        if os.environ.get("MULTITALK_TRACEBACK"):
+            raise
+        first = (str(err).strip().splitlines() or [""])[0]
+        print(f"{PROG} {args.command}: error: {type(err).__name__}: {first} (MULTITALK_TRACEBACK=1 shows where)", file=sys.stderr)
+        return 1
     finally:
+        signal.signal(signal.SIGTERM, previous)
         _shutdown_distributed()
 
 

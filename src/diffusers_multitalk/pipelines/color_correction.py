@@ -99,6 +99,9 @@ def _match_color(frames01: torch.Tensor, ref01: torch.Tensor, strength: float) -
     return (1 - strength) * frames01 + strength * _lab_to_rgb_torch(matched)
 
 
+_FRAMES_PER_SLICE = 4
+
+
 def match_color_lab(frames, reference, strength: float = 1.0, value_range: tuple[float, float] = (-1.0, 1.0)):
     """The original's colour correction: LAB mean/std of each frame matched to the reference image,
     blended with the frame by ``strength``.
@@ -155,11 +158,15 @@ def match_color_lab(frames, reference, strength: float = 1.0, value_range: tuple
             raise ValueError(f"numpy reference must be [H, W, 3], got {ref_np.shape}")
         frames_t, ref_t = torch.from_numpy(frames_np), torch.from_numpy(ref_np)
 
-    # float64 on the frames' device: on a GPU this takes milliseconds instead of seconds on the CPU.
+    # float64 on the frames' device: on a GPU this takes milliseconds instead of seconds on the CPU. Each frame is
+    # matched on its own, so a few frames at a time give the same numbers with a fraction of the float64 temporaries
+    # (a whole 81-frame 480P chunk would need several GB of them).
     span = hi - lo
-    frames01 = ((frames_t - lo) / span).clamp(0.0, 1.0)
     ref01 = ((ref_t - lo) / span).clamp(0.0, 1.0)
-    out_t = _match_color(frames01, ref01, float(strength)) * span + lo
+    out_t = torch.empty_like(frames_t)
+    for start in range(0, frames_t.shape[0], _FRAMES_PER_SLICE):
+        frames01 = ((frames_t[start : start + _FRAMES_PER_SLICE] - lo) / span).clamp(0.0, 1.0)
+        out_t[start : start + _FRAMES_PER_SLICE] = _match_color(frames01, ref01, float(strength)) * span + lo
 
     if isinstance(frames, torch.Tensor):
         result = out_t.permute(3, 0, 1, 2).contiguous()

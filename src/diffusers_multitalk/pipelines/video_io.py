@@ -216,7 +216,7 @@ class VideoWriter:
             "-framerate", repr(self.fps), "-i", "pipe:0",
         ]  # fmt: skip
         # The video stream first; the audio is muxed on at close, cut or padded to the frames written.
-        self._video_path = self.part_path if self._audio_path is None else os.path.join(self._work, "video.mp4")
+        self._video_path = self.part_path if self._audio_path is None else self.part_path[: -len(".part")] + ".video.part"
         cmd += [
             "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf), "-pix_fmt", "yuv420p",
             "-movflags", "+faststart", "-f", "mp4", self._video_path,
@@ -255,6 +255,7 @@ class VideoWriter:
                 raise RuntimeError(f"ffmpeg failed (exit code {returncode}) writing {self.path}:\n{self._log()}")
             if self._audio_path is not None:
                 self._mux_audio()
+                os.remove(self._video_path)
             os.replace(self.part_path, self.path)
         except BaseException:
             self.abort()
@@ -280,8 +281,9 @@ class VideoWriter:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
-        if os.path.exists(self.part_path):
-            os.remove(self.part_path)
+        for path in {self.part_path, getattr(self, "_video_path", self.part_path)}:
+            if os.path.exists(path):
+                os.remove(path)
         self._cleanup()
 
     def _log(self) -> str:
