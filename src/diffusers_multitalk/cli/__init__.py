@@ -1,0 +1,84 @@
+"""The ``multitalk`` command.
+
+    multitalk generate --tiny --input_json examples/two_person_tiny.json --save_file outputs/demo
+    multitalk generate --ckpt_dir weights/Wan2.1-I2V-14B-480P --wav2vec_dir weights/chinese-wav2vec2-base \\
+        --input_json my_input.json --sample_steps 40 --mode streaming --save_file talk
+    multitalk download --target weights
+    multitalk info --ckpt_dir weights/Wan2.1-I2V-14B-480P --wav2vec_dir weights/chinese-wav2vec2-base
+    multitalk convert --wan_dir ... --multitalk_dir ... --wav2vec_dir ... --output_dir ...
+    multitalk serve --tiny                       # the web app (Gradio); takes generate's model flags
+    torchrun --nproc_per_node 2 -m diffusers_multitalk generate ... --ulysses_size 2   # one video on 2 GPUs
+
+``generate`` takes MultiTalk's ``generate_multitalk.py`` flags with the same names and defaults, and its input
+JSON files. The flag -> pipeline-argument mapping lives in the runtime (:func:`~diffusers_multitalk.runtime.build_generation_kwargs`),
+shared with the web app and the HTTP API; each subcommand is a module of this package, imported only when it runs.
+Flags this build cannot honour (FSDP, ring attention, --quant values other than int8/fp8) stop the command with
+an error naming them, before anything is loaded. ``--ulysses_size N`` under torchrun splits the DiT's video tokens
+over N processes (pipelines/context_parallel.py, docs/multi_gpu.md). ``--num_persistent_param_in_dit N`` (the
+reference's VRAM manager) is diffusers' group offloading here (pipelines/low_vram.py, docs/low_vram.md). ``--quant int8
+--quant_dir <MeiGen-MultiTalk>`` loads MultiTalk's optimum-quanto files (loaders/quantized.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import sys
+from typing import Sequence
+
+from ..runtime.distributed import shutdown_distributed
+from ..runtime.errors import PROG, Terminated, UserError, raise_terminated
+from .parser import build_parser
+
+# The CLI's name for the runtime's user-facing error.
+CLIError = UserError
+
+# Each subcommand's module and function; a command imports only what it needs (`--help` imports no torch).
+COMMANDS = {
+    "generate": ("diffusers_multitalk.cli.generate", "cmd_generate"),
+    "download": ("diffusers_multitalk.cli.download", "cmd_download"),
+    "info": ("diffusers_multitalk.cli.info", "cmd_info"),
+    "convert": ("diffusers_multitalk.cli.convert", "cmd_convert"),
+    "serve": ("diffusers_multitalk.cli.serve", "cmd_serve"),
+}
+
+__all__ = ["CLIError", "COMMANDS", "PROG", "build_parser", "main"]
+
+
+def _command(name: str):
+    module, function = COMMANDS[name]
+    return getattr(importlib.import_module(module), function)
+
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``multitalk`` console script; returns the exit status (argparse exits with 2 on bad usage)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    # SIGTERM unwinds like Ctrl-C, so the writers' cleanup runs and no part file stays behind.
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        return int(_command(args.command)(args) or 0)
+    except UserError as err:
+        print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"{PROG} {args.command}: terminated", file=sys.stderr)
+        return 143
+    except Exception as err:  # noqa: BLE001 - one line, not a traceback; MULTITALK_TRACEBACK=1 shows it
+        if os.environ.get("MULTITALK_TRACEBACK"):
+            raise
+        first = (str(err).strip().splitlines() or [""])[0]
+        print(f"{PROG} {args.command}: error: {type(err).__name__}: {first} (MULTITALK_TRACEBACK=1 shows where)", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        shutdown_distributed()
+

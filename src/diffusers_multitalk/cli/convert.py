@@ -1,0 +1,23 @@
+"""`multitalk convert`: the official folders -> a diffusers repo with a model card."""
+
+from __future__ import annotations
+
+from argparse import Namespace
+
+def cmd_convert(args: Namespace) -> int:
+    from ..conversion import convert_original_to_diffusers
+
+    result = convert_original_to_diffusers(
+        wan_dir=args.wan_dir,
+        multitalk_dir=args.multitalk_dir,
+        wav2vec_dir=args.wav2vec_dir,
+        output_dir=args.output_dir,
+        dtype=args.dtype,
+        lora_dir=args.lora_dir,
+        lora_scale=args.lora_scale,
+        force=args.force,
+        push_to_hub=args.push_to_hub,
+    )
+    print(result if result is not None else args.output_dir)
+    return 0
+

@@ -1,0 +1,165 @@
+"""`multitalk download`: the official checkpoints from the Hub, linked as MultiTalk's README does."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from argparse import Namespace
+from pathlib import Path
+
+from ..loaders.original_folders import (
+    DIT_INDEX,
+    MULTITALK_FILE,
+    MULTITALK_REPO,
+    WAN_CLIP_CHECKPOINT,
+    WAN_REPO,
+    WAN_REPO_720,
+    WAN_T5_CHECKPOINT,
+    WAN_UMT5_TOKENIZER_DIR,
+    WAN_VAE_CHECKPOINT,
+    WAV2VEC_REPO,
+)
+from ..runtime.errors import PROG, UserError, note
+from ..runtime.folders import inspect_wan_dir, inspect_wav2vec_dir
+from ..runtime.hub import hub_error
+
+WAN_REPOS = {"multitalk-480": WAN_REPO, "multitalk-720": WAN_REPO_720}
+
+
+WAN_INDEX = DIT_INDEX
+
+
+WAN_T5 = WAN_T5_CHECKPOINT
+
+
+WAN_CLIP = WAN_CLIP_CHECKPOINT
+
+
+WAN_VAE = WAN_VAE_CHECKPOINT
+
+
+WAN_TOKENIZER = WAN_UMT5_TOKENIZER_DIR
+
+
+WAN_ALLOW_PATTERNS = [
+    "config.json",
+    "diffusion_pytorch_model-*-of-*.safetensors",
+    WAN_T5,
+    WAN_CLIP,
+    WAN_VAE,
+    f"{WAN_TOKENIZER}/*",
+]
+
+
+MULTITALK_ALLOW_PATTERNS = [MULTITALK_FILE, WAN_INDEX]
+
+
+WAV2VEC_ALLOW_PATTERNS = ["config.json", "preprocessor_config.json"]
+
+
+WAV2VEC_SAFETENSORS_REVISION = "refs/pr/1"  # model.safetensors lives in that pull request, as MultiTalk's README says
+
+
+WAV2VEC_SAFETENSORS_PATTERNS = ["model.safetensors"]
+
+
+KOKORO_REPO = "hexgrad/Kokoro-82M"
+
+
+KOKORO_ALLOW_PATTERNS = ["config.json", "kokoro-v1_0.pth", "voices/*.pt"]
+
+
+def download_plan(target: str | os.PathLike, size: str = "multitalk-480", link: bool = True, tts: bool = False) -> list[dict]:
+    """The snapshot_download calls ``download`` makes: ``[{repo_id, local_dir, allow_patterns, revision}, ...]``.
+
+    When MultiTalk's index is linked into the Wan folder (the default), Wan's own index is not fetched: MultiTalk's
+    replaces it (the README renames Wan's away), and re-running the download must not overwrite the link.
+    """
+    target = Path(target)
+    wan_repo = WAN_REPOS[size]
+    wan_patterns = list(WAN_ALLOW_PATTERNS) + ([] if link else [WAN_INDEX])
+    plan = [
+        dict(repo_id=wan_repo, local_dir=target / wan_repo.split("/")[1], allow_patterns=wan_patterns, revision=None),
+        dict(repo_id=MULTITALK_REPO, local_dir=target / "MeiGen-MultiTalk", allow_patterns=list(MULTITALK_ALLOW_PATTERNS), revision=None),
+        dict(repo_id=WAV2VEC_REPO, local_dir=target / "chinese-wav2vec2-base", allow_patterns=list(WAV2VEC_ALLOW_PATTERNS), revision=None),
+        dict(
+            repo_id=WAV2VEC_REPO, local_dir=target / "chinese-wav2vec2-base",
+            allow_patterns=list(WAV2VEC_SAFETENSORS_PATTERNS), revision=WAV2VEC_SAFETENSORS_REVISION,
+        ),
+    ]
+    if tts:
+        plan.append(dict(repo_id=KOKORO_REPO, local_dir=target / "Kokoro-82M", allow_patterns=list(KOKORO_ALLOW_PATTERNS), revision=None))
+    return plan
+
+
+def _link(src: Path, dst: Path, copy: bool) -> str:
+    """Links (or copies) ``src`` to ``dst``; returns what was done."""
+    if dst.is_symlink() and dst.resolve() == src.resolve():
+        return f"{dst} already links to {src}"
+    if dst.is_symlink() or dst.exists():
+        if dst.name == WAN_INDEX:
+            old = dst.with_name(WAN_INDEX + "_old")
+            if old.exists() or old.is_symlink():
+                dst.unlink()
+            else:
+                dst.rename(old)  # as MultiTalk's README: keep Wan's index as ..._old
+        elif dst.is_symlink():
+            dst.unlink()
+        else:
+            return f"{dst} already present (left as is)"
+    if not copy:
+        try:
+            dst.symlink_to(src.resolve())
+            return f"linked {dst} -> {src.resolve()}"
+        except OSError:
+            pass  # e.g. no symlink privilege: copy
+    shutil.copy2(src, dst)
+    return f"copied {src} -> {dst}"
+
+
+def link_multitalk_into_wan(wan_dir: Path, multitalk_dir: Path, copy: bool = False) -> list[str]:
+    """MultiTalk README's step 2: its index and multitalk.safetensors into the Wan folder (Wan's index kept as _old)."""
+    done = []
+    for name in (WAN_INDEX, MULTITALK_FILE):
+        src = multitalk_dir / name
+        if not src.exists():
+            raise UserError(f"{src} is missing; the MeiGen-MultiTalk download is incomplete (run the command again)")
+        done.append(_link(src, wan_dir / name, copy))
+    return done
+
+
+def cmd_download(args: Namespace) -> int:
+    import huggingface_hub
+
+    link = not args.no_link
+    plan = download_plan(args.target, args.size, link=link, tts=args.tts)
+    for step in plan:
+        revision = f" (revision {step['revision']})" if step["revision"] else ""
+        note(f"downloading {step['repo_id']}{revision}: {', '.join(step['allow_patterns'])} -> {step['local_dir']}")
+        step["local_dir"].mkdir(parents=True, exist_ok=True)
+        try:
+            huggingface_hub.snapshot_download(
+                repo_id=step["repo_id"],
+                revision=step["revision"],
+                local_dir=step["local_dir"],
+                allow_patterns=step["allow_patterns"],
+                max_workers=args.max_workers,
+            )
+        except Exception as err:  # noqa: BLE001 - turned into a clear message when it is the Hub's
+            clear = hub_error(err, step["repo_id"])
+            if clear is None:
+                raise
+            raise clear from err
+
+    wan_dir, multitalk_dir, wav2vec_dir = plan[0]["local_dir"], plan[1]["local_dir"], plan[2]["local_dir"]
+    if link:
+        for line in link_multitalk_into_wan(wan_dir, multitalk_dir, copy=args.copy):
+            note(line)
+    problems = [f"{wan_dir}: {label}" + (f" ({detail})" if detail else "") for label, ok, detail in inspect_wan_dir(wan_dir, link) if not ok]
+    problems += [f"{wav2vec_dir}: {label}" + (f" ({detail})" if detail else "") for label, ok, detail in inspect_wav2vec_dir(wav2vec_dir) if not ok]
+    if problems:
+        raise UserError("the download finished but files are missing:\n" + "\n".join(f"  {p}" for p in problems))
+    extra = "" if link else f" --multitalk_dir {multitalk_dir}"
+    print(f"{PROG} generate --ckpt_dir {wan_dir} --wav2vec_dir {wav2vec_dir}{extra} --input_json <your input>.json")
+    return 0
+

@@ -1,0 +1,99 @@
+"""`multitalk generate`: an input JSON and flags -> an mp4, through the runtime."""
+
+from __future__ import annotations
+
+import random
+from argparse import Namespace
+from pathlib import Path
+
+from ..runtime.distributed import init_distributed, is_main_process
+from ..runtime.errors import UserError, note
+from ..runtime.loading import load_pipeline, resolve_device, resolve_dtype
+from ..runtime.options import check_generate_args
+from ..runtime.request import (
+    build_generation_kwargs,
+    check_writable,
+    default_save_file,
+    output_path,
+    synthesize_tts,
+    tiny_size,
+)
+
+def cmd_generate(args: Namespace) -> int:
+    from ..input_json import InputJSONError, load_input_json
+
+    check_generate_args(args)
+    try:
+        input_data = load_input_json(args.input_json, audio_mode=args.audio_mode)
+    except (InputJSONError, ImportError) as err:
+        raise UserError(str(err)) from err
+    # Where the video goes is checked before any model loads: a 14B run must not fail at its last write.
+    path = output_path(args.save_file or default_save_file(args, input_data["prompt"]))
+    check_writable(path, "--save_file")
+    audio_dir = Path(args.audio_save_dir) / Path(input_data["cond_image"]).stem if args.audio_save_dir else None
+    if audio_dir is not None:
+        check_writable(audio_dir / "sum.wav", "--audio_save_dir")
+    device = resolve_device(args.device)
+    args.device = str(device)
+    dtype = resolve_dtype(args.dtype, device, tiny=args.tiny)
+    seed_was_random = args.base_seed < 0
+    if seed_was_random:
+        args.base_seed = random.randint(0, 99_999_999)
+    init_distributed(args, device)
+    if seed_was_random and is_main_process():
+        note(f"--base_seed was negative: using {args.base_seed}")
+
+    if args.audio_mode == "tts":
+        input_data = dict(input_data, cond_audio=synthesize_tts(input_data["tts_audio"]))
+
+    if args.tiny and args.height is None and input_data.get("image_size"):
+        args.height, args.width = tiny_size(input_data["image_size"], args.size)
+        note(f"--tiny: generating at {args.height}x{args.width} (the bucket / 8); --height/--width override it")
+
+    kwargs = build_generation_kwargs(args, input_data)
+    pipe = load_pipeline(args, device, dtype)
+    # Every process makes the same video; the first one writes it, chunk by chunk as they are decoded.
+    if is_main_process():
+        kwargs["output_path"] = path
+    try:
+        output = pipe(**kwargs)
+    except (ValueError, FileNotFoundError) as err:
+        raise UserError(flag_names(str(err))) from err
+    if not is_main_process():
+        return 0
+
+    if audio_dir is not None:
+        import soundfile as sf
+
+        audio_dir.mkdir(parents=True, exist_ok=True)
+        if output.audio is not None:
+            sf.write(audio_dir / "sum.wav", output.audio, output.sample_rate)
+        if args.audio_mode == "tts":
+            for key, (wave, rate) in input_data["cond_audio"].items():
+                sf.write(audio_dir / f"{key}.wav", wave, rate)
+    print(path)
+    return 0
+
+
+_FLAG_OF_ARGUMENT = {
+    "num_frames": "--frame_num",
+    "motion_frames": "--motion_frame",
+    "max_frames": "--max_frame_num",
+    "num_inference_steps": "--sample_steps",
+    "shift": "--sample_shift",
+    "text_guidance_scale": "--sample_text_guide_scale",
+    "audio_guidance_scale": "--sample_audio_guide_scale",
+    "color_correction_strength": "--color_correction_strength",
+    "height": "--height",
+    "width": "--width",
+    "resolution": "--size",
+    "mode": "--mode",
+}
+
+
+def flag_names(message: str) -> str:
+    """Names the command line's flags where the pipeline's message names its arguments (`num_frames`, ...)."""
+    for argument, flag in _FLAG_OF_ARGUMENT.items():
+        message = message.replace(f"`{argument}`", flag).replace(f"{argument}=", f"{flag} ")
+    return message
+

@@ -1,0 +1,205 @@
+"""The `multitalk` argument parser: MultiTalk's flags with its names and defaults, and ours."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..runtime.errors import PROG
+from ..runtime.options import DEFAULT_SAMPLE_STEPS, GENERATE_DEFAULTS, SIZES
+
+def str2bool(value: str) -> bool:
+    """The reference's boolean flags: yes/true/t/y/1 and no/false/f/n/0."""
+    if isinstance(value, bool):
+        return value
+    lowered = value.strip().lower()
+    if lowered in ("yes", "true", "t", "y", "1"):
+        return True
+    if lowered in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false, yes/no, 1/0), got {value!r}")
+
+
+def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "generate",
+        help="generate a talking video from an input JSON (MultiTalk's flags)",
+        description=(
+            "Generate a talking video. The flags are those of MultiTalk's generate_multitalk.py, with its names and "
+            "defaults; the model comes from --ckpt_dir/--wav2vec_dir (the original checkpoints, MultiTalk's weights "
+            "linked into ckpt_dir as its README says, or --multitalk_dir), --model (a converted diffusers folder or "
+            "Hub id) or --tiny (a tiny random model, no downloads)."
+        ),
+    )
+    g = p.add_argument_group("MultiTalk's flags")
+    g.add_argument("--task", default="multitalk-14B", choices=["multitalk-14B"], help="the task (only multitalk-14B)")
+    g.add_argument("--size", default="multitalk-480", choices=SIZES, help="resolution bucket table; the video follows the image's aspect ratio")
+    g.add_argument("--frame_num", type=int, default=81, help="frames per clip, 4n+1 (81)")
+    g.add_argument("--ckpt_dir", default=None, help="the Wan2.1-I2V-14B folder, with MultiTalk's weights linked in")
+    g.add_argument("--quant_dir", default=None, help="the MeiGen-MultiTalk folder whose quant_models/ --quant reads")
+    g.add_argument("--wav2vec_dir", default=None, help="the chinese-wav2vec2-base folder")
+    g.add_argument("--lora_dir", nargs="+", default=None, help="LoRA files (Wan's original naming works)")
+    g.add_argument("--lora_scale", type=float, nargs="+", default=[1.2], help="one scale per LoRA, or one for all (1.2)")
+    g.add_argument(
+        "--offload_model", type=str2bool, default=None,
+        help="offload models to the CPU between uses (enable_model_cpu_offload); default: on with a GPU, as the reference on one GPU",
+    )
+    g.add_argument(
+        "--ulysses_size", type=int, default=1,
+        help="GPUs sharing one video (context parallelism, Ulysses); launch with torchrun --nproc_per_node N",
+    )
+    g.add_argument("--ring_size", type=int, default=1, help="ring attention parallelism (only 1 is supported)")
+    g.add_argument("--t5_fsdp", action="store_true", help="FSDP for umT5 (not supported)")
+    g.add_argument("--t5_cpu", action="store_true", help="keep the umT5 text encoder on the CPU")
+    g.add_argument("--dit_fsdp", action="store_true", help="FSDP for the DiT (not supported)")
+    g.add_argument("--save_file", default=None, help="output name; '.mp4' is appended (default: task_size_..._prompt_time)")
+    g.add_argument(
+        "--audio_save_dir", default=None,
+        help="also save the mixed (and TTS) audio as wav files under DIR/<image name>/ (as the reference does); "
+        "default: no audio side files",
+    )
+    g.add_argument("--base_seed", type=int, default=42, help="seed; negative picks a random one")
+    g.add_argument("--input_json", default="examples.json", help="the input file: prompt, cond_image, cond_audio, ...")
+    g.add_argument("--motion_frame", type=int, default=25, help="frames each streaming chunk continues from, 4n+1 (25)")
+    g.add_argument(
+        "--mode", default=None, choices=["clip", "streaming"],
+        help="default: the whole audio (one clip when it fits in --frame_num frames, else streaming); clip: one chunk "
+        "of --frame_num frames, longer audio cut (with a warning); streaming: chunks until the audio ends",
+    )
+    g.add_argument(
+        "--max_frame_num", type=int, default=None,
+        help="cap the video at N frames (25 fps; InfiniteTalk's flag); default: as long as the audio",
+    )
+    g.add_argument("--sample_steps", type=int, default=None, help=f"sampling steps ({DEFAULT_SAMPLE_STEPS})")
+    g.add_argument("--sample_shift", type=float, default=None, help="timestep shift (7 at 480P, 11 at 720P)")
+    g.add_argument("--sample_text_guide_scale", type=float, default=5.0, help="text guidance (5; 1 with distillation LoRAs)")
+    g.add_argument("--sample_audio_guide_scale", type=float, default=4.0, help="audio guidance (4; 2 with distillation LoRAs)")
+    g.add_argument(
+        "--num_persistent_param_in_dit", type=int, default=None,
+        help="low VRAM: keep the DiT blocks that fit in N parameters on the GPU, stream the others from the CPU "
+        "block by block (0: lowest VRAM); the other models are offloaded too unless --offload_model False",
+    )
+    g.add_argument("--audio_mode", default="localfile", choices=["localfile", "tts"], help="audio from files or from TTS (tts_audio)")
+    g.add_argument("--use_teacache", action="store_true", help="TeaCache: skip the DiT on steps whose timestep changed little")
+    g.add_argument("--teacache_thresh", type=float, default=0.2, help="TeaCache threshold, 0.2 to 0.5 (only with --use_teacache)")
+    g.add_argument("--use_apg", action="store_true", help="adaptive projected guidance")
+    g.add_argument("--apg_momentum", type=float, default=-0.75, help="APG momentum (-0.75)")
+    g.add_argument("--apg_norm_threshold", type=float, default=55, help="APG norm threshold (55)")
+    g.add_argument("--color_correction_strength", type=float, default=1.0, help="colour matching to the image, 0..1 (1)")
+    g.add_argument(
+        "--quant", default=None,
+        help="int8 or fp8 (optimum-quanto): MultiTalk's quantised DiT and umT5 from --quant_dir; with --lora_dir, its "
+        "first file is the quantised FusionX DiT, as in MultiTalk; without --quant_dir the float weights are quantised on the fly",
+    )
+
+    o = p.add_argument_group("diffusers-multitalk's flags")
+    source = o.add_mutually_exclusive_group()
+    source.add_argument("--model", default=None, help="a converted diffusers folder or Hub repo id (from_pretrained)")
+    source.add_argument("--tiny", action="store_true", help="a tiny random model built locally: no downloads, noise-like video")
+    o.add_argument("--multitalk_dir", default=None, help="the MeiGen-MultiTalk folder, when not linked into --ckpt_dir")
+    o.add_argument("--device", default=None, help="cuda, cuda:1, cpu, ... (default: cuda if available)")
+    o.add_argument(
+        "--dtype", default="auto", choices=["auto", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32"],
+        help="dtype of the DiT and encoders (auto: bfloat16 on a GPU, float32 on the CPU and for --tiny)",
+    )
+    o.add_argument("--height", type=int, default=None, help="output height (multiple of 16) instead of the bucket's")
+    o.add_argument("--width", type=int, default=None, help="output width (multiple of 16) instead of the bucket's")
+    o.add_argument("--attention_backend", default=None, help="a diffusers attention backend for the DiT (see `multitalk info`)")
+    p.set_defaults(**GENERATE_DEFAULTS)  # the runtime holds every option's default, for all front ends
+    return p
+
+
+def _add_download_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "download",
+        help="download Wan2.1-I2V-14B, MeiGen-MultiTalk and chinese-wav2vec2-base from the Hugging Face Hub",
+        description=(
+            "Download the checkpoints MultiTalk needs (only the files it uses; re-running resumes) into --target, "
+            "and link MultiTalk's weights and index into the Wan folder as MultiTalk's README does."
+        ),
+    )
+    p.add_argument("--target", default="weights", help="folder to download into (weights)")
+    p.add_argument("--size", default="multitalk-480", choices=SIZES, help="multitalk-480: Wan2.1-I2V-14B-480P; multitalk-720: -720P")
+    p.add_argument("--no_link", action="store_true", help="do not link MultiTalk's files into the Wan folder (keeps Wan's own index)")
+    p.add_argument("--copy", action="store_true", help="copy MultiTalk's files into the Wan folder instead of symlinking")
+    p.add_argument("--tts", action="store_true", help="also download Kokoro-82M for --audio_mode tts")
+    p.add_argument("--max_workers", type=int, default=8, help="parallel downloads per repository (8)")
+    return p
+
+
+def _add_info_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "info",
+        help="versions, device, attention backends, and which weights a folder holds",
+        description="Print versions, the device, diffusers' attention backends, and the files found in the given folders.",
+    )
+    p.add_argument("--ckpt_dir", default=None, help="a Wan2.1-I2V-14B folder to check")
+    p.add_argument("--wav2vec_dir", default=None, help="a chinese-wav2vec2-base folder to check")
+    p.add_argument("--multitalk_dir", default=None, help="a MeiGen-MultiTalk folder to check")
+    p.add_argument("--model", default=None, help="a converted diffusers folder (or Hub id) to check")
+    return p
+
+
+def _add_convert_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "convert",
+        help="convert the original checkpoints into one diffusers folder",
+        description="Convert Wan2.1-I2V-14B + MeiGen-MultiTalk + chinese-wav2vec2-base into a diffusers folder (from_pretrained).",
+    )
+    p.add_argument("--wan_dir", required=True, help="the Wan2.1-I2V-14B folder")
+    p.add_argument("--multitalk_dir", default=None, help="the MeiGen-MultiTalk folder (not needed if linked into --wan_dir)")
+    p.add_argument("--wav2vec_dir", required=True, help="the chinese-wav2vec2-base folder")
+    p.add_argument("--output_dir", required=True, help="where to write the diffusers folder")
+    p.add_argument("--dtype", default="bfloat16", help="dtype of the saved DiT and encoders (bfloat16)")
+    p.add_argument("--lora_dir", default=None, help="a LoRA to fuse into the DiT")
+    p.add_argument("--lora_scale", type=float, default=1.0, help="its scale (1.0)")
+    p.add_argument("--force", action="store_true", help="overwrite --output_dir")
+    p.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="also upload to this Hub repo")
+    return p
+
+
+SERVE_MODEL_FLAGS = (
+    "--ckpt_dir", "--wav2vec_dir", "--multitalk_dir", "--model", "--tiny", "--lora_dir", "--lora_scale", "--quant",
+    "--quant_dir", "--offload_model", "--num_persistent_param_in_dit", "--t5_cpu", "--device", "--dtype",
+    "--attention_backend", "--use_teacache", "--teacache_thresh",
+)
+
+
+def _add_serve_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "serve",
+        help="a web app (Gradio) to make talking videos in the browser",
+        description=(
+            "Serve the MultiTalk web app: a reference image, speech for 1 to 4 persons (recordings or a TTS script) "
+            "and a prompt give an mp4. The model comes from the same flags as for generate (--tiny, --model or "
+            "--ckpt_dir/--wav2vec_dir, ...) and is loaded before the server starts. Needs gradio: "
+            'pip install "diffusers-multitalk[app]".'
+        ),
+    )
+    generate = _add_generate_parser(argparse.ArgumentParser(prog=PROG).add_subparsers())
+    exclusive = {action for group in generate._mutually_exclusive_groups for action in group._group_actions}
+    model = p.add_argument_group("model (the flags of generate)")
+    source = model.add_mutually_exclusive_group()  # --model / --tiny, as in generate
+    for action in generate._actions:
+        if set(action.option_strings) & set(SERVE_MODEL_FLAGS):
+            (source if action in exclusive else model)._add_action(action)
+    s = p.add_argument_group("server")
+    s.add_argument("--host", default=None, help="address to listen on (gradio's default, 127.0.0.1; 0.0.0.0 for every interface)")
+    s.add_argument("--port", type=int, default=None, help="port (gradio's default: 7860, or the next free one)")
+    s.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    s.add_argument("--output_dir", default="outputs/app", help="where the videos are written (outputs/app)")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="MultiTalk (audio-driven multi-person talking video) with diffusers.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="{generate,download,info,convert,serve}")
+    _add_generate_parser(subparsers)
+    _add_download_parser(subparsers)
+    _add_info_parser(subparsers)
+    _add_convert_parser(subparsers)
+    _add_serve_parser(subparsers)
+    return parser
+

@@ -1,0 +1,31 @@
+"""The runtime under every front end (the `multitalk` command, the web app, the HTTP API): model options -> one
+loaded pipeline per process, a request -> validated pipeline arguments, outputs written atomically."""
+
+from .errors import PROG, Terminated, UserError, note, raise_terminated
+from .loading import PipelineHolder, load_from_options, load_pipeline, resolve_device, resolve_dtype
+from .options import (
+    DEFAULT_SAMPLE_STEPS,
+    DEFAULT_SHIFT,
+    GENERATE_DEFAULTS,
+    SIZES,
+    check_generate_args,
+    generate_options,
+    lora_specs,
+    unsupported_flags,
+)
+from .request import (
+    build_generation_kwargs,
+    check_writable,
+    default_save_file,
+    output_path,
+    synthesize_tts,
+    tiny_size,
+    tts_tracks,
+)
+
+__all__ = [
+    "DEFAULT_SAMPLE_STEPS", "DEFAULT_SHIFT", "GENERATE_DEFAULTS", "PROG", "SIZES", "PipelineHolder", "Terminated",
+    "UserError", "build_generation_kwargs", "check_generate_args", "check_writable", "default_save_file",
+    "generate_options", "load_from_options", "load_pipeline", "lora_specs", "note", "output_path", "raise_terminated",
+    "resolve_device", "resolve_dtype", "synthesize_tts", "tiny_size", "tts_tracks", "unsupported_flags",
+]  # fmt: skip

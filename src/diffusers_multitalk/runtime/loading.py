@@ -1,0 +1,218 @@
+"""A model spec (official folders, a converted repo, the tiny model, with its options) -> a loaded pipeline."""
+
+from __future__ import annotations
+
+import os
+from argparse import Namespace
+from pathlib import Path
+
+from ..loaders.original_folders import DIT_INDEX as WAN_INDEX
+from ..loaders.original_folders import MULTITALK_FILE
+from .distributed import is_main_process
+from .errors import PROG, UserError, note
+from .folders import inspect_wan_dir, inspect_wav2vec_dir
+from .hub import hub_error, is_hub_connection_error
+from .options import lora_specs, quant_dit_path
+
+_DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16", "float32": "float32", "fp32": "float32"}
+
+
+def resolve_device(name: str | None):
+    import torch
+
+    if name is None:
+        if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
+            return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"--device {name}: {err}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+    return device
+
+
+def resolve_dtype(name: str, device, tiny: bool = False):
+    import torch
+
+    if name == "auto":
+        return torch.float32 if tiny or device.type == "cpu" else torch.bfloat16
+    return getattr(torch, _DTYPES[name])
+
+
+def load_from_pretrained(model: str, torch_dtype=None):
+    """A converted diffusers folder or Hub repo id -> the pipeline."""
+    from ..pipelines.pipeline_wan_multitalk import WanMultiTalkPipeline
+
+    return WanMultiTalkPipeline.from_pretrained(model, torch_dtype=torch_dtype)
+
+
+def _wan_dir_problems(ckpt_dir: Path, need_linked_multitalk: bool) -> list[str]:
+    return [f"{label}: {detail}" if detail else label for label, ok, detail in inspect_wan_dir(ckpt_dir, need_linked_multitalk) if not ok]
+
+
+def load_pipeline(args: Namespace, device, dtype):
+    """The pipeline from --tiny, --model or --ckpt_dir/--wav2vec_dir, with LoRAs, quantisation, attention backend
+    and placement."""
+    quant_dit = quant_dit_path(args)
+    quant_files = bool(args.quant and (args.quant_dir or quant_dit))
+    if args.tiny:
+        from ..tiny import make_tiny_pipeline
+
+        pipe = make_tiny_pipeline()
+        if args.dtype != "auto":
+            pipe.to(dtype=dtype)
+    elif args.model:
+        try:
+            pipe = load_from_pretrained(args.model, torch_dtype=dtype)
+        except Exception as err:  # noqa: BLE001 - the Hub's connection/access errors get a clear message
+            if isinstance(err, OSError) and not is_hub_connection_error(err):
+                # diffusers wraps the Hub's error: "Cannot load model ...: the model is not fully cached locally ..."
+                raise UserError(f"--model {args.model}: {str(err).splitlines()[0]}") from err
+            clear = hub_error(err, args.model)
+            if clear is None:
+                raise
+            raise clear from err
+    else:
+        from ..pipelines.pipeline_wan_multitalk import WanMultiTalkPipeline
+
+        ckpt_dir = Path(args.ckpt_dir)
+        if not ckpt_dir.is_dir():
+            raise UserError(f"--ckpt_dir {ckpt_dir}: no such folder (`{PROG} download --target weights` fetches it)")
+        if quant_files:
+            from ..loaders.quantized import quant_folder_problems
+
+            # The quantised DiT holds every weight: no shards or multitalk.safetensors needed, its files are.
+            problems = quant_folder_problems(
+                _wan_dir_problems(ckpt_dir, need_linked_multitalk=False), ckpt_dir, args.quant, args.quant_dir, quant_dit
+            )
+        else:
+            problems = _wan_dir_problems(ckpt_dir, need_linked_multitalk=args.multitalk_dir is None)
+        if problems:
+            lines = "\n".join(f"  {p}" for p in problems)
+            raise UserError(
+                f"--ckpt_dir {ckpt_dir} is incomplete:\n{lines}\n"
+                f"`{PROG} download --target <folder>` fetches and links everything; or link MeiGen-MultiTalk's "
+                f"{MULTITALK_FILE} and {WAN_INDEX} into it as MultiTalk's README does, or pass --multitalk_dir."
+            )
+        wav2vec_problems = [f"{label}: {detail}" if detail else label for label, ok, detail in inspect_wav2vec_dir(Path(args.wav2vec_dir)) if not ok]
+        if wav2vec_problems:
+            raise UserError(f"--wav2vec_dir {args.wav2vec_dir} is incomplete:\n" + "\n".join(f"  {p}" for p in wav2vec_problems))
+        quant_kwargs = {}
+        if quant_files:
+            quant_kwargs = dict(quant=args.quant, quant_dir=args.quant_dir, quant_dit_path=quant_dit)
+            note(f"--quant {args.quant}: the quantised DiT {quant_dit or 'from ' + str(args.quant_dir)}")
+        pipe = WanMultiTalkPipeline.from_original(
+            ckpt_dir, args.multitalk_dir, args.wav2vec_dir, torch_dtype=dtype, **quant_kwargs
+        )
+
+    specs = [] if quant_dit else lora_specs(args)
+    if specs:
+        names = []
+        for index, (path, _) in enumerate(specs):
+            name = f"lora_{index}"
+            pipe.load_lora_weights(path, adapter_name=name)
+            names.append(name)
+        pipe.set_adapters(names, [scale for _, scale in specs])
+    if args.quant and not quant_files:
+        from ..loaders.quantized import quantize_pipeline
+
+        note(f"--quant {args.quant} without --quant_dir: quantising the DiT{' (LoRAs fused first)' if specs else ''} and umT5 on the fly")
+        quantize_pipeline(pipe, args.quant)
+
+    if args.use_teacache:
+        pipe.transformer.enable_teacache(threshold=args.teacache_thresh, resolution=args.size)
+
+    if args.attention_backend:
+        try:
+            pipe.transformer.set_attention_backend(args.attention_backend)
+        except (ValueError, RuntimeError) as err:
+            raise UserError(f"--attention_backend {args.attention_backend}: {err}") from err
+
+    offload = args.offload_model
+    if offload is None:
+        offload = device.type == "cuda" and args.ulysses_size == 1  # as the reference: offload on one GPU only
+    low_vram = args.num_persistent_param_in_dit
+    if low_vram is not None and device.type == "cpu":
+        note("--num_persistent_param_in_dit has no effect on the CPU (everything already lives there)")
+        low_vram = None
+    if offload and device.type == "cpu":
+        note("--offload_model True has no effect on the CPU (everything already lives there)")
+        offload = False
+    if low_vram is not None:
+        # The DiT blocks that fit in N parameters stay on the GPU, the others stream in block by block (diffusers'
+        # group offloading). --offload_model (on by default) group-offloads umT5, CLIP, the VAE and wav2vec2 as well,
+        # False keeps them on the GPU; --t5_cpu keeps umT5 on the CPU. See docs/low_vram.md.
+        from ..pipelines.low_vram import enable_low_vram
+
+        plan = enable_low_vram(pipe, device, low_vram, offload_components=offload, text_encoder_on_cpu=args.t5_cpu)
+        note(plan.summary())
+    elif offload:
+        if args.t5_cpu:
+            # keep umT5 out of the offload chain, on the CPU; the pipeline feeds it on its own device
+            pipe.model_cpu_offload_seq = "->".join(m for m in pipe.model_cpu_offload_seq.split("->") if m != "text_encoder")
+            pipe._exclude_from_cpu_offload = [*pipe._exclude_from_cpu_offload, "text_encoder"]
+        pipe.enable_model_cpu_offload(device=device)
+        if args.t5_cpu:
+            pipe.text_encoder.to("cpu")
+    else:
+        pipe.to(device)
+        if args.t5_cpu:
+            pipe.text_encoder.to("cpu")
+    if args.ulysses_size > 1:
+        from ..pipelines.context_parallel import enable_context_parallelism
+
+        enable_context_parallelism(pipe, ulysses_degree=args.ulysses_size)
+        if not is_main_process():
+            pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+
+def load_from_options(options: Namespace):
+    """The pipeline for the model options (`--tiny`, `--model` or `--ckpt_dir`/`--wav2vec_dir`, with `--device`,
+    `--dtype` and the rest), on the device they name."""
+    device = resolve_device(options.device)
+    options.device = str(device)
+    return load_pipeline(options, device, resolve_dtype(options.dtype, device, tiny=options.tiny))
+
+
+class PipelineHolder:
+    """One pipeline per process, loaded on first use: the front ends share it across requests.
+
+    Args:
+        source: a pipeline, a function returning one (e.g. `make_tiny_pipeline`), or model options (checked at
+            once, so bad flags fail before anything loads; TeaCache is left to each request).
+    """
+
+    def __init__(self, source):
+        import threading
+
+        from diffusers import DiffusionPipeline
+
+        from .options import check_generate_args, generate_options
+
+        if isinstance(source, DiffusionPipeline):
+            self._load = lambda: source
+        elif isinstance(source, Namespace):
+            options = generate_options(source)
+            check_generate_args(options)
+            options.use_teacache = False
+            self._load = lambda: load_from_options(options)
+        elif callable(source):
+            self._load = source
+        else:
+            raise TypeError(f"expected a pipeline, a function returning one, or model options; got {type(source).__name__}")
+        self._lock = threading.Lock()
+        self._pipeline = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._pipeline is not None
+
+    def __call__(self):
+        with self._lock:  # two first requests must not load the model twice
+            if self._pipeline is None:
+                self._pipeline = self._load()
+        return self._pipeline

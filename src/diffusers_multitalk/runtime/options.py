@@ -1,0 +1,222 @@
+"""The generation options (MultiTalk's flag names and defaults), shared by every front end, and their checks."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from argparse import Namespace
+from pathlib import Path
+
+from .errors import UserError
+
+
+# Every generation option with its default: MultiTalk's generate_multitalk.py flags (names and defaults, except that
+# an unset mode covers the whole audio) and ours. The CLI's parser takes its defaults from here; the app and the
+# HTTP API build their options with `generate_options`, so every front end starts from the same values.
+GENERATE_DEFAULTS = dict(
+    task="multitalk-14B", size="multitalk-480", frame_num=81, ckpt_dir=None, quant_dir=None, wav2vec_dir=None,
+    lora_dir=None, lora_scale=[1.2], offload_model=None, ulysses_size=1, ring_size=1, t5_fsdp=False, t5_cpu=False,
+    dit_fsdp=False, save_file=None, audio_save_dir=None, base_seed=42, input_json="examples.json", motion_frame=25,
+    mode=None, max_frame_num=None, sample_steps=None, sample_shift=None, sample_text_guide_scale=5.0,
+    sample_audio_guide_scale=4.0, num_persistent_param_in_dit=None, audio_mode="localfile", use_teacache=False,
+    teacache_thresh=0.2, use_apg=False, apg_momentum=-0.75, apg_norm_threshold=55, color_correction_strength=1.0,
+    quant=None, model=None, tiny=False, multitalk_dir=None, device=None, dtype="auto", height=None, width=None,
+    attention_backend=None,
+)
+
+
+def generate_options(source=None, **overrides) -> Namespace:
+    """The generation options: the defaults, updated with those `source` (any object with option attributes, such
+    as `multitalk serve`'s parsed model flags) shares, then with `overrides`. Unknown overrides are refused."""
+    unknown = sorted(set(overrides) - set(GENERATE_DEFAULTS))
+    if unknown:
+        raise UserError(f"unknown generation option(s): {', '.join(unknown)}")
+    options = Namespace(**GENERATE_DEFAULTS)
+    if source is not None:
+        for name, value in vars(source).items():
+            if name in GENERATE_DEFAULTS:
+                setattr(options, name, value)
+    for name, value in overrides.items():
+        setattr(options, name, value)
+    return options
+
+DEFAULT_SAMPLE_STEPS = 40
+
+
+DEFAULT_SHIFT = {"multitalk-480": 7.0, "multitalk-720": 11.0}
+
+
+SIZES = ("multitalk-480", "multitalk-720")
+
+
+def unsupported_flags(args: Namespace, environ: dict | None = None) -> list[tuple[str, str]]:
+    """The flags of ``args`` this build cannot honour, as ``(flag, why)``; empty when everything is supported."""
+    environ = os.environ if environ is None else environ
+    refused = []
+    if args.quant is not None:
+        refused.extend(_quant_refusals(args))
+    if args.ring_size > 1:
+        refused.append((f"--ring_size {args.ring_size}", "ring attention was not tested; use --ulysses_size for several GPUs"))
+    if args.t5_fsdp:
+        refused.append(("--t5_fsdp", "FSDP is not implemented; leave it out (--t5_cpu keeps umT5 off the GPU)"))
+    if args.dit_fsdp:
+        refused.append(
+            ("--dit_fsdp", "FSDP is not implemented; leave it out: with --ulysses_size every GPU holds the whole DiT "
+             "(38 GB in bf16) and does 1/N of its work")
+        )
+    world_size = int(environ.get("WORLD_SIZE", "1") or 1)
+    if args.ulysses_size > 1 and world_size != args.ulysses_size:
+        refused.append(
+            (f"--ulysses_size {args.ulysses_size}", f"needs {args.ulysses_size} processes, one per GPU: "
+             f"torchrun --nproc_per_node {args.ulysses_size} -m diffusers_multitalk generate ... (WORLD_SIZE is {world_size})")
+        )
+    elif world_size > 1 and args.ulysses_size == 1:
+        refused.append((f"torchrun (WORLD_SIZE={world_size})", f"pass --ulysses_size {world_size} to split the work"))
+    if args.ulysses_size > 1 and args.num_persistent_param_in_dit is not None:
+        refused.append(("--num_persistent_param_in_dit with --ulysses_size", "block streaming with several GPUs was not tested"))
+    if args.ulysses_size > 1 and args.quant is not None:
+        refused.append(("--quant with --ulysses_size", "quantised weights with several GPUs were not tested"))
+    if args.ulysses_size > 1 and args.offload_model:
+        refused.append(("--offload_model True with --ulysses_size", "model offloading with several GPUs was not tested"))
+    return refused
+
+
+def _quant_refusals(args: Namespace) -> list[tuple[str, str]]:
+    """Why ``--quant`` cannot be honoured here (empty when it can)."""
+    from ..loaders.quantized import QUANT_CHOICES, QUANT_INSTALL_HINT
+
+    flag = f"--quant {args.quant}"
+    if args.quant not in QUANT_CHOICES:
+        return [(flag, f"MultiTalk's quantisations are {' and '.join(QUANT_CHOICES)}")]
+    if not quanto_available():
+        return [(flag, f"optimum-quanto is not installed: {QUANT_INSTALL_HINT}")]
+    if (args.tiny or args.model) and (args.quant_dir or quant_dit_path(args)):
+        given = f"--quant_dir {args.quant_dir}" if args.quant_dir else f"--lora_dir {args.lora_dir[0]}"
+        return [(
+            f"{flag} {given}",
+            "MultiTalk's quantised files are in the original layout and load only with --ckpt_dir; with "
+            f"{'--tiny' if args.tiny else '--model'}, give float weights (and LoRAs) to quantise on the fly",
+        )]
+    return []
+
+
+def quanto_available() -> bool:
+    """Whether optimum-quanto (for --quant) is installed."""
+    try:
+        return importlib.util.find_spec("optimum.quanto") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def quant_dit_path(args: Namespace) -> str | None:
+    """With --quant, the first --lora_dir file when it is a quantised DiT (MultiTalk's
+    ``quant_model_int8_FusionX.safetensors``): MultiTalk loads it as the whole DiT, not as a LoRA."""
+    if not getattr(args, "quant", None) or not args.lora_dir:
+        return None
+    from ..loaders.quantized import is_quantized_checkpoint
+
+    return args.lora_dir[0] if is_quantized_checkpoint(args.lora_dir[0]) else None
+
+
+def check_generate_args(args: Namespace) -> None:
+    """Raises UserError listing every unsupported flag, then every invalid value (before anything is loaded)."""
+    refused = unsupported_flags(args)
+    if refused:
+        lines = "\n".join(f"  {flag}: {why}" for flag, why in refused)
+        raise UserError(f"this build cannot honour {'these flags' if len(refused) > 1 else 'this flag'}:\n{lines}")
+    problems = []
+    if args.frame_num < 5 or (args.frame_num - 1) % 4:
+        problems.append(f"--frame_num {args.frame_num}: must be 4n+1 and at least 5 (e.g. 81)")
+    if args.mode != "clip" and (
+        args.motion_frame < 1 or (args.motion_frame - 1) % 4 or args.motion_frame >= args.frame_num
+    ):
+        problems.append(f"--motion_frame {args.motion_frame}: must be 4n+1 and smaller than --frame_num ({args.frame_num})")
+    if args.max_frame_num is not None and args.max_frame_num < 5:
+        problems.append(f"--max_frame_num {args.max_frame_num}: must be at least 5 frames (0.2 s)")
+    for flag in ("sample_text_guide_scale", "sample_audio_guide_scale"):
+        if getattr(args, flag) < 0:
+            problems.append(f"--{flag} {getattr(args, flag)}: must be 0 or more (1 turns that guidance off)")
+    if args.sample_steps is not None and args.sample_steps < 1:
+        problems.append(f"--sample_steps {args.sample_steps}: must be at least 1")
+    if args.num_persistent_param_in_dit is not None and args.num_persistent_param_in_dit < 0:
+        problems.append(f"--num_persistent_param_in_dit {args.num_persistent_param_in_dit}: must be 0 or more (0: lowest VRAM)")
+    if not 0.0 <= args.color_correction_strength <= 1.0:
+        problems.append(f"--color_correction_strength {args.color_correction_strength}: must be in [0, 1]")
+    if args.use_teacache and args.teacache_thresh <= 0:
+        problems.append(f"--teacache_thresh {args.teacache_thresh}: must be positive (MultiTalk advises 0.2 to 0.5)")
+    if (args.height is None) != (args.width is None):
+        problems.append("--height/--width: give both or neither")
+    for name in ("height", "width"):
+        value = getattr(args, name)
+        if value is not None and (value <= 0 or value % 16):
+            problems.append(f"--{name} {value}: must be a positive multiple of 16")
+    if args.lora_dir:
+        if len(args.lora_scale) not in (1, len(args.lora_dir)):
+            problems.append(f"--lora_scale: {len(args.lora_scale)} scales for {len(args.lora_dir)} LoRAs (give one, or one per LoRA)")
+        for path in args.lora_dir:
+            if not Path(path).exists() and not _looks_like_repo_id(path):
+                problems.append(f"--lora_dir {path}: does not exist")
+        problems += _quant_lora_problems(args)
+    if args.quant_dir and args.quant is None:
+        problems.append(f"--quant_dir {args.quant_dir}: only used with --quant int8 (or fp8)")
+    # the model source
+    if args.model and not Path(args.model).is_dir() and not _looks_like_repo_id(args.model):
+        problems.append(f"--model {args.model}: neither a folder here nor a Hub repo id (owner/name)")
+    if args.tiny or args.model:
+        given = [f"--{n}" for n in ("ckpt_dir", "wav2vec_dir", "multitalk_dir") if getattr(args, n)]
+        if given:
+            problems.append(f"{', '.join(given)}: not used with {'--tiny' if args.tiny else '--model'}; give one model source")
+    else:
+        if not args.ckpt_dir:
+            problems.append("no model: give --ckpt_dir and --wav2vec_dir (the original checkpoints), --model (a diffusers folder) or --tiny")
+        elif not args.wav2vec_dir:
+            problems.append("--wav2vec_dir: required with --ckpt_dir (the chinese-wav2vec2-base folder)")
+    if problems:
+        raise UserError("invalid arguments:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _quant_lora_problems(args: Namespace) -> list[str]:
+    """--lora_dir with (or without) --quant: MultiTalk's quantised FusionX DiT comes through --lora_dir with --quant."""
+    from ..loaders.quantized import is_quantized_checkpoint
+
+    quantised = [path for path in args.lora_dir if is_quantized_checkpoint(path)]
+    if args.quant is None:
+        return [
+            f"--lora_dir {path}: a quantised DiT (MultiTalk's quant_model_*), not a LoRA: add --quant int8 (and --quant_dir)"
+            for path in quantised
+        ]
+    problems = []
+    if quantised and quantised[0] != args.lora_dir[0] or len(quantised) > 1:
+        problems.append("--lora_dir: with --quant the quantised DiT must be the first and only --lora_dir file")
+    elif quantised and len(args.lora_dir) > 1:
+        problems.append(
+            f"--lora_dir {' '.join(args.lora_dir[1:])}: a LoRA cannot be applied to the quantised DiT "
+            f"{args.lora_dir[0]}; MultiTalk ships FusionX already merged into it"
+        )
+    elif not quantised and args.quant_dir:
+        problems.append(
+            f"--lora_dir {args.lora_dir[0]}: with --quant and --quant_dir, --lora_dir is MultiTalk's quantised FusionX DiT "
+            "(quant_models/quant_model_int8_FusionX.safetensors); a float LoRA cannot be applied to the quantised "
+            "files: drop --quant_dir to fuse it into the float DiT and quantise that on the fly"
+        )
+    return problems
+
+
+def _looks_like_repo_id(value: str) -> bool:
+    """`owner/name` without a weight-file extension (LoRAs may come from the Hub)."""
+    parts = value.split("/")
+    weight_file = value.lower().endswith((".safetensors", ".bin", ".pt", ".pth", ".ckpt"))
+    return len(parts) == 2 and all(parts) and not weight_file and not value.startswith((".", "/", "~"))
+
+
+def lora_specs(args: Namespace) -> list[tuple[str, float]]:
+    """``[(lora path, scale), ...]``: one scale for all LoRAs, or one each."""
+    if not args.lora_dir:
+        return []
+    scales = list(args.lora_scale)
+    if len(scales) == 1:
+        scales = scales * len(args.lora_dir)
+    if len(scales) != len(args.lora_dir):
+        raise UserError(f"--lora_scale: {len(scales)} scales for {len(args.lora_dir)} LoRAs (give one, or one per LoRA)")
+    return list(zip(args.lora_dir, (float(s) for s in scales)))
+

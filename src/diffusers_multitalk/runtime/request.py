@@ -1,0 +1,132 @@
+"""A request (input JSON, form fields, an API body) -> the pipeline's arguments; TTS speech; where outputs go."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import random
+import tempfile
+from argparse import Namespace
+from pathlib import Path
+
+from .errors import UserError, note
+from .options import DEFAULT_SAMPLE_STEPS, DEFAULT_SHIFT, SIZES
+
+def _person_order(block: dict) -> list[str]:
+    keys = [k for k in block if str(k).startswith("person") and str(k)[6:].isdigit()]
+    return sorted(keys, key=lambda k: int(str(k)[6:]))
+
+
+def build_generation_kwargs(args: Namespace, input_data: dict) -> dict:
+    """Maps the ``generate`` flags and the input JSON to ``WanMultiTalkPipeline.__call__`` arguments.
+
+    A pure function of its inputs (no model, no file access); ``input_data`` is the input JSON (paths as they are
+    given, or as :func:`~diffusers_multitalk.input_json.load_input_json` resolved them; ``cond_audio`` values may
+    also be ``(waveform, sampling_rate)`` tuples, e.g. from TTS). A negative ``--base_seed`` draws a random seed,
+    as the reference does.
+    """
+    import torch
+
+    if args.size not in DEFAULT_SHIFT:
+        raise UserError(f"--size {args.size}: expected one of {', '.join(SIZES)}")
+    audio_block = input_data.get("cond_audio") or {}
+    persons = _person_order(audio_block)
+    if not persons:
+        raise UserError("the input has no audio: cond_audio needs person1 (and person2, ...), or use --audio_mode tts")
+    bbox_block = input_data.get("bbox") or None
+    bbox = [list(bbox_block[k]) for k in persons] if bbox_block else None
+    seed = args.base_seed if args.base_seed >= 0 else random.randint(0, 99_999_999)
+    device = getattr(args, "device", None) or "cpu"
+    # TTS tracks are already laid out in time (each person silent while the other speaks): mix them as they are.
+    audio_type = "para" if args.audio_mode == "tts" else input_data.get("audio_type") or "add"
+    return dict(
+        image=input_data["cond_image"],
+        audio=[audio_block[k] for k in persons],
+        prompt=input_data["prompt"],
+        audio_type=audio_type,
+        # the reference loudness-normalises recordings but drives the video with TTS speech as synthesised
+        normalize_loudness=args.audio_mode != "tts",
+        bbox=bbox,
+        resolution=args.size,
+        height=getattr(args, "height", None),
+        width=getattr(args, "width", None),
+        allow_upscale=True,  # the reference upsamples images smaller than the bucket
+        mode=args.mode,
+        num_frames=args.frame_num,
+        motion_frames=args.motion_frame,
+        max_frames=args.max_frame_num,
+        num_inference_steps=args.sample_steps if args.sample_steps is not None else DEFAULT_SAMPLE_STEPS,
+        shift=float(args.sample_shift) if args.sample_shift is not None else DEFAULT_SHIFT[args.size],
+        text_guidance_scale=float(args.sample_text_guide_scale),
+        audio_guidance_scale=float(args.sample_audio_guide_scale),
+        use_apg=bool(args.use_apg),
+        apg_momentum=float(args.apg_momentum),
+        apg_norm_threshold=float(args.apg_norm_threshold),
+        color_correction_strength=float(args.color_correction_strength),
+        generator=torch.Generator(device=device).manual_seed(seed),
+    )
+
+
+def default_save_file(args: Namespace, prompt: str, now: datetime.datetime | None = None) -> str:
+    """The reference's default output name: ``{task}_{size}_{ulysses}_{ring}_{prompt[:50]}_{YYYYmmdd_HHMMSS}``."""
+    now = now or datetime.datetime.now()
+    words = prompt.replace(" ", "_").replace("/", "_")[:50]
+    return f"{args.task}_{args.size}_{args.ulysses_size}_{args.ring_size}_{words}_{now.strftime('%Y%m%d_%H%M%S')}"
+
+
+def output_path(save_file: str) -> Path:
+    """``save_file`` + ``.mp4`` (not doubled when it already ends so)."""
+    return Path(save_file if save_file.lower().endswith(".mp4") else save_file + ".mp4")
+
+
+def tiny_size(image_size: tuple[int, int], size: str) -> tuple[int, int]:
+    """For --tiny without --height/--width: the image's bucket divided by 8, rounded to multiples of 16."""
+    from ..pipelines.image_processing import closest_bucket, resolution_buckets
+
+    bucket_h, bucket_w = closest_bucket(image_size[0], image_size[1], resolution_buckets(size))
+    return tuple(max(16, int(v / 8 / 16 + 0.5) * 16) for v in (bucket_h, bucket_w))
+
+
+def synthesize_tts(tts_block: dict) -> dict:
+    """``tts_audio`` -> ``{"person1": (waveform, sampling_rate), ...}`` through :func:`audio.tts.tts_from_json_block`."""
+    from ..audio.tts import TTSEngineUnavailableError, tts_from_json_block
+
+    try:
+        result = tts_from_json_block(tts_block)
+    except (TTSEngineUnavailableError, ValueError, FileNotFoundError) as err:
+        raise UserError(f"--audio_mode tts: {err}") from err
+    engine = getattr(result, "engine", None)
+    if engine:
+        note(f"--audio_mode tts: speech synthesised with {engine}")
+    return tts_tracks(result)
+
+
+def tts_tracks(result) -> dict:
+    """A :class:`TTSResult` -> ``{"person1": (waveform, rate), ...}``, the shape ``cond_audio`` entries take."""
+    import numpy as np
+
+    if not result.tracks:
+        raise UserError("--audio_mode tts: the TTS returned no audio")
+    return {
+        f"person{index + 1}": (np.asarray(track, dtype=np.float32), int(result.sampling_rate))
+        for index, track in enumerate(result.tracks)
+    }
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """Fails at once, naming the flag, if `path` could not be created (read-only folder, a parent that is a file)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a folder; give a file name")
+    parent = path.parent.absolute()
+    ancestor = next(folder for folder in [parent, *parent.parents] if folder.exists())
+    if not ancestor.is_dir():
+        raise UserError(f"{flag} {path}: {ancestor} is a file, not a folder")
+    try:  # a real probe: permission bits say nothing for root, read-only mounts or /proc
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as err:
+        raise UserError(f"{flag} {path}: cannot write in {ancestor} ({err.strerror or err})") from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"{flag} {path}: exists and is not writable")
+
