@@ -4,20 +4,26 @@ from __future__ import annotations
 
 from argparse import Namespace
 
+from ..runtime.errors import UserError
+
+
 def cmd_convert(args: Namespace) -> int:
     from ..conversion import convert_original_to_diffusers
 
-    result = convert_original_to_diffusers(
-        wan_dir=args.wan_dir,
-        multitalk_dir=args.multitalk_dir,
-        wav2vec_dir=args.wav2vec_dir,
-        output_dir=args.output_dir,
-        dtype=args.dtype,
-        lora_dir=args.lora_dir,
-        lora_scale=args.lora_scale,
-        force=args.force,
-        push_to_hub=args.push_to_hub,
-    )
+    try:
+        result = convert_original_to_diffusers(
+            wan_dir=args.wan_dir,
+            multitalk_dir=args.multitalk_dir,
+            wav2vec_dir=args.wav2vec_dir,
+            output_dir=args.output_dir,
+            dtype=args.dtype,
+            lora_dir=args.lora_dir,
+            lora_scale=args.lora_scale,
+            force=args.force,
+            push_to_hub=args.push_to_hub,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        raise UserError(str(err)) from err
     print(result if result is not None else args.output_dir)
     return 0
 

@@ -43,6 +43,7 @@ def build_generation_kwargs(args: Namespace, input_data: dict) -> dict:
         image=input_data["cond_image"],
         audio=[audio_block[k] for k in persons],
         prompt=input_data["prompt"],
+        negative_prompt=input_data.get("negative_prompt"),  # None: the reference's default
         audio_type=audio_type,
         # the reference loudness-normalises recordings but drives the video with TTS speech as synthesised
         normalize_loudness=args.audio_mode != "tts",
