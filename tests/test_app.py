@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from diffusers_multitalk import DEFAULT_NEGATIVE_PROMPT, app, cli
+from diffusers_multitalk import DEFAULT_NEGATIVE_PROMPT, app, cli, runtime
+import diffusers_multitalk.cli.parser  # noqa: F401 - cli.parser in the tests
 from diffusers_multitalk.cli import main
 
 
@@ -23,7 +24,7 @@ IMAGE = ASSETS / "two_people.png"  # 832x480 (w x h)
 SPEAKERS = [str(ASSETS / "speaker1.wav"), str(ASSETS / "speaker2.wav")]
 BOXES = ["30, 40, 470, 392", "30 440 470 792"]  # the bundled example's boxes
 # Small and fast: one 5-frame chunk, one step, two guidance passes instead of three.
-FAST = dict(num_frames=5, num_inference_steps=1, text_guidance_scale=1.0, height=64, width=112)
+FAST = dict(mode="clip", num_frames=5, num_inference_steps=1, text_guidance_scale=1.0, height=64, width=112)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def test_build_app_from_a_pipeline_and_from_serve_arguments(tiny_pipe, tmp_path)
     demo = app.build_app(args, output_dir=tmp_path)
     components = {getattr(block, "label", None): block for block in demo.blocks.values()}
     assert components["TeaCache"].value is True and components["TeaCache threshold"].value == 0.3
-    with pytest.raises(cli.CLIError, match="--wav2vec_dir: required with --ckpt_dir"):
+    with pytest.raises(runtime.UserError, match="--wav2vec_dir: required with --ckpt_dir"):
         app.build_app(cli.build_parser().parse_args(["serve", "--ckpt_dir", str(tmp_path)]))
 
 
@@ -117,14 +118,14 @@ def test_the_form_handler_maps_fields_and_persons(tiny_pipe, tmp_path):
     values = {
         app.IMAGE_LABEL: str(IMAGE), app.PROMPT_LABEL: "One person talks.", app.PERSONS_LABEL: 1,
         app.audio_label(1): SPEAKERS[0], app.audio_label(2): None,  # slot 2 is hidden: not a missing recording
-        "Frames per chunk (4n+1)": 5, "Sampling steps": 1, "Text guidance": 1.0, "Seed (-1: random)": 3,
+        "Frames per chunk (4n+1)": 5, "Mode": "clip", "Sampling steps": 1, "Text guidance": 1.0, "Seed (-1: random)": 3,
     }
     form.update({components[label]: value for label, value in values.items()})
     video, status = demo.generate_fn(form)
     _, frames = _probe(Path(video))
     assert frames == 5 and "1 recording (add)" in status and "seed 3" in status
     # tiny=True without a size: the bucket / 8, as `multitalk generate --tiny`
-    height, width = cli.tiny_size((480, 832), "multitalk-480")
+    height, width = runtime.tiny_size((480, 832), "multitalk-480")
     assert f"{width}x{height}" in status
 
 
@@ -183,7 +184,7 @@ def test_serve_parses_flags_and_calls_launch(monkeypatch):
     assert args.command == "serve" and args.output_dir == "outputs/app"
     # generate's model flags, with generate's defaults
     generate = cli.build_parser().parse_args(["generate"])
-    for flag in cli.SERVE_MODEL_FLAGS:
+    for flag in cli.parser.SERVE_MODEL_FLAGS:
         name = flag.lstrip("-")
         if hasattr(generate, name) and name not in ("tiny", "dtype"):
             assert getattr(args, name) == getattr(generate, name), flag

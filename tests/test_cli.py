@@ -17,7 +17,10 @@ import pytest
 import torch
 
 from diffusers_multitalk import cli
-from diffusers_multitalk.cli import CLIError, build_generation_kwargs, main
+from diffusers_multitalk import runtime
+from diffusers_multitalk.cli import CLIError, download, main
+from diffusers_multitalk.runtime import build_generation_kwargs
+import diffusers_multitalk.runtime.loading  # noqa: F401 - runtime.loading in the tests
 from diffusers_multitalk.input_json import InputJSONError, load_input_json, validate_input
 
 
@@ -145,8 +148,8 @@ def test_readme_commands_map_to_pipeline_kwargs(name, flags, data, world_size, c
     import inspect
 
     assert set(kwargs) <= set(inspect.signature(WanMultiTalkPipeline.__call__).parameters)
-    assert {flag for flag, _ in cli.unsupported_flags(args, environ={"WORLD_SIZE": str(world_size)})} == refused
-    assert cli.lora_specs(args) == loras
+    assert {flag for flag, _ in runtime.unsupported_flags(args, environ={"WORLD_SIZE": str(world_size)})} == refused
+    assert runtime.lora_specs(args) == loras
     if "--save_file" in flags:
         assert args.save_file == flags.split("--save_file ")[1].split()[0]
 
@@ -174,9 +177,9 @@ def test_reference_defaults():
 def test_default_save_file_and_output_path():
     import datetime
 
-    name = cli.default_save_file(parse(""), "a b/c", now=datetime.datetime(2025, 1, 2, 3, 4, 5))
+    name = runtime.default_save_file(parse(""), "a b/c", now=datetime.datetime(2025, 1, 2, 3, 4, 5))
     assert name == "multitalk-14B_multitalk-480_1_1_a_b_c_20250102_030405"
-    assert cli.output_path("x/demo") == Path("x/demo.mp4") and cli.output_path("demo.mp4") == Path("demo.mp4")
+    assert runtime.output_path("x/demo") == Path("x/demo.mp4") and runtime.output_path("demo.mp4") == Path("demo.mp4")
 
 
 @pytest.mark.parametrize(
@@ -202,12 +205,12 @@ def test_teacache_is_honoured():
     from diffusers_multitalk.hooks.teacache import TEACACHE_HOOK
 
     args = parse("--tiny --use_teacache --teacache_thresh 0.3 --size multitalk-720")
-    assert cli.unsupported_flags(args, environ={}) == []
-    pipe = cli.load_pipeline(args, torch.device("cpu"), torch.float32)
+    assert runtime.unsupported_flags(args, environ={}) == []
+    pipe = runtime.load_pipeline(args, torch.device("cpu"), torch.float32)
     head = pipe.transformer.blocks[0]._diffusers_hook.get_hook(TEACACHE_HOOK)
     assert head is not None and head.config.threshold == 0.3 and head.config.resolution == "multitalk-720"
     with pytest.raises(CLIError, match="--teacache_thresh 0.0"):
-        cli.check_generate_args(parse("--tiny --use_teacache --teacache_thresh 0"))
+        runtime.check_generate_args(parse("--tiny --use_teacache --teacache_thresh 0"))
 
 
 def test_invalid_arguments_reported_together(capsys):
@@ -422,8 +425,8 @@ def test_load_pipeline_tiny_with_lora_and_t5_cpu(tmp_path):
         lora[f"diffusion_model.blocks.{i}.self_attn.q.lora_up.weight"] = torch.randn(dim, 2, generator=g)
     save_file(lora, tmp_path / "lora.safetensors")
     args = parse(f"--tiny --lora_dir {tmp_path / 'lora.safetensors'} --lora_scale 0.5 --t5_cpu")
-    cli.check_generate_args(args)
-    pipe = cli.load_pipeline(args, torch.device("cpu"), torch.float32)
+    runtime.check_generate_args(args)
+    pipe = runtime.load_pipeline(args, torch.device("cpu"), torch.float32)
     assert pipe.get_active_adapters() == ["lora_0"]
     assert pipe.text_encoder.device.type == "cpu"
 
@@ -437,7 +440,7 @@ def test_tts_mode(monkeypatch, tmp_path):
         return tts_module.TTSResult(tracks=tracks, mixed=tracks[0] + tracks[1], engine="fake")
 
     monkeypatch.setattr(tts_module, "tts_from_json_block", fake_tts)
-    tracks = cli.synthesize_tts({"text": "(s1) hi (s2) yo", "human1_voice": "a", "human2_voice": "b"})
+    tracks = runtime.synthesize_tts({"text": "(s1) hi (s2) yo", "human1_voice": "a", "human2_voice": "b"})
     assert list(tracks) == ["person1", "person2"] and tracks["person1"][1] == 16000
     assert tracks["person1"][0].sum() == 800 and tracks["person2"][0].sum() == 0
     kwargs = build_generation_kwargs(parse("--audio_mode tts"), {"prompt": "p", "cond_image": "i.png", "cond_audio": tracks, "audio_type": "add"})
@@ -450,7 +453,7 @@ def test_tts_mode(monkeypatch, tmp_path):
     # a TTS problem (here: an empty text) is a CLI error that names the field
     monkeypatch.undo()
     with pytest.raises(CLIError, match="tts_audio.text is missing or empty"):
-        cli.synthesize_tts({"text": " ", "human1_voice": "a"})
+        runtime.synthesize_tts({"text": " ", "human1_voice": "a"})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -529,7 +532,7 @@ def test_download_fetches_exact_files_and_links(tmp_path, monkeypatch, capsys):
     assert f"--ckpt_dir {wan}" in out and f"--wav2vec_dir {target / 'chinese-wav2vec2-base'}" in out
 
     # the result passes `info` and the generate pre-check
-    assert cli._wan_dir_problems(wan, need_linked_multitalk=True) == []
+    assert runtime.loading._wan_dir_problems(wan, need_linked_multitalk=True) == []
     assert main(["info", "--ckpt_dir", str(wan), "--wav2vec_dir", str(target / "chinese-wav2vec2-base")]) == 0
     assert "MISSING" not in capsys.readouterr().out
 
@@ -555,7 +558,7 @@ def test_download_renames_wan_index_and_720p_tts_plan(tmp_path, monkeypatch):
     assert (wan / "diffusion_pytorch_model.safetensors.index.json_old").read_text() == "wan's own"
     index = wan / "diffusion_pytorch_model.safetensors.index.json"
     assert not index.is_symlink() and "multitalk.safetensors" in index.read_text()  # --copy
-    no_link = cli.download_plan(target, link=False)
+    no_link = download.download_plan(target, link=False)
     assert "diffusion_pytorch_model.safetensors.index.json" in no_link[0]["allow_patterns"]
 
 
@@ -579,7 +582,7 @@ def test_generate_model_unreachable_fails_clearly(monkeypatch, capsys):
     def unreachable(model, torch_dtype=None):
         raise OSError(f"Cannot load model {model}: the model is not fully cached locally (...)")
 
-    monkeypatch.setattr(cli, "load_from_pretrained", unreachable)
+    monkeypatch.setattr(runtime.loading, "load_from_pretrained", unreachable)
     status = main(["generate", "--model", "someone/multitalk-diffusers", "--input_json",
                    str(EXAMPLES / "single_tiny.json"), "--device", "cpu"])
     assert status == 1
@@ -598,9 +601,9 @@ def test_generate_refuses_incomplete_ckpt_dir(tmp_path, capsys):
 
 def test_convert_forwards_flags(monkeypatch, capsys, tmp_path):
     received = {}
-    fake = types.ModuleType("diffusers_multitalk.loaders.convert")
+    fake = types.ModuleType("diffusers_multitalk.conversion")
     fake.convert_original_to_diffusers = lambda **kwargs: received.update(kwargs) or kwargs["output_dir"]
-    monkeypatch.setitem(sys.modules, "diffusers_multitalk.loaders.convert", fake)
+    monkeypatch.setitem(sys.modules, "diffusers_multitalk.conversion", fake)
     status = main(["convert", "--wan_dir", "w", "--multitalk_dir", "m", "--wav2vec_dir", "a", "--output_dir", "o",
                    "--dtype", "float16", "--lora_dir", "l.safetensors", "--lora_scale", "0.5", "--force",
                    "--push_to_hub", "me/multitalk"])
@@ -612,3 +615,51 @@ def test_convert_forwards_flags(monkeypatch, capsys, tmp_path):
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "generate" in capsys.readouterr().out
+
+
+def test_parser_defaults_are_the_runtimes():
+    """One home for every option's default: the CLI's parser takes the runtime's, which the app and the API use."""
+    args = vars(cli.build_parser().parse_args(["generate"]))
+    args.pop("command")
+    assert args == runtime.GENERATE_DEFAULTS
+
+
+def test_cli_and_app_make_the_same_pipeline_arguments(tmp_path, monkeypatch):
+    """The same request through `multitalk generate` and through the web app reaches the pipeline with the same
+    arguments (both go through the runtime's mapping)."""
+    from diffusers_multitalk import app
+    from diffusers_multitalk.cli import generate as generate_command
+
+    calls = []
+
+    class Recorder:
+        _execution_device = torch.device("cpu")
+        transformer = types.SimpleNamespace(disable_teacache=lambda: None, enable_teacache=lambda **kw: None)
+
+        def check_inputs(self, **kwargs):
+            pass
+
+        def __call__(self, **kwargs):
+            calls.append(kwargs)
+            raise ValueError("recorded")  # stop before any work
+
+    monkeypatch.setattr(generate_command, "load_pipeline", lambda *args: Recorder())
+    image, audio = EXAMPLES / "assets" / "two_people.png", EXAMPLES / "assets" / "speaker1.wav"
+    (tmp_path / "in.json").write_text(json.dumps({"prompt": "a talk", "cond_image": str(image),
+                                                  "cond_audio": {"person1": str(audio)}}))  # fmt: skip
+    status = main(["generate", "--tiny", "--input_json", str(tmp_path / "in.json"), "--save_file",
+                   str(tmp_path / "cli"), "--sample_steps", "3", "--base_seed", "7", "--height", "64", "--width", "96"])  # fmt: skip
+    assert status == 1 and len(calls) == 1
+    with pytest.raises(Exception, match="recorded"):
+        recorder = Recorder()
+        app.generate_video(lambda: recorder, str(image), "a talk", audio=[str(audio)], num_inference_steps=3, seed=7,
+                           height=64, width=96, output_dir=tmp_path / "app", negative_prompt=None)  # fmt: skip
+    assert len(calls) == 2
+    from_cli, from_app = calls
+    for kwargs in calls:
+        assert kwargs.pop("generator").initial_seed() == 7
+        kwargs.pop("output_path")
+    from_cli["image"], from_app["image"] = str(from_cli["image"]), str(getattr(from_app["image"], "filename", from_app["image"]))
+    assert {k: v for k, v in from_cli.items() if k not in ("image", "audio")} == {
+        k: v for k, v in from_app.items() if k not in ("image", "audio")
+    }

@@ -110,7 +110,7 @@ def test_unwritable_output_fails_at_once_in_one_line(tmp_path):
 
 
 def test_pipeline_errors_name_the_flags():
-    from diffusers_multitalk.cli import flag_names
+    from diffusers_multitalk.cli.generate import flag_names
 
     message = "`motion_frames` must be 4n+1 and smaller than `num_frames` (5) for audio longer than one chunk, got 25."
     assert flag_names(message) == "--motion_frame must be 4n+1 and smaller than --frame_num (5) for audio longer than one chunk, got 25."
@@ -153,7 +153,7 @@ def test_help_is_quick_and_quiet():
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the probe under test matters where permission bits do not apply")
 def test_output_probe_is_real_for_root(tmp_path):
-    from diffusers_multitalk.cli import CLIError, check_writable
+    from diffusers_multitalk.runtime import UserError as CLIError, check_writable
 
     with pytest.raises(CLIError, match="cannot write in /proc"):
         check_writable(Path("/proc/no_such_folder/video.mp4"), "--save_file")

@@ -6,7 +6,7 @@ import soundfile as sf
 import torch
 
 from diffusers_multitalk import WanMultiTalkPipeline, make_tiny_pipeline
-from diffusers_multitalk.pipelines.multitalk_utils import multitalk_sigmas
+from diffusers_multitalk.pipelines.sampling import multitalk_sigmas
 
 
 SR = 16000

@@ -5,9 +5,9 @@
 
 One reference image, speech for 1 to 4 persons (recordings, or a ``(s1) ... (s2) ...`` script spoken by TTS) and a
 prompt give an mp4 with the mixed speech. The model is loaded by the CLI's own machinery
-(:func:`~diffusers_multitalk.cli.check_generate_args`, :func:`~diffusers_multitalk.cli.load_pipeline`) and the
+(:func:`~diffusers_multitalk.runtime.check_generate_args`, :func:`~diffusers_multitalk.runtime.load_pipeline`) and the
 settings reach the pipeline through the CLI's flag -> argument mapping
-(:func:`~diffusers_multitalk.cli.build_generation_kwargs`), so the app and ``multitalk generate`` behave alike.
+(:func:`~diffusers_multitalk.runtime.build_generation_kwargs`), so the app and ``multitalk generate`` behave alike.
 
 Everything the UI does goes through :func:`generate_video`, which can be called directly (no browser):
 
@@ -30,13 +30,12 @@ import argparse
 import datetime
 import os
 import random
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import cli
+from . import runtime
 from .pipelines.pipeline_wan_multitalk import DEFAULT_NEGATIVE_PROMPT
 
 
@@ -99,64 +98,15 @@ class GenerationResult:
 # ================================================================================================================
 # Model loading
 # ================================================================================================================
-def _generate_args(args: argparse.Namespace | None = None, **overrides) -> argparse.Namespace:
-    """``multitalk generate``'s arguments with their defaults, updated with the ones ``args`` shares (``serve``'s
-    model flags) and ``overrides``: what the CLI's checking, loading and mapping functions take."""
-    namespace = cli.build_parser().parse_args(["generate"])
-    if args is not None:
-        for name, value in vars(args).items():
-            if hasattr(namespace, name) and name not in ("command", "func"):
-                setattr(namespace, name, value)
-    for name, value in overrides.items():
-        setattr(namespace, name, value)
-    return namespace
-
-
 def pipeline_loader(source) -> Callable[[], Any]:
-    """A function returning the pipeline, loading it on its first call only.
+    """A function returning the pipeline, loading it on its first call only (the runtime's `PipelineHolder`).
 
     Args:
         source: a [`WanMultiTalkPipeline`], a function returning one (e.g. `make_tiny_pipeline`), or ``serve``'s /
-            ``generate``'s parsed arguments (`--tiny`, `--model` or `--ckpt_dir`/`--wav2vec_dir`, with `--lora_dir`,
-            `--device`, `--dtype`, `--offload_model`, ...), checked at once with the CLI's own checks.
+            ``generate``'s parsed model options (`--tiny`, `--model` or `--ckpt_dir`/`--wav2vec_dir`, with
+            `--lora_dir`, `--device`, `--dtype`, `--offload_model`, ...), checked at once.
     """
-    from diffusers import DiffusionPipeline
-
-    if isinstance(source, DiffusionPipeline):
-        return lambda: source
-    if isinstance(source, argparse.Namespace):
-        model_args = _generate_args(source)
-        cli.check_generate_args(model_args)  # bad flags fail here, before anything loads
-        # TeaCache is switched per request (it is a UI setting), so the pipeline loads without it.
-        model_args.use_teacache = False
-
-        def load():
-            return _load_from_args(model_args)
-
-    elif callable(source):
-        load = source
-    else:
-        raise TypeError(
-            f"expected a pipeline, a function returning one, or parsed arguments; got {type(source).__name__}"
-        )
-
-    lock = threading.Lock()
-    loaded = []
-
-    def get_pipeline():
-        with lock:  # two first requests must not load the model twice
-            if not loaded:
-                loaded.append(load())
-        return loaded[0]
-
-    return get_pipeline
-
-
-def _load_from_args(args: argparse.Namespace):
-    device = cli.resolve_device(args.device)
-    args.device = str(device)
-    dtype = cli.resolve_dtype(args.dtype, device, tiny=args.tiny)
-    return cli.load_pipeline(args, device, dtype)
+    return runtime.PipelineHolder(source)
 
 
 # ================================================================================================================
@@ -237,8 +187,8 @@ def _synthesize(text: str, voices: Sequence[str], engine: str | None):
     except (TTSEngineUnavailableError, ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
         raise gr.Error(f"{TTS_TEXT_LABEL}: {err}") from err
     try:
-        return cli._tts_tracks(result), result
-    except cli.CLIError as err:
+        return runtime.tts_tracks(result), result
+    except runtime.UserError as err:
         raise gr.Error(f"{TTS_TEXT_LABEL}: {err}") from err
 
 
@@ -293,7 +243,7 @@ def generate_video(
     num_frames: int = 81,
     motion_frames: int = 25,
     max_frames: int | None = None,
-    num_inference_steps: int = cli.DEFAULT_SAMPLE_STEPS,
+    num_inference_steps: int = runtime.DEFAULT_SAMPLE_STEPS,
     shift: float | None = None,
     text_guidance_scale: float = 5.0,
     audio_guidance_scale: float = 4.0,
@@ -346,7 +296,7 @@ def generate_video(
     from diffusers import DiffusionPipeline
 
     from .audio.processing import TARGET_SAMPLE_RATE
-    from .pipelines.multitalk_utils import load_image_any
+    from .pipelines.image_processing import load_image_any
 
     started = time.perf_counter()
     report = progress if progress is not None else (lambda *args, **kwargs: None)
@@ -394,7 +344,7 @@ def generate_video(
     if (height is None) != (width is None):
         raise gr.Error("Height / Width: give both, or 0 for both (the resolution's bucket).")
     if height is None and tiny:
-        height, width = cli.tiny_size((image.height, image.width), resolution)
+        height, width = runtime.tiny_size((image.height, image.width), resolution)
     seed = int(seed)
     if seed < 0:
         seed = random.randint(0, 99_999_999)
@@ -428,19 +378,20 @@ def generate_video(
         cond_audio = {f"person{i}": entry for i, entry in enumerate(audio, start=1)}
 
     # 4. The video: the same flag -> argument mapping as `multitalk generate`
-    args = _generate_args(
+    args = runtime.generate_options(
         size=resolution, mode=mode, frame_num=num_frames, motion_frame=motion_frames,
         sample_steps=int(num_inference_steps), sample_shift=None if shift in (None, "") else float(shift),
         sample_text_guide_scale=float(text_guidance_scale), sample_audio_guide_scale=float(audio_guidance_scale),
         use_apg=bool(use_apg), color_correction_strength=float(color_correction_strength), base_seed=seed,
         audio_mode="tts" if use_tts else "localfile", device=str(pipe._execution_device), height=height, width=width,
     )
-    input_data = {"prompt": prompt, "cond_image": image, "cond_audio": cond_audio, "audio_type": audio_type}
+    input_data = {"prompt": prompt, "negative_prompt": negative_prompt, "cond_image": image, "cond_audio": cond_audio,
+                  "audio_type": audio_type}  # fmt: skip
     if bbox is not None:
         input_data["bbox"] = {f"person{i}": box for i, box in enumerate(bbox, start=1)}
-    kwargs = cli.build_generation_kwargs(args, input_data)
+    kwargs = runtime.build_generation_kwargs(args, input_data)
     path = _video_path(Path(output_dir), seed)
-    kwargs.update(negative_prompt=negative_prompt, max_frames=max_frames, output_path=path)
+    kwargs.update(max_frames=max_frames, output_path=path)
     report(0.0, desc="Generating")
     try:
         output = pipe(**kwargs)
@@ -570,7 +521,7 @@ def build_app(
 
                 with gr.Accordion("Generation", open=True):
                     with gr.Row():
-                        fields["resolution"] = gr.Radio(list(cli.SIZES), value="multitalk-480", label="Resolution")
+                        fields["resolution"] = gr.Radio(list(runtime.SIZES), value="multitalk-480", label="Resolution")
                         fields["mode"] = gr.Radio(
                             ["auto", "clip", "streaming"], value="auto", label="Mode",
                             info="auto: the whole speech; clip: one chunk; streaming: chunks until the speech ends",
@@ -582,7 +533,7 @@ def build_app(
                         )
                     with gr.Row():
                         fields["num_inference_steps"] = gr.Slider(
-                            1, 100, value=cli.DEFAULT_SAMPLE_STEPS, step=1, label="Sampling steps"
+                            1, 100, value=runtime.DEFAULT_SAMPLE_STEPS, step=1, label="Sampling steps"
                         )
                         fields["seed"] = gr.Number(value=42, precision=0, label="Seed (-1: random)")
                 with gr.Accordion("Advanced", open=False):
@@ -590,7 +541,7 @@ def build_app(
                         label="Negative prompt", value=DEFAULT_NEGATIVE_PROMPT, lines=3
                     )
                     with gr.Row():
-                        fields["shift"] = gr.Number(value=cli.DEFAULT_SHIFT["multitalk-480"], label="Shift")
+                        fields["shift"] = gr.Number(value=runtime.DEFAULT_SHIFT["multitalk-480"], label="Shift")
                         fields["text_guidance_scale"] = gr.Slider(1, 15, value=5.0, step=0.5, label="Text guidance")
                         fields["audio_guidance_scale"] = gr.Slider(1, 15, value=4.0, step=0.5, label="Audio guidance")
                     with gr.Row():
@@ -635,7 +586,7 @@ def build_app(
             )
 
         def default_shift(resolution):
-            return cli.DEFAULT_SHIFT[resolution]
+            return runtime.DEFAULT_SHIFT[resolution]
 
         fields["num_persons"].change(show_persons, fields["num_persons"], person_groups)
         fields["speech"].change(
@@ -694,7 +645,7 @@ def launch(args: argparse.Namespace, **launch_kwargs):
     click), builds the app and serves it on ``args.host``:``args.port`` (``args.share``: a public gradio.live link)."""
     output_dir = Path(getattr(args, "output_dir", None) or DEFAULT_OUTPUT_DIR)
     get_pipeline = pipeline_loader(args)
-    cli._note("loading the model" + (" (--tiny)" if getattr(args, "tiny", False) else ""))
+    runtime.note("loading the model" + (" (--tiny)" if getattr(args, "tiny", False) else ""))
     get_pipeline()
     demo = build_app(
         get_pipeline, output_dir=output_dir, tiny=bool(getattr(args, "tiny", False)),
