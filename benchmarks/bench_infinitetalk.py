@@ -161,7 +161,9 @@ def main():
     audio = [(speech(args.seconds, 150 + 90 * p), 16000) for p in range(args.persons)]
     sampling = preset_call_kwargs("fast")  # 8 steps, text 1, audio 2, shift 2
     size = (
-        dict(height=64, width=96, num_frames=9, motion_frames=1) if args.tiny else dict(resolution="infinitetalk-480")
+        dict(height=64, width=96, num_frames=9, motion_frames=1)
+        if args.tiny
+        else dict(resolution="infinitetalk-480", allow_upscale=True)  # 832x480 -> the 896x448 bucket, as the reference
     )
     call = dict(
         video=video,
