@@ -156,7 +156,7 @@ def test_readme_commands_map_to_pipeline_kwargs(name, flags, data, world_size, c
 
 def test_reference_defaults():
     args = parse("")
-    assert (args.task, args.size, args.frame_num, args.motion_frame, args.mode) == ("multitalk-14B", "multitalk-480", 81, 25, None)
+    assert (args.task, args.size, args.frame_num, args.motion_frame, args.mode) == ("multitalk-14B", "multitalk-480", 81, None, None)
     assert (args.sample_steps, args.sample_shift, args.base_seed, args.input_json) == (None, None, 42, "examples.json")
     assert (args.sample_text_guide_scale, args.sample_audio_guide_scale, args.lora_scale) == (5.0, 4.0, [1.2])
     assert (args.offload_model, args.audio_mode, args.audio_save_dir, args.teacache_thresh) == (None, "localfile", None, 0.2)
@@ -258,7 +258,7 @@ def test_every_problem_reported_at_once_with_paths(tmp_path):
     problems = info.value.problems
     text = "\n".join(problems)
     assert "$.prompt: expected a string, got number 123" in problems
-    assert any(p.startswith("$.cond_image: missing (required)") for p in problems)
+    assert any(p.startswith("$.cond_image: missing: give cond_image (an image) or cond_video") for p in problems)
     assert "$.cond_imgae: unknown key; did you mean 'cond_image'?" in problems
     assert "$.audio_type: expected 'add' or 'para', got 'both'" in problems
     assert "$.cond_audio.person2: 'x.wav' does not exist" in text
@@ -579,7 +579,7 @@ def test_info_runs(capsys, tmp_path):
 
 
 def test_generate_model_unreachable_fails_clearly(monkeypatch, capsys):
-    def unreachable(model, torch_dtype=None):
+    def unreachable(model, torch_dtype=None, cls=None):
         raise OSError(f"Cannot load model {model}: the model is not fully cached locally (...)")
 
     monkeypatch.setattr(runtime.loading, "load_from_pretrained", unreachable)

@@ -43,7 +43,7 @@ logger = logging.get_logger(__name__)
 __all__ = ["InputJSONError", "format_json_path", "load_input_json", "load_input_schema", "validate_input"]
 
 SCHEMA_FILE = Path(__file__).with_name("input_schema.json")
-TOP_LEVEL_KEYS = ("prompt", "cond_image", "audio_type", "cond_audio", "bbox", "tts_audio")
+TOP_LEVEL_KEYS = ("prompt", "cond_image", "cond_video", "audio_type", "cond_audio", "bbox", "tts_audio")
 PERSON_KEY = re.compile(r"^person([1-9][0-9]*)$")
 VOICE_KEY = re.compile(r"^human([1-9][0-9]*)_voice$")
 TURN_MARK = re.compile(r"\(s(\d+)\)")
@@ -284,8 +284,8 @@ def validate_input(
         cwd: the working directory to fall back to (default: the current one).
 
     Returns:
-        ``{"prompt", "cond_image", "audio_type", "cond_audio", "bbox", "tts_audio", "num_persons", "image_size"}``:
-        paths absolute, persons ordered person1, person2, ...; ``cond_audio`` is empty in tts mode, ``bbox`` and
+        ``{"prompt", "cond_image" or "cond_video" (+ "cond_video_is_image"), "audio_type", "cond_audio", "bbox",
+        "tts_audio", "num_persons", "image_size"}``: paths absolute, persons ordered person1, person2, ...; ``cond_audio`` is empty in tts mode, ``bbox`` and
         ``tts_audio`` None when absent; ``image_size`` is ``(height, width)``.
     """
     if audio_mode not in AUDIO_MODES:
@@ -308,9 +308,24 @@ def validate_input(
         elif "tts_audio" not in data:
             problems.append((["tts_audio"], "missing (required with --audio_mode tts)"))
 
-        # --- the image
+        # --- the image, or InfiniteTalk's video (or image) to animate
         image = data.get("cond_image")
         image_size = None
+        if "cond_image" in data and "cond_video" in data:
+            problems.append((["cond_video"], "give cond_image (MultiTalk) or cond_video (InfiniteTalk), not both"))
+        elif "cond_image" not in data and "cond_video" not in data:
+            problems.append((["cond_image"], "missing: give cond_image (an image) or cond_video (a video to dub)"))
+        video = data.get("cond_video")
+        if isinstance(video, str) and video and "cond_image" not in data:
+            found, tried = _resolve(video, base_dir, cwd)
+            if found is None:
+                problems.append((["cond_video"], _missing_message(video, tried)))
+            else:
+                image_size, is_image, why = _probe_visual(found)
+                if image_size is None:
+                    problems.append((["cond_video"], f"{video!r} is neither an image nor a video ffmpeg can read ({why})"))
+                result["cond_video"] = str(found)
+                result["cond_video_is_image"] = is_image
         if isinstance(image, str) and image:
             found, tried = _resolve(image, base_dir, cwd)
             if found is None:
@@ -440,6 +455,30 @@ def validate_input(
         unique = list(dict.fromkeys(f"{format_json_path(path)}: {message}" for path, message in problems))
         raise InputJSONError(source, unique)
     return result
+
+
+def _probe_visual(path: Path) -> tuple[tuple[int, int] | None, bool, str]:
+    """``((height, width), is_image, why)`` of an image or a video file, read cheaply (PIL, then ffmpeg's header)."""
+    import PIL.Image
+
+    try:
+        with PIL.Image.open(path) as img:
+            return (img.height, img.width), True, ""
+    except Exception:  # noqa: BLE001 - not an image: try it as a video
+        pass
+    try:
+        import imageio_ffmpeg
+
+        reader = imageio_ffmpeg.read_frames(str(path))
+        meta = next(reader)
+        first = next(reader, None)
+        reader.close()
+    except Exception as err:  # noqa: BLE001 - any reader failure is the user's file
+        return None, False, str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+    if first is None:
+        return None, False, "it holds no video frames"
+    width, height = meta["size"]
+    return (int(height), int(width)), False, ""
 
 
 def load_input_json(path: str | os.PathLike, audio_mode: str = "localfile", cwd: str | os.PathLike | None = None) -> dict:

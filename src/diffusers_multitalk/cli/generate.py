@@ -9,7 +9,7 @@ from pathlib import Path
 from ..runtime.distributed import init_distributed, is_main_process
 from ..runtime.errors import UserError, note
 from ..runtime.loading import load_pipeline, resolve_device, resolve_dtype
-from ..runtime.options import check_generate_args
+from ..runtime.options import check_generate_args, is_infinitetalk
 from ..runtime.request import (
     build_generation_kwargs,
     check_writable,
@@ -27,10 +27,14 @@ def cmd_generate(args: Namespace) -> int:
         input_data = load_input_json(args.input_json, audio_mode=args.audio_mode)
     except (InputJSONError, ImportError) as err:
         raise UserError(str(err)) from err
+    if is_infinitetalk(args, input_data):
+        args.task = "infinitetalk-14B"  # a cond_video input (or InfiniteTalk's weights) picks InfiniteTalk
+    elif input_data.get("cond_image") is None:
+        raise UserError("the input has no cond_image (MultiTalk needs an image)")
     # Where the video goes is checked before any model loads: a 14B run must not fail at its last write.
     path = output_path(args.save_file or default_save_file(args, input_data["prompt"]))
     check_writable(path, "--save_file")
-    audio_dir = Path(args.audio_save_dir) / Path(input_data["cond_image"]).stem if args.audio_save_dir else None
+    audio_dir = Path(args.audio_save_dir) / Path(input_data.get("cond_image") or input_data["cond_video"]).stem if args.audio_save_dir else None
     if audio_dir is not None:
         check_writable(audio_dir / "sum.wav", "--audio_save_dir")
     device = resolve_device(args.device)
@@ -56,7 +60,12 @@ def cmd_generate(args: Namespace) -> int:
     if is_main_process():
         kwargs["output_path"] = path
     try:
-        output = pipe(**kwargs)
+        if args.scene_seg:
+            from ..runtime.scenes import generate_by_scene
+
+            output = generate_by_scene(pipe, kwargs, kwargs.pop("output_path", None))
+        else:
+            output = pipe(**kwargs)
     except (ValueError, FileNotFoundError) as err:
         raise UserError(flag_names(str(err))) from err
     if not is_main_process():

@@ -31,7 +31,11 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
         ),
     )
     g = p.add_argument_group("MultiTalk's flags")
-    g.add_argument("--task", default="multitalk-14B", choices=["multitalk-14B"], help="the task (only multitalk-14B)")
+    g.add_argument(
+        "--task", default="multitalk-14B", choices=["multitalk-14B", "infinitetalk-14B"],
+        help="multitalk-14B animates an image; infinitetalk-14B dubs a video (or animates an image) with InfiniteTalk "
+        "(implied by --infinitetalk_dir, --dit_path, an infinitetalk size or a cond_video input)",
+    )
     g.add_argument("--size", default="multitalk-480", choices=SIZES, help="resolution bucket table; the video follows the image's aspect ratio")
     g.add_argument("--frame_num", type=int, default=81, help="frames per clip, 4n+1 (81)")
     g.add_argument("--ckpt_dir", default=None, help="the Wan2.1-I2V-14B folder, with MultiTalk's weights linked in")
@@ -59,7 +63,10 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
     )
     g.add_argument("--base_seed", type=int, default=42, help="seed; negative picks a random one")
     g.add_argument("--input_json", default="examples.json", help="the input file: prompt, cond_image, cond_audio, ...")
-    g.add_argument("--motion_frame", type=int, default=25, help="frames each streaming chunk continues from, 4n+1 (25)")
+    g.add_argument(
+        "--motion_frame", type=int, default=None,
+        help="frames each streaming chunk continues from, 4n+1 (MultiTalk 25, InfiniteTalk 9)",
+    )
     g.add_argument(
         "--mode", default=None, choices=["clip", "streaming"],
         help="default: the whole audio (one clip when it fits in --frame_num frames, else streaming); clip: one chunk "
@@ -89,6 +96,18 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
         "--quant", default=None,
         help="int8 or fp8 (optimum-quanto): MultiTalk's quantised DiT and umT5 from --quant_dir; with --lora_dir, its "
         "first file is the quantised FusionX DiT, as in MultiTalk; without --quant_dir the float weights are quantised on the fly",
+    )
+
+    i = p.add_argument_group("InfiniteTalk's flags")
+    i.add_argument(
+        "--infinitetalk_dir", default=None,
+        help="InfiniteTalk's adapter file: InfiniteTalk/single/infinitetalk.safetensors (one person) or "
+        "multi/infinitetalk.safetensors (several); with --ckpt_dir the Wan2.1-I2V-14B folder",
+    )
+    i.add_argument("--dit_path", default=None, help="a full InfiniteTalk DiT checkpoint (torch.save with state_dict)")
+    i.add_argument(
+        "--scene_seg", action="store_true",
+        help="split the cond_video (and the audio) at shot boundaries (PySceneDetect) and dub each shot from its own frames",
     )
 
     o = p.add_argument_group("diffusers-multitalk's flags")
@@ -167,12 +186,13 @@ SERVE_MODEL_FLAGS = (
 def _add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "serve",
-        help="a web app (Gradio) to make talking videos in the browser",
+        help="the web app and the HTTP API (one process, one model)",
         description=(
-            "Serve the MultiTalk web app: a reference image, speech for 1 to 4 persons (recordings or a TTS script) "
-            "and a prompt give an mp4. The model comes from the same flags as for generate (--tiny, --model or "
-            "--ckpt_dir/--wav2vec_dir, ...) and is loaded before the server starts. Needs gradio: "
-            'pip install "diffusers-multitalk[app]".'
+            "Serve MultiTalk on one port: the REST API under /v1 (jobs with progress, cancellation and limits; "
+            "/openapi.json) and the Gradio web app at /. A reference image, speech for 1 to 4 persons (recordings or "
+            "a TTS script) and a prompt give an mp4. The model comes from the same flags as for generate (--tiny, "
+            "--model or --ckpt_dir/--wav2vec_dir, ...) and is loaded once, before the server starts. Needs gradio, "
+            'fastapi and uvicorn: pip install "diffusers-multitalk[app]".'
         ),
     )
     generate = _add_generate_parser(argparse.ArgumentParser(prog=PROG).add_subparsers())
@@ -183,10 +203,19 @@ def _add_serve_parser(subparsers) -> argparse.ArgumentParser:
         if set(action.option_strings) & set(SERVE_MODEL_FLAGS):
             (source if action in exclusive else model)._add_action(action)
     s = p.add_argument_group("server")
-    s.add_argument("--host", default=None, help="address to listen on (gradio's default, 127.0.0.1; 0.0.0.0 for every interface)")
-    s.add_argument("--port", type=int, default=None, help="port (gradio's default: 7860, or the next free one)")
-    s.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    s.add_argument("--output_dir", default="outputs/app", help="where the videos are written (outputs/app)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1; 0.0.0.0 for every interface)")
+    s.add_argument("--port", type=int, default=7860, help="port (7860)")
+    s.add_argument("--output_dir", default="outputs/app", help="where jobs (jobs/<id>/) and the web app's videos (ui/) go (outputs/app)")
+    s.add_argument("--max_queue", type=int, default=8, help="API jobs that may wait; more answer 429 (8)")
+    s.add_argument("--max_upload_mb", type=float, default=50, help="largest upload, per file, in MB; larger answer 413 (50)")
+    s.add_argument("--max_audio_seconds", type=float, default=600, help="longest speech per file, in seconds; longer answer 422 (600)")
+    s.add_argument("--max_pixels", type=int, default=4096 * 4096, help="largest image, width x height; larger answer 422 (16777216)")
+    s.add_argument("--api_key", default=None, help="require 'Authorization: Bearer KEY' on /v1 (default: no key)")
+    s.add_argument("--keep_jobs", type=float, default=3600, help="seconds a finished job and its video are kept (3600)")
+    s.add_argument(
+        "--share", action="store_true",
+        help="serve the web app alone through a public gradio.live link (Gradio's own server: no /v1 API)",
+    )
     return p
 
 

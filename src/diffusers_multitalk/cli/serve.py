@@ -1,4 +1,4 @@
-"""`multitalk serve`: the web app on the model flags of `generate`."""
+"""`multitalk serve`: the HTTP API and the web app on one port, on the model flags of `generate`."""
 
 from __future__ import annotations
 
@@ -10,12 +10,21 @@ from ..runtime.errors import UserError
 
 
 def cmd_serve(args: Namespace) -> int:
-    if importlib.util.find_spec("gradio") is None:
-        raise UserError('the web app needs gradio: pip install "diffusers-multitalk[app]"')
     if args.port is not None and not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: must be in 0..65535")
-    # The app is a front end of its own: started by name, never imported by the CLI (and gradio is optional).
-    app = importlib.import_module("diffusers_multitalk.app")
-    app.launch(args)  # blocks until the server stops
+    for flag in ("max_queue", "max_upload_mb", "max_audio_seconds", "max_pixels"):
+        if getattr(args, flag, 1) <= 0:
+            raise UserError(f"--{flag} {getattr(args, flag)}: must be positive")
+    if getattr(args, "keep_jobs", 0) < 0:
+        raise UserError(f"--keep_jobs {args.keep_jobs}: must be 0 or more (seconds)")
+    if importlib.util.find_spec("gradio") is None:
+        raise UserError('the web app needs gradio: pip install "diffusers-multitalk[app]"')
+    # The front ends are started by name, never imported by the CLI (and their packages are optional).
+    if args.share:  # a public gradio.live link exists only for Gradio's own server: the web app alone
+        importlib.import_module("diffusers_multitalk.app").launch(args)
+        return 0
+    missing = [name for name in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f'the HTTP API needs {", ".join(missing)}: pip install "diffusers-multitalk[app]"')
+    importlib.import_module("diffusers_multitalk.server").serve(args)  # blocks until the server stops
     return 0
-

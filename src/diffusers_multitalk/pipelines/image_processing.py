@@ -52,7 +52,11 @@ RESOLUTION_BUCKETS: dict[str, dict[str, tuple[int, int]]] = {
     "multitalk-720": ASPECT_RATIO_960,
 }
 
-_RESOLUTION_ALIASES = {"480": "multitalk-480", "480p": "multitalk-480", "720": "multitalk-720", "720p": "multitalk-720"}
+_RESOLUTION_ALIASES = {
+    "480": "multitalk-480", "480p": "multitalk-480", "720": "multitalk-720", "720p": "multitalk-720",
+    # InfiniteTalk names the same bucket tables after itself
+    "infinitetalk-480": "multitalk-480", "infinitetalk-720": "multitalk-720",
+}  # fmt: skip
 
 
 def resolution_buckets(resolution: Union[str, int] = "multitalk-480") -> dict[str, tuple[int, int]]:

@@ -12,7 +12,7 @@ from .distributed import is_main_process
 from .errors import PROG, UserError, note
 from .folders import inspect_wan_dir, inspect_wav2vec_dir
 from .hub import hub_error, is_hub_connection_error
-from .options import lora_specs, quant_dit_path
+from .options import is_infinitetalk, lora_specs, quant_dit_path
 
 _DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16", "float32": "float32", "fp32": "float32"}
 
@@ -41,11 +41,44 @@ def resolve_dtype(name: str, device, tiny: bool = False):
     return getattr(torch, _DTYPES[name])
 
 
-def load_from_pretrained(model: str, torch_dtype=None):
-    """A converted diffusers folder or Hub repo id -> the pipeline."""
+def pipeline_class(args: Namespace):
+    """WanInfiniteTalkPipeline for InfiniteTalk's task, weights or sizes; WanMultiTalkPipeline otherwise."""
+    if is_infinitetalk(args):
+        from ..pipelines.pipeline_wan_infinitetalk import WanInfiniteTalkPipeline
+
+        return WanInfiniteTalkPipeline
     from ..pipelines.pipeline_wan_multitalk import WanMultiTalkPipeline
 
-    return WanMultiTalkPipeline.from_pretrained(model, torch_dtype=torch_dtype)
+    return WanMultiTalkPipeline
+
+
+def load_from_pretrained(model: str, torch_dtype=None, cls=None):
+    """A converted diffusers folder or Hub repo id -> the pipeline."""
+    if cls is None:
+        from ..pipelines.pipeline_wan_multitalk import WanMultiTalkPipeline as cls
+    return cls.from_pretrained(model, torch_dtype=torch_dtype)
+
+
+def _load_infinitetalk_original(args: Namespace, dtype):
+    """InfiniteTalk from the Wan folder and InfiniteTalk's files (--infinitetalk_dir, --dit_path, --quant_dir)."""
+    from ..loaders.infinitetalk import infinitetalk_problems
+    from ..pipelines.pipeline_wan_infinitetalk import WanInfiniteTalkPipeline
+
+    quant_path = args.quant_dir if args.quant else None
+    problems = infinitetalk_problems(
+        args.ckpt_dir, args.infinitetalk_dir, args.wav2vec_dir, args.dit_path, args.quant, quant_path
+    )
+    if problems:
+        lines = "\n".join(f"  {p}" for p in problems)
+        raise UserError(f"the InfiniteTalk weights are incomplete:\n{lines}")
+    specs = lora_specs(args)
+    if len(specs) > 1:
+        raise UserError("--lora_dir: InfiniteTalk takes one LoRA here (fuse the others first)")
+    return WanInfiniteTalkPipeline.from_original(
+        args.ckpt_dir, args.infinitetalk_dir, args.wav2vec_dir, torch_dtype=dtype, dit_path=args.dit_path,
+        lora_path=specs[0][0] if specs else None, lora_scale=specs[0][1] if specs else 1.0, quant=args.quant,
+        quant_path=quant_path,
+    )
 
 
 def _wan_dir_problems(ckpt_dir: Path, need_linked_multitalk: bool) -> list[str]:
@@ -55,17 +88,18 @@ def _wan_dir_problems(ckpt_dir: Path, need_linked_multitalk: bool) -> list[str]:
 def load_pipeline(args: Namespace, device, dtype):
     """The pipeline from --tiny, --model or --ckpt_dir/--wav2vec_dir, with LoRAs, quantisation, attention backend
     and placement."""
-    quant_dit = quant_dit_path(args)
+    infinitetalk = is_infinitetalk(args)
+    quant_dit = None if infinitetalk else quant_dit_path(args)
     quant_files = bool(args.quant and (args.quant_dir or quant_dit))
     if args.tiny:
         from ..tiny import make_tiny_pipeline
 
-        pipe = make_tiny_pipeline()
+        pipe = make_tiny_pipeline(0, pipeline_class=pipeline_class(args))
         if args.dtype != "auto":
             pipe.to(dtype=dtype)
     elif args.model:
         try:
-            pipe = load_from_pretrained(args.model, torch_dtype=dtype)
+            pipe = load_from_pretrained(args.model, torch_dtype=dtype, cls=pipeline_class(args))
         except Exception as err:  # noqa: BLE001 - the Hub's connection/access errors get a clear message
             if isinstance(err, OSError) and not is_hub_connection_error(err):
                 # diffusers wraps the Hub's error: "Cannot load model ...: the model is not fully cached locally ..."
@@ -74,6 +108,9 @@ def load_pipeline(args: Namespace, device, dtype):
             if clear is None:
                 raise
             raise clear from err
+    elif infinitetalk:
+        pipe = _load_infinitetalk_original(args, dtype)
+        quant_files = bool(args.quant)  # LoRA and quantisation are applied by from_original
     else:
         from ..pipelines.pipeline_wan_multitalk import WanMultiTalkPipeline
 
@@ -107,7 +144,7 @@ def load_pipeline(args: Namespace, device, dtype):
             ckpt_dir, args.multitalk_dir, args.wav2vec_dir, torch_dtype=dtype, **quant_kwargs
         )
 
-    specs = [] if quant_dit else lora_specs(args)
+    specs = [] if quant_dit or (infinitetalk and not (args.tiny or args.model)) else lora_specs(args)
     if specs:
         names = []
         for index, (path, _) in enumerate(specs):

@@ -16,12 +16,12 @@ from .errors import UserError
 GENERATE_DEFAULTS = dict(
     task="multitalk-14B", size="multitalk-480", frame_num=81, ckpt_dir=None, quant_dir=None, wav2vec_dir=None,
     lora_dir=None, lora_scale=[1.2], offload_model=None, ulysses_size=1, ring_size=1, t5_fsdp=False, t5_cpu=False,
-    dit_fsdp=False, save_file=None, audio_save_dir=None, base_seed=42, input_json="examples.json", motion_frame=25,
+    dit_fsdp=False, save_file=None, audio_save_dir=None, base_seed=42, input_json="examples.json", motion_frame=None,
     mode=None, max_frame_num=None, sample_steps=None, sample_shift=None, sample_text_guide_scale=5.0,
     sample_audio_guide_scale=4.0, num_persistent_param_in_dit=None, audio_mode="localfile", use_teacache=False,
     teacache_thresh=0.2, use_apg=False, apg_momentum=-0.75, apg_norm_threshold=55, color_correction_strength=1.0,
     quant=None, model=None, tiny=False, multitalk_dir=None, device=None, dtype="auto", height=None, width=None,
-    attention_backend=None,
+    attention_backend=None, infinitetalk_dir=None, dit_path=None, scene_seg=False,
 )
 
 
@@ -43,10 +43,30 @@ def generate_options(source=None, **overrides) -> Namespace:
 DEFAULT_SAMPLE_STEPS = 40
 
 
-DEFAULT_SHIFT = {"multitalk-480": 7.0, "multitalk-720": 11.0}
+DEFAULT_SHIFT = {"multitalk-480": 7.0, "multitalk-720": 11.0, "infinitetalk-480": 7.0, "infinitetalk-720": 11.0}
 
 
-SIZES = ("multitalk-480", "multitalk-720")
+SIZES = ("multitalk-480", "multitalk-720", "infinitetalk-480", "infinitetalk-720")
+TASKS = ("multitalk-14B", "infinitetalk-14B")
+# Frames each streaming chunk continues from: MultiTalk's and InfiniteTalk's defaults.
+DEFAULT_MOTION_FRAMES = {"multitalk-14B": 25, "infinitetalk-14B": 9}
+
+
+def motion_frames(options: Namespace, input_data: dict | None = None) -> int:
+    """`--motion_frame`, or the model's default when unset (MultiTalk 25, InfiniteTalk 9)."""
+    if getattr(options, "motion_frame", None) is not None:
+        return int(options.motion_frame)
+    return DEFAULT_MOTION_FRAMES["infinitetalk-14B" if is_infinitetalk(options, input_data) else "multitalk-14B"]
+
+
+def is_infinitetalk(options: Namespace, input_data: dict | None = None) -> bool:
+    """Whether the options (or the input) ask for InfiniteTalk: its task, weights, sizes or a cond_video input."""
+    return (
+        getattr(options, "task", None) == "infinitetalk-14B"
+        or bool(getattr(options, "infinitetalk_dir", None) or getattr(options, "dit_path", None))
+        or str(getattr(options, "size", "")).startswith("infinitetalk")
+        or bool(input_data and input_data.get("cond_video"))
+    )
 
 
 def unsupported_flags(args: Namespace, environ: dict | None = None) -> list[tuple[str, str]]:
@@ -127,10 +147,18 @@ def check_generate_args(args: Namespace) -> None:
     problems = []
     if args.frame_num < 5 or (args.frame_num - 1) % 4:
         problems.append(f"--frame_num {args.frame_num}: must be 4n+1 and at least 5 (e.g. 81)")
-    if args.mode != "clip" and (
-        args.motion_frame < 1 or (args.motion_frame - 1) % 4 or args.motion_frame >= args.frame_num
-    ):
-        problems.append(f"--motion_frame {args.motion_frame}: must be 4n+1 and smaller than --frame_num ({args.frame_num})")
+    motion = motion_frames(args)
+    if args.mode != "clip" and (motion < 1 or (motion - 1) % 4 or motion >= args.frame_num):
+        problems.append(
+            f"--motion_frame {motion}: must be 4n+1 and smaller than --frame_num ({args.frame_num})"
+            + ("" if args.mode else " when the audio outlasts one chunk; or give --mode clip")
+        )
+    if args.task not in TASKS:
+        problems.append(f"--task {args.task}: expected one of {', '.join(TASKS)}")
+    if args.infinitetalk_dir and args.multitalk_dir:
+        problems.append("--infinitetalk_dir, --multitalk_dir: give InfiniteTalk's or MultiTalk's audio weights, not both")
+    if args.scene_seg and not is_infinitetalk(args):
+        problems.append("--scene_seg: splits a cond_video into shots; it is for InfiniteTalk (--infinitetalk_dir, a cond_video input)")
     if args.max_frame_num is not None and args.max_frame_num < 5:
         problems.append(f"--max_frame_num {args.max_frame_num}: must be at least 5 frames (0.2 s)")
     for flag in ("sample_text_guide_scale", "sample_audio_guide_scale"):
@@ -171,6 +199,11 @@ def check_generate_args(args: Namespace) -> None:
             problems.append("no model: give --ckpt_dir and --wav2vec_dir (the original checkpoints), --model (a diffusers folder) or --tiny")
         elif not args.wav2vec_dir:
             problems.append("--wav2vec_dir: required with --ckpt_dir (the chinese-wav2vec2-base folder)")
+        if args.ckpt_dir and is_infinitetalk(args) and not (args.infinitetalk_dir or args.dit_path or (args.quant and args.quant_dir)):
+            problems.append(
+                "--infinitetalk_dir: required for InfiniteTalk with --ckpt_dir (InfiniteTalk/single/infinitetalk.safetensors, "
+                "or multi/ for several persons), or --dit_path, or --quant with --quant_dir"
+            )
     if problems:
         raise UserError("invalid arguments:\n" + "\n".join(f"  {p}" for p in problems))
 

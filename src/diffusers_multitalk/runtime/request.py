@@ -10,7 +10,7 @@ from argparse import Namespace
 from pathlib import Path
 
 from .errors import UserError, note
-from .options import DEFAULT_SAMPLE_STEPS, DEFAULT_SHIFT, SIZES
+from .options import DEFAULT_SAMPLE_STEPS, DEFAULT_SHIFT, SIZES, is_infinitetalk, motion_frames
 
 def _person_order(block: dict) -> list[str]:
     keys = [k for k in block if str(k).startswith("person") and str(k)[6:].isdigit()]
@@ -39,8 +39,12 @@ def build_generation_kwargs(args: Namespace, input_data: dict) -> dict:
     device = getattr(args, "device", None) or "cpu"
     # TTS tracks are already laid out in time (each person silent while the other speaks): mix them as they are.
     audio_type = "para" if args.audio_mode == "tts" else input_data.get("audio_type") or "add"
+    if input_data.get("cond_video") and not input_data.get("cond_video_is_image"):
+        visual = dict(video=input_data["cond_video"])  # InfiniteTalk dubs the video
+    else:
+        visual = dict(image=input_data.get("cond_image") or input_data.get("cond_video"))
     return dict(
-        image=input_data["cond_image"],
+        **visual,
         audio=[audio_block[k] for k in persons],
         prompt=input_data["prompt"],
         negative_prompt=input_data.get("negative_prompt"),  # None: the reference's default
@@ -54,7 +58,7 @@ def build_generation_kwargs(args: Namespace, input_data: dict) -> dict:
         allow_upscale=True,  # the reference upsamples images smaller than the bucket
         mode=args.mode,
         num_frames=args.frame_num,
-        motion_frames=args.motion_frame,
+        motion_frames=motion_frames(args, input_data),
         max_frames=args.max_frame_num,
         num_inference_steps=args.sample_steps if args.sample_steps is not None else DEFAULT_SAMPLE_STEPS,
         shift=float(args.sample_shift) if args.sample_shift is not None else DEFAULT_SHIFT[args.size],
