@@ -1,0 +1,290 @@
+"""The `multitalk serve` FastAPI app: the REST API under `/v1`, `/healthz`, and the Gradio UI mounted at `/`, with
+one model for both."""
+
+from __future__ import annotations
+
+import importlib
+import secrets
+import threading
+from argparse import Namespace
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from .. import runtime
+from .events import job_events
+from .generation import parse_settings, run_job
+from .jobs import Job, JobManager, QueueFull, new_job_id
+from .schemas import ErrorBody, Health, JobCreated, JobInfo, JobState
+from .uploads import MB, Limits, UploadRejected, check_audio, check_image, read_limited
+
+
+MAX_PERSONS = 4
+_ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 409, 413, 415, 422, 429)}
+
+
+class SharedPipeline:
+    """The pipeline as the web UI sees it: each generation holds the server's GPU lock, so the UI's generations and
+    the API's jobs take turns on the one model."""
+
+    def __init__(self, pipe, lock):
+        self.__dict__["_pipe"], self.__dict__["_lock"] = pipe, lock
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+    def __call__(self, *args, **kwargs):
+        with self._lock:
+            return self._pipe(*args, **kwargs)
+
+
+def create_app(
+    source,
+    *,
+    output_dir: str | Path = "outputs/app",
+    max_queue: int = 8,
+    max_upload_mb: float = 50,
+    max_audio_seconds: float = 600,
+    max_pixels: int = 4096 * 4096,
+    api_key: str | None = None,
+    keep_jobs: float = 3600,
+    tiny: bool | None = None,
+    options: Namespace | None = None,
+    ui: bool = True,
+) -> FastAPI:
+    """
+    The server's app (not started: run it with uvicorn).
+
+    Args:
+        source: `multitalk serve`'s parsed flags (the model options), a pipeline, or a function returning one.
+        output_dir: jobs go to `output_dir/jobs/<id>/`, the UI's videos to `output_dir/ui/`.
+        max_queue: jobs that may wait (a full queue answers 429).
+        max_upload_mb / max_audio_seconds / max_pixels: upload limits (413, 422).
+        api_key: when given, `/v1` wants `Authorization: Bearer <api_key>` (401 otherwise).
+        keep_jobs: seconds a finished job (and its video) is kept.
+        tiny: the model is the tiny random one (default: `source.tiny` for flags).
+        options: the model flags `source` was loaded with, when it is a pipeline (jobs start from them).
+        ui: mount the Gradio web app at `/`.
+    """
+    if isinstance(source, Namespace) or options is not None:
+        server_options = runtime.generate_options(options if options is not None else source)
+        checks_model = True
+    else:
+        server_options = runtime.generate_options(tiny=bool(tiny))
+        checks_model = bool(tiny)
+    tiny = bool(server_options.tiny) if tiny is None else tiny
+    holder = runtime.PipelineHolder(source)
+    output_dir = Path(output_dir)
+    jobs_dir = output_dir / "jobs"
+    limits = Limits(int(max_upload_mb * MB), float(max_audio_seconds), int(max_pixels))
+    gpu_lock = threading.RLock()
+    manager = JobManager(lambda job, *a: run_job(holder(), job, *a), max_queue=max_queue, keep_seconds=keep_jobs,
+                         gpu_lock=gpu_lock)  # fmt: skip
+
+    @asynccontextmanager
+    async def lifespan(app):
+        manager.start()
+        yield
+        manager.stop()
+
+    app = FastAPI(
+        title="MultiTalk API", version="1", lifespan=lifespan,
+        description="Audio-driven talking video: submit a job (an image, speech and a prompt), follow its progress, "
+        "download the mp4. One job runs on the GPU at a time, the others wait in a bounded queue.",
+    )  # fmt: skip
+    app.state.jobs, app.state.pipeline, app.state.limits = manager, holder, limits
+
+    bearer = HTTPBearer(auto_error=False, description="`--api_key`, when the server was started with one")
+
+    def check_key(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)):
+        if api_key is None:
+            return
+        given = credentials.credentials if credentials is not None else ""
+        if not secrets.compare_digest(given.encode(), api_key.encode()):
+            raise HTTPException(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+    # A whole request past what the largest job could upload is refused before its body is read.
+    request_limit = limits.max_upload_bytes * (1 + MAX_PERSONS) + MB
+
+    @app.middleware("http")
+    async def refuse_huge_bodies(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if request.method == "POST" and request.url.path == "/v1/jobs" and length and length.isdigit():
+            if int(length) > request_limit:
+                return JSONResponse(
+                    {"detail": f"the request is {int(length) / MB:.1f} MB, more than this server takes "
+                     f"({request_limit / MB:g} MB: {limits.max_upload_bytes / MB:g} MB a file, --max_upload_mb)"},
+                    status_code=413,
+                )  # fmt: skip
+        return await call_next(request)
+
+    api = APIRouter(prefix="/v1", dependencies=[Depends(check_key)], responses=_ERRORS)
+
+    def job_or_404(job_id: str) -> Job:
+        job = manager.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id} (finished jobs are removed after {keep_jobs:g} s, --keep_jobs)")
+        return job
+
+    def video_url(request: Request, job: Job) -> str:
+        return str(request.url_for("job_video", job_id=job.id).path)
+
+    @api.post("/jobs", status_code=202, response_model=JobCreated, summary="Submit a job")
+    async def submit_job(
+        request: Request,
+        prompt: str = Form(..., description="what the video shows"),
+        image: UploadFile | None = File(None, description="the reference image (PNG, JPEG, WebP, GIF, BMP)"),
+        video: UploadFile | None = File(None, description="a video to dub (InfiniteTalk; not served yet)"),
+        audio: list[UploadFile] = File(default=[], description="one recording per person, in order (WAV, FLAC, OGG, MP3)"),
+        tts: str | None = Form(None, description="instead of audio: a script '(s1) Hi! (s2) Hello.' spoken by TTS"),
+        settings: str | None = Form(None, description='generation fields as a JSON object, e.g. {"mode": "clip", "sample_steps": 8}'),
+    ):
+        if manager.queue_full():
+            raise HTTPException(429, f"the queue is full ({manager.max_queue} jobs waiting, --max_queue); retry later")
+        try:
+            options, extras = parse_settings(settings, server_options, checks_model=checks_model)
+        except runtime.UserError as err:
+            raise HTTPException(422, str(err)) from None
+        if video is not None:
+            raise HTTPException(
+                422, "video: not supported yet: this server loads a MultiTalk (image-to-video) model; dubbing a video "
+                "needs InfiniteTalk's model, which `multitalk serve` does not load; send an image",
+            )  # fmt: skip
+        if image is None:
+            raise HTTPException(422, "image: missing; send the reference picture as the multipart field 'image'")
+        if not prompt.strip():
+            raise HTTPException(422, "prompt: empty; describe the scene")
+        if tts is not None and audio:
+            raise HTTPException(422, "audio / tts: give recordings or a TTS script, not both")
+        if tts is None and not audio:
+            raise HTTPException(422, "audio: missing; send one 'audio' file per person, or a 'tts' script")
+        if len(audio) > MAX_PERSONS:
+            raise HTTPException(422, f"audio: {len(audio)} files; at most {MAX_PERSONS} persons")
+        if tts is not None:
+            _check_script(tts)
+        try:
+            picture = check_image(await read_limited(image, "image", limits), "image", limits)
+            speech = [
+                check_audio(await read_limited(f, f"audio[{i}]", limits), f"audio[{i}]", limits)
+                for i, f in enumerate(audio)
+            ]
+        except UploadRejected as err:
+            raise HTTPException(err.status_code, err.detail) from None
+        if "bbox" in extras and extras["bbox"] is not None:
+            try:
+                from .generation import bbox_block
+
+                bbox_block(extras["bbox"], len(speech) if speech else _speakers(tts))
+            except runtime.UserError as err:
+                raise HTTPException(422, str(err)) from None
+
+        # Checked: now the job gets its folder.
+        job_id = new_job_id()
+        folder = jobs_dir / job_id
+        folder.mkdir(parents=True, exist_ok=False)
+        image_path = folder / f"image.{picture.format}"
+        image_path.write_bytes(picture.data)
+        audio_paths = []
+        for i, clip in enumerate(speech, start=1):
+            path = folder / f"person{i}.{clip.format}"
+            path.write_bytes(clip.data)
+            audio_paths.append(path)
+        job = Job(
+            id=job_id, folder=folder, prompt=prompt, options=options, extras=extras, image_path=image_path,
+            audio_paths=audio_paths, audio_seconds=[c.seconds for c in speech], tts=tts,
+        )  # fmt: skip
+        try:
+            position = manager.submit(job)
+        except QueueFull:
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+            raise HTTPException(429, f"the queue is full ({manager.max_queue} jobs waiting, --max_queue); retry later") from None
+        return JobCreated(id=job_id, status=JobState.queued, position=position)
+
+    @api.get("/jobs/{job_id}", response_model=JobInfo, summary="A job's status and progress")
+    def get_job(job_id: str, request: Request):
+        job = job_or_404(job_id)
+        return manager.info(job, video_url(request, job))
+
+    @api.get(
+        "/jobs/{job_id}/video", name="job_video", summary="The job's mp4",
+        response_class=FileResponse, responses={200: {"content": {"video/mp4": {}}, "description": "the mp4"}},
+    )  # fmt: skip
+    def get_video(job_id: str):
+        job = job_or_404(job_id)
+        if job.status != JobState.succeeded or job.video is None or not Path(job.video).is_file():
+            raise HTTPException(409, f"job {job_id} is {job.status.value}: the video exists once it has succeeded")
+        return FileResponse(job.video, media_type="video/mp4", filename=f"multitalk_{job_id}.mp4")
+
+    @api.get(
+        "/jobs/{job_id}/events", summary="The job's progress as server-sent events",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "`progress` events, then one `done`"}},
+    )  # fmt: skip
+    def get_events(job_id: str, request: Request):
+        job = job_or_404(job_id)
+        return StreamingResponse(
+            job_events(manager, job, video_url(request, job)), media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )  # fmt: skip
+
+    @api.delete(
+        "/jobs/{job_id}", response_model=JobInfo,
+        summary="Cancel a queued or running job (a running one stops at its next step); remove a finished one",
+    )  # fmt: skip
+    def delete_job(job_id: str, request: Request):
+        job = manager.cancel(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id}")
+        info = manager.info(job, None)
+        return JSONResponse(info.model_dump(mode="json"), status_code=202 if job.status == JobState.running else 200)
+
+    app.include_router(api)
+
+    @app.get("/healthz", response_model=Health, summary="Liveness, and what the server is doing")
+    def healthz():
+        queued, running = manager.counts()
+        return Health(model_loaded=holder.loaded, queued=queued, running=running, max_queue=manager.max_queue)
+
+    if ui:
+        _mount_ui(app, holder, gpu_lock, output_dir / "ui", tiny, server_options)
+    return app
+
+
+def _check_script(text: str) -> None:
+    from ..audio.tts import parse_dialogue
+
+    if not text.strip():
+        raise HTTPException(422, "tts: empty; write the dialogue, e.g. '(s1) Hello! (s2) Hi.'")
+    try:
+        parse_dialogue(text)
+    except (TypeError, ValueError) as err:
+        raise HTTPException(422, f"tts: {err}") from None
+    if _speakers(text) > MAX_PERSONS:
+        raise HTTPException(422, f"tts: at most {MAX_PERSONS} speakers, (s1) to (s{MAX_PERSONS})")
+
+
+def _speakers(text: str) -> int:
+    from ..audio.tts import parse_dialogue
+
+    return max(turn.speaker for turn in parse_dialogue(text)) + 1
+
+
+def _mount_ui(app: FastAPI, holder, gpu_lock, ui_dir: Path, tiny: bool, options: Namespace) -> None:
+    """The Gradio web app at `/`, on the same model. The UI is a front end of its own: started by name, as
+    `multitalk serve` always did, never imported by the server's modules."""
+    import gradio as gr
+
+    web = importlib.import_module("diffusers_multitalk.app")
+    demo = web.build_app(
+        lambda: SharedPipeline(holder(), gpu_lock), output_dir=ui_dir, tiny=tiny,
+        use_teacache=bool(options.use_teacache), teacache_threshold=options.teacache_thresh,
+    )  # fmt: skip
+    demo.queue(default_concurrency_limit=1)
+    ui_dir.mkdir(parents=True, exist_ok=True)
+    gr.mount_gradio_app(app, demo, path="/", allowed_paths=[str(ui_dir.resolve())], show_error=True)

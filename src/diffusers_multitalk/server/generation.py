@@ -1,0 +1,156 @@
+"""An API job's settings -> checked generation options, and one job run through the pipeline with progress and
+cancellation (the same flag -> argument mapping as `multitalk generate`)."""
+
+from __future__ import annotations
+
+import json
+from argparse import Namespace
+from copy import copy
+from pathlib import Path
+from typing import Callable
+
+from .. import runtime
+
+
+# The settings a job may carry: generate's generation flags (not the model flags, fixed when the server starts) and
+# the input JSON's fields besides the prompt, image and audio (which are the form's).
+_INT, _FLOAT, _BOOL, _STR = (int,), (int, float), (bool,), (str,)
+GENERATION_FIELDS = {
+    "size": _STR, "mode": _STR, "frame_num": _INT, "motion_frame": _INT, "max_frame_num": _INT, "base_seed": _INT,
+    "sample_steps": _INT, "sample_shift": _FLOAT, "sample_text_guide_scale": _FLOAT,
+    "sample_audio_guide_scale": _FLOAT, "use_teacache": _BOOL, "teacache_thresh": _FLOAT, "use_apg": _BOOL,
+    "apg_momentum": _FLOAT, "apg_norm_threshold": _FLOAT, "color_correction_strength": _FLOAT, "height": _INT,
+    "width": _INT,
+}  # fmt: skip
+INPUT_FIELDS = {"audio_type": _STR, "bbox": (list, dict), "negative_prompt": _STR,
+                **{f"human{i}_voice": _STR for i in range(1, 5)}}  # fmt: skip
+SETTINGS_FIELDS = {**GENERATION_FIELDS, **INPUT_FIELDS}
+
+
+class JobCancelled(Exception):
+    """Raised from the step callback when a running job is cancelled: the pipeline stops at that step and its
+    writer removes the part file."""
+
+
+def parse_settings(text: str | None, server_options: Namespace, *, checks_model: bool = True) -> tuple[Namespace, dict]:
+    """The `settings` form field (a JSON object) -> (generation options, input fields). Raises UserError naming
+    the field: unknown keys, model flags, wrong types, and whatever `runtime.check_generate_args` refuses."""
+    if text is None or not text.strip():
+        settings = {}
+    else:
+        try:
+            settings = json.loads(text)
+        except ValueError as err:
+            raise runtime.UserError(f"settings: not JSON ({err}); send an object such as {{\"mode\": \"clip\"}}") from None
+    if not isinstance(settings, dict):
+        raise runtime.UserError(f"settings: expected a JSON object of generation fields, got {type(settings).__name__}")
+    model_flags = sorted(k for k in settings if k not in SETTINGS_FIELDS and k in runtime.GENERATE_DEFAULTS)
+    if model_flags:
+        raise runtime.UserError(
+            f"settings: {', '.join(model_flags)}: fixed when the server starts (multitalk serve's flags), not per job"
+        )
+    unknown = sorted(k for k in settings if k not in SETTINGS_FIELDS)
+    if unknown:
+        raise runtime.UserError(
+            f"settings: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(SETTINGS_FIELDS))}"
+        )
+    for name, value in settings.items():
+        types = SETTINGS_FIELDS[name]
+        nullable = name in ("mode", "max_frame_num", "sample_steps", "sample_shift", "height", "width", "bbox",
+                            "negative_prompt")  # fmt: skip
+        wrong = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+        if wrong and not (value is None and nullable):
+            expected = "/".join("number" if t is float else t.__name__ for t in types)
+            raise runtime.UserError(f"settings: {name}: expected {expected}, got {json.dumps(value)}")
+    generation = {k: v for k, v in settings.items() if k in GENERATION_FIELDS}
+    options = runtime.generate_options(server_options, **generation)
+    if options.size not in runtime.SIZES:
+        raise runtime.UserError(f"settings: size {options.size!r}: expected one of {', '.join(runtime.SIZES)}")
+    if options.mode not in (None, "clip", "streaming"):
+        raise runtime.UserError(f"settings: mode {options.mode!r}: expected clip, streaming or null (the whole audio)")
+    if checks_model:
+        runtime.check_generate_args(options)
+    else:  # the server holds a given pipeline: check the generation fields only
+        runtime.check_generate_args(runtime.generate_options(options, tiny=True, model=None, ckpt_dir=None))
+    extras = {k: v for k, v in settings.items() if k in INPUT_FIELDS}
+    if extras.get("audio_type", "add") not in ("add", "para"):
+        raise runtime.UserError(f"settings: audio_type {extras['audio_type']!r}: expected add (turns) or para (together)")
+    return options, extras
+
+
+def bbox_block(bbox, num_persons: int) -> dict | None:
+    """settings.bbox (a list of [top, left, bottom, right] per person, or {"person1": [...], ...}) -> the input
+    JSON's block."""
+    if bbox is None:
+        return None
+    boxes = list(bbox.values()) if isinstance(bbox, dict) else list(bbox)
+    if len(boxes) != num_persons or not all(
+        isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b) for b in boxes
+    ):
+        raise runtime.UserError(
+            f"settings: bbox: expected {num_persons} boxes [top, left, bottom, right] (image pixels), one per person"
+        )
+    return {f"person{i}": box for i, box in enumerate(boxes, start=1)}
+
+
+def run_job(pipe, job, on_progress: Callable[[dict], None], should_stop: Callable[[], bool]) -> Path:
+    """Runs one job (image, speech, prompt, options) to `job.folder / "video.mp4"`; the pipeline writes it
+    atomically. `on_progress` gets {step, steps, chunk, chunks}; `should_stop()` True cancels at the next step."""
+    from PIL import Image
+
+    options = copy(job.options)
+    options.device = str(pipe._execution_device)
+    with Image.open(job.image_path) as opened:
+        image = opened.convert("RGB")
+    if options.height is None and options.tiny:
+        options.height, options.width = runtime.tiny_size((image.height, image.width), options.size)
+    if job.tts is not None:
+        voices = {k: v for k, v in job.extras.items() if k.endswith("_voice")}
+        cond_audio = runtime.synthesize_tts({"text": job.tts, **voices})
+        options.audio_mode = "tts"
+        seconds = [len(wave) / rate for wave, rate in cond_audio.values()]
+    else:
+        cond_audio = {f"person{i}": str(path) for i, path in enumerate(job.audio_paths, start=1)}
+        seconds = job.audio_seconds
+    if should_stop():
+        raise JobCancelled()
+    input_data = {"prompt": job.prompt, "cond_image": image, "cond_audio": cond_audio,
+                  "audio_type": job.extras.get("audio_type", "add")}  # fmt: skip
+    if job.extras.get("negative_prompt") is not None:
+        input_data["negative_prompt"] = job.extras["negative_prompt"]
+    boxes = bbox_block(job.extras.get("bbox"), len(cond_audio))
+    if boxes:
+        input_data["bbox"] = boxes
+    kwargs = runtime.build_generation_kwargs(options, input_data)
+
+    steps = kwargs["num_inference_steps"]
+    chunks = _estimate_chunks(pipe, seconds, input_data["audio_type"], options)
+    on_progress(dict(step=0, steps=steps * chunks if chunks else None, chunk=0, chunks=chunks))
+
+    def step_end(pipeline, index, timestep, callback_kwargs):
+        chunk = index // steps + 1
+        total = max(chunks or 0, chunk)
+        on_progress(dict(step=index + 1, steps=steps * total, chunk=chunk, chunks=total))
+        if should_stop():
+            pipeline._interrupt = True
+            raise JobCancelled()  # stops here: the writer aborts, no part file is left
+        return callback_kwargs
+
+    transformer = pipe.transformer
+    transformer.disable_teacache()  # per job, as the web app does
+    if options.use_teacache:
+        transformer.enable_teacache(threshold=float(options.teacache_thresh), resolution=options.size)
+    path = Path(job.folder) / "video.mp4"
+    pipe(**kwargs, output_path=path, callback_on_step_end=step_end, callback_on_step_end_tensor_inputs=["latents"])
+    return path
+
+
+def _estimate_chunks(pipe, seconds: list[float], audio_type: str, options: Namespace) -> int | None:
+    """The chunks the pipeline will make, from the speech's length (the step callback corrects it if off)."""
+    try:
+        total = sum(seconds) if audio_type == "add" else max(seconds)
+        plan = pipe.plan_video(int(round(total * 25)), options.frame_num, options.motion_frame, options.max_frame_num,
+                               options.mode)  # fmt: skip
+        return int(plan.num_chunks)
+    except Exception:  # noqa: BLE001 - an estimate only
+        return None
