@@ -30,7 +30,7 @@ def _wan_style_lora(transformer, rank=2, seed=0):
     return lora
 
 
-def _latents(pipe):
+def _latents(pipe, **kwargs):
     t = np.arange(int(0.5 * SR)) / SR
     wave = (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
     image = (np.random.RandomState(0).rand(64, 96, 3) * 255).astype(np.uint8)
@@ -45,6 +45,7 @@ def _latents(pipe):
         num_inference_steps=1,
         output_type="latent",
         generator=torch.Generator().manual_seed(0),
+        **kwargs,
     ).frames[0]
 
 
@@ -65,6 +66,10 @@ def test_original_wan_lora_loads_scales_and_fuses(pipe, tmp_path):
     assert "speed" in lora_layer.lora_A, "the LoRA did not land on attn1.to_q"
     with_lora = _latents(pipe)
     assert not torch.allclose(with_lora, base, atol=1e-4)
+
+    # attention_kwargs={"scale": s} scales the LoRA for one call, as diffusers' Wan pipelines take it
+    assert torch.allclose(_latents(pipe, attention_kwargs={"scale": 0.0}), base, atol=1e-5)
+    assert torch.allclose(_latents(pipe, attention_kwargs={"scale": 1.0}), with_lora, atol=1e-6)
 
     pipe.set_adapters(["speed"], [0.0])
     assert torch.allclose(_latents(pipe), base, atol=1e-5)

@@ -25,7 +25,8 @@ pytest.importorskip("optimum.quanto")
 from optimum.quanto import QTensor, freeze, qfloat8, qint8, quantization_map, quantize  # noqa: E402
 from optimum.quanto.nn import QLinear  # noqa: E402
 
-from diffusers_multitalk import WanMultiTalkPipeline, cli  # noqa: E402
+from diffusers_multitalk import WanMultiTalkPipeline, cli, runtime  # noqa: E402
+import diffusers_multitalk.runtime.options  # noqa: E402,F401 - runtime.options in the tests
 from diffusers_multitalk.cli import CLIError  # noqa: E402
 from diffusers_multitalk.loaders import quantized  # noqa: E402
 from diffusers_multitalk.loaders.quantized import (  # noqa: E402
@@ -430,9 +431,9 @@ def recorded_from_original(monkeypatch):
 def test_cli_quant_flags_reach_from_original(quant_folders, recorded_from_original, capsys):
     multitalk = quant_folders["multitalk_dir"]
     args = _args(f"{_base(quant_folders)} --quant int8 --quant_dir {multitalk}")
-    cli.check_generate_args(args)
-    assert cli.unsupported_flags(args, environ={}) == []
-    cli.load_pipeline(args, torch.device("cpu"), torch.float32)
+    runtime.check_generate_args(args)
+    assert runtime.unsupported_flags(args, environ={}) == []
+    runtime.load_pipeline(args, torch.device("cpu"), torch.float32)
     (positional, kwargs), = recorded_from_original
     assert positional[0] == quant_folders["wan_dir"]
     assert kwargs == dict(torch_dtype=torch.float32, quant="int8", quant_dir=str(multitalk), quant_dit_path=None)
@@ -440,8 +441,8 @@ def test_cli_quant_flags_reach_from_original(quant_folders, recorded_from_origin
     # MultiTalk's FusionX command: --lora_dir is the quantised FusionX DiT, loaded as the DiT (not as a LoRA)
     fusionx = multitalk / "quant_models" / "quant_model_int8_FusionX.safetensors"
     args = _args(f"{_base(quant_folders)} --quant int8 --quant_dir {multitalk} --lora_dir {fusionx} --sample_steps 8")
-    cli.check_generate_args(args)
-    pipe = cli.load_pipeline(args, torch.device("cpu"), torch.float32)
+    runtime.check_generate_args(args)
+    pipe = runtime.load_pipeline(args, torch.device("cpu"), torch.float32)
     assert recorded_from_original[-1][1]["quant_dit_path"] == str(fusionx)
     assert not getattr(pipe.transformer, "peft_config", None)
     assert "FusionX" in capsys.readouterr().err
@@ -464,23 +465,23 @@ def test_cli_refuses_what_it_cannot_load(quant_folders, tmp_path, flags, match):
     fusionx = quant_folders["multitalk_dir"] / "quant_models" / "quant_model_int8_FusionX.safetensors"
     args = _args(f"{_base(quant_folders)} " + flags.format(m=quant_folders["multitalk_dir"], lora=lora, fusionx=fusionx))
     with pytest.raises(CLIError, match=match):
-        cli.check_generate_args(args)
+        runtime.check_generate_args(args)
 
 
 def test_cli_refuses_quant_without_optimum_quanto_and_quant_dir_with_tiny(monkeypatch):
     args = _args("--tiny --quant int8 --input_json x.json")
-    assert cli.unsupported_flags(args, environ={}) == []
-    monkeypatch.setattr(cli, "quanto_available", lambda: False)
+    assert runtime.unsupported_flags(args, environ={}) == []
+    monkeypatch.setattr(runtime.options, "quanto_available", lambda: False)
     with pytest.raises(CLIError, match=r'--quant int8: optimum-quanto is not installed: pip install "diffusers-multitalk\[quant\]"'):
-        cli.check_generate_args(args)
+        runtime.check_generate_args(args)
     monkeypatch.undo()
     with pytest.raises(CLIError, match=r"--quant int8 --quant_dir q: .*load only with --ckpt_dir"):
-        cli.check_generate_args(_args("--tiny --quant int8 --quant_dir q --input_json x.json"))
+        runtime.check_generate_args(_args("--tiny --quant int8 --quant_dir q --input_json x.json"))
 
 
 def test_cli_tiny_quantised_on_the_fly():
     args = _args("--tiny --quant fp8 --input_json x.json")
-    pipe = cli.load_pipeline(args, torch.device("cpu"), torch.float32)
+    pipe = runtime.load_pipeline(args, torch.device("cpu"), torch.float32)
     assert linears_in(pipe.transformer) and all(
         m.weight.qtype.name == "qfloat8_e4m3fn" for m in linears_in(pipe.transformer)
     )

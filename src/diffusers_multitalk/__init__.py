@@ -28,7 +28,6 @@ _LAZY_NAMES = {
     "disable_low_vram": ".pipelines",
     "enable_context_parallelism": ".pipelines",
     "enable_low_vram": ".pipelines",
-    "export_to_video": ".pipelines",
     "export_to_video_with_audio": ".pipelines",
     "make_tiny_pipeline": ".tiny",
 }

@@ -20,7 +20,7 @@ from diffusers.models.transformers.transformer_wan import (
     WanTimeTextImageEmbedding,
     WanTransformerBlock,
 )
-from diffusers.utils import logging
+from diffusers.utils import apply_lora_scale, logging
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 
 from .._diffusers_compat import (
@@ -378,6 +378,7 @@ class MultiTalkTransformer3DModel(
             group=cp_group,
         )
 
+    @apply_lora_scale("attention_kwargs")
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -402,8 +403,8 @@ class MultiTalkTransformer3DModel(
             ref_target_masks (`torch.Tensor` of shape `(persons + 1, H, W)` or `(batch, persons + 1, H, W)`):
                 Person masks at latent resolution (persons..., background); required for more than one person.
             return_dict (`bool`): Return a [`Transformer2DModelOutput`] instead of a tuple.
-            attention_kwargs (`dict`, *optional*): Accepted for API compatibility (LoRA scale is set with
-                `set_adapters`).
+            attention_kwargs (`dict`, *optional*): as diffusers' Wan transformer takes it: `{"scale": s}` scales
+                the LoRA layers for this call (diffusers' `apply_lora_scale`).
         """
         batch_size, _, num_frames, height, width = hidden_states.shape
         p_t, p_h, p_w = self.config.patch_size

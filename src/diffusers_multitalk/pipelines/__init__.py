@@ -1,6 +1,6 @@
 from .pipeline_wan_multitalk import DEFAULT_NEGATIVE_PROMPT, WanMultiTalkPipeline, WanMultiTalkPipelineOutput
 from .pipeline_wan_infinitetalk import WanInfiniteTalkPipeline
-from .video_io import export_to_video, export_to_video_with_audio
+from .video_io import VideoWriter, export_to_video_with_audio
 from .low_vram import disable_low_vram, enable_low_vram
 from .context_parallel import enable_context_parallelism
 from .model_index import register_with_diffusers as _register_with_diffusers

@@ -15,7 +15,7 @@ import torch
 from diffusers import AutoencoderKLWan, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.loaders import WanLoraLoaderMixin
-from diffusers.utils import BaseOutput, logging
+from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from diffusers.video_processor import VideoProcessor
 from transformers import (
     CLIPVisionModel,
@@ -632,6 +632,7 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
     # Generation
     # ------------------------------------------------------------------------------------------------------------
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         image: PIL.Image.Image | np.ndarray | torch.Tensor | str,
