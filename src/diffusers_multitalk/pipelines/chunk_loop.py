@@ -16,6 +16,7 @@ from ..audio.processing import TARGET_SAMPLE_RATE
 from .color_correction import match_color_lab
 from .guidance import APGState, combine_guidance, combine_guidance_two_pass
 from .sampling import add_noise_flow, set_multitalk_timesteps
+from ..utils.host_memory import release_host_memory
 from .video_io import VideoWriter
 
 
@@ -207,6 +208,7 @@ def run_chunk_loop(
                 frames_done += new_frames.shape[2]
                 if writer is not None:
                     writer.write(pipe.video_processor.postprocess_video(new_frames, output_type="np")[0])
+                    release_host_memory()  # this chunk's temporaries go back to the OS: flat RSS in length
                 elif settings.output_type != "latent":
                     videos.append(new_frames)
 
