@@ -155,7 +155,10 @@ def _ffmpeg_frames(path: str) -> tuple[Iterator[np.ndarray], float]:
 def open_source_video(video: Any, fps: float | None = None) -> SourceVideo:
     """A [`SourceVideo`] from a path (any video ffmpeg decodes; an image file gives a one-frame video), an array
     `[frames, H, W, 3]` (uint8, or floats in [0, 1]), a tensor of that layout, or a list of images (PIL, arrays,
-    paths). `fps` is the source's frame rate: read from the file when omitted, 25 for arrays and lists."""
+    paths). `fps` is the source's frame rate: read from the file when omitted, 25 for arrays and lists. A
+    [`SourceVideo`] (e.g. one shot of a file, `scene_split.open_shot`) is used as it is."""
+    if isinstance(video, SourceVideo):
+        return video
     if isinstance(video, (str, os.PathLike)):
         path = os.fspath(video)
         if not os.path.isfile(path):
