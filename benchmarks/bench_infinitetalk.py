@@ -175,6 +175,12 @@ def main():
         **sampling,
     )
 
+    if args.tiny:  # the full-size call's source-size check too, so the smoke test catches what the GPU run would
+        from diffusers_multitalk.pipelines.video_input import open_source_video
+
+        full = open_source_video(source_video(0.04, 480, 832), FPS)
+        pipe.check_source_size(full, True, "infinitetalk-480", None, None, True)
+
     result = dict(
         benchmark="InfiniteTalk streaming dub",
         device=torch.cuda.get_device_name() if on_cuda else "cpu",
