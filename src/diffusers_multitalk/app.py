@@ -29,13 +29,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import runtime
+from .utils.defaults import random_seed
 from .pipelines.pipeline_wan_multitalk import DEFAULT_NEGATIVE_PROMPT
 
 
@@ -347,7 +347,7 @@ def generate_video(
         height, width = runtime.tiny_size((image.height, image.width), resolution)
     seed = int(seed)
     if seed < 0:
-        seed = random.randint(0, 99_999_999)
+        seed = random_seed()
 
     # 2. The model, and the pipeline's own checks (frames, mode, number of persons, boxes) before any heavy work
     report(0.0, desc="Loading the model")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import random
 from argparse import Namespace
 from pathlib import Path
 
+from ..utils.defaults import random_seed
 from ..runtime.distributed import init_distributed, is_main_process
 from ..runtime.errors import UserError, note
 from ..runtime.loading import load_pipeline, resolve_device, resolve_dtype
@@ -42,7 +42,7 @@ def cmd_generate(args: Namespace) -> int:
     dtype = resolve_dtype(args.dtype, device, tiny=args.tiny)
     seed_was_random = args.base_seed < 0
     if seed_was_random:
-        args.base_seed = random.randint(0, 99_999_999)
+        args.base_seed = random_seed()
     init_distributed(args, device)
     if seed_was_random and is_main_process():
         note(f"--base_seed was negative: using {args.base_seed}")

@@ -15,6 +15,7 @@ from diffusers.utils import logging, replace_example_docstring
 
 from ..audio.processing import TARGET_SAMPLE_RATE
 from ..audio.tts import synthesize_dialogue
+from ..utils.defaults import DEFAULT_SHIFT
 from .chunk_loop import ChunkConditioning, ChunkLoopSettings, run_chunk_loop
 from .image_processing import closest_bucket, resize_and_center_crop, resolution_buckets
 from .pipeline_wan_multitalk import FPS, WanMultiTalkPipeline, WanMultiTalkPipelineOutput, _audio_entries
@@ -25,7 +26,6 @@ logger = logging.get_logger(__name__)
 
 # InfiniteTalk's size names use MultiTalk's bucket tables (ASPECT_RATIO_627 / ASPECT_RATIO_960) and shifts.
 INFINITETALK_RESOLUTIONS = {"infinitetalk-480": "multitalk-480", "infinitetalk-720": "multitalk-720"}
-DEFAULT_SHIFT = {"infinitetalk-480": 7.0, "infinitetalk-720": 11.0, "multitalk-480": 7.0, "multitalk-720": 11.0}
 
 EXAMPLE_DOC_STRING = """
     Examples:

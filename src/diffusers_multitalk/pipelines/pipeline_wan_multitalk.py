@@ -28,6 +28,7 @@ from transformers import (
 from ..audio.encoder import encode_speech
 from ..audio.processing import TARGET_SAMPLE_RATE, combine_speakers, prepare_audio
 from ..audio.tts import parse_dialogue, synthesize_dialogue
+from ..utils.defaults import DEFAULT_SHIFT
 from ..utils.devices import input_device
 from ..models.transformer_multitalk import MultiTalkTransformer3DModel
 from .chunk_loop import ChunkConditioning, ChunkLoopSettings, run_chunk_loop
@@ -46,7 +47,6 @@ DEFAULT_NEGATIVE_PROMPT = (
     "poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, messy background, three "
     "legs, many people in the background, walking backwards"
 )
-DEFAULT_SHIFT = {"multitalk-480": 7.0, "multitalk-720": 11.0}
 FPS = 25
 
 EXAMPLE_DOC_STRING = """

@@ -3,9 +3,9 @@ loaded pipeline per process, a request -> validated pipeline arguments, outputs 
 
 from .errors import PROG, Terminated, UserError, note, raise_terminated
 from .loading import PipelineHolder, load_from_options, load_pipeline, resolve_device, resolve_dtype
+from ..utils.defaults import DEFAULT_SHIFT
 from .options import (
     DEFAULT_SAMPLE_STEPS,
-    DEFAULT_SHIFT,
     GENERATE_DEFAULTS,
     SIZES,
     check_generate_args,

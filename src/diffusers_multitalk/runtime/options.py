@@ -43,7 +43,6 @@ def generate_options(source=None, **overrides) -> Namespace:
 DEFAULT_SAMPLE_STEPS = 40
 
 
-DEFAULT_SHIFT = {"multitalk-480": 7.0, "multitalk-720": 11.0, "infinitetalk-480": 7.0, "infinitetalk-720": 11.0}
 
 
 SIZES = ("multitalk-480", "multitalk-720", "infinitetalk-480", "infinitetalk-720")

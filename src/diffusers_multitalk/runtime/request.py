@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime
 import os
-import random
 import tempfile
 from argparse import Namespace
 from pathlib import Path
 
+from ..utils.defaults import random_seed
 from .errors import UserError, note
-from .options import DEFAULT_SAMPLE_STEPS, DEFAULT_SHIFT, SIZES, is_infinitetalk, motion_frames
+from ..utils.defaults import DEFAULT_SHIFT
+from .options import DEFAULT_SAMPLE_STEPS, SIZES, motion_frames
 
 def _person_order(block: dict) -> list[str]:
     keys = [k for k in block if str(k).startswith("person") and str(k)[6:].isdigit()]
@@ -35,7 +36,7 @@ def build_generation_kwargs(args: Namespace, input_data: dict) -> dict:
         raise UserError("the input has no audio: cond_audio needs person1 (and person2, ...), or use --audio_mode tts")
     bbox_block = input_data.get("bbox") or None
     bbox = [list(bbox_block[k]) for k in persons] if bbox_block else None
-    seed = args.base_seed if args.base_seed >= 0 else random.randint(0, 99_999_999)
+    seed = args.base_seed if args.base_seed >= 0 else random_seed()
     device = getattr(args, "device", None) or "cpu"
     # TTS tracks are already laid out in time (each person silent while the other speaks): mix them as they are.
     audio_type = "para" if args.audio_mode == "tts" else input_data.get("audio_type") or "add"
