@@ -435,7 +435,7 @@ def test_tts_mode(monkeypatch, tmp_path):
     from diffusers_multitalk.audio import tts as tts_module
 
     # the TTS result's tracks become the persons' audio, mixed as they are laid out ("para")
-    def fake_tts(block):
+    def fake_tts(block, engine=None):
         tracks = [np.ones(800, np.float32), np.zeros(800, np.float32)]
         return tts_module.TTSResult(tracks=tracks, mixed=tracks[0] + tracks[1], engine="fake")
 

@@ -178,16 +178,11 @@ def _check_script(text: str | None, num_persons: int) -> None:
 
 
 def _synthesize(text: str, voices: Sequence[str], engine: str | None):
-    """Speaks the script with one voice per person: ``({"person1": (waveform, rate), ...}, TTSResult)``."""
-    from .audio.tts import TTSEngineUnavailableError, tts_from_json_block
-
+    """Speaks the script with one voice per person (the runtime's TTS): ``({"person1": (waveform, rate), ...},
+    TTSResult)``."""
     block = {"text": text, **{f"human{i}_voice": voice for i, voice in enumerate(voices, start=1)}}
     try:
-        result = tts_from_json_block(block, engine=None if engine in (None, "auto") else engine)
-    except (TTSEngineUnavailableError, ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
-        raise gr.Error(f"{TTS_TEXT_LABEL}: {err}") from err
-    try:
-        return runtime.tts_tracks(result), result
+        return runtime.speak(block, engine=engine)
     except runtime.UserError as err:
         raise gr.Error(f"{TTS_TEXT_LABEL}: {err}") from err
 

@@ -18,6 +18,7 @@ from .request import (
     check_writable,
     default_save_file,
     output_path,
+    speak,
     synthesize_tts,
     tiny_size,
     tts_tracks,
@@ -27,5 +28,5 @@ __all__ = [
     "DEFAULT_SAMPLE_STEPS", "DEFAULT_SHIFT", "GENERATE_DEFAULTS", "PROG", "SIZES", "PipelineHolder", "Terminated",
     "UserError", "build_generation_kwargs", "check_generate_args", "check_writable", "default_save_file",
     "generate_options", "load_from_options", "load_pipeline", "lora_specs", "note", "output_path", "raise_terminated",
-    "resolve_device", "resolve_dtype", "synthesize_tts", "tiny_size", "tts_tracks", "unsupported_flags",
+    "resolve_device", "resolve_dtype", "speak", "synthesize_tts", "tiny_size", "tts_tracks", "unsupported_flags",
 ]  # fmt: skip

@@ -93,18 +93,29 @@ def tiny_size(image_size: tuple[int, int], size: str) -> tuple[int, int]:
     return tuple(max(16, int(v / 8 / 16 + 0.5) * 16) for v in (bucket_h, bucket_w))
 
 
-def synthesize_tts(tts_block: dict) -> dict:
-    """``tts_audio`` -> ``{"person1": (waveform, sampling_rate), ...}`` through :func:`audio.tts.tts_from_json_block`."""
+def speak(tts_block: dict, engine: str | None = None):
+    """The one TTS entry of the front ends: an input JSON's ``tts_audio`` block (``text`` with ``(sN)`` turns,
+    ``humanN_voice``) -> ``({"person1": (waveform, sampling_rate), ...}, TTSResult)``, through
+    :func:`audio.tts.tts_from_json_block`; any problem is a `UserError`."""
     from ..audio.tts import TTSEngineUnavailableError, tts_from_json_block
 
     try:
-        result = tts_from_json_block(tts_block)
-    except (TTSEngineUnavailableError, ValueError, FileNotFoundError) as err:
+        result = tts_from_json_block(tts_block, engine=None if engine in (None, "auto") else engine)
+    except (TTSEngineUnavailableError, ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
+        raise UserError(str(err)) from err
+    return tts_tracks(result), result
+
+
+def synthesize_tts(tts_block: dict) -> dict:
+    """`--audio_mode tts`: :func:`speak`, naming the flag in errors and the engine on stderr."""
+    try:
+        tracks, result = speak(tts_block)
+    except UserError as err:
         raise UserError(f"--audio_mode tts: {err}") from err
     engine = getattr(result, "engine", None)
     if engine:
         note(f"--audio_mode tts: speech synthesised with {engine}")
-    return tts_tracks(result)
+    return tracks
 
 
 def tts_tracks(result) -> dict:
