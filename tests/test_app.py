@@ -216,3 +216,29 @@ def test_serve_without_gradio_says_how_to_install(monkeypatch, capsys):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else find_spec(name, *a))
     assert main(["serve", "--tiny"]) == 1
     assert 'pip install "diffusers-multitalk[app]"' in capsys.readouterr().err
+
+
+def test_the_app_dubs_a_video_with_infinitetalk(tmp_path):
+    """"Dub a video": an InfiniteTalk pipeline, the bundled source clip and a new recording -> an mp4 as long as the
+    recording, with it as the sound; a MultiTalk pipeline says what is needed instead."""
+    from diffusers_multitalk.pipelines.pipeline_wan_infinitetalk import WanInfiniteTalkPipeline
+    from diffusers_multitalk.tiny import make_tiny_pipeline
+
+    pipe = make_tiny_pipeline(0, pipeline_class=WanInfiniteTalkPipeline)
+    pipe.set_progress_bar_config(disable=True)
+    source = Path(__file__).resolve().parents[1] / "examples" / "assets" / "source_clip.mp4"
+    speech, rate = sf.read(SPEAKERS[0], dtype="float32")
+    sf.write(tmp_path / "new_voice.wav", speech[: int(0.5 * rate)], rate)
+    result = app.generate_video(
+        pipe, None, "A person talks.", video=str(source), audio=[str(tmp_path / "new_voice.wav")],
+        output_dir=tmp_path / "out", tiny=True, num_inference_steps=1, text_guidance_scale=1.0,
+        num_frames=9, motion_frames=5,
+    )
+    streams, frames = _probe(Path(result.video))
+    assert any("Audio: aac" in s for s in streams) and frames == int(0.5 * 25), (streams, frames)
+    with pytest.raises(gr.Error, match="dubbing needs InfiniteTalk"):
+        app.generate_video(make_tiny_pipeline(0), None, "A person talks.", video=str(source),
+                           audio=[str(tmp_path / "new_voice.wav")], output_dir=tmp_path / "x", tiny=True)  # fmt: skip
+    with pytest.raises(gr.Error, match="not both"):
+        app.generate_video(pipe, str(IMAGE), "p", video=str(source), audio=[SPEAKERS[0]], output_dir=tmp_path / "y")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -39,6 +39,9 @@ from .utils.defaults import random_seed
 from .pipelines.pipeline_wan_multitalk import DEFAULT_NEGATIVE_PROMPT
 
 
+import numpy as np
+
+
 try:
     import gradio as gr
 except ImportError as err:  # pragma: no cover - exercised only without gradio
@@ -59,6 +62,7 @@ DEFAULT_OUTPUT_DIR = Path("outputs") / "app"
 
 # Field labels: the UI shows them, and error messages name the field with them.
 IMAGE_LABEL = "Reference image"
+VIDEO_LABEL = "Video to dub (InfiniteTalk)"
 PROMPT_LABEL = "Prompt"
 TTS_TEXT_LABEL = "TTS script"
 PERSONS_LABEL = "Persons"
@@ -196,6 +200,23 @@ def _configure_teacache(pipe, enabled: bool, threshold: float, resolution: str) 
         transformer.enable_teacache(threshold=float(threshold), resolution=resolution)
 
 
+def _video_size(video) -> tuple[int, int]:
+    """(height, width) of a video to dub, from ffmpeg's header; a `gr.Error` naming the field if it is no video."""
+    try:
+        import imageio_ffmpeg
+
+        reader = imageio_ffmpeg.read_frames(str(video))
+        meta = next(reader)
+        first = next(reader, None)
+        reader.close()
+    except Exception as err:  # noqa: BLE001 - any reader failure is the user's file
+        raise gr.Error(f"{VIDEO_LABEL}: cannot be read as a video ({str(err).strip().splitlines()[-1]}).") from err
+    if first is None:
+        raise gr.Error(f"{VIDEO_LABEL}: holds no video frames.")
+    width, height = meta["size"]
+    return int(height), int(width)
+
+
 def _video_shape(path: Path, fallback: tuple[int, int, int]) -> tuple[int, int, int]:
     """(frames, height, width) of the written mp4, read back with ffmpeg."""
     import re
@@ -226,6 +247,7 @@ def generate_video(
     image,
     prompt: str,
     *,
+    video: str | None = None,
     audio: Sequence | None = None,
     tts_text: str | None = None,
     tts_voices: Sequence[str | None] | None = None,
@@ -260,7 +282,10 @@ def generate_video(
 
     Args:
         pipe: a [`WanMultiTalkPipeline`], or a function returning it (see :func:`pipeline_loader`).
-        image: the reference image (path or PIL image).
+        image: the reference image (path or PIL image); None when `video` is given.
+        video: a video to dub (any file ffmpeg decodes): needs an InfiniteTalk pipeline (`multitalk serve
+            --infinitetalk_dir ...`, or `--tiny --task infinitetalk-14B`); its lips, face and body follow the new
+            speech, the new audio replaces its own.
         prompt: what the video shows.
         audio: one recording per person (paths, or `(waveform, sampling_rate)` tuples); a None entry is a person
             without speech (an error).
@@ -297,12 +322,20 @@ def generate_video(
     report = progress if progress is not None else (lambda *args, **kwargs: None)
 
     # 1. Cheap checks of every field, before the model loads or any speech is synthesised
-    if image is None:
-        raise gr.Error(f"{IMAGE_LABEL}: missing; upload the picture of the person(s).")
-    try:
-        image = load_image_any(image)
-    except (OSError, ValueError, TypeError) as err:
-        raise gr.Error(f"{IMAGE_LABEL}: cannot be read ({err}).") from err
+    if _is_empty(video):
+        video = None
+    if image is None and video is None:
+        raise gr.Error(f"{IMAGE_LABEL}: missing; upload the picture of the person(s), or a {VIDEO_LABEL}.")
+    if image is not None and video is not None:
+        raise gr.Error(f"{VIDEO_LABEL}: give a video to dub or a {IMAGE_LABEL}, not both.")
+    if video is not None:
+        source_size = _video_size(video)
+    else:
+        try:
+            image = load_image_any(image)
+        except (OSError, ValueError, TypeError) as err:
+            raise gr.Error(f"{IMAGE_LABEL}: cannot be read ({err}).") from err
+        source_size = (image.height, image.width)
     if _is_empty(prompt):
         raise gr.Error(f"{PROMPT_LABEL}: empty; describe the scene, e.g. 'Two friends chat in a studio.'.")
     use_tts = tts_text is not None
@@ -333,13 +366,13 @@ def generate_video(
                     f"{audio_label(person)}: no audio; upload person {person}'s speech"
                     + (f", or lower {PERSONS_LABEL} to {person - 1}." if person > 1 else ".")
                 )
-    bbox = _parse_bboxes(bboxes, num_persons, (image.height, image.width))
+    bbox = _parse_bboxes(bboxes, num_persons, source_size)
     height = int(height) if height else None
     width = int(width) if width else None
     if (height is None) != (width is None):
         raise gr.Error("Height / Width: give both, or 0 for both (the resolution's bucket).")
     if height is None and tiny:
-        height, width = runtime.tiny_size((image.height, image.width), resolution)
+        height, width = runtime.tiny_size(source_size, resolution)
     seed = int(seed)
     if seed < 0:
         seed = random_seed()
@@ -350,9 +383,14 @@ def generate_video(
     mode = None if mode in (None, "", "auto") else mode
     num_frames, motion_frames = int(num_frames), int(motion_frames)
     max_frames = int(max_frames) if max_frames else None  # 0 or empty: no cap
+    if video is not None and not hasattr(pipe, "prepare_source_frame"):
+        raise gr.Error(
+            f"{VIDEO_LABEL}: dubbing needs InfiniteTalk; start the app with --infinitetalk_dir (or --tiny --task "
+            "infinitetalk-14B)."
+        )
     try:
         pipe.check_inputs(
-            image=image, audio=audio, prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=None,
+            image=image if video is None else np.zeros((*source_size, 3), np.uint8), audio=audio, prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=None,
             negative_prompt_embeds=None, audio_type=audio_type, bbox=bbox, height=height, width=width, mode=mode,
             num_frames=num_frames, motion_frames=motion_frames, max_frames=max_frames,
             num_inference_steps=int(num_inference_steps), output_type="np", callback_on_step_end_tensor_inputs=None,
@@ -380,7 +418,8 @@ def generate_video(
         use_apg=bool(use_apg), color_correction_strength=float(color_correction_strength), base_seed=seed,
         audio_mode="tts" if use_tts else "localfile", device=str(pipe._execution_device), height=height, width=width,
     )
-    input_data = {"prompt": prompt, "negative_prompt": negative_prompt, "cond_image": image, "cond_audio": cond_audio,
+    visual = {"cond_image": image} if video is None else {"cond_video": str(video), "cond_video_is_image": False}
+    input_data = {"prompt": prompt, "negative_prompt": negative_prompt, **visual, "cond_audio": cond_audio,
                   "audio_type": audio_type}  # fmt: skip
     if bbox is not None:
         input_data["bbox"] = {f"person{i}": box for i, box in enumerate(bbox, start=1)}
@@ -479,6 +518,7 @@ def build_app(
         with gr.Row():
             with gr.Column(scale=1):
                 fields["image"] = gr.Image(label=IMAGE_LABEL, type="filepath")
+                fields["video"] = gr.Video(label=VIDEO_LABEL, sources=["upload"])
                 fields["prompt"] = gr.Textbox(label=PROMPT_LABEL, lines=2, placeholder="Two people talk in a studio.")
                 with gr.Row():
                     fields["speech"] = gr.Radio([SPEECH_FILES, SPEECH_TTS], value=SPEECH_FILES, label="Speech")
@@ -599,6 +639,7 @@ def build_app(
                 get_pipeline,
                 form["image"],
                 form["prompt"],
+                video=form.get("video"),
                 audio=None if tts else [form[f"audio_{i}"] for i in range(1, count + 1)],
                 tts_text=(form["tts_text"] or "") if tts else None,
                 tts_voices=[form[f"voice_{i}"] for i in range(1, count + 1)] if tts else None,

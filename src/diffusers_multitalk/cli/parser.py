@@ -179,7 +179,7 @@ def _add_convert_parser(subparsers) -> argparse.ArgumentParser:
 SERVE_MODEL_FLAGS = (
     "--ckpt_dir", "--wav2vec_dir", "--multitalk_dir", "--model", "--tiny", "--lora_dir", "--lora_scale", "--quant",
     "--quant_dir", "--offload_model", "--num_persistent_param_in_dit", "--t5_cpu", "--device", "--dtype",
-    "--attention_backend", "--use_teacache", "--teacache_thresh",
+    "--attention_backend", "--use_teacache", "--teacache_thresh", "--task", "--infinitetalk_dir", "--dit_path",
 )
 
 
