@@ -663,3 +663,13 @@ def test_cli_and_app_make_the_same_pipeline_arguments(tmp_path, monkeypatch):
     assert {k: v for k, v in from_cli.items() if k not in ("image", "audio")} == {
         k: v for k, v in from_app.items() if k not in ("image", "audio")
     }
+
+
+def test_preset_fast_fills_the_sampling_flags_left_at_their_defaults():
+    from diffusers_multitalk.runtime.options import apply_preset_options
+
+    kwargs = build_generation_kwargs(apply_preset_options(parse("--preset fast")), SINGLE)
+    assert (kwargs["num_inference_steps"], kwargs["text_guidance_scale"], kwargs["audio_guidance_scale"], kwargs["shift"]) == (8, 1.0, 2.0, 2.0)
+    mine = build_generation_kwargs(apply_preset_options(parse("--preset fast --sample_steps 4 --sample_shift 3")), SINGLE)
+    assert (mine["num_inference_steps"], mine["shift"], mine["text_guidance_scale"]) == (4, 3.0, 1.0)
+    assert build_generation_kwargs(apply_preset_options(parse("")), SINGLE)["num_inference_steps"] == 40

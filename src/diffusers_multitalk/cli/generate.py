@@ -9,7 +9,7 @@ from ..utils.defaults import random_seed
 from ..runtime.distributed import init_distributed, is_main_process
 from ..runtime.errors import UserError, note
 from ..runtime.loading import load_pipeline, resolve_device, resolve_dtype
-from ..runtime.options import check_generate_args, is_infinitetalk
+from ..runtime.options import apply_preset_options, check_generate_args, is_infinitetalk
 from ..runtime.request import (
     build_generation_kwargs,
     check_writable,
@@ -22,6 +22,7 @@ from ..runtime.request import (
 def cmd_generate(args: Namespace) -> int:
     from ..input_json import InputJSONError, load_input_json
 
+    apply_preset_options(args)
     check_generate_args(args)
     try:
         input_data = load_input_json(args.input_json, audio_mode=args.audio_mode)

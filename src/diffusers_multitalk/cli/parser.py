@@ -123,6 +123,11 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
     o.add_argument("--height", type=int, default=None, help="output height (multiple of 16) instead of the bucket's")
     o.add_argument("--width", type=int, default=None, help="output width (multiple of 16) instead of the bucket's")
     o.add_argument("--attention_backend", default=None, help="a diffusers attention backend for the DiT (see `multitalk info`)")
+    o.add_argument(
+        "--preset", default=None, choices=["fast"],
+        help="fast: the FusionX/lightx2v few-step sampling (8 steps, text guidance 1, audio guidance 2, shift 2, for "
+        "distillation LoRAs) with the VAE in bf16 and the DiT compiled on CUDA; flags you give win",
+    )
     p.set_defaults(**GENERATE_DEFAULTS)  # the runtime holds every option's default, for all front ends
     return p
 

@@ -197,6 +197,16 @@ def load_pipeline(args: Namespace, device, dtype):
         pipe.to(device)
         if args.t5_cpu:
             pipe.text_encoder.to("cpu")
+    if getattr(args, "preset", None):
+        # the preset's execution set-up (presets.py: the VAE's dtype, compilation on CUDA), after placement
+        from ..presets import apply_setup, preset_setup
+
+        setup = preset_setup(args.preset)
+        if device.type == "cuda":
+            note(f"--preset {args.preset}: VAE in {setup['vae_dtype']}, DiT {'compiled' if setup['compile'] else 'eager'}")
+            apply_setup(pipe, **setup)
+        else:
+            note(f"--preset {args.preset}: its sampling settings only (the bf16 VAE and compilation are for GPUs)")
     if args.ulysses_size > 1:
         from ..pipelines.context_parallel import enable_context_parallelism
 

@@ -21,8 +21,35 @@ GENERATE_DEFAULTS = dict(
     sample_audio_guide_scale=4.0, num_persistent_param_in_dit=None, audio_mode="localfile", use_teacache=False,
     teacache_thresh=0.2, use_apg=False, apg_momentum=-0.75, apg_norm_threshold=55, color_correction_strength=1.0,
     quant=None, model=None, tiny=False, multitalk_dir=None, device=None, dtype="auto", height=None, width=None,
-    attention_backend=None, infinitetalk_dir=None, dit_path=None, scene_seg=False,
+    attention_backend=None, infinitetalk_dir=None, dit_path=None, scene_seg=False, preset=None,
 )
+
+
+# The options a preset's sampling settings fill in, and the values that count as "not given".
+_PRESET_OPTIONS = {
+    "num_inference_steps": ("sample_steps", None),
+    "text_guidance_scale": ("sample_text_guide_scale", 5.0),
+    "audio_guidance_scale": ("sample_audio_guide_scale", 4.0),
+    "shift": ("sample_shift", None),
+}
+
+
+def apply_preset_options(options: Namespace) -> Namespace:
+    """`--preset NAME`: the preset's sampling settings (presets.py; "fast": 8 steps, text guidance 1, audio guidance
+    2, shift 2) in place of the options left at their defaults; options the user set stay."""
+    if not getattr(options, "preset", None):
+        return options
+    from ..presets import preset_call_kwargs
+
+    try:
+        values = preset_call_kwargs(options.preset)
+    except ValueError as err:
+        raise UserError(f"--preset {options.preset}: {err}") from err
+    for argument, value in values.items():
+        name, unset = _PRESET_OPTIONS[argument]
+        if getattr(options, name) == unset:
+            setattr(options, name, value)
+    return options
 
 
 def generate_options(source=None, **overrides) -> Namespace:
