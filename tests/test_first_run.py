@@ -18,23 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from diffusers_multitalk.testing import stream_seconds  # noqa: E402
+
 
 def multitalk(*flags, timeout=900, **kwargs):
     return subprocess.run(
         [sys.executable, "-m", "diffusers_multitalk", *flags], capture_output=True, text=True, timeout=timeout,
         cwd=kwargs.pop("cwd", ROOT), **kwargs,
     )
-
-
-def stream_seconds(path, stream):
-    """Seconds of the mp4's video ("v") or audio ("a") stream, decoded by ffmpeg."""
-    from diffusers_multitalk.pipelines.video_io import get_ffmpeg_exe
-
-    log = subprocess.run(
-        [get_ffmpeg_exe(), "-i", str(path), "-map", f"0:{stream}:0", "-f", "null", "-"], capture_output=True, text=True
-    ).stderr
-    h, m, s = re.findall(r"time=(\d+):(\d+):([\d.]+)", log)[-1]
-    return int(h) * 3600 + int(m) * 60 + float(s)
 
 
 def decoded_audio(path):

@@ -7,6 +7,7 @@ import torch
 
 from diffusers_multitalk import WanMultiTalkPipeline, make_tiny_pipeline
 from diffusers_multitalk.pipelines.sampling import multitalk_sigmas
+from diffusers_multitalk.testing import stream_seconds
 
 
 SR = 16000
@@ -129,7 +130,7 @@ def test_output_path_streams_to_an_mp4_with_the_audio(pipe, image, tmp_path):
     assert len(frames) == reference.frames.shape[1] == 20
     # the same pixels as the in-memory route, up to H.264 at crf 18
     assert np.abs(frames.astype(np.float32) / 255 - reference.frames[0]).mean() < 0.08
-    assert abs(_duration(path, "a") - 0.8) < 0.15
+    assert abs(stream_seconds(path, "a") - 0.8) < 0.15
 
 
 def test_output_path_error_leaves_no_file(pipe, image, tmp_path, monkeypatch):
@@ -171,20 +172,6 @@ def _ffmpeg_frames(path):
         capture_output=True, check=True,
     ).stdout
     return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
-
-
-def _duration(path, stream):
-    """Seconds of the file's video ("v") or audio ("a") stream, decoded by ffmpeg."""
-    import re
-    import subprocess
-
-    from diffusers_multitalk.pipelines.video_io import get_ffmpeg_exe
-
-    log = subprocess.run(
-        [get_ffmpeg_exe(), "-i", str(path), "-map", f"0:{stream}:0", "-f", "null", "-"], capture_output=True, text=True
-    ).stderr
-    h, m, s = re.findall(r"time=(\d+):(\d+):([\d.]+)", log)[-1]
-    return int(h) * 3600 + int(m) * 60 + float(s)
 
 
 def test_streaming_matches_chunk_plan(pipe, image):

@@ -202,19 +202,12 @@ def _configure_teacache(pipe, enabled: bool, threshold: float, resolution: str) 
 
 def _video_size(video) -> tuple[int, int]:
     """(height, width) of a video to dub, from ffmpeg's header; a `gr.Error` naming the field if it is no video."""
-    try:
-        import imageio_ffmpeg
+    from .input_json import probe_visual
 
-        reader = imageio_ffmpeg.read_frames(str(video))
-        meta = next(reader)
-        first = next(reader, None)
-        reader.close()
-    except Exception as err:  # noqa: BLE001 - any reader failure is the user's file
-        raise gr.Error(f"{VIDEO_LABEL}: cannot be read as a video ({str(err).strip().splitlines()[-1]}).") from err
-    if first is None:
-        raise gr.Error(f"{VIDEO_LABEL}: holds no video frames.")
-    width, height = meta["size"]
-    return int(height), int(width)
+    size, is_image, why = probe_visual(Path(video))
+    if size is None or is_image:
+        raise gr.Error(f"{VIDEO_LABEL}: cannot be read as a video ({why or 'it is an image'}).")
+    return size
 
 
 def _video_shape(path: Path, fallback: tuple[int, int, int]) -> tuple[int, int, int]:

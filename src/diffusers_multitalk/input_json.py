@@ -321,7 +321,7 @@ def validate_input(
             if found is None:
                 problems.append((["cond_video"], _missing_message(video, tried)))
             else:
-                image_size, is_image, why = _probe_visual(found)
+                image_size, is_image, why = probe_visual(found)
                 if image_size is None:
                     problems.append((["cond_video"], f"{video!r} is neither an image nor a video ffmpeg can read ({why})"))
                 result["cond_video"] = str(found)
@@ -457,7 +457,7 @@ def validate_input(
     return result
 
 
-def _probe_visual(path: Path) -> tuple[tuple[int, int] | None, bool, str]:
+def probe_visual(path: Path) -> tuple[tuple[int, int] | None, bool, str]:
     """``((height, width), is_image, why)`` of an image or a video file, read cheaply (PIL, then ffmpeg's header)."""
     import PIL.Image
 

@@ -230,3 +230,22 @@ def write_tiny_infinitetalk_folders(root: str | os.PathLike, seed: int = 0) -> d
         (infinitetalk_dir / variant).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(folders["multitalk_dir"] / MULTITALK_FILE, infinitetalk_dir / variant / "infinitetalk.safetensors")
     return dict(wan_dir=folders["wan_dir"], infinitetalk_dir=infinitetalk_dir, wav2vec_dir=folders["wav2vec_dir"])
+
+
+def stream_seconds(path: str | os.PathLike, stream: str = "v") -> float:
+    """Seconds of a media file's video ("v") or audio ("a") stream, as ffmpeg decodes it (for tests and benchmarks
+    that check a video's length)."""
+    import re
+    import subprocess
+
+    from .pipelines.video_io import get_ffmpeg_exe
+
+    log = subprocess.run(
+        [get_ffmpeg_exe(), "-hide_banner", "-i", str(path), "-map", f"0:{stream}:0", "-f", "null", "-"],
+        capture_output=True, text=True,
+    ).stderr  # fmt: skip
+    times = re.findall(r"time=(\d+):(\d+):([\d.]+)", log)
+    if not times:
+        raise ValueError(f"ffmpeg decoded no {stream!r} stream in {path}:\n{log[-1000:]}")
+    h, m, s = times[-1]
+    return int(h) * 3600 + int(m) * 60 + float(s)
