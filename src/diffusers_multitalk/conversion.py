@@ -1,4 +1,5 @@
-"""The official MultiTalk download folders -> one diffusers pipeline folder (`from_pretrained`, Hub-ready).
+"""The official MultiTalk (or InfiniteTalk) download folders -> one diffusers pipeline folder (`from_pretrained`,
+Hub-ready).
 
     from diffusers_multitalk.conversion import convert_original_to_diffusers
 
@@ -6,8 +7,14 @@
         "weights/Wan2.1-I2V-14B-480P", "weights/MeiGen-MultiTalk", "weights/chinese-wav2vec2-base",
         "weights/MultiTalk-480P-diffusers", torch_dtype=torch.bfloat16,
     )
+    # InfiniteTalk: its adapter file (single/ or multi/) on the Wan folder, or a full DiT checkpoint (dit_path=)
+    report = convert_original_to_diffusers(
+        "weights/Wan2.1-I2V-14B-480P", wav2vec_dir="weights/chinese-wav2vec2-base",
+        infinitetalk_dir="weights/InfiniteTalk/single/infinitetalk.safetensors",
+        output_dir="weights/InfiniteTalk-480P-diffusers", torch_dtype=torch.bfloat16,
+    )
 
-The result is `WanMultiTalkPipeline.save_pretrained` output (`model_index.json`, one folder per component, safetensors
+The result is `WanMultiTalkPipeline.save_pretrained` (or `WanInfiniteTalkPipeline`'s) output (`model_index.json`, one folder per component, safetensors
 shards with their index) plus a model card (`README.md`), a conversion report (`conversion_report.json`) and the
 reviewed remote-code files of the repository's top-level `pipelines/` folder, so that
 `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` loads it in a process that never imported the
@@ -45,6 +52,7 @@ from .loaders.original_folders import (
 __all__ = [
     "CONVERSION_REPORT",
     "check_original_folders",
+    "convert_infinitetalk_to_diffusers",
     "convert_original_to_diffusers",
     "model_card",
     "verify_saved_pipeline",
@@ -74,6 +82,40 @@ _SOURCES = {
     "scheduler": "MultiTalk's flow-matching schedule (FlowMatchEulerDiscreteScheduler, shift applied per call)",
     "audio_encoder": "{wav2vec} (transformers Wav2Vec2Model)",
     "audio_feature_extractor": "{wav2vec} (Wav2Vec2FeatureExtractor)",
+}
+_INFINITETALK_SOURCES = {
+    "transformer": "{wan}/diffusion_pytorch_model-*.safetensors (Wan2.1-I2V DiT) + {infinitetalk} (InfiniteTalk's "
+    "audio adapter, over the Wan shards), keys renamed to diffusers' Wan names",
+    "transformer_dit_path": "{dit} (a full InfiniteTalk DiT checkpoint, its state_dict) with {wan}/config.json, keys "
+    "renamed to diffusers' Wan names",
+    "scheduler": "InfiniteTalk's flow-matching schedule (MultiTalk's: FlowMatchEulerDiscreteScheduler, shift applied "
+    "per call)",
+}
+# What differs between the model cards of the two pipelines.
+_CARDS = {
+    "WanMultiTalkPipeline": dict(
+        name="MultiTalk",
+        repo=MULTITALK_REPO,
+        tags=["multitalk"],
+        intro="""[MultiTalk](https://github.com/MeiGen-AI/MultiTalk) ("Let Them Talk": audio-driven multi-person
+conversational video, built on Wan2.1-I2V-14B) converted to the diffusers format, for the `WanMultiTalkPipeline` of
+diffusers-multitalk.""",
+        call='out = pipe(image="podcast.png", audio=["host.wav", "guest.wav"], prompt="Two people talk in a studio.")',
+        video="podcast.mp4",
+        adapter="`multitalk.safetensors`, the audio adapter (audio_proj, per-block audio cross-attention and norms)",
+    ),
+    "WanInfiniteTalkPipeline": dict(
+        name="InfiniteTalk",
+        repo=None,  # INFINITETALK_REPO, imported with the loaders
+        tags=["infinitetalk", "video-to-video", "dubbing"],
+        intro="""[InfiniteTalk](https://github.com/MeiGen-AI/InfiniteTalk) (audio-driven video dubbing and
+image-to-video of unlimited length, MultiTalk's successor on Wan2.1-I2V-14B) converted to the diffusers format, for
+the `WanInfiniteTalkPipeline` of diffusers-multitalk: it dubs a video (lips, head and body follow the new speech) or
+animates a photo for as long as the audio lasts.""",
+        call='out = pipe(video="interview.mp4", audio="new_voice.wav", prompt="A man talks to the camera.")',
+        video="dubbed.mp4",
+        adapter="the audio adapter and DiT weights InfiniteTalk trains",
+    ),
 }
 
 
@@ -211,13 +253,19 @@ def model_card(report: dict, repo_id: str | None = None) -> str:
     usage for both loading routes and what was converted from what."""
     from huggingface_hub import ModelCardData
 
+    pipeline = report.get("pipeline_class", "WanMultiTalkPipeline")
+    card = dict(_CARDS[pipeline])
+    if card["repo"] is None:
+        from .loaders.infinitetalk import INFINITETALK_REPO
+
+        card["repo"] = INFINITETALK_REPO
     data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="image-to-video",
         license="apache-2.0",
-        base_model=[report["sources"]["wan_repo"], MULTITALK_REPO],
-        tags=["diffusers", "diffusers-multitalk", "WanMultiTalkPipeline", "multitalk", "wan", "audio-driven",
-              "talking-head", "image-to-video"],
+        base_model=[report["sources"]["wan_repo"], card["repo"]],
+        tags=["diffusers", "diffusers-multitalk", pipeline, *card["tags"], "wan", "audio-driven", "talking-head",
+              "image-to-video"],
     )
     where = repo_id or "path/to/this/folder"
     dtype = report["torch_dtype"]
@@ -253,13 +301,12 @@ pipe = DiffusionPipeline.from_pretrained("{where}", trust_remote_code=True, torc
         if remote_files
         else "This folder ships no remote code: import diffusers-multitalk to load it.\n\n"
     )
+    adapter = _card_adapter_line(report, card)
     body = f"""
-# MultiTalk ({Path(report['sources']['wan_dir']).name}) for diffusers
+# {card['name']} ({Path(report['sources']['wan_dir']).name}) for diffusers
 
-[MultiTalk](https://github.com/MeiGen-AI/MultiTalk) ("Let Them Talk": audio-driven multi-person conversational
-video, built on Wan2.1-I2V-14B) converted to the diffusers format, for the `WanMultiTalkPipeline` of
-diffusers-multitalk. The transformer and the text and image encoders are stored in {dtype}, the VAE and wav2vec2 in
-float32 (as MultiTalk runs them); the `torch_dtype` mapping below keeps it so (without one, diffusers would load the
+{card['intro']} The transformer and the text and image encoders are stored in {dtype}, the VAE and wav2vec2 in
+float32 (as {card['name']} runs them); the `torch_dtype` mapping below keeps it so (without one, diffusers would load the
 transformer in float32).
 
 ## Usage
@@ -272,22 +319,21 @@ pip install diffusers-multitalk
 
 ```py
 import torch
-from diffusers_multitalk import WanMultiTalkPipeline, export_to_video_with_audio
+from diffusers_multitalk import {pipeline}, export_to_video_with_audio
 
 {dtypes}
-pipe = WanMultiTalkPipeline.from_pretrained("{where}", torch_dtype=dtypes).to("cuda")
-out = pipe(image="podcast.png", audio=["host.wav", "guest.wav"], prompt="Two people talk in a studio.")
-export_to_video_with_audio(out.frames[0], out.audio, "podcast.mp4", fps=25)
+pipe = {pipeline}.from_pretrained("{where}", torch_dtype=dtypes).to("cuda")
+{card['call']}
+export_to_video_with_audio(out.frames[0], out.audio, "{card['video']}", fps=25)
 ```
 
 ## Conversion
 
-Converted with diffusers-multitalk's `convert_original_to_diffusers` on {report['created']} ({versions}) from:
+Converted with diffusers-multitalk's `{report.get('converter', 'convert_original_to_diffusers')}` on {report['created']} ({versions}) from:
 
 - [{report['sources']['wan_repo']}](https://huggingface.co/{report['sources']['wan_repo']}) (Apache-2.0): the DiT,
   umT5 text encoder, CLIP image encoder, VAE and tokenizer;
-- [{MULTITALK_REPO}](https://huggingface.co/{MULTITALK_REPO}) (Apache-2.0): `multitalk.safetensors`, the audio
-  adapter (audio_proj, per-block audio cross-attention and norms);
+- {adapter};
 - [{WAV2VEC_REPO}](https://huggingface.co/{WAV2VEC_REPO}) (see its model card for its license): the speech encoder.
 {lora_text}
 | component | class | tensors | dtypes | size | converted from |
@@ -299,6 +345,18 @@ Every component was reloaded after saving and compared with the converted weight
 `{CONVERSION_REPORT}` holds the details.
 """
     return f"---\n{data.to_yaml()}\n---\n{body}"
+
+
+def _card_adapter_line(report: dict, card: dict) -> str:
+    """The model card's bullet for the weights over Wan's (MultiTalk's adapter, InfiniteTalk's file or full DiT)."""
+    link = f"[{card['repo']}](https://huggingface.co/{card['repo']}) (Apache-2.0)"
+    sources = report["sources"]
+    if sources.get("dit_path"):
+        return f"{link}: `{Path(sources['dit_path']).name}`, a full {card['name']} DiT checkpoint (`--dit_path`)"
+    if sources.get("infinitetalk_file"):
+        file = Path(sources["infinitetalk_file"])
+        return f"{link}: `{file.parent.name}/{file.name}`, {card['adapter']}"
+    return f"{link}: {card['adapter']}"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -343,6 +401,8 @@ def convert_original_to_diffusers(
     remote_code: bool = True,
     private: bool | None = None,
     token: str | None = None,
+    infinitetalk_dir=None,
+    dit_path=None,
     **aliases,
 ) -> dict:
     """Converts the official folders into one diffusers pipeline folder; returns the conversion report.
@@ -362,26 +422,48 @@ def convert_original_to_diffusers(
             peak memory is the pipeline plus its largest component).
         remote_code: also ship the reviewed remote-code files (the repository's top-level `pipelines/`) and name
             them in the model index (see `diffusers_multitalk.pipelines.model_index`).
-        aliases: `dtype=` and `lora_dir=` (the `multitalk convert` flag names) for `torch_dtype` / `lora_path`.
+        infinitetalk_dir / dit_path: convert InfiniteTalk instead (`convert_infinitetalk_to_diffusers`): its
+            `single/` or `multi/infinitetalk.safetensors` (or the `InfiniteTalk/` folder, meaning `single/`), or a full
+            DiT checkpoint; not with `multitalk_dir`.
+        aliases: `dtype=` and `lora_dir=` (the `multitalk convert` flag names) for `torch_dtype` / `lora_path`;
+            `infinitetalk_file=` for `infinitetalk_dir`.
 
     The report (also saved as `conversion_report.json`) lists, per component, its class, source, tensor count,
     parameter count, dtypes, files and bytes, plus the verification result and, after a push, the repo URL.
     """
-    from .pipelines.model_index import package_model_index
     from .pipelines.pipeline_wan_multitalk import WanMultiTalkPipeline
 
-    for alias, name in (("dtype", "torch_dtype"), ("lora_dir", "lora_path")):
+    for alias, name in (("dtype", "torch_dtype"), ("lora_dir", "lora_path"), ("infinitetalk_file", "infinitetalk_dir")):
         if alias in aliases:
             value = aliases.pop(alias)
             if value is not None:
                 if name == "torch_dtype":
                     torch_dtype = value
+                elif name == "infinitetalk_dir":
+                    if infinitetalk_dir is not None:
+                        raise TypeError("Pass infinitetalk_dir or infinitetalk_file, not both.")
+                    infinitetalk_dir = value
                 elif lora_path is not None:
                     raise TypeError("Pass lora_path or lora_dir, not both.")
                 else:
                     lora_path = value
     if aliases:
         raise TypeError(f"Unexpected arguments: {sorted(aliases)}")
+    common = dict(
+        output_dir=output_dir, torch_dtype=torch_dtype, lora_path=lora_path, lora_scale=lora_scale,
+        push_to_hub=push_to_hub, max_shard_size=max_shard_size, verify=verify, remote_code=remote_code,
+        private=private, token=token,
+    )
+    if infinitetalk_dir is not None or dit_path is not None:
+        if multitalk_dir is not None:
+            given = "infinitetalk_dir (--infinitetalk_dir)" if infinitetalk_dir is not None else "dit_path (--dit_path)"
+            raise ValueError(
+                f"multitalk_dir (--multitalk_dir) and {given} exclude each other: pass --multitalk_dir to convert "
+                "MultiTalk, --infinitetalk_dir (or --dit_path) to convert InfiniteTalk."
+            )
+        return convert_infinitetalk_to_diffusers(
+            wan_dir, infinitetalk_dir, wav2vec_dir, dit_path=dit_path, force=force, **common
+        )
     if output_dir is None:
         raise TypeError("output_dir is required.")
     torch_dtype = _dtype(torch_dtype)
@@ -390,14 +472,105 @@ def convert_original_to_diffusers(
     sources = [p for p in (wan_dir, multitalk_dir, wav2vec_dir, lora_path) if p is not None]
     _check_output(output_dir, force, [Path(p).expanduser() for p in sources])
     problems = check_original_folders(wan_dir, multitalk_dir, wav2vec_dir)
+    _raise_problems(problems, lora_path)
+
+    pipe = WanMultiTalkPipeline.from_original(wan_dir, multitalk_dir, wav2vec_dir, torch_dtype=torch_dtype)
+    names = {
+        "wan": wan_dir.name,
+        "multitalk": Path(multitalk_dir).name if multitalk_dir is not None else wan_dir.name,
+        "wav2vec": Path(wav2vec_dir).name,
+    }
+    sources = {"multitalk_dir": str(Path(multitalk_dir).resolve()) if multitalk_dir is not None else None}
+    return _write_converted(pipe, "convert_original_to_diffusers", wan_dir, wav2vec_dir, sources, _SOURCES, names,
+                            **{**common, "output_dir": output_dir, "torch_dtype": torch_dtype})
+
+
+def convert_infinitetalk_to_diffusers(
+    wan_dir,
+    infinitetalk_file=None,
+    wav2vec_dir=None,
+    output_dir=None,
+    torch_dtype: torch.dtype | str = torch.bfloat16,
+    dit_path=None,
+    lora_path=None,
+    lora_scale: float = 1.0,
+    force: bool = False,
+    push_to_hub: str | None = None,
+    max_shard_size: int | str = "5GB",
+    verify: bool = True,
+    remote_code: bool = True,
+    private: bool | None = None,
+    token: str | None = None,
+) -> dict:
+    """InfiniteTalk's downloads -> one diffusers `WanInfiniteTalkPipeline` folder; returns the conversion report.
+
+    `infinitetalk_file` is MeiGen-AI/InfiniteTalk's `single/infinitetalk.safetensors` (one person) or
+    `multi/infinitetalk.safetensors` (several), or the `InfiniteTalk/` folder (then `single/`), loaded over `wan_dir`'s
+    DiT shards; or `dit_path` is a full DiT checkpoint (the reference's `--dit_path`) used instead of both. Every
+    missing file is named before anything loads (`infinitetalk_problems`). The rest is as for
+    `convert_original_to_diffusers`: written under a temporary name, verified by reloading every component and
+    comparing it with the original-layout load (`WanInfiniteTalkPipeline.from_original`), renamed into place, with a
+    model card, `conversion_report.json` and the reviewed remote code (`pipeline_wan_infinitetalk.py`).
+    """
+    from .loaders.infinitetalk import infinitetalk_problems, resolve_infinitetalk_file
+    from .pipelines.pipeline_wan_infinitetalk import WanInfiniteTalkPipeline
+
+    if output_dir is None:
+        raise TypeError("output_dir is required.")
+    torch_dtype = _dtype(torch_dtype)
+    output_dir = Path(output_dir).expanduser()
+    wan_dir = Path(wan_dir).expanduser()
+    if dit_path is not None:
+        infinitetalk_file = None  # a full checkpoint holds every DiT weight (as in from_original)
+    sources = [p for p in (wan_dir, infinitetalk_file, dit_path, wav2vec_dir, lora_path) if p is not None]
+    _check_output(output_dir, force, [Path(p).expanduser() for p in sources])
+    _raise_problems(infinitetalk_problems(wan_dir, infinitetalk_file, wav2vec_dir, dit_path), lora_path)
+
+    pipe = WanInfiniteTalkPipeline.from_original(
+        wan_dir, infinitetalk_file, wav2vec_dir, torch_dtype=torch_dtype, dit_path=dit_path
+    )
+    file = resolve_infinitetalk_file(infinitetalk_file) if infinitetalk_file is not None else None
+    names = {
+        "wan": wan_dir.name,
+        "infinitetalk": f"{file.parent.name}/{file.name}" if file is not None else None,
+        "dit": Path(dit_path).name if dit_path is not None else None,
+        "wav2vec": Path(wav2vec_dir).name,
+    }
+    texts = {**_SOURCES, **_INFINITETALK_SOURCES}
+    if dit_path is not None:
+        texts["transformer"] = texts["transformer_dit_path"]
+    sources = {
+        "infinitetalk_file": str(file.resolve()) if file is not None else None,
+        "dit_path": str(Path(dit_path).resolve()) if dit_path is not None else None,
+    }
+    return _write_converted(
+        pipe, "convert_infinitetalk_to_diffusers", wan_dir, wav2vec_dir, sources, texts, names,
+        output_dir=output_dir, torch_dtype=torch_dtype, lora_path=lora_path, lora_scale=lora_scale,
+        push_to_hub=push_to_hub, max_shard_size=max_shard_size, verify=verify, remote_code=remote_code,
+        private=private, token=token,
+    )
+
+
+def _raise_problems(problems: list[str], lora_path) -> None:
+    problems = list(problems)
     if lora_path is not None and not Path(lora_path).exists():
         problems.append(f"The LoRA {lora_path} does not exist.")
     if problems:
         raise FileNotFoundError("Cannot convert:\n- " + "\n- ".join(problems))
 
-    pipe = WanMultiTalkPipeline.from_original(wan_dir, multitalk_dir, wav2vec_dir, torch_dtype=torch_dtype)
+
+def _write_converted(
+    pipe, converter: str, wan_dir: Path, wav2vec_dir, model_sources: dict, source_texts: dict, names: dict, *,
+    output_dir: Path, torch_dtype: torch.dtype, lora_path, lora_scale: float, push_to_hub,
+    max_shard_size, verify: bool, remote_code: bool, private, token,
+) -> dict:
+    """Fuses the LoRA, writes the pipeline under a temporary name beside `output_dir`, reports, verifies, writes the
+    model card, renames it into place and pushes it: the part both conversions share."""
+    from .pipelines.model_index import package_model_index
+
     if lora_path is not None:
         _fuse_lora(pipe, Path(lora_path), lora_scale)
+    card_name = _CARDS[type(pipe).__name__]["name"]
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:8]
@@ -407,23 +580,19 @@ def convert_original_to_diffusers(
         with open(partial / "model_index.json") as f:
             index = package_model_index(json.load(f))
         remote_files = sorted(str(p.relative_to(partial)) for p in partial.rglob("*.py")) if remote_code else []
-        names = {
-            "wan": wan_dir.name,
-            "multitalk": Path(multitalk_dir).name if multitalk_dir is not None else wan_dir.name,
-            "wav2vec": Path(wav2vec_dir).name,
-        }
         components = _component_stats(partial, index)
         for name, info in components.items():
-            info["source"] = _SOURCES.get(name, "").format(**names)
+            info["source"] = source_texts.get(name, "").format(**names)
         report = {
             "format": "diffusers-multitalk conversion report",
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "pipeline_class": type(pipe).__name__,
+            "converter": converter,
             "torch_dtype": _dtype_name(torch_dtype),
             "sources": {
                 "wan_dir": str(wan_dir.resolve()),
                 "wan_repo": WAN_REPO_720 if "720" in wan_dir.name else WAN_REPO,
-                "multitalk_dir": str(Path(multitalk_dir).resolve()) if multitalk_dir is not None else None,
+                **model_sources,
                 "wav2vec_dir": str(Path(wav2vec_dir).resolve()),
                 "lora_path": str(Path(lora_path).resolve()) if lora_path is not None else None,
                 "lora_scale": lora_scale if lora_path is not None else None,
@@ -455,7 +624,7 @@ def convert_original_to_diffusers(
             repo_id=repo_id,
             folder_path=str(output_dir),
             repo_type="model",
-            commit_message=f"MultiTalk for diffusers ({report['torch_dtype']}), converted by diffusers-multitalk",
+            commit_message=f"{card_name} for diffusers ({report['torch_dtype']}), converted by diffusers-multitalk",
         )
         report["hub"] = {"repo_id": repo_id, "url": str(url), "commit": str(getattr(commit, "commit_url", commit))}
     return report

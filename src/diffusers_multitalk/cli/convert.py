@@ -1,4 +1,5 @@
-"""`multitalk convert`: the official folders -> a diffusers repo with a model card."""
+"""`multitalk convert`: the official folders (MultiTalk's, or InfiniteTalk's with --infinitetalk_dir / --dit_path) -> a
+diffusers repo with a model card."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from ..runtime.errors import UserError
 def cmd_convert(args: Namespace) -> int:
     from ..conversion import convert_original_to_diffusers
 
+    # InfiniteTalk's flags are forwarded only when given (a MultiTalk conversion's call is unchanged).
+    infinitetalk = {k: getattr(args, k) for k in ("infinitetalk_dir", "dit_path") if getattr(args, k, None) is not None}
     try:
         result = convert_original_to_diffusers(
             wan_dir=args.wan_dir,
@@ -21,6 +24,7 @@ def cmd_convert(args: Namespace) -> int:
             lora_scale=args.lora_scale,
             force=args.force,
             push_to_hub=args.push_to_hub,
+            **infinitetalk,
         )
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         raise UserError(str(err)) from err

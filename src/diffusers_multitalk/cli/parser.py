@@ -167,10 +167,19 @@ def _add_convert_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "convert",
         help="convert the original checkpoints into one diffusers folder",
-        description="Convert Wan2.1-I2V-14B + MeiGen-MultiTalk + chinese-wav2vec2-base into a diffusers folder (from_pretrained).",
+        description=(
+            "Convert Wan2.1-I2V-14B + MeiGen-MultiTalk + chinese-wav2vec2-base into a diffusers folder (from_pretrained); "
+            "with --infinitetalk_dir (or --dit_path), InfiniteTalk instead of MultiTalk."
+        ),
     )
     p.add_argument("--wan_dir", required=True, help="the Wan2.1-I2V-14B folder")
     p.add_argument("--multitalk_dir", default=None, help="the MeiGen-MultiTalk folder (not needed if linked into --wan_dir)")
+    p.add_argument(
+        "--infinitetalk_dir", default=None,
+        help="convert InfiniteTalk: InfiniteTalk/single/infinitetalk.safetensors (one person) or multi/... (several); "
+        "not with --multitalk_dir",
+    )
+    p.add_argument("--dit_path", default=None, help="convert InfiniteTalk from a full DiT checkpoint (instead of the Wan shards + --infinitetalk_dir)")
     p.add_argument("--wav2vec_dir", required=True, help="the chinese-wav2vec2-base folder")
     p.add_argument("--output_dir", required=True, help="where to write the diffusers folder")
     p.add_argument("--dtype", default="bfloat16", help="dtype of the saved DiT and encoders (bfloat16)")

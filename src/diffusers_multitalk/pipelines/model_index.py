@@ -13,7 +13,8 @@ diffusers (0.42) resolves the names in a folder's `model_index.json` like this:
 So a folder saved with `save_pretrained(..., remote_code=True)` (what `convert_original_to_diffusers` writes) names
 the reviewed remote-code files of the repository's top-level `pipelines/` folder, which it ships:
 `_class_name: ["pipeline_wan_multitalk", "WanMultiTalkPipeline"]` with `pipeline_wan_multitalk.py`, and
-`transformer: ["transformer_multitalk", "MultiTalkTransformer3DModel"]` with `transformer/transformer_multitalk.py`.
+`transformer: ["transformer_multitalk", "MultiTalkTransformer3DModel"]` with `transformer/transformer_multitalk.py`
+(an InfiniteTalk folder: `["pipeline_wan_infinitetalk", "WanInfiniteTalkPipeline"]`, the same transformer).
 Those files only import the installed package, so `DiffusionPipeline.from_pretrained(repo, trust_remote_code=True)`
 works in a process that never imported it. This package's pipeline classes read such an index back as their own
 names (`_dict_from_json_file` below), so `WanMultiTalkPipeline.from_pretrained(repo)` runs no remote code.
@@ -48,7 +49,10 @@ LIBRARY_NAME = "diffusers_multitalk"
 # The reviewed remote-code files: `pipelines/` at the top of the source repository (not part of the package).
 REMOTE_CODE_DIR = Path(__file__).resolve().parents[3] / "pipelines"
 # class -> the file stem that defines it in REMOTE_CODE_DIR (pipelines at its top, components in their folder).
-REMOTE_PIPELINES = {"WanMultiTalkPipeline": "pipeline_wan_multitalk"}
+REMOTE_PIPELINES = {
+    "WanMultiTalkPipeline": "pipeline_wan_multitalk",
+    "WanInfiniteTalkPipeline": "pipeline_wan_infinitetalk",
+}
 REMOTE_COMPONENTS = {"MultiTalkTransformer3DModel": "transformer_multitalk"}
 
 
