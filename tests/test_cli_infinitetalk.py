@@ -39,9 +39,9 @@ README_COMMANDS = [
      "--lora_scale 1.0 --size infinitetalk-480 --sample_text_guide_scale 1.0 --sample_audio_guide_scale 2.0 "
      "--sample_steps 8 --mode streaming --motion_frame 9 --sample_shift 2 --save_file infinitetalk_res_lora", VIDEO,
      {"num_inference_steps": 8, "text_guidance_scale": 1.0, "audio_guidance_scale": 2.0, "shift": 2.0}, set()),
-    ("multi-GPU (FSDP refused)", f"{BASE} --dit_fsdp --t5_fsdp --ulysses_size=8 --input_json x.json --size "
+    ("multi-GPU (FSDP)", f"{BASE} --dit_fsdp --t5_fsdp --ulysses_size=8 --input_json x.json --size "
      "infinitetalk-480 --sample_steps 40 --mode streaming --motion_frame 9 --save_file infinitetalk_res_multigpu", VIDEO,
-     {}, {"--t5_fsdp", "--dit_fsdp"}),
+     {}, set()),
 ]  # fmt: skip
 
 DEFAULTS = dict(resolution="infinitetalk-480", mode="streaming", num_frames=81, motion_frames=9, max_frames=None,
@@ -116,3 +116,16 @@ def test_tiny_dub_is_as_long_as_its_new_audio(tmp_path):
     seconds = sf.info(EXAMPLES / "assets" / "speaker1.wav").duration
     assert abs(stream_seconds(str(save) + ".mp4", "v") - seconds) <= 0.15
     assert abs(stream_seconds(str(save) + ".mp4", "a") - seconds) <= 0.15
+
+
+def test_download_plan_fetches_infinitetalk_adapters(tmp_path):
+    from diffusers_multitalk.cli import download
+
+    plan = download.download_plan(tmp_path, "infinitetalk-480", infinitetalk=True)
+    assert plan[0]["repo_id"] == "Wan-AI/Wan2.1-I2V-14B-480P"  # InfiniteTalk runs on the 480P base at both sizes
+    step = next(s for s in plan if s["repo_id"] == "MeiGen-AI/InfiniteTalk")
+    assert step["local_dir"] == tmp_path / "InfiniteTalk"
+    assert step["allow_patterns"] == ["single/infinitetalk.safetensors", "multi/infinitetalk.safetensors"]
+    assert download.download_plan(tmp_path, "infinitetalk-720")[0]["repo_id"] == "Wan-AI/Wan2.1-I2V-14B-480P"
+    assert not any(s["repo_id"] == "MeiGen-AI/InfiniteTalk" for s in download.download_plan(tmp_path))
+    assert cli.build_parser().parse_args(["download", "--infinitetalk"]).infinitetalk is True

@@ -23,7 +23,10 @@ from ..runtime.errors import PROG, UserError, note
 from ..runtime.folders import inspect_wan_dir, inspect_wav2vec_dir
 from ..runtime.hub import hub_error
 
-WAN_REPOS = {"multitalk-480": WAN_REPO, "multitalk-720": WAN_REPO_720}
+# InfiniteTalk's README runs both of its sizes on the 480P base.
+WAN_REPOS = {"multitalk-480": WAN_REPO, "multitalk-720": WAN_REPO_720, "infinitetalk-480": WAN_REPO, "infinitetalk-720": WAN_REPO}
+INFINITETALK_REPO = "MeiGen-AI/InfiniteTalk"
+INFINITETALK_ALLOW_PATTERNS = ["single/infinitetalk.safetensors", "multi/infinitetalk.safetensors"]
 
 
 WAN_INDEX = DIT_INDEX
@@ -69,7 +72,10 @@ KOKORO_REPO = "hexgrad/Kokoro-82M"
 KOKORO_ALLOW_PATTERNS = ["config.json", "kokoro-v1_0.pth", "voices/*.pt"]
 
 
-def download_plan(target: str | os.PathLike, size: str = "multitalk-480", link: bool = True, tts: bool = False) -> list[dict]:
+def download_plan(
+    target: str | os.PathLike, size: str = "multitalk-480", link: bool = True, tts: bool = False,
+    infinitetalk: bool = False,
+) -> list[dict]:
     """The snapshot_download calls ``download`` makes: ``[{repo_id, local_dir, allow_patterns, revision}, ...]``.
 
     When MultiTalk's index is linked into the Wan folder (the default), Wan's own index is not fetched: MultiTalk's
@@ -87,6 +93,9 @@ def download_plan(target: str | os.PathLike, size: str = "multitalk-480", link: 
             allow_patterns=list(WAV2VEC_SAFETENSORS_PATTERNS), revision=WAV2VEC_SAFETENSORS_REVISION,
         ),
     ]
+    if infinitetalk:  # InfiniteTalk's adapters for one person and for several, beside MultiTalk's
+        plan.append(dict(repo_id=INFINITETALK_REPO, local_dir=target / "InfiniteTalk",
+                         allow_patterns=list(INFINITETALK_ALLOW_PATTERNS), revision=None))  # fmt: skip
     if tts:
         plan.append(dict(repo_id=KOKORO_REPO, local_dir=target / "Kokoro-82M", allow_patterns=list(KOKORO_ALLOW_PATTERNS), revision=None))
     return plan
@@ -132,7 +141,8 @@ def cmd_download(args: Namespace) -> int:
     import huggingface_hub
 
     link = not args.no_link
-    plan = download_plan(args.target, args.size, link=link, tts=args.tts)
+    infinitetalk = args.infinitetalk or str(args.size).startswith("infinitetalk")
+    plan = download_plan(args.target, args.size, link=link, tts=args.tts, infinitetalk=infinitetalk)
     for step in plan:
         revision = f" (revision {step['revision']})" if step["revision"] else ""
         note(f"downloading {step['repo_id']}{revision}: {', '.join(step['allow_patterns'])} -> {step['local_dir']}")
@@ -161,5 +171,9 @@ def cmd_download(args: Namespace) -> int:
         raise UserError("the download finished but files are missing:\n" + "\n".join(f"  {p}" for p in problems))
     extra = "" if link else f" --multitalk_dir {multitalk_dir}"
     print(f"{PROG} generate --ckpt_dir {wan_dir} --wav2vec_dir {wav2vec_dir}{extra} --input_json <your input>.json")
+    if infinitetalk:
+        adapter = Path(args.target) / "InfiniteTalk" / "single" / "infinitetalk.safetensors"
+        print(f"{PROG} generate --ckpt_dir {wan_dir} --wav2vec_dir {wav2vec_dir} --infinitetalk_dir {adapter} "
+              "--input_json <your cond_video input>.json")  # fmt: skip
     return 0
 

@@ -146,6 +146,10 @@ def _add_download_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no_link", action="store_true", help="do not link MultiTalk's files into the Wan folder (keeps Wan's own index)")
     p.add_argument("--copy", action="store_true", help="copy MultiTalk's files into the Wan folder instead of symlinking")
     p.add_argument("--tts", action="store_true", help="also download Kokoro-82M for --audio_mode tts")
+    p.add_argument(
+        "--infinitetalk", action="store_true",
+        help="also download InfiniteTalk's adapters (MeiGen-AI/InfiniteTalk single/ and multi/) for dubbing",
+    )
     p.add_argument("--max_workers", type=int, default=8, help="parallel downloads per repository (8)")
     return p
 
