@@ -67,6 +67,7 @@ def main() -> None:
         else:
             qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (q, k, v))
         for name, backend in backends:
+
             def call(qt=qt, kt=kt, vt=vt, backend=backend):
                 if backend is None:
                     return F.scaled_dot_product_attention(qt, kt, vt)
@@ -97,11 +98,22 @@ def main() -> None:
             out = fa3_call()
             seconds = _time(fa3_call)
             error = (out.float().transpose(1, 2) - reference).abs().max().item()
-            rows.append(("FlashAttention-3", "[B,S,H,D]", f"{seconds * 1e3:.1f}", f"{flops / seconds / 1e12:.0f}", f"{error:.1e}", ""))
+            rows.append(
+                (
+                    "FlashAttention-3",
+                    "[B,S,H,D]",
+                    f"{seconds * 1e3:.1f}",
+                    f"{flops / seconds / 1e12:.0f}",
+                    f"{error:.1e}",
+                    "",
+                )
+            )
         except RuntimeError as err:
             rows.append(("FlashAttention-3", "[B,S,H,D]", "n/a", "n/a", "n/a", str(err).splitlines()[0][:60]))
 
-    extras = [m for m in ("flash_attn", "flash_attn_interface", "sageattention", "xformers") if importlib.util.find_spec(m)]
+    extras = [
+        m for m in ("flash_attn", "flash_attn_interface", "sageattention", "xformers") if importlib.util.find_spec(m)
+    ]
     rate = _matmul_rate()
     lines = [
         f"Device: {torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}; "

@@ -78,8 +78,13 @@ def apply(pipe, setup, args, device):
     pipe.transformer = transformer
     vae_dtype = torch.float32 if "vae32" in flags else torch.bfloat16
     pipe.vae.to(vae_dtype)
-    return dict(dit=base, self_attention="sage_triton" if "sage" in flags else "PyTorch SDPA", compiled=compiled,
-                vae_dtype=str(vae_dtype).replace("torch.", ""), latents_only="latents" in flags)
+    return dict(
+        dit=base,
+        self_attention="sage_triton" if "sage" in flags else "PyTorch SDPA",
+        compiled=compiled,
+        vae_dtype=str(vae_dtype).replace("torch.", ""),
+        latents_only="latents" in flags,
+    )
 
 
 def main():
@@ -116,11 +121,19 @@ def main():
     call = dict(image=image, audio=audio, prompt="Two people talk in a studio.", audio_type="add", **size, **preset)
 
     result = dict(
-        preset="fast", preset_call=preset, preset_flags=preset_cli_flags("fast"),
-        device=torch.cuda.get_device_name() if on_cuda else "cpu", torch=torch.__version__,
+        preset="fast",
+        preset_call=preset,
+        preset_flags=preset_cli_flags("fast"),
+        device=torch.cuda.get_device_name() if on_cuda else "cpu",
+        torch=torch.__version__,
         clip=f"{args.persons} person(s), 81 frames, {args.resolution}, clip mode, colour correction on",
-        components="tiny random" if args.tiny else "full-size random (umT5-XXL, ViT-H/14 CLIP, Wan2.1 VAE, "
-        "wav2vec2-base, 14B MultiTalk DiT with seed-0 weights)", pipeline_build_s=build_seconds, runs=[], skipped=[],
+        components="tiny random"
+        if args.tiny
+        else "full-size random (umT5-XXL, ViT-H/14 CLIP, Wan2.1 VAE, "
+        "wav2vec2-base, 14B MultiTalk DiT with seed-0 weights)",
+        pipeline_build_s=build_seconds,
+        runs=[],
+        skipped=[],
     )
     reference = None
     for setup in args.setups.split(","):
@@ -138,9 +151,13 @@ def main():
                 run["warmup_s"] = time.perf_counter() - t0
             timer = PhaseTimer(device)
             originals = {}
-            for attr, phase in [("encode_prompt", "text encoder"), ("encode_image", "image encoder"),
-                                ("prepare_audio_inputs", "audio load + wav2vec2"), ("prepare_condition", "VAE encode"),
-                                ("decode_latents", "VAE decode")]:
+            for attr, phase in [
+                ("encode_prompt", "text encoder"),
+                ("encode_image", "image encoder"),
+                ("prepare_audio_inputs", "audio load + wav2vec2"),
+                ("prepare_condition", "VAE encode"),
+                ("decode_latents", "VAE decode"),
+            ]:
                 if hasattr(pipe, attr):
                     originals[attr] = getattr(pipe, attr)
                     setattr(pipe, attr, timer.wrap(originals[attr], phase))
@@ -149,16 +166,20 @@ def main():
             final = {}
 
             def keep_latents(p, step, t, kwargs):
-                final["latents"] = kwargs["latents"].detach().float().clone()
+                final["latents"] = kwargs["latents"].detach().float().clone()  # noqa: B023 - used in this pass only
                 return {}
 
             if on_cuda:
                 torch.cuda.reset_peak_memory_stats()
             timer.sync()
             t0 = time.perf_counter()
-            pipe(**call, generator=torch.Generator(device).manual_seed(0), callback_on_step_end=keep_latents,
-                 callback_on_step_end_tensor_inputs=["latents"],
-                 output_type="latent" if run["latents_only"] else "np")
+            pipe(
+                **call,
+                generator=torch.Generator(device).manual_seed(0),
+                callback_on_step_end=keep_latents,
+                callback_on_step_end_tensor_inputs=["latents"],
+                output_type="latent" if run["latents_only"] else "np",
+            )
             timer.sync()
             total = time.perf_counter() - t0
             for attr, fn in originals.items():
@@ -166,9 +187,13 @@ def main():
             pipe.transformer.forward = dit_forward
             phases = dict(timer.seconds)
             phases["other (guidance, scheduler, colour correction, post-processing)"] = total - sum(phases.values())
-            run.update(total_s=total, phases=phases, dit_forwards=timer.calls["DiT forwards"],
-                       s_per_dit_forward=timer.seconds["DiT forwards"] / max(timer.calls["DiT forwards"], 1),
-                       peak_memory_gb=torch.cuda.max_memory_allocated() / 1e9 if on_cuda else None)
+            run.update(
+                total_s=total,
+                phases=phases,
+                dit_forwards=timer.calls["DiT forwards"],
+                s_per_dit_forward=timer.seconds["DiT forwards"] / max(timer.calls["DiT forwards"], 1),
+                peak_memory_gb=torch.cuda.max_memory_allocated() / 1e9 if on_cuda else None,
+            )
             latents = final["latents"].cpu()
             run["latents_finite"] = bool(torch.isfinite(latents).all())
             if reference is None:
@@ -204,21 +229,28 @@ def main():
         except Exception as e:
             result["vae_error"] = f"{type(e).__name__}: {e}"[:1000]
 
-    lines = [f"device: {result['device']}; torch {result['torch']}; {result['components']}; {result['clip']}; "
-             f"preset fast: {result['preset_call']}", "",
-             "| set-up | total s | DiT forwards | s / forward | VAE decode s | peak GB | latents rel L2 vs first |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"device: {result['device']}; torch {result['torch']}; {result['components']}; {result['clip']}; "
+        f"preset fast: {result['preset_call']}",
+        "",
+        "| set-up | total s | DiT forwards | s / forward | VAE decode s | peak GB | latents rel L2 vs first |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in result["runs"]:
         if "error" in r:
             lines.append(f"| {r['setup']} | error: {r['error'][:150]} | | | | | |")
             continue
-        lines.append(f"| {r['setup']} | {r['total_s']:.2f} | {r['dit_forwards']} | {r['s_per_dit_forward']:.3f} | "
-                     f"{r['phases'].get('VAE decode', 0):.2f} | {(r['peak_memory_gb'] or float('nan')):.1f} | "
-                     f"{r.get('latents_rel_l2_vs_reference', float('nan')):.4f} |")
+        lines.append(
+            f"| {r['setup']} | {r['total_s']:.2f} | {r['dit_forwards']} | {r['s_per_dit_forward']:.3f} | "
+            f"{r['phases'].get('VAE decode', 0):.2f} | {(r['peak_memory_gb'] or float('nan')):.1f} | "
+            f"{r.get('latents_rel_l2_vs_reference', float('nan')):.4f} |"
+        )
     if "vae_bf16_decode_rel_l2" in result:
-        lines.append(f"\nVAE decode of the first run's latents in bf16 vs float32: rel L2 "
-                     f"{result['vae_bf16_decode_rel_l2']:.4f}, max abs {result['vae_bf16_decode_max_abs']:.4f}; "
-                     f"{result['vae_decode_s_bfloat16']:.2f} s vs {result['vae_decode_s_float32']:.2f} s")
+        lines.append(
+            f"\nVAE decode of the first run's latents in bf16 vs float32: rel L2 "
+            f"{result['vae_bf16_decode_rel_l2']:.4f}, max abs {result['vae_bf16_decode_max_abs']:.4f}; "
+            f"{result['vae_decode_s_bfloat16']:.2f} s vs {result['vae_decode_s_float32']:.2f} s"
+        )
     text = "\n".join(lines) + "\n"
     if args.out:
         (Path(args.out) / f"{args.name}.json").write_text(json.dumps(result, indent=1))

@@ -126,8 +126,11 @@ def main():
     on_cuda = torch.device(device).type == "cuda"
     config = dict(FULL_CONFIG, num_layers=args.layers)
     if args.dim_scale > 1:
-        config.update(num_attention_heads=40 // args.dim_scale, ffn_dim=13824 // args.dim_scale,
-                      added_kv_proj_dim=5120 // args.dim_scale)
+        config.update(
+            num_attention_heads=40 // args.dim_scale,
+            ffn_dim=13824 // args.dim_scale,
+            added_kv_proj_dim=5120 // args.dim_scale,
+        )
     if args.frames_scale > 1:
         for key, (p, h, w, b) in list(SHAPES.items()):
             SHAPES[key] = (p, h // args.frames_scale, w // args.frames_scale, b)
@@ -178,19 +181,25 @@ def main():
                 torch.cuda.reset_peak_memory_stats()
             times = []
             with torch.no_grad():
-                for i in range(args.warmup + args.repeats):
+                for _i in range(args.warmup + args.repeats):
                     sync()
                     t0 = time.perf_counter()
                     out = model(**inputs, return_dict=False)[0]
                     sync()
                     times.append(time.perf_counter() - t0)
-            measured = times[args.warmup:] or times
+            measured = times[args.warmup :] or times
             seconds = statistics.median(measured)
             flops = batch * forward_flops(config, lt, lh, lw, persons)
             out = out.float()
             row.update(
-                persons=persons, batch=batch, tokens=lt * lh * lw // 4, first_forward_s=times[0], all_seconds=measured,
-                seconds=seconds, seconds_per_sample=seconds / batch, tflop=flops / 1e12,
+                persons=persons,
+                batch=batch,
+                tokens=lt * lh * lw // 4,
+                first_forward_s=times[0],
+                all_seconds=measured,
+                seconds=seconds,
+                seconds_per_sample=seconds / batch,
+                tflop=flops / 1e12,
                 tflops_per_s=flops / seconds / 1e12,
                 of_bf16_matmul_rate=flops / seconds / 1e12 / result["bf16_matmul_tflops"],
                 peak_gb=torch.cuda.max_memory_allocated() / 1e9 if on_cuda else None,

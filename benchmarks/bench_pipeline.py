@@ -51,14 +51,26 @@ def build_full_pipeline(device):
         with torch.device(device):
             text_encoder = UMT5EncoderModel(
                 UMT5Config(
-                    vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-                    relative_attention_num_buckets=32, feed_forward_proj="gated-gelu", dropout_rate=0.0,
+                    vocab_size=256384,
+                    d_model=4096,
+                    d_kv=64,
+                    d_ff=10240,
+                    num_layers=24,
+                    num_heads=64,
+                    relative_attention_num_buckets=32,
+                    feed_forward_proj="gated-gelu",
+                    dropout_rate=0.0,
                 )
             )
             image_encoder = CLIPVisionModel(
                 CLIPVisionConfig(
-                    hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
-                    image_size=224, patch_size=14, hidden_act="gelu",
+                    hidden_size=1280,
+                    intermediate_size=5120,
+                    num_hidden_layers=32,
+                    num_attention_heads=16,
+                    image_size=224,
+                    patch_size=14,
+                    hidden_act="gelu",
                 )
             )
     finally:
@@ -117,7 +129,9 @@ def main():
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny random pipeline (smoke test)")
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--attention-backend", default=None, help="a diffusers attention backend for the DiT, e.g. _flash_3")
+    parser.add_argument(
+        "--attention-backend", default=None, help="a diffusers attention backend for the DiT, e.g. _flash_3"
+    )
     parser.add_argument("--out", default=os.environ.get("OUT"))
     args = parser.parse_args()
 

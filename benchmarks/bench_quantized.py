@@ -5,6 +5,7 @@ Run from the repo root on a GPU machine with optimum-quanto installed; writes $O
 
     python benchmarks/bench_quantized.py
 """
+
 import gc
 import json
 import os
@@ -15,19 +16,31 @@ import types
 
 import torch
 
+
 # Import the model and loader modules without the package's top level (which pulls in the audio and app
 # dependencies a bare GPU image lacks).
 root = os.getcwd()
 pkg = types.ModuleType("diffusers_multitalk")
 pkg.__path__ = [os.path.join(root, "src", "diffusers_multitalk")]
 sys.modules["diffusers_multitalk"] = pkg
-from diffusers_multitalk.models.transformer_multitalk import MultiTalkTransformer3DModel  # noqa: E402
 from diffusers_multitalk.loaders import quantized  # noqa: E402
+from diffusers_multitalk.models.transformer_multitalk import MultiTalkTransformer3DModel  # noqa: E402
+
 
 OUT = os.environ.get("OUT", "/tmp")
 results = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
-CFG = dict(num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40, text_dim=4096, freq_dim=256,
-           in_channels=36, out_channels=16, image_dim=1280, added_kv_proj_dim=5120)
+CFG = dict(
+    num_attention_heads=40,
+    attention_head_dim=128,
+    ffn_dim=13824,
+    num_layers=40,
+    text_dim=4096,
+    freq_dim=256,
+    in_channels=36,
+    out_channels=16,
+    image_dim=1280,
+    added_kv_proj_dim=5120,
+)
 T, H, W = 2, 60, 104  # 5 video frames at 480x832: 3120 tokens
 g = torch.Generator(device="cuda").manual_seed(1)
 inputs = (
@@ -97,8 +110,23 @@ del model
 mem()
 os.makedirs("/tmp/wan", exist_ok=True)
 dim = 5120
-json.dump(dict(model_type="i2v", dim=dim, num_heads=40, ffn_dim=13824, num_layers=40, text_dim=4096, freq_dim=256,
-               in_dim=36, out_dim=16, patch_size=[1, 2, 2], eps=1e-6, cross_attn_norm=True), open("/tmp/wan/config.json", "w"))
+json.dump(
+    dict(
+        model_type="i2v",
+        dim=dim,
+        num_heads=40,
+        ffn_dim=13824,
+        num_layers=40,
+        text_dim=4096,
+        freq_dim=256,
+        in_dim=36,
+        out_dim=16,
+        patch_size=[1, 2, 2],
+        eps=1e-6,
+        cross_attn_norm=True,
+    ),
+    open("/tmp/wan/config.json", "w"),
+)
 t0 = time.perf_counter()
 loaded = quantized.load_quantized_multitalk_transformer(ckpt, "/tmp/wan", quant="int8")
 results["load_int8_cpu_s"] = round(time.perf_counter() - t0, 1)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "examples" / "assets"
 
@@ -79,13 +80,33 @@ def speech_file(seconds: float, folder: Path) -> Path:
 def measure(seconds: float, steps: int, size: int, folder: Path, cheap_vae: bool = False) -> dict:
     audio = speech_file(seconds, folder)
     input_json = folder / f"input_{seconds:g}s.json"
-    input_json.write_text(json.dumps({
-        "prompt": "a person talks", "cond_image": str(ASSETS / "two_people.png"), "cond_audio": {"person1": str(audio)},
-    }))
+    input_json.write_text(
+        json.dumps(
+            {
+                "prompt": "a person talks",
+                "cond_image": str(ASSETS / "two_people.png"),
+                "cond_audio": {"person1": str(audio)},
+            }
+        )
+    )
     video = folder / f"video_{seconds:g}s.mp4"
     flags = [
-        "generate", "--tiny", "--input_json", str(input_json), "--save_file", str(video), "--device", "cpu",
-        "--sample_steps", str(steps), "--sample_text_guide_scale", "1", "--height", str(size), "--width", str(size),
+        "generate",
+        "--tiny",
+        "--input_json",
+        str(input_json),
+        "--save_file",
+        str(video),
+        "--device",
+        "cpu",
+        "--sample_steps",
+        str(steps),
+        "--sample_text_guide_scale",
+        "1",
+        "--height",
+        str(size),
+        "--width",
+        str(size),
     ]
     started = time.perf_counter()
     env = dict(os.environ, BENCH_DIR=str(Path(__file__).resolve().parent))
@@ -108,7 +129,8 @@ def video_duration(path: Path) -> float:
 
     log = subprocess.run(
         [get_ffmpeg_exe(), "-hide_banner", "-i", str(path), "-map", "0:v:0", "-f", "null", "-"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     ).stderr
     return int(re.findall(r"frame=\s*(\d+)", log)[-1]) / 25
 
@@ -124,11 +146,21 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_streaming_memory_") as folder:
         runs = [measure(s, args.steps, args.size, Path(folder), args.cheap_vae) for s in args.seconds]
     result = dict(
-        benchmark="streaming_memory", device="cpu", machine=platform.processor() or platform.machine(),
-        configuration=dict(model="tiny", vae="pooling stand-in" if args.cheap_vae else "tiny AutoencoderKLWan",
-                           frames_per_chunk=81, motion_frames=25, steps=args.steps,
-                           height=args.size, width=args.size, guidance_passes=2),  # fmt: skip
-        runs=runs, peak_rss_growth_mb=round(runs[-1]["peak_rss_mb"] - runs[0]["peak_rss_mb"], 1),
+        benchmark="streaming_memory",
+        device="cpu",
+        machine=platform.processor() or platform.machine(),
+        configuration=dict(
+            model="tiny",
+            vae="pooling stand-in" if args.cheap_vae else "tiny AutoencoderKLWan",
+            frames_per_chunk=81,
+            motion_frames=25,
+            steps=args.steps,
+            height=args.size,
+            width=args.size,
+            guidance_passes=2,
+        ),  # fmt: skip
+        runs=runs,
+        peak_rss_growth_mb=round(runs[-1]["peak_rss_mb"] - runs[0]["peak_rss_mb"], 1),
     )
     print(json.dumps(result, indent=2))
     if args.json:

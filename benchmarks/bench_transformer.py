@@ -170,7 +170,9 @@ def main():
             for block in model.blocks:
                 block.attn1.set_attention_backend({"cudnnself": "_native_cudnn", "flash3self": "_flash_3"}[options[0]])
         else:
-            model.set_attention_backend({"sdpa": "native", "cudnn": "_native_cudnn", "flash": "flash", "flash3": "_flash_3"}[options[0]])
+            model.set_attention_backend(
+                {"sdpa": "native", "cudnn": "_native_cudnn", "flash": "flash", "flash3": "_flash_3"}[options[0]]
+            )
         if "fused" in options and not fused:
             model.fuse_qkv_projections()
             fused = True

@@ -50,7 +50,11 @@ def draw_person(draw: ImageDraw.ImageDraw, cx: int, top: int, scale: float, skin
     s = scale
     # shoulders / shirt
     draw.rounded_rectangle(
-        [cx - 150 * s, top + 250 * s, cx + 150 * s, top + 420 * s], radius=int(70 * s), fill=shirt, outline=(40, 40, 40), width=3
+        [cx - 150 * s, top + 250 * s, cx + 150 * s, top + 420 * s],
+        radius=int(70 * s),
+        fill=shirt,
+        outline=(40, 40, 40),
+        width=3,
     )
     # neck
     draw.rectangle([cx - 28 * s, top + 200 * s, cx + 28 * s, top + 270 * s], fill=skin, outline=(40, 40, 40), width=2)
@@ -67,7 +71,12 @@ def draw_person(draw: ImageDraw.ImageDraw, cx: int, top: int, scale: float, skin
     # eyes
     for side in (-1, 1):
         ex = cx + side * 38 * s
-        draw.ellipse([ex - 17 * s, top + 110 * s, ex + 17 * s, top + 140 * s], fill=(255, 255, 255), outline=(30, 30, 30), width=2)
+        draw.ellipse(
+            [ex - 17 * s, top + 110 * s, ex + 17 * s, top + 140 * s],
+            fill=(255, 255, 255),
+            outline=(30, 30, 30),
+            width=2,
+        )
         draw.ellipse([ex - 8 * s, top + 117 * s, ex + 8 * s, top + 135 * s], fill=(45, 35, 30))
         draw.arc([ex - 20 * s, top + 92 * s, ex + 20 * s, top + 112 * s], 200, 340, fill=(50, 40, 30), width=4)
         if glasses:
@@ -75,9 +84,19 @@ def draw_person(draw: ImageDraw.ImageDraw, cx: int, top: int, scale: float, skin
     if glasses:
         draw.line([cx - 12 * s, top + 125 * s, cx + 12 * s, top + 125 * s], fill=(20, 20, 20), width=4)
     # nose
-    draw.polygon([(cx, top + 140 * s), (cx - 10 * s, top + 172 * s), (cx + 8 * s, top + 172 * s)], fill=tuple(max(0, c - 30) for c in skin))
+    draw.polygon(
+        [(cx, top + 140 * s), (cx - 10 * s, top + 172 * s), (cx + 8 * s, top + 172 * s)],
+        fill=tuple(max(0, c - 30) for c in skin),
+    )
     # open mouth (a talking pose)
-    draw.chord([cx - 34 * s, top + 178 * s, cx + 34 * s, top + 218 * s], 0, 180, fill=(120, 30, 40), outline=(40, 20, 20), width=2)
+    draw.chord(
+        [cx - 34 * s, top + 178 * s, cx + 34 * s, top + 218 * s],
+        0,
+        180,
+        fill=(120, 30, 40),
+        outline=(40, 20, 20),
+        width=2,
+    )
     draw.rectangle([cx - 20 * s, top + 197 * s, cx + 20 * s, top + 203 * s], fill=(250, 250, 250))
     # cheeks
     for side in (-1, 1):
@@ -98,7 +117,9 @@ def make_two_people(path: Path) -> dict:
     draw.rectangle([0, int(height * 0.78), width, height], fill=(190, 170, 150))
     centres = (width // 4, 3 * width // 4)
     draw_person(draw, centres[0], 70, 0.95, skin=(238, 198, 160), hair=(70, 45, 30), shirt=(60, 110, 190), glasses=True)
-    draw_person(draw, centres[1], 60, 0.95, skin=(205, 150, 115), hair=(25, 20, 20), shirt=(200, 80, 90), bow=(240, 200, 60))
+    draw_person(
+        draw, centres[1], 60, 0.95, skin=(205, 150, 115), hair=(25, 20, 20), shirt=(200, 80, 90), bow=(240, 200, 60)
+    )
     image.save(path, optimize=True)
     # [top, left, bottom, right] per person: head and shoulders, well inside each half
     return {

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from diffusers_multitalk import DEFAULT_NEGATIVE_PROMPT, app, cli, runtime
 import diffusers_multitalk.cli.parser  # noqa: F401 - cli.parser in the tests
+from diffusers_multitalk import DEFAULT_NEGATIVE_PROMPT, app, cli, runtime
 from diffusers_multitalk.cli import main
 
 
@@ -101,8 +101,16 @@ def test_generate_video_from_a_tts_script_names_the_engine(tiny_pipe, tmp_path):
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed")
     result = app.generate_video(
-        tiny_pipe, str(IMAGE), "Two friends chat.", tts_text="(s1) Do you know MultiTalk? (s2) Yes, it makes people talk!",
-        tts_voices=["", None], tts_engine="espeak-ng", output_dir=tmp_path, seed=-1, use_teacache=True, **FAST,
+        tiny_pipe,
+        str(IMAGE),
+        "Two friends chat.",
+        tts_text="(s1) Do you know MultiTalk? (s2) Yes, it makes people talk!",
+        tts_voices=["", None],
+        tts_engine="espeak-ng",
+        output_dir=tmp_path,
+        seed=-1,
+        use_teacache=True,
+        **FAST,
     )
     assert result.tts_engine == "espeak-ng" and "TTS with espeak-ng" in result.status
     assert 0 <= result.seed <= 99_999_999 and f"seed {result.seed}" in result.status
@@ -116,9 +124,16 @@ def test_the_form_handler_maps_fields_and_persons(tiny_pipe, tmp_path):
     components = {getattr(block, "label", None): block for block in demo.blocks.values()}
     form = {c: c.value for c in components.values() if isinstance(c, gr.components.Component) and hasattr(c, "value")}
     values = {
-        app.IMAGE_LABEL: str(IMAGE), app.PROMPT_LABEL: "One person talks.", app.PERSONS_LABEL: 1,
-        app.audio_label(1): SPEAKERS[0], app.audio_label(2): None,  # slot 2 is hidden: not a missing recording
-        "Frames per chunk (4n+1)": 5, "Mode": "clip", "Sampling steps": 1, "Text guidance": 1.0, "Seed (-1: random)": 3,
+        app.IMAGE_LABEL: str(IMAGE),
+        app.PROMPT_LABEL: "One person talks.",
+        app.PERSONS_LABEL: 1,
+        app.audio_label(1): SPEAKERS[0],
+        app.audio_label(2): None,  # slot 2 is hidden: not a missing recording
+        "Frames per chunk (4n+1)": 5,
+        "Mode": "clip",
+        "Sampling steps": 1,
+        "Text guidance": 1.0,
+        "Seed (-1: random)": 3,
     }
     form.update({components[label]: value for label, value in values.items()})
     video, status = demo.generate_fn(form)
@@ -146,8 +161,18 @@ def test_the_form_handler_maps_fields_and_persons(tiny_pipe, tmp_path):
         (dict(tts_text="(s1) Hi there.", tts_voices=["", ""]), r"TTS script: person 2 has no turn"),
         (dict(tts_text="   ", tts_voices=[""]), "TTS script: empty"),
     ],
-    ids=["no image", "no audio person 2", "no audio person 3", "too many persons", "short box", "missing box",
-         "text before tag", "unknown speaker", "mute speaker", "empty script"],
+    ids=[
+        "no image",
+        "no audio person 2",
+        "no audio person 3",
+        "too many persons",
+        "short box",
+        "missing box",
+        "text before tag",
+        "unknown speaker",
+        "mute speaker",
+        "empty script",
+    ],
 )
 def test_bad_input_is_a_gr_error_naming_the_field_before_loading(inputs, message, tmp_path):
     inputs = {"image": str(IMAGE), **inputs}
@@ -161,13 +186,23 @@ def test_pipeline_errors_are_gr_errors_and_leave_no_file(tiny_pipe, tmp_path):
     sf.write(silent, np.zeros(32000, np.float32), 16000)
     out = tmp_path / "videos"
     with pytest.raises(gr.Error, match="audio of person 2 is silent"):
-        app.generate_video(tiny_pipe, str(IMAGE), "Two friends chat.", audio=[SPEAKERS[0], str(silent)], output_dir=out, **FAST)
+        app.generate_video(
+            tiny_pipe, str(IMAGE), "Two friends chat.", audio=[SPEAKERS[0], str(silent)], output_dir=out, **FAST
+        )
     with pytest.raises(gr.Error, match=r"`num_frames` must be 4n\+1"):
-        app.generate_video(tiny_pipe, str(IMAGE), "Two friends chat.", audio=SPEAKERS, output_dir=out, **{**FAST, "num_frames": 6})
+        app.generate_video(
+            tiny_pipe, str(IMAGE), "Two friends chat.", audio=SPEAKERS, output_dir=out, **{**FAST, "num_frames": 6}
+        )
     with pytest.raises(gr.Error, match=r"TTS script: .*no voice"):
         app.generate_video(
-            tiny_pipe, str(IMAGE), "Two friends chat.", tts_text="(s1) Hi. (s2) Hello.", tts_voices=["xx-nonexistent", ""],
-            tts_engine="espeak-ng", output_dir=out, **FAST,
+            tiny_pipe,
+            str(IMAGE),
+            "Two friends chat.",
+            tts_text="(s1) Hi. (s2) Hello.",
+            tts_voices=["xx-nonexistent", ""],
+            tts_engine="espeak-ng",
+            output_dir=out,
+            **FAST,
         )
     assert _files(out) == []
 
@@ -219,7 +254,7 @@ def test_serve_without_gradio_says_how_to_install(monkeypatch, capsys):
 
 
 def test_the_app_dubs_a_video_with_infinitetalk(tmp_path):
-    """"Dub a video": an InfiniteTalk pipeline, the bundled source clip and a new recording -> an mp4 as long as the
+    """ "Dub a video": an InfiniteTalk pipeline, the bundled source clip and a new recording -> an mp4 as long as the
     recording, with it as the sound; a MultiTalk pipeline says what is needed instead."""
     from diffusers_multitalk.pipelines.pipeline_wan_infinitetalk import WanInfiniteTalkPipeline
     from diffusers_multitalk.tiny import make_tiny_pipeline
@@ -230,9 +265,17 @@ def test_the_app_dubs_a_video_with_infinitetalk(tmp_path):
     speech, rate = sf.read(SPEAKERS[0], dtype="float32")
     sf.write(tmp_path / "new_voice.wav", speech[: int(0.5 * rate)], rate)
     result = app.generate_video(
-        pipe, None, "A person talks.", video=str(source), audio=[str(tmp_path / "new_voice.wav")],
-        output_dir=tmp_path / "out", tiny=True, num_inference_steps=1, text_guidance_scale=1.0,
-        num_frames=9, motion_frames=5,
+        pipe,
+        None,
+        "A person talks.",
+        video=str(source),
+        audio=[str(tmp_path / "new_voice.wav")],
+        output_dir=tmp_path / "out",
+        tiny=True,
+        num_inference_steps=1,
+        text_guidance_scale=1.0,
+        num_frames=9,
+        motion_frames=5,
     )
     streams, frames = _probe(Path(result.video))
     assert any("Audio: aac" in s for s in streams) and frames == int(0.5 * 25), (streams, frames)

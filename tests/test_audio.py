@@ -22,6 +22,7 @@ from diffusers_multitalk.audio import (
     prepare_audio,
 )
 
+
 FIXTURES = Path(__file__).parent / "fixtures"
 WAV2VEC = FIXTURES / "wav2vec2_tiny"
 
@@ -81,7 +82,7 @@ def test_audio_two_add_parity(encoder):
         err = _max_err(ours, ref[name])
         assert err < WAV_TOL, f"audio_two_add {name} max abs err {err:.3e}"
     # person 1 first, then person 2
-    assert np.all(t1[len(s1):] == 0) and np.all(t2[: len(s1)] == 0)
+    assert np.all(t1[len(s1) :] == 0) and np.all(t2[: len(s1)] == 0)
 
     for name, track in (("embedding1", t1), ("embedding2", t2)):
         err = _max_err(encoder.embed(track), ref[name])
@@ -185,9 +186,25 @@ def test_video_container_loads(tmp_path):
     wav = tmp_path / "voice.wav"
     sf.write(wav, _voiced(1.0, 22050), 22050, subtype="PCM_16")
     mp4 = tmp_path / "talk.mp4"
-    cmd = [ffmpeg, "-hide_banner", "-loglevel", "error", "-y",
-           "-f", "lavfi", "-i", "color=c=gray:s=32x32:r=25:d=1",
-           "-i", str(wav), "-c:v", "mpeg4", "-c:a", "aac", "-shortest", str(mp4)]
+    cmd = [
+        ffmpeg,
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=gray:s=32x32:r=25:d=1",
+        "-i",
+        str(wav),
+        "-c:v",
+        "mpeg4",
+        "-c:a",
+        "aac",
+        "-shortest",
+        str(mp4),
+    ]
     proc = subprocess.run(cmd, capture_output=True)
     if proc.returncode != 0 or not mp4.exists():
         pytest.skip(f"could not make a test mp4: {proc.stderr.decode(errors='replace')[-300:]}")
@@ -200,8 +217,23 @@ def test_video_container_loads(tmp_path):
 
     # a video without an audio stream gives a clear error
     silent = tmp_path / "noaudio.mp4"
-    proc = subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
-                           "-i", "color=c=gray:s=32x32:r=25:d=0.5", "-c:v", "mpeg4", str(silent)], capture_output=True)
+    proc = subprocess.run(
+        [
+            ffmpeg,
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=gray:s=32x32:r=25:d=0.5",
+            "-c:v",
+            "mpeg4",
+            str(silent),
+        ],
+        capture_output=True,
+    )
     if proc.returncode == 0:
         with pytest.raises(ValueError, match="audio"):
             prepare_audio(silent)
@@ -212,8 +244,10 @@ def test_m4a_through_ffmpeg(tmp_path):
     wav = tmp_path / "voice.wav"
     sf.write(wav, _voiced(1.0, 24000), 24000, subtype="PCM_16")
     m4a = tmp_path / "voice.m4a"
-    proc = subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-i", str(wav), "-c:a", "aac",
-                           str(m4a)], capture_output=True)
+    proc = subprocess.run(
+        [ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-i", str(wav), "-c:a", "aac", str(m4a)],
+        capture_output=True,
+    )
     if proc.returncode != 0:
         pytest.skip("ffmpeg could not encode aac")
     speech = prepare_audio(m4a)
@@ -338,9 +372,15 @@ def test_embedding_follows_the_recipe_for_both_encoder_kinds(stable_layer_norm):
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
     config = Wav2Vec2Config(
-        hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=37, conv_dim=(16,) * 7,
-        do_stable_layer_norm=stable_layer_norm, feat_extract_norm="layer" if stable_layer_norm else "group",
-        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=37,
+        conv_dim=(16,) * 7,
+        do_stable_layer_norm=stable_layer_norm,
+        feat_extract_norm="layer" if stable_layer_norm else "group",
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
     )
     torch.manual_seed(0)
     model, feature_extractor = Wav2Vec2Model(config).eval(), Wav2Vec2FeatureExtractor()

@@ -97,8 +97,17 @@ def _generate(pipe, steps=7, **kwargs):
     wave = (0.3 * np.sin(2 * np.pi * 200 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
     image = (np.random.RandomState(0).rand(64, 96, 3) * 255).astype(np.uint8)
     return pipe(
-        image=image, audio=[(wave, SR)], prompt="a talk", height=64, width=96, num_frames=9, mode="clip",
-        num_inference_steps=steps, output_type="latent", generator=torch.Generator().manual_seed(0), **kwargs,
+        image=image,
+        audio=[(wave, SR)],
+        prompt="a talk",
+        height=64,
+        width=96,
+        num_frames=9,
+        mode="clip",
+        num_inference_steps=steps,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+        **kwargs,
     ).frames[0]
 
 

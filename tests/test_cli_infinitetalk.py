@@ -15,6 +15,7 @@ import soundfile as sf
 from diffusers_multitalk import cli, runtime
 from diffusers_multitalk.runtime.options import is_infinitetalk
 
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 BASE = ("--ckpt_dir weights/Wan2.1-I2V-14B-480P --wav2vec_dir weights/chinese-wav2vec2-base "
@@ -68,7 +69,9 @@ def test_infinitetalk_readme_commands_map_to_pipeline_kwargs(name, flags, data, 
     else:
         assert kwargs["video"] == data["cond_video"] and "image" not in kwargs
     assert set(kwargs) <= set(inspect.signature(WanInfiniteTalkPipeline.__call__).parameters)
-    assert {flag for flag, _ in runtime.unsupported_flags(args, environ={"WORLD_SIZE": "8" if "ulysses" in flags else "1"})} == refused
+    assert {
+        flag for flag, _ in runtime.unsupported_flags(args, environ={"WORLD_SIZE": "8" if "ulysses" in flags else "1"})
+    } == refused
 
 
 def test_motion_frame_defaults_follow_the_model():
@@ -94,9 +97,13 @@ def test_input_json_takes_cond_video(tmp_path):
     assert data["cond_video_is_image"] is False and data["image_size"] == (64, 96)
     (tmp_path / "not_a_video.mp4").write_text("hello")
     with pytest.raises(InputJSONError, match="cond_video.*neither an image nor a video"):
-        validate_input({"prompt": "p", "cond_video": str(tmp_path / "not_a_video.mp4"), "cond_audio": {"person1": str(audio)}})
+        validate_input(
+            {"prompt": "p", "cond_video": str(tmp_path / "not_a_video.mp4"), "cond_audio": {"person1": str(audio)}}
+        )
     with pytest.raises(InputJSONError, match="not both"):
-        validate_input({"prompt": "p", "cond_video": str(audio), "cond_image": str(audio), "cond_audio": {"person1": str(audio)}})
+        validate_input(
+            {"prompt": "p", "cond_video": str(audio), "cond_image": str(audio), "cond_audio": {"person1": str(audio)}}
+        )
 
 
 def test_tiny_dub_is_as_long_as_its_new_audio(tmp_path):

@@ -34,8 +34,6 @@ WEIGHTS = ("text_encoder", "image_encoder", "transformer", "vae", "audio_encoder
 REPO = "me/multitalk-tiny"
 
 
-
-
 def assert_same_weights(a, b, names=WEIGHTS):
     for name in names:
         sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
@@ -86,7 +84,10 @@ def test_converted_folder_layout_and_report(converted, original):
     # the index names the shipped remote-code files (see pipelines/model_index.py)
     assert index["_class_name"] == ["pipeline_wan_multitalk", "WanMultiTalkPipeline"]
     assert index["transformer"] == ["transformer_multitalk", "MultiTalkTransformer3DModel"]
-    assert index["vae"] == ["diffusers", "AutoencoderKLWan"] and index["text_encoder"] == ["transformers", "UMT5EncoderModel"]
+    assert index["vae"] == ["diffusers", "AutoencoderKLWan"] and index["text_encoder"] == [
+        "transformers",
+        "UMT5EncoderModel",
+    ]
     for name in ("transformer", "vae", "text_encoder", "image_encoder", "audio_encoder"):
         assert (out / name / "config.json").is_file()
     assert (out / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
@@ -100,7 +101,9 @@ def test_converted_folder_layout_and_report(converted, original):
         assert saved["components"][name]["tensor_dtypes"] == {"F32": saved["components"][name]["num_tensors"]}
     # The tied token embedding is stored once.
     assert saved["components"]["text_encoder"]["num_tensors"] == len(original.text_encoder.state_dict()) - 1
-    assert saved["components"]["transformer"]["num_parameters"] == sum(p.numel() for p in original.transformer.parameters())
+    assert saved["components"]["transformer"]["num_parameters"] == sum(
+        p.numel() for p in original.transformer.parameters()
+    )
     assert saved["total_bytes"] == sum(c["bytes"] for c in saved["components"].values()) > 0
     assert "multitalk.safetensors" in saved["components"]["transformer"]["source"]
     assert saved["sources"]["wan_repo"] == "Wan-AI/Wan2.1-I2V-14B-480P"
@@ -255,10 +258,14 @@ def test_fresh_process_loads_with_trust_remote_code(converted, original_latents,
     script.write_text(_FRESH_PROCESS_SCRIPT)
     run = subprocess.run(
         [sys.executable, str(script), str(converted[0]), str(tmp_path / "latents.pt")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(run.stdout[run.stdout.index("{"):])
+    result = json.loads(run.stdout[run.stdout.index("{") :])
     print(run.stdout)  # pytest -s shows what a user sees
     assert "trust_remote_code=True" in result["without_trust"]
     assert result["pipeline"] == "diffusers_multitalk.pipelines.pipeline_wan_multitalk.WanMultiTalkPipeline"
@@ -355,7 +362,11 @@ def test_bfloat16_and_shards(folders, tmp_path):
     assert report["verification"]["ok"]
     dtypes = {"default": torch.bfloat16, "vae": torch.float32, "audio_encoder": torch.float32}
     pipe = WanMultiTalkPipeline.from_pretrained(out, torch_dtype=dtypes)
-    assert (pipe.transformer.dtype, pipe.vae.dtype, pipe.audio_encoder.dtype) == (torch.bfloat16, torch.float32, torch.float32)
+    assert (pipe.transformer.dtype, pipe.vae.dtype, pipe.audio_encoder.dtype) == (
+        torch.bfloat16,
+        torch.float32,
+        torch.float32,
+    )
 
 
 def test_lora_is_fused_before_saving(folders, tmp_path):
@@ -424,28 +435,60 @@ def _script_main():
 def test_script_push_to_hub_flag(folders, tmp_path, monkeypatch, capsys):
     api_class = _fake_hub(monkeypatch)
     out = tmp_path / "out"
-    status = _script_main()([
-        "--wan_dir", str(folders["wan_dir"]), "--multitalk_dir", str(folders["multitalk_dir"]),
-        "--wav2vec-dir", str(folders["wav2vec_dir"]), "--output-dir", str(out), "--dtype", "float32",
-        "--push-to-hub", REPO, "--private", "--no_verify",
-    ])
+    status = _script_main()(
+        [
+            "--wan_dir",
+            str(folders["wan_dir"]),
+            "--multitalk_dir",
+            str(folders["multitalk_dir"]),
+            "--wav2vec-dir",
+            str(folders["wav2vec_dir"]),
+            "--output-dir",
+            str(out),
+            "--dtype",
+            "float32",
+            "--push-to-hub",
+            REPO,
+            "--private",
+            "--no_verify",
+        ]
+    )
     assert status == 0
     api_class.return_value.create_repo.assert_called_once_with(REPO, private=True, exist_ok=True, repo_type="model")
     assert api_class.return_value.upload_folder.call_args.kwargs["folder_path"] == str(out)
     summary = json.loads(capsys.readouterr().out)
     assert summary["output_dir"] == str(out) and summary["hub"]["repo_id"] == REPO
     # A second run refuses to overwrite.
-    assert _script_main()([
-        "--wan_dir", str(folders["wan_dir"]), "--wav2vec_dir", str(folders["wav2vec_dir"]), "--output_dir", str(out),
-    ]) == 1
+    assert (
+        _script_main()(
+            [
+                "--wan_dir",
+                str(folders["wan_dir"]),
+                "--wav2vec_dir",
+                str(folders["wav2vec_dir"]),
+                "--output_dir",
+                str(out),
+            ]
+        )
+        == 1
+    )
     assert "force" in capsys.readouterr().err
 
 
 def test_script_help():
     run = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
-    for flag in ("--wan_dir", "--multitalk_dir", "--wav2vec_dir", "--output_dir", "--dtype", "--lora_dir",
-                 "--lora_scale", "--force", "--push_to_hub"):
+    for flag in (
+        "--wan_dir",
+        "--multitalk_dir",
+        "--wav2vec_dir",
+        "--output_dir",
+        "--dtype",
+        "--lora_dir",
+        "--lora_scale",
+        "--force",
+        "--push_to_hub",
+    ):
         assert flag in run.stdout
 
 
@@ -453,7 +496,23 @@ def test_multitalk_convert_command(folders, tmp_path, capsys):
     from diffusers_multitalk.cli import main
 
     out = tmp_path / "out"
-    assert main(["convert", "--wan_dir", str(folders["wan_dir"]), "--multitalk_dir", str(folders["multitalk_dir"]),
-                 "--wav2vec_dir", str(folders["wav2vec_dir"]), "--output_dir", str(out), "--dtype", "float32"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--wan_dir",
+                str(folders["wan_dir"]),
+                "--multitalk_dir",
+                str(folders["multitalk_dir"]),
+                "--wav2vec_dir",
+                str(folders["wav2vec_dir"]),
+                "--output_dir",
+                str(out),
+                "--dtype",
+                "float32",
+            ]
+        )
+        == 0
+    )
     assert (out / "model_index.json").is_file()
     assert json.loads((out / "conversion_report.json").read_text())["torch_dtype"] == "float32"

@@ -64,7 +64,10 @@ def original_latents(original):
 def converted(folders, adapter_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("converted") / "InfiniteTalk-tiny-diffusers"
     report = convert_original_to_diffusers(
-        folders["wan_dir"], wav2vec_dir=folders["wav2vec_dir"], infinitetalk_dir=adapter_file, output_dir=out,
+        folders["wan_dir"],
+        wav2vec_dir=folders["wav2vec_dir"],
+        infinitetalk_dir=adapter_file,
+        output_dir=out,
         torch_dtype=torch.float32,
     )
     return out, report
@@ -169,11 +172,15 @@ def test_fresh_process_loads_with_trust_remote_code(converted, original_latents,
     script.write_text(_FRESH_PROCESS_SCRIPT)
     run = subprocess.run(
         [sys.executable, str(script), str(converted[0]), str(tmp_path / "latents.pt")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     print(run.stdout)  # pytest -s shows what a user sees
-    result = json.loads(run.stdout[run.stdout.index("{"):])
+    result = json.loads(run.stdout[run.stdout.index("{") :])
     assert result["imported_before_loading"] is False
     assert "trust_remote_code=True" in result["without_trust"]
     assert result["pipeline"] == "diffusers_multitalk.pipelines.pipeline_wan_infinitetalk.WanInfiniteTalkPipeline"
@@ -220,7 +227,9 @@ def test_missing_files_are_named_before_loading(tmp_path, no_loading):
     shutil.rmtree(folders["infinitetalk_dir"] / "multi")
     with pytest.raises(FileNotFoundError) as err:
         convert_original_to_diffusers(
-            folders["wan_dir"], wav2vec_dir=folders["wav2vec_dir"], output_dir=tmp_path / "out",
+            folders["wan_dir"],
+            wav2vec_dir=folders["wav2vec_dir"],
+            output_dir=tmp_path / "out",
             infinitetalk_dir=folders["infinitetalk_dir"] / "multi" / "infinitetalk.safetensors",
         )
     message = str(err.value)
@@ -238,8 +247,11 @@ def test_missing_files_are_named_before_loading(tmp_path, no_loading):
 def test_infinitetalk_and_multitalk_dirs_exclude_each_other(folders, tmp_path, no_loading):
     with pytest.raises(ValueError) as err:
         convert_original_to_diffusers(
-            folders["wan_dir"], multitalk_dir=tmp_path, wav2vec_dir=folders["wav2vec_dir"],
-            infinitetalk_dir=folders["infinitetalk_dir"], output_dir=tmp_path / "out",
+            folders["wan_dir"],
+            multitalk_dir=tmp_path,
+            wav2vec_dir=folders["wav2vec_dir"],
+            infinitetalk_dir=folders["infinitetalk_dir"],
+            output_dir=tmp_path / "out",
         )
     assert "--multitalk_dir" in str(err.value) and "--infinitetalk_dir" in str(err.value)
 
@@ -248,31 +260,84 @@ def test_cli_forwards_the_infinitetalk_flags(tmp_path):
     from diffusers_multitalk.cli import main
 
     with mock.patch("diffusers_multitalk.conversion.convert_original_to_diffusers", return_value={"ok": 1}) as convert:
-        assert main(["convert", "--wan_dir", "w", "--infinitetalk_dir", "it/single/infinitetalk.safetensors",
-                     "--wav2vec_dir", "v", "--output_dir", str(tmp_path / "o"), "--dit_path", "dit.pth"]) == 0
+        assert (
+            main(
+                [
+                    "convert",
+                    "--wan_dir",
+                    "w",
+                    "--infinitetalk_dir",
+                    "it/single/infinitetalk.safetensors",
+                    "--wav2vec_dir",
+                    "v",
+                    "--output_dir",
+                    str(tmp_path / "o"),
+                    "--dit_path",
+                    "dit.pth",
+                ]
+            )
+            == 0
+        )
     kwargs = convert.call_args.kwargs
     assert kwargs["infinitetalk_dir"] == "it/single/infinitetalk.safetensors" and kwargs["dit_path"] == "dit.pth"
     assert kwargs["multitalk_dir"] is None and kwargs["wan_dir"] == "w" and kwargs["wav2vec_dir"] == "v"
     with mock.patch("diffusers_multitalk.conversion.convert_original_to_diffusers", return_value={"ok": 1}) as convert:
-        assert main(["convert", "--wan_dir", "w", "--infinitetalk_dir", "InfiniteTalk", "--wav2vec_dir", "v",
-                     "--output_dir", str(tmp_path / "o")]) == 0
+        assert (
+            main(
+                [
+                    "convert",
+                    "--wan_dir",
+                    "w",
+                    "--infinitetalk_dir",
+                    "InfiniteTalk",
+                    "--wav2vec_dir",
+                    "v",
+                    "--output_dir",
+                    str(tmp_path / "o"),
+                ]
+            )
+            == 0
+        )
     assert convert.call_args.kwargs["infinitetalk_dir"] == "InfiniteTalk" and "dit_path" not in convert.call_args.kwargs
     # a MultiTalk conversion's call is as before: no InfiniteTalk arguments
     with mock.patch("diffusers_multitalk.conversion.convert_original_to_diffusers", return_value={"ok": 1}) as convert:
-        assert main(["convert", "--wan_dir", "w", "--multitalk_dir", "m", "--wav2vec_dir", "v",
-                     "--output_dir", str(tmp_path / "o")]) == 0
+        assert (
+            main(
+                [
+                    "convert",
+                    "--wan_dir",
+                    "w",
+                    "--multitalk_dir",
+                    "m",
+                    "--wav2vec_dir",
+                    "v",
+                    "--output_dir",
+                    str(tmp_path / "o"),
+                ]
+            )
+            == 0
+        )
     assert not {"infinitetalk_dir", "dit_path"} & set(convert.call_args.kwargs)
 
 
 def test_cli_errors_name_both_flags_and_the_missing_files(folders, tmp_path, capsys, no_loading):
     from diffusers_multitalk.cli import main
 
-    base = ["convert", "--wan_dir", str(folders["wan_dir"]), "--wav2vec_dir", str(folders["wav2vec_dir"]),
-            "--output_dir", str(tmp_path / "out")]
+    base = [
+        "convert",
+        "--wan_dir",
+        str(folders["wan_dir"]),
+        "--wav2vec_dir",
+        str(folders["wav2vec_dir"]),
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
     assert main([*base, "--multitalk_dir", str(tmp_path), "--infinitetalk_dir", str(folders["infinitetalk_dir"])]) == 1
     err = capsys.readouterr().err
     assert "--multitalk_dir" in err and "--infinitetalk_dir" in err
-    assert main([*base, "--infinitetalk_dir", str(tmp_path / "InfiniteTalk" / "single" / "infinitetalk.safetensors")]) == 1
+    assert (
+        main([*base, "--infinitetalk_dir", str(tmp_path / "InfiniteTalk" / "single" / "infinitetalk.safetensors")]) == 1
+    )
     assert "single/infinitetalk.safetensors is missing" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -281,8 +346,24 @@ def test_multitalk_convert_infinitetalk_command(folders, tmp_path, capsys):
     from diffusers_multitalk.cli import main
 
     out = tmp_path / "out"
-    assert main(["convert", "--wan_dir", str(folders["wan_dir"]), "--infinitetalk_dir", str(folders["infinitetalk_dir"]),
-                 "--wav2vec_dir", str(folders["wav2vec_dir"]), "--output_dir", str(out), "--dtype", "float32"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--wan_dir",
+                str(folders["wan_dir"]),
+                "--infinitetalk_dir",
+                str(folders["infinitetalk_dir"]),
+                "--wav2vec_dir",
+                str(folders["wav2vec_dir"]),
+                "--output_dir",
+                str(out),
+                "--dtype",
+                "float32",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "conversion_report.json").read_text())
     # the InfiniteTalk/ folder means its single/ file
     assert report["pipeline_class"] == "WanInfiniteTalkPipeline"

@@ -79,9 +79,20 @@ def test_diffusers_group_offloading_of_the_transformer(resident_latents, use_str
 def _head_dim_128_transformer():
     """Small, but with the real head dimension (128), which the fused kernels are built for."""
     torch.manual_seed(0)
-    config = dict(num_attention_heads=4, attention_head_dim=128, text_dim=64, ffn_dim=1024, num_layers=2, image_dim=64,
-                  added_kv_proj_dim=512, audio_layers=2, audio_channels=32, intermediate_dim=16, output_dim=16,
-                  context_tokens=4)
+    config = dict(
+        num_attention_heads=4,
+        attention_head_dim=128,
+        text_dim=64,
+        ffn_dim=1024,
+        num_layers=2,
+        image_dim=64,
+        added_kv_proj_dim=512,
+        audio_layers=2,
+        audio_channels=32,
+        intermediate_dim=16,
+        output_dim=16,
+        context_tokens=4,
+    )
     return MultiTalkTransformer3DModel(**config).eval().to("cuda", torch.bfloat16)
 
 
@@ -149,7 +160,9 @@ def test_person_scores_agree_across_backends(backend):
 @pytest.mark.parametrize("persons", [1, 2])
 def test_compiled_blocks_match_eager(persons):
     model = _head_dim_128_transformer().float()  # float32: no argmax flips between the two runs
-    inputs = {k: v.float() if v is not None and v.is_floating_point() else v for k, v in _inputs(model, persons).items()}
+    inputs = {
+        k: v.float() if v is not None and v.is_floating_point() else v for k, v in _inputs(model, persons).items()
+    }
     with torch.no_grad():
         expected = model(**inputs, return_dict=False)[0]
         model.compile_repeated_blocks(fullgraph=False)

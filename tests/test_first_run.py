@@ -3,7 +3,6 @@ their audio, flat memory in length, early one-line errors, no half-written files
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -23,8 +23,12 @@ from diffusers_multitalk.testing import stream_seconds  # noqa: E402
 
 def multitalk(*flags, timeout=900, **kwargs):
     return subprocess.run(
-        [sys.executable, "-m", "diffusers_multitalk", *flags], capture_output=True, text=True, timeout=timeout,
-        cwd=kwargs.pop("cwd", ROOT), **kwargs,
+        [sys.executable, "-m", "diffusers_multitalk", *flags],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=kwargs.pop("cwd", ROOT),
+        **kwargs,
     )
 
 
@@ -32,8 +36,24 @@ def decoded_audio(path):
     from diffusers_multitalk.pipelines.video_io import get_ffmpeg_exe
 
     raw = subprocess.run(
-        [get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-map", "0:a:0", "-f", "f32le", "-ac", "1", "-ar", "16000", "-"],
-        capture_output=True, check=True,
+        [
+            get_ffmpeg_exe(),
+            "-v",
+            "error",
+            "-i",
+            str(path),
+            "-map",
+            "0:a:0",
+            "-f",
+            "f32le",
+            "-ac",
+            "1",
+            "-ar",
+            "16000",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
     ).stdout
     return np.frombuffer(raw, np.float32)
 
@@ -64,10 +84,15 @@ def test_readme_demo_holds_both_speakers(tmp_path):
 def test_a_two_second_recording_gives_a_two_second_video(tmp_path):
     wave, rate = sf.read(EXAMPLES / "assets" / "speaker1.wav", dtype="float32")
     sf.write(tmp_path / "two_seconds.wav", wave[: 2 * rate], rate)
-    (tmp_path / "input.json").write_text(json.dumps({
-        "prompt": "a person talks", "cond_image": str(EXAMPLES / "assets" / "two_people.png"),
-        "cond_audio": {"person1": str(tmp_path / "two_seconds.wav")},
-    }))
+    (tmp_path / "input.json").write_text(
+        json.dumps(
+            {
+                "prompt": "a person talks",
+                "cond_image": str(EXAMPLES / "assets" / "two_people.png"),
+                "cond_audio": {"person1": str(tmp_path / "two_seconds.wav")},
+            }
+        )
+    )
     run = multitalk("generate", "--tiny", "--input_json", str(tmp_path / "input.json"), "--save_file",
                     str(tmp_path / "out"), "--sample_steps", "1", "--height", "32", "--width", "32")  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
@@ -96,7 +121,10 @@ def test_unwritable_output_fails_at_once_in_one_line(tmp_path):
     elapsed = time.perf_counter() - started
     assert run.returncode == 1 and elapsed < 20
     assert "Traceback" not in run.stderr
-    assert run.stderr.strip() == f"multitalk generate: error: --save_file {blocker / 'video.mp4'}: {blocker} is a file, not a folder"
+    assert (
+        run.stderr.strip()
+        == f"multitalk generate: error: --save_file {blocker / 'video.mp4'}: {blocker} is a file, not a folder"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
@@ -104,7 +132,10 @@ def test_pipeline_errors_name_the_flags():
     from diffusers_multitalk.cli.generate import flag_names
 
     message = "`motion_frames` must be 4n+1 and smaller than `num_frames` (5) for audio longer than one chunk, got 25."
-    assert flag_names(message) == "--motion_frame must be 4n+1 and smaller than --frame_num (5) for audio longer than one chunk, got 25."
+    assert (
+        flag_names(message)
+        == "--motion_frame must be 4n+1 and smaller than --frame_num (5) for audio longer than one chunk, got 25."
+    )
 
 
 def test_sigterm_during_the_write_leaves_no_file(tmp_path):
@@ -144,7 +175,8 @@ def test_help_is_quick_and_quiet():
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the probe under test matters where permission bits do not apply")
 def test_output_probe_is_real_for_root(tmp_path):
-    from diffusers_multitalk.runtime import UserError as CLIError, check_writable
+    from diffusers_multitalk.runtime import UserError as CLIError
+    from diffusers_multitalk.runtime import check_writable
 
     with pytest.raises(CLIError, match="cannot write in /proc"):
         check_writable(Path("/proc/no_such_folder/video.mp4"), "--save_file")

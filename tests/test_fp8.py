@@ -55,9 +55,18 @@ def test_block_linears_are_the_attention_and_ffn_layers_only():
     names = block_linear_names(model)
     per_block = {name.split(".", 2)[2] for name in names}
     assert per_block == {
-        "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
-        "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "attn2.add_k_proj", "attn2.add_v_proj",
-        "ffn.net.0.proj", "ffn.net.2",
+        "attn1.to_q",
+        "attn1.to_k",
+        "attn1.to_v",
+        "attn1.to_out.0",
+        "attn2.to_q",
+        "attn2.to_k",
+        "attn2.to_v",
+        "attn2.to_out.0",
+        "attn2.add_k_proj",
+        "attn2.add_v_proj",
+        "ffn.net.0.proj",
+        "ffn.net.2",
     }
     assert len(names) == 12 * len(model.blocks)
     assert not any(part in name.split(".") for name in names for part in KEEP_FLOAT_MODULES)
@@ -159,8 +168,14 @@ def test_fast_preset_maps_to_multitalk_flags():
         num_inference_steps=8, text_guidance_scale=1.0, audio_guidance_scale=2.0, shift=2.0
     )
     assert preset_cli_flags("fast") == [
-        "--sample_steps", "8", "--sample_text_guide_scale", "1.0", "--sample_audio_guide_scale", "2.0",
-        "--sample_shift", "2.0",
+        "--sample_steps",
+        "8",
+        "--sample_text_guide_scale",
+        "1.0",
+        "--sample_audio_guide_scale",
+        "2.0",
+        "--sample_shift",
+        "2.0",
     ]
     with pytest.raises(ValueError, match="Unknown preset"):
         preset_call_kwargs("slow")
@@ -174,7 +189,10 @@ def test_fast_preset_flags_are_generate_flags():
         pytest.skip("cli.build_parser is not there")
     args = parser.parse_args(["generate", *preset_cli_flags("fast")])
     assert (args.sample_steps, args.sample_text_guide_scale, args.sample_audio_guide_scale, args.sample_shift) == (
-        8, 1.0, 2.0, 2.0
+        8,
+        1.0,
+        2.0,
+        2.0,
     )
 
 
@@ -194,9 +212,26 @@ def test_deviation_benchmark_on_tiny_weights(tmp_path):
     """bench_fp8.py on a 1-layer narrow model on the CPU: the same seed gives the same weights in every set-up, the
     int8 set-ups deviate from bf16 by a little, not by nothing."""
     pytest.importorskip("optimum.quanto")
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_fp8.py"), "--device", "cpu", "--layers", "1",
-           "--dim-scale", "10", "--frames-scale", "16", "--warmup", "0", "--repeats", "1", "--out", str(tmp_path),
-           "--jobs", "bf16+eager@480p1,quanto_int8@480p1,bf16+eager@480p2"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "bench_fp8.py"),
+        "--device",
+        "cpu",
+        "--layers",
+        "1",
+        "--dim-scale",
+        "10",
+        "--frames-scale",
+        "16",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--jobs",
+        "bf16+eager@480p1,quanto_int8@480p1,bf16+eager@480p2",
+    ]
     subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, timeout=600)
     result = json.loads((tmp_path / "bench_fp8.json").read_text())
     rows = {(r["setup"], r["shape"]): r for r in result["rows"]}

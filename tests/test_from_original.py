@@ -42,8 +42,6 @@ MODULES = ("text_encoder", "image_encoder", "transformer", "vae", "audio_encoder
 INDEX = "diffusion_pytorch_model.safetensors.index.json"
 
 
-
-
 def link_like_multitalk_readme(wan_dir, multitalk_dir):
     """MultiTalk README, step 2: keep Wan's index as ..._old, link MultiTalk's index and weights into the Wan folder."""
     os.rename(wan_dir / INDEX, wan_dir / (INDEX + "_old"))
@@ -76,10 +74,24 @@ def _keys(path):
 
 def test_folders_have_the_release_layout(folders):
     wan, multitalk, wav2vec = folders["wan_dir"], folders["multitalk_dir"], folders["wav2vec_dir"]
-    assert (wan.name, multitalk.name, wav2vec.name) == ("Wan2.1-I2V-14B-480P", "MeiGen-MultiTalk", "chinese-wav2vec2-base")
-    shards = ["diffusion_pytorch_model-00001-of-00002.safetensors", "diffusion_pytorch_model-00002-of-00002.safetensors"]
-    for name in ["config.json", INDEX, *shards, WAN_T5_CHECKPOINT, WAN_CLIP_CHECKPOINT, WAN_VAE_CHECKPOINT,
-                 "google/umt5-xxl/tokenizer.json"]:
+    assert (wan.name, multitalk.name, wav2vec.name) == (
+        "Wan2.1-I2V-14B-480P",
+        "MeiGen-MultiTalk",
+        "chinese-wav2vec2-base",
+    )
+    shards = [
+        "diffusion_pytorch_model-00001-of-00002.safetensors",
+        "diffusion_pytorch_model-00002-of-00002.safetensors",
+    ]
+    for name in [
+        "config.json",
+        INDEX,
+        *shards,
+        WAN_T5_CHECKPOINT,
+        WAN_CLIP_CHECKPOINT,
+        WAN_VAE_CHECKPOINT,
+        "google/umt5-xxl/tokenizer.json",
+    ]:
         assert (wan / name).is_file(), name
     assert sorted(os.listdir(multitalk)) == sorted([INDEX, "multitalk.safetensors"])
     assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= set(os.listdir(wav2vec))
@@ -96,7 +108,9 @@ def test_folders_have_the_release_layout(folders):
         re.match(r"audio_proj\.|blocks\.\d+\.(audio_cross_attn|norm_x)\.", k) for k in audio_keys
     ), sorted(audio_keys)
     assert not any("audio" in k or "norm_x" in k for k in wan_map)
-    assert {"patch_embedding.weight", "head.modulation", "blocks.0.self_attn.q.weight", "img_emb.proj.0.weight"} <= set(wan_map)
+    assert {"patch_embedding.weight", "head.modulation", "blocks.0.self_attn.q.weight", "img_emb.proj.0.weight"} <= set(
+        wan_map
+    )
 
     config = json.load(open(wan / "config.json"))
     assert config["model_type"] == "i2v" and config["dim"] == 48 and config["num_heads"] == 2
@@ -108,7 +122,9 @@ def test_folders_have_the_release_layout(folders):
     assert {"log_scale", "visual.head", "visual.cls_embedding", "textual.token_embedding.weight"} <= set(clip)
     assert clip["visual.cls_embedding"].shape == (1, 1, TINY_IMAGE_DIM)
     vae = torch.load(wan / WAN_VAE_CHECKPOINT, weights_only=True, mmap=True)
-    assert {"conv1.weight", "encoder.downsamples.0.residual.0.gamma", "decoder.upsamples.0.residual.2.weight"} <= set(vae)
+    assert {"conv1.weight", "encoder.downsamples.0.residual.0.gamma", "decoder.upsamples.0.residual.2.weight"} <= set(
+        vae
+    )
 
 
 def test_wan_config_gives_the_tiny_transformer_config(folders, reference):
@@ -189,7 +205,11 @@ MISSING = [
     ("wan_dir", WAN_CLIP_CHECKPOINT, "huggingface-cli download Wan-AI/Wan2.1-I2V-14B-480P"),
     ("wan_dir", WAN_VAE_CHECKPOINT, "huggingface-cli download Wan-AI/Wan2.1-I2V-14B-480P"),
     ("wan_dir", "config.json", "huggingface-cli download Wan-AI/Wan2.1-I2V-14B-480P"),
-    ("wan_dir", "diffusion_pytorch_model-00002-of-00002.safetensors", "huggingface-cli download Wan-AI/Wan2.1-I2V-14B-480P"),
+    (
+        "wan_dir",
+        "diffusion_pytorch_model-00002-of-00002.safetensors",
+        "huggingface-cli download Wan-AI/Wan2.1-I2V-14B-480P",
+    ),
     ("multitalk_dir", "multitalk.safetensors", "huggingface-cli download MeiGen-AI/MeiGen-MultiTalk"),
     ("wav2vec_dir", "config.json", "huggingface-cli download TencentGameMate/chinese-wav2vec2-base"),
 ]
@@ -247,7 +267,8 @@ def _equal_dicts(a, b):
 def test_inverse_conversions_give_back_wans_fixture_files():
     """Wan's own tiny checkpoints (tests/fixtures) -> loaders -> convert_*_to_original: the same keys and tensors."""
     t5_file, clip_file, vae_file = (
-        os.path.join(FIXTURES, n) for n in ("models_t5_umt5-tiny-enc.pth", "models_clip_tiny.pth", "Wan2.1_VAE_tiny.pth")
+        os.path.join(FIXTURES, n)
+        for n in ("models_t5_umt5-tiny-enc.pth", "models_clip_tiny.pth", "Wan2.1_VAE_tiny.pth")
     )
     t5 = torch.load(t5_file, weights_only=True)
     assert _equal_dicts(convert_umt5_encoder_to_original(load_umt5_encoder_from_original(t5_file).state_dict()), t5)

@@ -84,8 +84,17 @@ def test_pipeline_from_wan_diffusers_generates(folders):
     t = np.arange(8000) / 16000
     wave = (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
     image = (np.random.RandomState(0).rand(64, 96, 3) * 255).astype(np.uint8)
-    args = dict(image=image, audio=[(wave, 16000)], prompt="a talk", height=64, width=96, num_frames=9, mode="clip",
-                num_inference_steps=1, output_type="latent")
+    args = dict(
+        image=image,
+        audio=[(wave, 16000)],
+        prompt="a talk",
+        height=64,
+        width=96,
+        num_frames=9,
+        mode="clip",
+        num_inference_steps=1,
+        output_type="latent",
+    )
     a = pipe(**args, generator=torch.Generator().manual_seed(0)).frames[0]
     b = reference(**args, generator=torch.Generator().manual_seed(0)).frames[0]
     assert (a - b).abs().max() < 1e-5

@@ -77,7 +77,9 @@ def test_reference_frames(reference_pipe, name):
     source, persons, mode, steps, shift, text_scale, audio_scale, apg, color = CASES[name]
     inputs = load_file(FULLGEN / "inputs.safetensors")
     expected = load_file(FULLGEN / "outputs.safetensors")[name]
-    source_kwargs = {"image": str(FULLGEN / "image.png")} if source == "image" else {"video": str(FULLGEN / "source.mp4")}
+    source_kwargs = (
+        {"image": str(FULLGEN / "image.png")} if source == "image" else {"video": str(FULLGEN / "source.mp4")}
+    )
     audio = [inputs[f"audio_emb_person{p + 1}"] for p in range(persons)]
     out = reference_pipe(
         **source_kwargs,
@@ -219,7 +221,10 @@ def test_plan():
     assert plan_infinitetalk_video(40, 13, 5, mode="clip") == (13, 1, 13)
 
 
-@pytest.mark.parametrize("audio_frames, mode, expected", [(20, None, 20), (20, "streaming", 20), (20, "clip", 9), (7, None, 7), (3, "clip", 3)])
+@pytest.mark.parametrize(
+    "audio_frames, mode, expected",
+    [(20, None, 20), (20, "streaming", 20), (20, "clip", 9), (7, None, 7), (3, "clip", 3)],
+)
 def test_video_as_long_as_the_audio(pipe, audio_frames, mode, expected):
     video = _numbered_frames(30, 64, 96)
     out = run(pipe, [embedding(audio_frames)], video=video, mode=mode)
@@ -232,7 +237,9 @@ def test_each_chunk_is_conditioned_on_the_source_frame_at_its_start_time(pipe, m
     video = _numbered_frames(40, 64, 96)
     seen = []
     original = pipe.prepare_source_frame
-    monkeypatch.setattr(pipe, "prepare_source_frame", lambda frame, h, w: seen.append(int(frame[0, 0, 0]) // 6) or original(frame, h, w))
+    monkeypatch.setattr(
+        pipe, "prepare_source_frame", lambda frame, h, w: seen.append(int(frame[0, 0, 0]) // 6) or original(frame, h, w)
+    )
     out = run(pipe, [embedding(20)], video=video, video_fps=30, mode="streaming")
     assert out.frames.shape[1] == 20
     assert seen == [0, 4, 9, 14]
@@ -242,7 +249,9 @@ def test_image_to_video_holds_the_image_without_a_warning(pipe, monkeypatch, cap
     image = _numbered_frames(3, 64, 96)[2]
     seen = []
     original = pipe.prepare_source_frame
-    monkeypatch.setattr(pipe, "prepare_source_frame", lambda frame, h, w: seen.append(int(frame[0, 0, 0])) or original(frame, h, w))
+    monkeypatch.setattr(
+        pipe, "prepare_source_frame", lambda frame, h, w: seen.append(int(frame[0, 0, 0])) or original(frame, h, w)
+    )
     out = _with_propagation(caplog, lambda: run(pipe, [embedding(20)], image=image))
     assert out.frames.shape[1] == 20 and seen == [12] * 4
     assert "last frame is held" not in caplog.text
@@ -261,7 +270,9 @@ def test_motion_latents_are_clean_before_every_forward(pipe, monkeypatch):
 
     encoded = []
     encode = pipe.encode_motion_frames
-    monkeypatch.setattr(pipe, "encode_motion_frames", lambda frames, device: encoded.append(encode(frames, device)) or encoded[-1])
+    monkeypatch.setattr(
+        pipe, "encode_motion_frames", lambda frames, device: encoded.append(encode(frames, device)) or encoded[-1]
+    )
     monkeypatch.setattr(pipe.transformer, "forward", spy)
     run(pipe, [embedding(13)], video=video, mode="streaming", num_inference_steps=2, text_guidance_scale=1.0)
     assert len(encoded) == 2 and encoded[0].shape[2] == 1 and encoded[1].shape[2] == 2  # 1 frame, then 5 frames
@@ -315,7 +326,9 @@ def test_a_source_of_another_size_is_bucketed(pipe, monkeypatch):
     video = [np.full((100, 200, 3), 40, np.uint8), np.full((90, 90, 3), 80, np.uint8)] * 10
     shapes = []
     original = pipe.prepare_source_frame
-    monkeypatch.setattr(pipe, "prepare_source_frame", lambda f, h, w: shapes.append(tuple(original(f, h, w).shape)) or original(f, h, w))
+    monkeypatch.setattr(
+        pipe, "prepare_source_frame", lambda f, h, w: shapes.append(tuple(original(f, h, w).shape)) or original(f, h, w)
+    )
     out = run(pipe, [embedding(13)], video=video, mode="streaming")
     assert out.frames.shape == (1, 13, 64, 96, 3)
     assert shapes == [(1, 3, 1, 64, 96)] * 2
@@ -334,7 +347,9 @@ def test_two_persons_on_a_video_without_boxes_take_the_halves_and_say_so(pipe, c
     assert out.frames.shape[1] == 9
     assert "2 persons on a video without `bbox`" in caplog.text
     caplog.clear()
-    _with_propagation(caplog, lambda: run(pipe, [embedding(9), embedding(9, 1)], video=video, bbox=[[8, 4, 56, 44], [8, 52, 56, 92]]))
+    _with_propagation(
+        caplog, lambda: run(pipe, [embedding(9), embedding(9, 1)], video=video, bbox=[[8, 4, 56, 44], [8, 52, 56, 92]])
+    )
     assert "without `bbox`" not in caplog.text
 
 
@@ -408,5 +423,7 @@ def test_tiny_infinitetalk_pipeline():
     tiny = make_tiny_pipeline(0, pipeline_class=WanInfiniteTalkPipeline)
     assert isinstance(tiny, WanInfiniteTalkPipeline)
     reference = WanInfiniteTalkPipeline(**make_tiny_components(0))
-    for (name, got), (_, want) in zip(tiny.transformer.state_dict().items(), reference.transformer.state_dict().items()):
+    for (name, got), (_, want) in zip(
+        tiny.transformer.state_dict().items(), reference.transformer.state_dict().items()
+    ):
         assert torch.equal(got, want), name

@@ -178,9 +178,13 @@ def test_quantised_map_missing_is_named(folders, quant_files, tmp_path):
     lonely.parent.mkdir()
     shutil.copyfile(checkpoint, lonely)
     with pytest.raises(FileNotFoundError) as error:
-        WanInfiniteTalkPipeline.from_original(folders["wan_dir"], None, folders["wav2vec_dir"], quant="int8", quant_path=lonely)
+        WanInfiniteTalkPipeline.from_original(
+            folders["wan_dir"], None, folders["wav2vec_dir"], quant="int8", quant_path=lonely
+        )
     assert "infinitetalk_single_int8.json is missing (--quant int8)" in str(error.value)
-    assert "huggingface-cli download MeiGen-AI/InfiniteTalk --include 'quant_models/infinitetalk_single_int8*'" in str(error.value)
+    assert "huggingface-cli download MeiGen-AI/InfiniteTalk --include 'quant_models/infinitetalk_single_int8*'" in str(
+        error.value
+    )
     with pytest.raises(ValueError, match="needs quant='int8' or 'fp8'"):
         WanInfiniteTalkPipeline.from_original(folders["wan_dir"], None, folders["wav2vec_dir"], quant_path=lonely)
 
@@ -217,7 +221,9 @@ def test_save_pretrained_round_trip(tmp_path):
 
     pipe = make_tiny_pipeline(0, pipeline_class=WanInfiniteTalkPipeline)
     pipe.save_pretrained(tmp_path / "tiny-infinitetalk")
-    assert json.load(open(tmp_path / "tiny-infinitetalk" / "model_index.json"))["_class_name"] == "WanInfiniteTalkPipeline"
+    assert (
+        json.load(open(tmp_path / "tiny-infinitetalk" / "model_index.json"))["_class_name"] == "WanInfiniteTalkPipeline"
+    )
     for loader in (WanInfiniteTalkPipeline, DiffusionPipeline):
         back = loader.from_pretrained(tmp_path / "tiny-infinitetalk")
         assert type(back) is WanInfiniteTalkPipeline

@@ -99,9 +99,20 @@ def generate(pipe, device="cpu", steps=2, mode="streaming", **kwargs):
     """Two persons in streaming mode: three chunks, so the VAE encodes and decodes (latents returned per chunk)."""
     pipe.set_progress_bar_config(disable=True)
     return pipe(
-        image=IMAGE, audio=[(speech(0.8), SR), (speech(0.8, 300.0), SR)], audio_type="para", prompt="two people talk",
-        height=64, width=96, num_frames=9, motion_frames=5, max_frames=17, mode=mode, num_inference_steps=steps,
-        output_type="latent", generator=torch.Generator(device).manual_seed(0), **kwargs,
+        image=IMAGE,
+        audio=[(speech(0.8), SR), (speech(0.8, 300.0), SR)],
+        audio_type="para",
+        prompt="two people talk",
+        height=64,
+        width=96,
+        num_frames=9,
+        motion_frames=5,
+        max_frames=17,
+        mode=mode,
+        num_inference_steps=steps,
+        output_type="latent",
+        generator=torch.Generator(device).manual_seed(0),
+        **kwargs,
     ).frames
 
 
@@ -195,7 +206,9 @@ def test_generation_is_bit_identical(reference_latents, blocks):
         assert ours.dtype == torch.float32 and torch.equal(ours, theirs)
 
     disable_low_vram(pipe)
-    assert not any(_has_offload_hook(m) for c in pipe.components.values() if isinstance(c, torch.nn.Module) for m in c.modules())
+    assert not any(
+        _has_offload_hook(m) for c in pipe.components.values() if isinstance(c, torch.nn.Module) for m in c.modules()
+    )
     for ours, theirs in zip(generate(pipe), reference_latents):
         assert torch.equal(ours, theirs)
 
@@ -270,10 +283,14 @@ def test_cli_flag_installs_the_hooks(monkeypatch):
     monkeypatch.setattr(low_vram, "enable_low_vram", _Recorder(real=enable_low_vram))
     transformer = make_tiny_pipeline(seed=0).transformer
     one_block = sum(p.numel() for p in transformer.blocks[0].parameters())
-    pipe = cli.load_pipeline(parse(f"--tiny --num_persistent_param_in_dit {one_block}"), torch.device("cuda"), torch.float32)
+    pipe = cli.load_pipeline(
+        parse(f"--tiny --num_persistent_param_in_dit {one_block}"), torch.device("cuda"), torch.float32
+    )
     assert _hooked(pipe.transformer) == [1]
     assert any(_has_offload_hook(m) for m in pipe.text_encoder.modules())
-    pipe = cli.load_pipeline(parse("--tiny --num_persistent_param_in_dit 0 --t5_cpu"), torch.device("cuda"), torch.float32)
+    pipe = cli.load_pipeline(
+        parse("--tiny --num_persistent_param_in_dit 0 --t5_cpu"), torch.device("cuda"), torch.float32
+    )
     assert _hooked(pipe.transformer) == [0, 1]
     assert not any(_has_offload_hook(m) for m in pipe.text_encoder.modules())
     assert pipe.text_encoder.device.type == "cpu"
@@ -379,9 +396,20 @@ def test_cuda_teacache_with_low_vram():
 def test_cuda_peak_memory_follows_the_budget():
     torch.manual_seed(0)
     layers = 8
-    config = dict(num_attention_heads=8, attention_head_dim=128, text_dim=64, ffn_dim=4096, num_layers=layers,
-                  image_dim=64, added_kv_proj_dim=1024, audio_layers=2, audio_channels=32, intermediate_dim=16,
-                  output_dim=16, context_tokens=4)
+    config = dict(
+        num_attention_heads=8,
+        attention_head_dim=128,
+        text_dim=64,
+        ffn_dim=4096,
+        num_layers=layers,
+        image_dim=64,
+        added_kv_proj_dim=1024,
+        audio_layers=2,
+        audio_channels=32,
+        intermediate_dim=16,
+        output_dim=16,
+        context_tokens=4,
+    )
     transformer = MultiTalkTransformer3DModel(**config).eval()
     inputs = {k: v.cuda() for k, v in transformer_inputs(transformer).items()}
     block_bytes = sum(p.numel() * p.element_size() for p in transformer.blocks[0].parameters())

@@ -169,7 +169,8 @@ def _ffmpeg_frames(path):
     width, height = (int(v) for v in __import__("re").search(r", (\d+)x(\d+)", probe).groups())
     raw = subprocess.run(
         [get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
-        capture_output=True, check=True,
+        capture_output=True,
+        check=True,
     ).stdout
     return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
 
@@ -262,8 +263,11 @@ def test_guidance_combination_by_hand(pipe, image, monkeypatch, text_scale, use_
 
     def branch(name):
         return BranchStub(prompt_embeds, negative_embeds)(
-            torch.cat([noise, torch.zeros(1, 20, 3, 8, 12)], 1), None, prompt_embeds if name.startswith("cond") else negative_embeds,
-            None, torch.zeros(1) if name.endswith("silent") else torch.ones(1),
+            torch.cat([noise, torch.zeros(1, 20, 3, 8, 12)], 1),
+            None,
+            prompt_embeds if name.startswith("cond") else negative_embeds,
+            None,
+            torch.zeros(1) if name.endswith("silent") else torch.ones(1),
         )[0]
 
     cond = branch("cond")
@@ -271,9 +275,11 @@ def test_guidance_combination_by_hand(pipe, image, monkeypatch, text_scale, use_
         assert stub.calls == ["cond", "neg", "neg_silent"]
         drop_text, uncond = branch("neg"), branch("neg_silent")
         if use_apg:
-            guided = cond + (text_scale - 1) * hand_apg(cond - drop_text, cond, threshold) + (
-                audio_scale - 1
-            ) * hand_apg(drop_text - uncond, cond, threshold)
+            guided = (
+                cond
+                + (text_scale - 1) * hand_apg(cond - drop_text, cond, threshold)
+                + (audio_scale - 1) * hand_apg(drop_text - uncond, cond, threshold)
+            )
         else:
             guided = uncond + text_scale * (cond - drop_text) + audio_scale * (drop_text - uncond)
     else:
@@ -372,8 +378,9 @@ def test_dialogue_drives_the_persons_with_their_own_turns(pipe, image):
     # the same as speaking the script first and passing its tracks as simultaneous audio
     tracks, mixed = synthesize_dialogue(script, engine="espeak-ng")
     assert len(tracks) == 2 and np.abs(tracks[0][: len(tracks[0]) // 4]).max() > 0.01
-    by_hand = run(pipe, image, [(t, SR) for t in tracks], audio_type="para", output_type="latent",
-                  normalize_loudness=False)
+    by_hand = run(
+        pipe, image, [(t, SR) for t in tracks], audio_type="para", output_type="latent", normalize_loudness=False
+    )
     assert len(out.frames) == len(by_hand.frames)
     assert all(torch.equal(a, b) for a, b in zip(out.frames, by_hand.frames))
     assert np.allclose(out.audio, by_hand.audio)

@@ -221,9 +221,7 @@ def test_apg_three_pass_with_momentum_over_steps():
         run_text = d_text if run_text is None else d_text + m * run_text
         run_audio = d_audio if run_audio is None else d_audio + m * run_audio
         expected = (
-            cond
-            + (ts - 1) * _hand_apg(run_text, cond, eta, thr)
-            + (as_ - 1) * _hand_apg(run_audio, cond, eta, thr)
+            cond + (ts - 1) * _hand_apg(run_text, cond, eta, thr) + (as_ - 1) * _hand_apg(run_audio, cond, eta, thr)
         )
         torch.testing.assert_close(out, expected)
     # a new chunk starts with fresh buffers

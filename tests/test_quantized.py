@@ -21,14 +21,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+
 pytest.importorskip("optimum.quanto")
 from optimum.quanto import QTensor, freeze, qfloat8, qint8, quantization_map, quantize  # noqa: E402
 from optimum.quanto.nn import QLinear  # noqa: E402
 
-from diffusers_multitalk import WanMultiTalkPipeline, cli, runtime  # noqa: E402
 import diffusers_multitalk.runtime.options  # noqa: E402,F401 - runtime.options in the tests
+from diffusers_multitalk import WanMultiTalkPipeline, cli, runtime  # noqa: E402
 from diffusers_multitalk.cli import CLIError  # noqa: E402
 from diffusers_multitalk.loaders import quantized  # noqa: E402
+from diffusers_multitalk.loaders.original_folders import WAN_T5_CHECKPOINT  # noqa: E402
 from diffusers_multitalk.loaders.quantized import (  # noqa: E402
     QuantizedCheckpointError,
     load_quantized_multitalk_transformer,
@@ -38,9 +40,9 @@ from diffusers_multitalk.loaders.quantized import (  # noqa: E402
     quantize_pipeline,
     save_quantized_multitalk_transformer,
 )
-from diffusers_multitalk.loaders.original_folders import WAN_T5_CHECKPOINT  # noqa: E402
 from diffusers_multitalk.models.transformer_multitalk import MultiTalkTransformer3DModel  # noqa: E402
-from diffusers_multitalk.testing import tiny_generation_latents as generate, write_tiny_original_folders  # noqa: E402
+from diffusers_multitalk.testing import tiny_generation_latents as generate  # noqa: E402
+from diffusers_multitalk.testing import write_tiny_original_folders
 from diffusers_multitalk.tiny import make_tiny_components  # noqa: E402
 
 
@@ -62,7 +64,9 @@ def original_tree(state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
     linear = {
         key[: -len(".weight")]
         for key, t in state_dict.items()
-        if key.endswith(".weight") and t.ndim == 2 and not key[: -len(".weight")].rsplit(".", 1)[-1].endswith("embedding")
+        if key.endswith(".weight")
+        and t.ndim == 2
+        and not key[: -len(".weight")].rsplit(".", 1)[-1].endswith("embedding")
     }
     root = _Node()
     for key, tensor in state_dict.items():
@@ -110,7 +114,10 @@ def fixture_dit_state_dict(dtype=torch.float32) -> dict[str, torch.Tensor]:
 
 def folder_dit_state_dict(wan_dir: Path, multitalk_dir: Path) -> dict[str, torch.Tensor]:
     sd = {}
-    for path in [*sorted(wan_dir.glob("diffusion_pytorch_model-*.safetensors")), multitalk_dir / "multitalk.safetensors"]:
+    for path in [
+        *sorted(wan_dir.glob("diffusion_pytorch_model-*.safetensors")),
+        multitalk_dir / "multitalk.safetensors",
+    ]:
         sd.update(load_file(path))
     return sd
 
@@ -119,7 +126,9 @@ def folder_dit_state_dict(wan_dir: Path, multitalk_dir: Path) -> dict[str, torch
 # DiT forward on the reference's parity inputs
 # --------------------------------------------------------------------------------------------------------------------
 def _dit_inputs():
-    return load_file(FIXTURES / "dit_single" / "inputs.safetensors"), load_file(FIXTURES / "dit_single" / "outputs.safetensors")
+    return load_file(FIXTURES / "dit_single" / "inputs.safetensors"), load_file(
+        FIXTURES / "dit_single" / "outputs.safetensors"
+    )
 
 
 def dit_forward(model, inputs, dtype=torch.float32):
@@ -211,7 +220,9 @@ def linears_in(model):
 
 def test_bfloat16_load_keeps_the_float32_modules(tmp_path):
     folders = write_tiny_original_folders(tmp_path / "orig", seed=0)
-    sd = {k: v.to(torch.bfloat16) for k, v in folder_dit_state_dict(folders["wan_dir"], folders["multitalk_dir"]).items()}
+    sd = {
+        k: v.to(torch.bfloat16) for k, v in folder_dit_state_dict(folders["wan_dir"], folders["multitalk_dir"]).items()
+    }
     out = tmp_path / "MeiGen-MultiTalk" / "quant_models"
     write_reference_quant(sd, out, *quantized.dit_quant_files("int8"), qint8)
     assert load_file(out / "dit_model_int8.safetensors")["blocks.0.self_attn.q.weight._scale"].dtype == torch.bfloat16
@@ -222,7 +233,10 @@ def test_bfloat16_load_keeps_the_float32_modules(tmp_path):
     assert params["blocks.0.attn1.to_q.weight"].dtype == torch.bfloat16
     assert params["condition_embedder.time_embedder.linear_1.weight"].dtype == torch.float32  # kept float32
     assert isinstance(params["condition_embedder.time_embedder.linear_1.weight"], QTensor)
-    assert params["blocks.0.scale_shift_table"].dtype == torch.float32 and params["patch_embedding.weight"].dtype == torch.bfloat16
+    assert (
+        params["blocks.0.scale_shift_table"].dtype == torch.float32
+        and params["patch_embedding.weight"].dtype == torch.bfloat16
+    )
     # torch_dtype=None keeps the file's dtypes
     stored = load_quantized_multitalk_transformer(out / "dit_model_int8.safetensors", folders["wan_dir"])
     assert dict(stored.named_parameters())["condition_embedder.time_embedder.linear_1.weight"].dtype == torch.bfloat16
@@ -231,8 +245,13 @@ def test_bfloat16_load_keeps_the_float32_modules(tmp_path):
     quantize_model(direct, "int8")
     torch.manual_seed(0)
     hidden = torch.randn(1, 36, 2, 8, 8, dtype=torch.bfloat16)
-    args = (hidden, torch.tensor([500.0]), torch.randn(1, 16, 32, dtype=torch.bfloat16),
-            torch.randn(1, 257, 32, dtype=torch.bfloat16), torch.randn(1, 1, 5, 5, 2, 32, dtype=torch.bfloat16))
+    args = (
+        hidden,
+        torch.tensor([500.0]),
+        torch.randn(1, 16, 32, dtype=torch.bfloat16),
+        torch.randn(1, 257, 32, dtype=torch.bfloat16),
+        torch.randn(1, 1, 5, 5, 2, 32, dtype=torch.bfloat16),
+    )
     with torch.no_grad():
         a = model(*args, return_dict=False)[0].float()
         b = direct(*args, return_dict=False)[0].float()
@@ -250,7 +269,9 @@ def test_writer_produces_the_reference_files(quant_dirs, tmp_path):
     assert all(torch.equal(written[k], reference[k]) for k in reference)
     assert json.load(open(map_path)) == json.load(open(quant_dirs["int8"] / "quant_models" / "dit_model_map_int8.json"))
     # FusionX naming round trip: the loader finds the map by the reference's names
-    ckpt, map_path = save_quantized_multitalk_transformer(model, tmp_path / "M2", "int8", name="quant_model_int8_FusionX")
+    ckpt, map_path = save_quantized_multitalk_transformer(
+        model, tmp_path / "M2", "int8", name="quant_model_int8_FusionX"
+    )
     assert map_path.name == "quantization_map_int8_FusionX.json"
     assert quantized.find_quantization_map(ckpt, "int8") == map_path
 
@@ -284,7 +305,9 @@ def _copy_quant(quant_dirs, tmp_path, quant="int8") -> Path:
 def test_missing_map_and_checkpoint_are_named(quant_dirs, tmp_path):
     folder = _copy_quant(quant_dirs, tmp_path)
     (folder / "dit_model_map_int8.json").unlink()
-    with pytest.raises(FileNotFoundError, match=r"dit_model_map_int8\.json.*huggingface-cli download MeiGen-AI/MeiGen-MultiTalk"):
+    with pytest.raises(
+        FileNotFoundError, match=r"dit_model_map_int8\.json.*huggingface-cli download MeiGen-AI/MeiGen-MultiTalk"
+    ):
         load_quantized_multitalk_transformer(folder / "dit_model_int8.safetensors", WEIGHTS, quant="int8")
     with pytest.raises(FileNotFoundError, match=r"dit_model_fp8\.safetensors is missing"):
         load_quantized_multitalk_transformer(folder / "dit_model_fp8.safetensors", WEIGHTS, map_path=folder / "x.json")
@@ -305,9 +328,18 @@ def _edit_map(folder: Path, edit) -> None:
     "edit, match",
     [
         (lambda m: m.pop("blocks.0.self_attn.q"), r"disagree on which layers are quantised"),
-        (lambda m: m.__setitem__("blocks.0.norm3", {"weights": "qint8", "activations": "none"}), r"not quantisable layers.*blocks\.0\.norm3 \(FP32LayerNorm\)"),
-        (lambda m: m.__setitem__("blocks.0.wrong_name", {"weights": "qint8", "activations": "none"}), r"module names that are not .*blocks\.0\.wrong_name"),
-        (lambda m: m.__setitem__("head.head", {"weights": "qfloat8_e4m3fn", "activations": "none"}), r"holds qfloat8_e4m3fn weights, not int8"),
+        (
+            lambda m: m.__setitem__("blocks.0.norm3", {"weights": "qint8", "activations": "none"}),
+            r"not quantisable layers.*blocks\.0\.norm3 \(FP32LayerNorm\)",
+        ),
+        (
+            lambda m: m.__setitem__("blocks.0.wrong_name", {"weights": "qint8", "activations": "none"}),
+            r"module names that are not .*blocks\.0\.wrong_name",
+        ),
+        (
+            lambda m: m.__setitem__("head.head", {"weights": "qfloat8_e4m3fn", "activations": "none"}),
+            r"holds qfloat8_e4m3fn weights, not int8",
+        ),
         (lambda m: m.__setitem__("head.head", {"weights": "qint4", "activations": "none"}), r"qint4.*not supported"),
     ],
     ids=["module-missing-from-map", "norm-in-map", "unknown-name", "fp8-map-for-int8", "int4"],
@@ -328,11 +360,15 @@ def test_wrong_files_fail_clearly(quant_dirs, tmp_path):
         )
     # a float checkpoint is not a quantised one
     with pytest.raises(QuantizedCheckpointError, match="holds no quantised weights"):
-        load_quantized_multitalk_transformer(WEIGHTS / "multitalk.safetensors", WEIGHTS, map_path=folder / "dit_model_map_int8.json")
+        load_quantized_multitalk_transformer(
+            WEIGHTS / "multitalk.safetensors", WEIGHTS, map_path=folder / "dit_model_map_int8.json"
+        )
     # a config that does not fit the weights
     config = json.load(open(WEIGHTS / "config.json"))
     with pytest.raises(QuantizedCheckpointError, match="mis-shaped|missing"):
-        load_quantized_multitalk_transformer(folder / "dit_model_int8.safetensors", dict(config, ffn_dim=128), quant="int8")
+        load_quantized_multitalk_transformer(
+            folder / "dit_model_int8.safetensors", dict(config, ffn_dim=128), quant="int8"
+        )
     with pytest.raises(ValueError, match="int8"):
         load_quantized_multitalk_transformer(folder / "dit_model_int8.safetensors", WEIGHTS, quant="int4")
 
@@ -377,7 +413,11 @@ def test_pipeline_from_quant_files_needs_no_float_dit(quant_folders, quantised_r
     for path in [*wan.glob("diffusion_pytorch_model*"), wan / WAN_T5_CHECKPOINT]:
         path.unlink()
     pipe = WanMultiTalkPipeline.from_original(
-        wan, None, quant_folders["wav2vec_dir"], torch_dtype=torch.float32, quant="int8",
+        wan,
+        None,
+        quant_folders["wav2vec_dir"],
+        torch_dtype=torch.float32,
+        quant="int8",
         quant_dir=quant_folders["multitalk_dir"],
     )
     assert linears_in(pipe.transformer) and any(isinstance(m, QLinear) for m in pipe.text_encoder.modules())
@@ -385,24 +425,37 @@ def test_pipeline_from_quant_files_needs_no_float_dit(quant_folders, quantised_r
     assert torch.equal(latents, quantised_reference_latents)
 
     # missing quantised files are named with the download command
-    with pytest.raises(FileNotFoundError, match=r"dit_model_fp8\.safetensors is missing \(--quant fp8\).*huggingface-cli download MeiGen-AI/MeiGen-MultiTalk"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"dit_model_fp8\.safetensors is missing \(--quant fp8\).*huggingface-cli download MeiGen-AI/MeiGen-MultiTalk",
+    ):
         WanMultiTalkPipeline.from_original(
             wan, None, quant_folders["wav2vec_dir"], quant="fp8", quant_dir=quant_folders["multitalk_dir"]
         )
     with pytest.raises(FileNotFoundError, match=r"--quant_dir .*nowhere does not exist"):
-        WanMultiTalkPipeline.from_original(wan, None, quant_folders["wav2vec_dir"], quant="int8", quant_dir=tmp_path / "nowhere")
+        WanMultiTalkPipeline.from_original(
+            wan, None, quant_folders["wav2vec_dir"], quant="int8", quant_dir=tmp_path / "nowhere"
+        )
     with pytest.raises(ValueError, match="quant must be one of"):
         WanMultiTalkPipeline.from_original(wan, None, quant_folders["wav2vec_dir"], quant="int4", quant_dir=tmp_path)
     with pytest.raises(ValueError, match="LoRA cannot be applied"):
         WanMultiTalkPipeline.from_original(
-            wan, None, quant_folders["wav2vec_dir"], quant="int8", quant_dir=quant_folders["multitalk_dir"], lora_path="x"
+            wan,
+            None,
+            quant_folders["wav2vec_dir"],
+            quant="int8",
+            quant_dir=quant_folders["multitalk_dir"],
+            lora_path="x",
         )
 
 
 def test_pipeline_quantised_on_the_fly_equals_files(quant_folders, quantised_reference_latents):
     pipe = WanMultiTalkPipeline.from_original(
-        quant_folders["wan_dir"], quant_folders["multitalk_dir"], quant_folders["wav2vec_dir"],
-        torch_dtype=torch.float32, quant="int8",
+        quant_folders["wan_dir"],
+        quant_folders["multitalk_dir"],
+        quant_folders["wav2vec_dir"],
+        torch_dtype=torch.float32,
+        quant="int8",
     )
     assert linears_in(pipe.transformer)
     assert torch.equal(generate(pipe), quantised_reference_latents)
@@ -434,7 +487,7 @@ def test_cli_quant_flags_reach_from_original(quant_folders, recorded_from_origin
     runtime.check_generate_args(args)
     assert runtime.unsupported_flags(args, environ={}) == []
     runtime.load_pipeline(args, torch.device("cpu"), torch.float32)
-    (positional, kwargs), = recorded_from_original
+    ((positional, kwargs),) = recorded_from_original
     assert positional[0] == quant_folders["wan_dir"]
     assert kwargs == dict(torch_dtype=torch.float32, quant="int8", quant_dir=str(multitalk), quant_dit_path=None)
 
@@ -463,7 +516,9 @@ def test_cli_refuses_what_it_cannot_load(quant_folders, tmp_path, flags, match):
     lora = tmp_path / "lora.safetensors"
     save_file({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.zeros(2, 48)}, str(lora))
     fusionx = quant_folders["multitalk_dir"] / "quant_models" / "quant_model_int8_FusionX.safetensors"
-    args = _args(f"{_base(quant_folders)} " + flags.format(m=quant_folders["multitalk_dir"], lora=lora, fusionx=fusionx))
+    args = _args(
+        f"{_base(quant_folders)} " + flags.format(m=quant_folders["multitalk_dir"], lora=lora, fusionx=fusionx)
+    )
     with pytest.raises(CLIError, match=match):
         runtime.check_generate_args(args)
 
@@ -472,7 +527,9 @@ def test_cli_refuses_quant_without_optimum_quanto_and_quant_dir_with_tiny(monkey
     args = _args("--tiny --quant int8 --input_json x.json")
     assert runtime.unsupported_flags(args, environ={}) == []
     monkeypatch.setattr(runtime.options, "quanto_available", lambda: False)
-    with pytest.raises(CLIError, match=r'--quant int8: optimum-quanto is not installed: pip install "diffusers-multitalk\[quant\]"'):
+    with pytest.raises(
+        CLIError, match=r'--quant int8: optimum-quanto is not installed: pip install "diffusers-multitalk\[quant\]"'
+    ):
         runtime.check_generate_args(args)
     monkeypatch.undo()
     with pytest.raises(CLIError, match=r"--quant int8 --quant_dir q: .*load only with --ckpt_dir"):
@@ -503,7 +560,10 @@ def test_diffusers_quantization_configs_apply_to_the_transformer(tmp_path):
     )
     assert isinstance(model.blocks[0].attn1.to_q, QLinear) and isinstance(model.blocks[0].audio_attn.to_q, QLinear)
     quantized_pipe = DiffusionPipeline.from_pretrained(
-        tmp_path, quantization_config=PipelineQuantizationConfig(quant_mapping={"transformer": QuantoConfig(weights_dtype="int8")})
+        tmp_path,
+        quantization_config=PipelineQuantizationConfig(
+            quant_mapping={"transformer": QuantoConfig(weights_dtype="int8")}
+        ),
     )
     assert isinstance(quantized_pipe.transformer.blocks[0].ffn.net[2], QLinear)
     latents = tiny_generation_latents(quantized_pipe)

@@ -64,7 +64,9 @@ def _files(folder: Path) -> list[str]:
 def _streams(path: Path) -> list[str]:
     import imageio_ffmpeg
 
-    info = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True).stderr
+    info = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True
+    ).stderr
     return [line.strip() for line in info.splitlines() if "Stream #" in line]
 
 
@@ -106,7 +108,9 @@ def test_job_runs_with_events_to_an_mp4_with_video_and_audio(tiny_pipe, tmp_path
         assert any("Video: h264" in s and "96x64" in s for s in streams), streams
         assert any("Audio: aac" in s for s in streams), streams
         # the job's own folder holds its inputs and the finished video, no part file
-        assert _files(tmp_path / "jobs") == sorted([f"{job_id}/image.png", f"{job_id}/person1.wav", f"{job_id}/video.mp4"])
+        assert _files(tmp_path / "jobs") == sorted(
+            [f"{job_id}/image.png", f"{job_id}/person1.wav", f"{job_id}/video.mp4"]
+        )
         health = client.get("/healthz").json()
         assert health == {"status": "ok", "model_loaded": True, "queued": 0, "running": None, "max_queue": 8}
         # a finished job is removed with its files on DELETE
@@ -147,7 +151,9 @@ def test_bad_uploads_are_refused_before_anything_is_written(tiny_pipe, tmp_path)
             assert answer.status_code == status, (name, answer.status_code, answer.text)
             assert message in answer.json()["detail"], (name, answer.json())
         # a whole request far past the limits is refused from its length alone
-        answer = client.post("/v1/jobs", content=b"x" * (7 * 1024 * 1024), headers={"content-type": "multipart/form-data; boundary=x"})
+        answer = client.post(
+            "/v1/jobs", content=b"x" * (7 * 1024 * 1024), headers={"content-type": "multipart/form-data; boundary=x"}
+        )
         assert answer.status_code == 413, answer.text
         assert _files(tmp_path) == [] and client.get("/healthz").json()["queued"] == 0
     finally:

@@ -214,8 +214,7 @@ def test_attention_backend_switch_keeps_outputs():
         model.reset_attention_backend()
     assert torch.allclose(default, native, atol=1e-5)
     assert all(
-        p._attention_backend is None
-        for p in (model.blocks[0].attn1.processor, model.blocks[0].audio_attn.processor)
+        p._attention_backend is None for p in (model.blocks[0].attn1.processor, model.blocks[0].audio_attn.processor)
     )
 
 

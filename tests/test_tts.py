@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from diffusers_multitalk.audio import tts as tts_mod
-from diffusers_multitalk.audio.tts import engines as tts_engines
 from diffusers_multitalk.audio.tts import (
     DialogueTurn,
     EspeakEngine,
@@ -23,6 +22,8 @@ from diffusers_multitalk.audio.tts import (
     synthesize_dialogue,
     tts_from_json_block,
 )
+from diffusers_multitalk.audio.tts import engines as tts_engines
+
 
 SR = 16000
 REFERENCE_TEXT = "(s1) do you know multi-talk? (s2) yes, I know it, that's amazing! (s1) Me too."
@@ -181,8 +182,8 @@ def test_pause_between_turns():
     tracks, mixed = synthesize_dialogue("(s1) ab (s2) abc (s2) a", engine=engine, pause=0.25)
     n1, n2, n3, gap = 3200, 4800, 1600, 4000
     assert mixed.shape[0] == n1 + n2 + n3 + 2 * gap
-    assert np.all(mixed[n1: n1 + gap] == 0)
-    assert np.all(mixed[n1 + gap + n2: n1 + gap + n2 + gap] == 0)
+    assert np.all(mixed[n1 : n1 + gap] == 0)
+    assert np.all(mixed[n1 + gap + n2 : n1 + gap + n2 + gap] == 0)
     assert _active(tracks[0]).max() == n1 - 1
     assert _active(tracks[1]).min() == n1 + gap
     assert _active(tracks[1]).max() == mixed.shape[0] - 1
@@ -292,9 +293,12 @@ def test_dialogue_with_espeak_by_default(espeak, no_kokoro, caplog):
 def test_espeak_loudness_normalize(espeak):
     import pyloudnorm as pyln
 
-    tracks, _ = synthesize_dialogue("(s1) this sentence is long enough to measure its loudness. (s2) and so is "
-                                    "this one, spoken by the second person.", engine="espeak-ng",
-                                    loudness_normalize=True)
+    tracks, _ = synthesize_dialogue(
+        "(s1) this sentence is long enough to measure its loudness. (s2) and so is "
+        "this one, spoken by the second person.",
+        engine="espeak-ng",
+        loudness_normalize=True,
+    )
     meter = pyln.Meter(SR)
     for track in tracks:
         assert abs(meter.integrated_loudness(track.astype(np.float64)) - (-23.0)) < 0.5
@@ -338,8 +342,10 @@ def test_json_block_single_voice(espeak, no_kokoro):
         ({"text": "hi", "human2_voice": "en-us"}, "lacks human1_voice"),
         ({"text": "hi", "human1_voice": "en-us", "voice": "x"}, "unknown key"),
         ({"text": "hi", "human1_voice": ""}, "human1_voice must be a voice"),
-        ({"text": "(s1) a (s3) b", "human1_voice": "en-us", "human2_voice": "en-gb"},
-         r"\(s3\).*human1_voice, human2_voice"),
+        (
+            {"text": "(s1) a (s3) b", "human1_voice": "en-us", "human2_voice": "en-gb"},
+            r"\(s3\).*human1_voice, human2_voice",
+        ),
     ],
 )
 def test_json_block_errors(block, match, espeak, no_kokoro):
@@ -385,11 +391,13 @@ def test_engine_object_is_used_as_is():
 # ------------------------------------------------------------------------------------------------------------
 
 # Phoneme symbols (punctuation, Latin letters, IPA) for the tiny model's vocab; misaki's phonemes map onto them.
-_SYMBOLS = (';:,.!?\u2014\u2026"()\u201c\u201d \u0303\u02a3\u02a5\u02a6\u02a8\u1d5d\uab67AIOQSTWY\u1d4a'
-            "abcdefhijklmnopqrstuvwxyz\u0251\u0250\u0252\u00e6\u03b2\u0254\u0255\u00e7\u0256\u00f0\u02a4\u0259"
-            "\u025a\u025b\u025c\u025f\u0261\u0265\u0268\u026a\u029d\u026f\u0270\u014b\u0273\u0272\u0274\u00f8"
-            "\u0278\u03b8\u0153\u0279\u027e\u027b\u0281\u027d\u0282\u0283\u0288\u02a7\u028a\u028b\u028c\u0263"
-            "\u0264\u03c7\u028e\u0292\u0294\u02c8\u02cc\u02d0\u02b0\u02b2\u2193\u2192\u2197\u2198\u1d7b")
+_SYMBOLS = (
+    ';:,.!?\u2014\u2026"()\u201c\u201d \u0303\u02a3\u02a5\u02a6\u02a8\u1d5d\uab67AIOQSTWY\u1d4a'
+    "abcdefhijklmnopqrstuvwxyz\u0251\u0250\u0252\u00e6\u03b2\u0254\u0255\u00e7\u0256\u00f0\u02a4\u0259"
+    "\u025a\u025b\u025c\u025f\u0261\u0265\u0268\u026a\u029d\u026f\u0270\u014b\u0273\u0272\u0274\u00f8"
+    "\u0278\u03b8\u0153\u0279\u027e\u027b\u0281\u027d\u0282\u0283\u0288\u02a7\u028a\u028b\u028c\u0263"
+    "\u0264\u03c7\u028e\u0292\u0294\u02c8\u02cc\u02d0\u02b0\u02b2\u2193\u2192\u2197\u2198\u1d7b"
+)
 
 
 def _tiny_kokoro_config():
@@ -397,14 +405,33 @@ def _tiny_kokoro_config():
     vocab = {ch: i + 1 for i, ch in enumerate(dict.fromkeys(_SYMBOLS))}
     return {
         "istftnet": {
-            "upsample_kernel_sizes": [20, 12], "upsample_rates": [10, 6], "gen_istft_hop_size": 5,
-            "gen_istft_n_fft": 20, "resblock_dilation_sizes": [[1, 3, 5]], "resblock_kernel_sizes": [3],
+            "upsample_kernel_sizes": [20, 12],
+            "upsample_rates": [10, 6],
+            "gen_istft_hop_size": 5,
+            "gen_istft_n_fft": 20,
+            "resblock_dilation_sizes": [[1, 3, 5]],
+            "resblock_kernel_sizes": [3],
             "upsample_initial_channel": 512,
         },
-        "dim_in": 64, "dropout": 0.2, "hidden_dim": 512, "max_conv_dim": 512, "max_dur": 4, "multispeaker": True,
-        "n_layer": 1, "n_mels": 80, "n_token": 178, "style_dim": 128, "text_encoder_kernel_size": 5,
-        "plbert": {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64,
-                   "max_position_embeddings": 512, "num_hidden_layers": 1, "dropout": 0.1},
+        "dim_in": 64,
+        "dropout": 0.2,
+        "hidden_dim": 512,
+        "max_conv_dim": 512,
+        "max_dur": 4,
+        "multispeaker": True,
+        "n_layer": 1,
+        "n_mels": 80,
+        "n_token": 178,
+        "style_dim": 128,
+        "text_encoder_kernel_size": 5,
+        "plbert": {
+            "hidden_size": 32,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": 512,
+            "num_hidden_layers": 1,
+            "dropout": 0.1,
+        },
         "vocab": vocab,
     }
 
@@ -427,12 +454,22 @@ def kokoro_dir(tmp_path_factory):
     parts = {
         "bert": CustomAlbert(AlbertConfig(vocab_size=config["n_token"], **config["plbert"])),
         "bert_encoder": torch.nn.Linear(config["plbert"]["hidden_size"], config["hidden_dim"]),
-        "predictor": ProsodyPredictor(style_dim=config["style_dim"], d_hid=config["hidden_dim"],
-                                      nlayers=config["n_layer"], max_dur=config["max_dur"], dropout=config["dropout"]),
-        "text_encoder": TextEncoder(channels=config["hidden_dim"], kernel_size=config["text_encoder_kernel_size"],
-                                    depth=config["n_layer"], n_symbols=config["n_token"]),
-        "decoder": Decoder(dim_in=config["hidden_dim"], style_dim=config["style_dim"], dim_out=config["n_mels"],
-                           **config["istftnet"]),
+        "predictor": ProsodyPredictor(
+            style_dim=config["style_dim"],
+            d_hid=config["hidden_dim"],
+            nlayers=config["n_layer"],
+            max_dur=config["max_dur"],
+            dropout=config["dropout"],
+        ),
+        "text_encoder": TextEncoder(
+            channels=config["hidden_dim"],
+            kernel_size=config["text_encoder_kernel_size"],
+            depth=config["n_layer"],
+            n_symbols=config["n_token"],
+        ),
+        "decoder": Decoder(
+            dim_in=config["hidden_dim"], style_dim=config["style_dim"], dim_out=config["n_mels"], **config["istftnet"]
+        ),
     }
     state = {name: {f"module.{k}": v for k, v in part.state_dict().items()} for name, part in parts.items()}
     torch.save(state, folder / "kokoro-v1_0.pth")
@@ -457,9 +494,9 @@ def test_kokoro_loads_the_weights_of_the_folder(kokoro_dir, spanish_kokoro):
     saved = torch.load(kokoro_dir / "kokoro-v1_0.pth", weights_only=True)
     for name, state in saved.items():
         loaded = getattr(model, name).state_dict()
-        assert set(loaded) == {k[len("module."):] for k in state}
+        assert set(loaded) == {k[len("module.") :] for k in state}
         for key, value in state.items():
-            assert torch.equal(loaded[key[len("module."):]], value), f"{name}.{key} was not loaded"
+            assert torch.equal(loaded[key[len("module.") :]], value), f"{name}.{key} was not loaded"
     assert model.vocab == json.loads((kokoro_dir / "config.json").read_text(encoding="utf-8"))["vocab"]
 
 

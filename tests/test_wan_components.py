@@ -123,7 +123,12 @@ def test_umt5_xxl_layout_inferred_from_shapes():
         sd.update({p + "ffn.fc2.weight": _meta((d, ff)), p + "pos_embedding.embedding.weight": _meta((32, heads))})
     cfg = umt5_config_from_wan_state_dict(sd)
     assert (cfg.vocab_size, cfg.d_model, cfg.d_kv, cfg.num_heads, cfg.d_ff, cfg.num_layers) == (
-        256384, 4096, 64, 64, 10240, 24,
+        256384,
+        4096,
+        64,
+        64,
+        10240,
+        24,
     )
     converted = convert_wan_t5_state_dict(sd)
     with init_empty_weights():
@@ -213,7 +218,10 @@ def test_clip_vit_h_layout_inferred_from_shapes():
         sd.update({p + "mlp.2.weight": _meta((d, 4 * d)), p + "mlp.2.bias": _meta((d,))})
     cfg = clip_vision_config_from_wan_state_dict(sd)
     assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_attention_heads) == (
-        1280, 5120, 32, 16,
+        1280,
+        5120,
+        32,
+        16,
     )
     assert (cfg.patch_size, cfg.image_size, cfg.hidden_act) == (14, 224, "gelu")
     with init_empty_weights():

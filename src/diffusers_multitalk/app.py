@@ -34,12 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import runtime
-from .utils.defaults import random_seed
-from .pipelines.pipeline_wan_multitalk import DEFAULT_NEGATIVE_PROMPT
-
-
 import numpy as np
+
+from . import runtime
+from .pipelines.pipeline_wan_multitalk import DEFAULT_NEGATIVE_PROMPT
+from .utils.defaults import random_seed
 
 
 try:
@@ -168,7 +167,8 @@ def _check_script(text: str | None, num_persons: int) -> None:
         tags = ", ".join(f"(s{s + 1})" for s in unknown)
         needed = max(unknown) + 1
         hint = (
-            f"set {PERSONS_LABEL} to {needed}" if needed <= MAX_PERSONS
+            f"set {PERSONS_LABEL} to {needed}"
+            if needed <= MAX_PERSONS
             else f"this app takes at most {MAX_PERSONS} speakers, (s1) to (s{MAX_PERSONS})"
         )
         verb = "speaks" if len(unknown) == 1 else "speak"
@@ -219,7 +219,8 @@ def _video_shape(path: Path, fallback: tuple[int, int, int]) -> tuple[int, int, 
 
     log = subprocess.run(
         [get_ffmpeg_exe(), "-hide_banner", "-i", str(path), "-map", "0:v:0", "-f", "null", "-"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     ).stderr
     size = re.search(r"Video: .*?, (\d+)x(\d+)", log)
     frames = re.findall(r"frame=\s*(\d+)", log)
@@ -383,11 +384,25 @@ def generate_video(
         )
     try:
         pipe.check_inputs(
-            image=image if video is None else np.zeros((*source_size, 3), np.uint8), audio=audio, prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=None,
-            negative_prompt_embeds=None, audio_type=audio_type, bbox=bbox, height=height, width=width, mode=mode,
-            num_frames=num_frames, motion_frames=motion_frames, max_frames=max_frames,
-            num_inference_steps=int(num_inference_steps), output_type="np", callback_on_step_end_tensor_inputs=None,
-            dialogue=tts_text if use_tts else None, dialogue_voices=voices if use_tts else None,
+            image=image if video is None else np.zeros((*source_size, 3), np.uint8),
+            audio=audio,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            prompt_embeds=None,
+            negative_prompt_embeds=None,
+            audio_type=audio_type,
+            bbox=bbox,
+            height=height,
+            width=width,
+            mode=mode,
+            num_frames=num_frames,
+            motion_frames=motion_frames,
+            max_frames=max_frames,
+            num_inference_steps=int(num_inference_steps),
+            output_type="np",
+            callback_on_step_end_tensor_inputs=None,
+            dialogue=tts_text if use_tts else None,
+            dialogue_voices=voices if use_tts else None,
         )
     except ValueError as err:
         raise gr.Error(str(err)) from err
@@ -405,11 +420,21 @@ def generate_video(
 
     # 4. The video: the same flag -> argument mapping as `multitalk generate`
     args = runtime.generate_options(
-        size=resolution, mode=mode, frame_num=num_frames, motion_frame=motion_frames,
-        sample_steps=int(num_inference_steps), sample_shift=None if shift in (None, "") else float(shift),
-        sample_text_guide_scale=float(text_guidance_scale), sample_audio_guide_scale=float(audio_guidance_scale),
-        use_apg=bool(use_apg), color_correction_strength=float(color_correction_strength), base_seed=seed,
-        audio_mode="tts" if use_tts else "localfile", device=str(pipe._execution_device), height=height, width=width,
+        size=resolution,
+        mode=mode,
+        frame_num=num_frames,
+        motion_frame=motion_frames,
+        sample_steps=int(num_inference_steps),
+        sample_shift=None if shift in (None, "") else float(shift),
+        sample_text_guide_scale=float(text_guidance_scale),
+        sample_audio_guide_scale=float(audio_guidance_scale),
+        use_apg=bool(use_apg),
+        color_correction_strength=float(color_correction_strength),
+        base_seed=seed,
+        audio_mode="tts" if use_tts else "localfile",
+        device=str(pipe._execution_device),
+        height=height,
+        width=width,
     )
     visual = {"cond_image": image} if video is None else {"cond_video": str(video), "cond_video_is_image": False}
     input_data = {"prompt": prompt, "negative_prompt": negative_prompt, **visual, "cond_audio": cond_audio,
@@ -451,7 +476,10 @@ def generate_video(
         f"APG {'on' if use_apg else 'off'}; {time.perf_counter() - started:.1f} s. Saved {path}"
     )
     return GenerationResult(
-        video=str(path), status=status, seed=seed, num_frames=frame_count,
+        video=str(path),
+        status=status,
+        seed=seed,
+        num_frames=frame_count,
         tts_engine=tts_result.engine if tts_result is not None else None,
     )
 
@@ -477,7 +505,7 @@ def build_app(
     use_teacache: bool = False,
     teacache_threshold: float = 0.2,
     title: str = "MultiTalk",
-) -> "gr.Blocks":
+) -> gr.Blocks:
     """
     Builds the Gradio app (not launched).
 
@@ -519,17 +547,22 @@ def build_app(
                         1, MAX_PERSONS, value=DEFAULT_PERSONS, step=1, label=PERSONS_LABEL
                     )
                 fields["audio_type"] = gr.Radio(
-                    ["add", "para"], value="add", label="Recordings play",
+                    ["add", "para"],
+                    value="add",
+                    label="Recordings play",
                     info="add: one after the other (turns); para: at the same time",
                 )
                 with gr.Group(visible=False) as tts_group:
                     fields["tts_text"] = gr.Textbox(
-                        label=TTS_TEXT_LABEL, lines=3,
+                        label=TTS_TEXT_LABEL,
+                        lines=3,
                         placeholder="(s1) Do you know MultiTalk? (s2) Yes, it makes people talk!",
                         info="(s1) starts person 1's turn, (s2) person 2's, ...",
                     )
                     fields["tts_engine"] = gr.Dropdown(
-                        list(TTS_ENGINES), value="auto", label="TTS engine",
+                        list(TTS_ENGINES),
+                        value="auto",
+                        label="TTS engine",
                         info="auto: Kokoro-82M when its weights are here, else espeak-ng",
                     )
                 person_groups, audio_inputs, voice_inputs = [], [], []
@@ -537,11 +570,14 @@ def build_app(
                     with gr.Group(visible=person <= DEFAULT_PERSONS) as group:
                         fields[f"audio_{person}"] = gr.Audio(label=audio_label(person), type="filepath")
                         fields[f"voice_{person}"] = gr.Textbox(
-                            label=voice_label(person), value=DEFAULT_VOICES[person - 1], visible=False,
+                            label=voice_label(person),
+                            value=DEFAULT_VOICES[person - 1],
+                            visible=False,
                             info="a Kokoro voice (af_heart, am_adam, ...) or an espeak-ng voice (en-us+f3)",
                         )
                         fields[f"bbox_{person}"] = gr.Textbox(
-                            label=bbox_label(person), placeholder="optional: top, left, bottom, right (image pixels)",
+                            label=bbox_label(person),
+                            placeholder="optional: top, left, bottom, right (image pixels)",
                         )
                     person_groups.append(group)
                     audio_inputs.append(fields[f"audio_{person}"])
@@ -551,13 +587,18 @@ def build_app(
                     with gr.Row():
                         fields["resolution"] = gr.Radio(list(runtime.SIZES), value="multitalk-480", label="Resolution")
                         fields["mode"] = gr.Radio(
-                            ["auto", "clip", "streaming"], value="auto", label="Mode",
+                            ["auto", "clip", "streaming"],
+                            value="auto",
+                            label="Mode",
                             info="auto: the whole speech; clip: one chunk; streaming: chunks until the speech ends",
                         )
                     with gr.Row():
                         fields["num_frames"] = gr.Slider(5, 201, value=81, step=4, label="Frames per chunk (4n+1)")
                         fields["max_frames"] = gr.Number(
-                            value=0, precision=0, minimum=0, label="Max frames (0: as long as the speech)",
+                            value=0,
+                            precision=0,
+                            minimum=0,
+                            label="Max frames (0: as long as the speech)",
                         )
                     with gr.Row():
                         fields["num_inference_steps"] = gr.Slider(
@@ -598,8 +639,16 @@ def build_app(
                 [example],
                 inputs=[
                     fields[name]
-                    for name in ("image", "prompt", "num_persons", "audio_1", "audio_2", "audio_type", "bbox_1",
-                                 "bbox_2")
+                    for name in (
+                        "image",
+                        "prompt",
+                        "num_persons",
+                        "audio_1",
+                        "audio_2",
+                        "audio_type",
+                        "bbox_1",
+                        "bbox_2",
+                    )
                 ],
             )
 
@@ -609,8 +658,10 @@ def build_app(
         def show_speech(kind):
             tts = kind == SPEECH_TTS
             return (
-                [gr.update(visible=tts)] + [gr.update(visible=not tts) for _ in audio_inputs]
-                + [gr.update(visible=tts) for _ in voice_inputs] + [gr.update(visible=not tts)]
+                [gr.update(visible=tts)]
+                + [gr.update(visible=not tts) for _ in audio_inputs]
+                + [gr.update(visible=tts) for _ in voice_inputs]
+                + [gr.update(visible=not tts)]
             )
 
         def default_shift(resolution):
@@ -677,7 +728,9 @@ def launch(args: argparse.Namespace, **launch_kwargs):
     runtime.note("loading the model" + (" (--tiny)" if getattr(args, "tiny", False) else ""))
     get_pipeline()
     demo = build_app(
-        get_pipeline, output_dir=output_dir, tiny=bool(getattr(args, "tiny", False)),
+        get_pipeline,
+        output_dir=output_dir,
+        tiny=bool(getattr(args, "tiny", False)),
         use_teacache=bool(getattr(args, "use_teacache", False)),
         teacache_threshold=getattr(args, "teacache_thresh", 0.2),
     )

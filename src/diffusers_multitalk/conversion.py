@@ -264,8 +264,16 @@ def model_card(report: dict, repo_id: str | None = None) -> str:
         pipeline_tag="image-to-video",
         license="apache-2.0",
         base_model=[report["sources"]["wan_repo"], card["repo"]],
-        tags=["diffusers", "diffusers-multitalk", pipeline, *card["tags"], "wan", "audio-driven", "talking-head",
-              "image-to-video"],
+        tags=[
+            "diffusers",
+            "diffusers-multitalk",
+            pipeline,
+            *card["tags"],
+            "wan",
+            "audio-driven",
+            "talking-head",
+            "image-to-video",
+        ],
     )
     where = repo_id or "path/to/this/folder"
     dtype = report["torch_dtype"]
@@ -303,10 +311,10 @@ pipe = DiffusionPipeline.from_pretrained("{where}", trust_remote_code=True, torc
     )
     adapter = _card_adapter_line(report, card)
     body = f"""
-# {card['name']} ({Path(report['sources']['wan_dir']).name}) for diffusers
+# {card["name"]} ({Path(report["sources"]["wan_dir"]).name}) for diffusers
 
-{card['intro']} The transformer and the text and image encoders are stored in {dtype}, the VAE and wav2vec2 in
-float32 (as {card['name']} runs them); the `torch_dtype` mapping below keeps it so (without one, diffusers would load the
+{card["intro"]} The transformer and the text and image encoders are stored in {dtype}, the VAE and wav2vec2 in
+float32 (as {card["name"]} runs them); the `torch_dtype` mapping below keeps it so (without one, diffusers would load the
 transformer in float32).
 
 ## Usage
@@ -323,15 +331,15 @@ from diffusers_multitalk import {pipeline}, export_to_video_with_audio
 
 {dtypes}
 pipe = {pipeline}.from_pretrained("{where}", torch_dtype=dtypes).to("cuda")
-{card['call']}
-export_to_video_with_audio(out.frames[0], out.audio, "{card['video']}", fps=25)
+{card["call"]}
+export_to_video_with_audio(out.frames[0], out.audio, "{card["video"]}", fps=25)
 ```
 
 ## Conversion
 
-Converted with diffusers-multitalk's `{report.get('converter', 'convert_original_to_diffusers')}` on {report['created']} ({versions}) from:
+Converted with diffusers-multitalk's `{report.get("converter", "convert_original_to_diffusers")}` on {report["created"]} ({versions}) from:
 
-- [{report['sources']['wan_repo']}](https://huggingface.co/{report['sources']['wan_repo']}) (Apache-2.0): the DiT,
+- [{report["sources"]["wan_repo"]}](https://huggingface.co/{report["sources"]["wan_repo"]}) (Apache-2.0): the DiT,
   umT5 text encoder, CLIP image encoder, VAE and tokenizer;
 - {adapter};
 - [{WAV2VEC_REPO}](https://huggingface.co/{WAV2VEC_REPO}) (see its model card for its license): the speech encoder.
@@ -341,7 +349,7 @@ Converted with diffusers-multitalk's `{report.get('converter', 'convert_original
 {rows}
 
 Every component was reloaded after saving and compared with the converted weights: identical
-(largest difference {report['verification']['max_abs_diff'] if report.get('verification') else 'not checked'}).
+(largest difference {report["verification"]["max_abs_diff"] if report.get("verification") else "not checked"}).
 `{CONVERSION_REPORT}` holds the details.
 """
     return f"---\n{data.to_yaml()}\n---\n{body}"
@@ -450,9 +458,16 @@ def convert_original_to_diffusers(
     if aliases:
         raise TypeError(f"Unexpected arguments: {sorted(aliases)}")
     common = dict(
-        output_dir=output_dir, torch_dtype=torch_dtype, lora_path=lora_path, lora_scale=lora_scale,
-        push_to_hub=push_to_hub, max_shard_size=max_shard_size, verify=verify, remote_code=remote_code,
-        private=private, token=token,
+        output_dir=output_dir,
+        torch_dtype=torch_dtype,
+        lora_path=lora_path,
+        lora_scale=lora_scale,
+        push_to_hub=push_to_hub,
+        max_shard_size=max_shard_size,
+        verify=verify,
+        remote_code=remote_code,
+        private=private,
+        token=token,
     )
     if infinitetalk_dir is not None or dit_path is not None:
         if multitalk_dir is not None:
@@ -481,8 +496,16 @@ def convert_original_to_diffusers(
         "wav2vec": Path(wav2vec_dir).name,
     }
     sources = {"multitalk_dir": str(Path(multitalk_dir).resolve()) if multitalk_dir is not None else None}
-    return _write_converted(pipe, "convert_original_to_diffusers", wan_dir, wav2vec_dir, sources, _SOURCES, names,
-                            **{**common, "output_dir": output_dir, "torch_dtype": torch_dtype})
+    return _write_converted(
+        pipe,
+        "convert_original_to_diffusers",
+        wan_dir,
+        wav2vec_dir,
+        sources,
+        _SOURCES,
+        names,
+        **{**common, "output_dir": output_dir, "torch_dtype": torch_dtype},
+    )
 
 
 def convert_infinitetalk_to_diffusers(
@@ -544,10 +567,23 @@ def convert_infinitetalk_to_diffusers(
         "dit_path": str(Path(dit_path).resolve()) if dit_path is not None else None,
     }
     return _write_converted(
-        pipe, "convert_infinitetalk_to_diffusers", wan_dir, wav2vec_dir, sources, texts, names,
-        output_dir=output_dir, torch_dtype=torch_dtype, lora_path=lora_path, lora_scale=lora_scale,
-        push_to_hub=push_to_hub, max_shard_size=max_shard_size, verify=verify, remote_code=remote_code,
-        private=private, token=token,
+        pipe,
+        "convert_infinitetalk_to_diffusers",
+        wan_dir,
+        wav2vec_dir,
+        sources,
+        texts,
+        names,
+        output_dir=output_dir,
+        torch_dtype=torch_dtype,
+        lora_path=lora_path,
+        lora_scale=lora_scale,
+        push_to_hub=push_to_hub,
+        max_shard_size=max_shard_size,
+        verify=verify,
+        remote_code=remote_code,
+        private=private,
+        token=token,
     )
 
 
@@ -560,9 +596,24 @@ def _raise_problems(problems: list[str], lora_path) -> None:
 
 
 def _write_converted(
-    pipe, converter: str, wan_dir: Path, wav2vec_dir, model_sources: dict, source_texts: dict, names: dict, *,
-    output_dir: Path, torch_dtype: torch.dtype, lora_path, lora_scale: float, push_to_hub,
-    max_shard_size, verify: bool, remote_code: bool, private, token,
+    pipe,
+    converter: str,
+    wan_dir: Path,
+    wav2vec_dir,
+    model_sources: dict,
+    source_texts: dict,
+    names: dict,
+    *,
+    output_dir: Path,
+    torch_dtype: torch.dtype,
+    lora_path,
+    lora_scale: float,
+    push_to_hub,
+    max_shard_size,
+    verify: bool,
+    remote_code: bool,
+    private,
+    token,
 ) -> dict:
     """Fuses the LoRA, writes the pipeline under a temporary name beside `output_dir`, reports, verifies, writes the
     model card, renames it into place and pushes it: the part both conversions share."""

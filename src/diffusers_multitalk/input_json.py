@@ -148,7 +148,9 @@ def _schema_problems(data) -> list[tuple[list, str]]:
             key = path[1]
             if key not in boxes_reported:
                 boxes_reported.add(key)
-                problems.append((path[:2], f"expected 4 numbers [x_min, y_min, x_max, y_max], got {_short(data['bbox'][key])}"))
+                problems.append(
+                    (path[:2], f"expected 4 numbers [x_min, y_min, x_max, y_max], got {_short(data['bbox'][key])}")
+                )
             continue
 
         if kind == "required":
@@ -156,7 +158,9 @@ def _schema_problems(data) -> list[tuple[list, str]]:
             for key in error.validator_value:
                 if key in instance:
                     continue
-                typo = [k for k in instance if k not in error.schema.get("properties", {}) and _suggest(k, [key]) == key]
+                typo = [
+                    k for k in instance if k not in error.schema.get("properties", {}) and _suggest(k, [key]) == key
+                ]
                 hint = f" (is {typo[0]!r} a typo of it?)" if typo else ""
                 problems.append((path + [key], f"missing (required){hint}"))
         elif kind == "additionalProperties":
@@ -231,7 +235,7 @@ def _kokoro_folder_of(voice: str, base_dir: Path | None, cwd: Path) -> Path | No
     path = Path(voice).expanduser()
     if path.parent.name != KOKORO_VOICES_DIR:
         return None
-    for root in ([Path()] if path.is_absolute() else [r for r in (base_dir, cwd) if r is not None]):
+    for root in [Path()] if path.is_absolute() else [r for r in (base_dir, cwd) if r is not None]:
         folder = root / path.parent.parent
         if (folder / KOKORO_CONFIG_NAME).is_file() and (folder / KOKORO_WEIGHTS_NAME).is_file():
             return folder
@@ -323,7 +327,9 @@ def validate_input(
             else:
                 image_size, is_image, why = probe_visual(found)
                 if image_size is None:
-                    problems.append((["cond_video"], f"{video!r} is neither an image nor a video ffmpeg can read ({why})"))
+                    problems.append(
+                        (["cond_video"], f"{video!r} is neither an image nor a video ffmpeg can read ({why})")
+                    )
                 result["cond_video"] = str(found)
                 result["cond_video_is_image"] = is_image
         if isinstance(image, str) and image:
@@ -347,7 +353,7 @@ def validate_input(
             block = data["cond_audio"]
             persons = _numbered(block, PERSON_KEY)
             problems += _gap_problems(persons, ["cond_audio"], "person{}")
-            for number, key in persons.items():
+            for key in persons.values():
                 value = block[key]
                 if not isinstance(value, str) or not value:
                     continue  # reported by the schema
@@ -369,11 +375,13 @@ def validate_input(
             voices = _numbered(block, VOICE_KEY)
             problems += _gap_problems(voices, ["tts_audio"], "human{}_voice")
             tts = {"text": block.get("text")}
-            for number, key in voices.items():
+            for key in voices.values():
                 value = block[key]
                 if not isinstance(value, str) or not value:
                     continue
-                looks_like_file = value.endswith((".pt", ".pth", ".bin", ".safetensors")) or "/" in value or "\\" in value
+                looks_like_file = (
+                    value.endswith((".pt", ".pth", ".bin", ".safetensors")) or "/" in value or "\\" in value
+                )
                 if looks_like_file:
                     found, tried = _resolve(value, base_dir, cwd)
                     if found is None and _kokoro_folder_of(value, base_dir, cwd) is not None:
@@ -383,7 +391,10 @@ def validate_input(
                         # No Kokoro weights at all: espeak-ng speaks with a voice chosen from the name.
                         logger.warning(
                             "$.tts_audio.%s: '%s' does not exist and no Kokoro-82M folder holds it; espeak-ng will "
-                            "speak instead (download hexgrad/Kokoro-82M for Kokoro's voices).", key, value)
+                            "speak instead (download hexgrad/Kokoro-82M for Kokoro's voices).",
+                            key,
+                            value,
+                        )
                     tts[key] = str(found) if found else value
                 else:
                     tts[key] = value  # a voice name, e.g. "af_heart"
@@ -423,13 +434,19 @@ def validate_input(
                     problems.append((["bbox", key], f"{box} has negative coordinates"))
                 elif bottom <= top or right <= left:
                     problems.append(
-                        (["bbox", key], f"{box} is empty: need x_max > x_min and y_max > y_min "
-                         "([x_min, y_min, x_max, y_max], the first pair indexing rows)")
+                        (
+                            ["bbox", key],
+                            f"{box} is empty: need x_max > x_min and y_max > y_min "
+                            "([x_min, y_min, x_max, y_max], the first pair indexing rows)",
+                        )
                     )
                 elif image_size is not None and (bottom > image_size[0] or right > image_size[1]):
                     problems.append(
-                        (["bbox", key], f"{box} is outside the {image_size[1]}x{image_size[0]} image: x indexes rows "
-                         f"(x_max <= {image_size[0]}), y columns (y_max <= {image_size[1]}), as in the reference")
+                        (
+                            ["bbox", key],
+                            f"{box} is outside the {image_size[1]}x{image_size[0]} image: x indexes rows "
+                            f"(x_max <= {image_size[0]}), y columns (y_max <= {image_size[1]}), as in the reference",
+                        )
                     )
                 bbox[key] = [float(v) for v in box]
 
@@ -437,7 +454,9 @@ def validate_input(
             result.update(
                 prompt=data["prompt"],
                 audio_type=data.get("audio_type", "add"),
-                cond_audio={f"person{n}": cond_audio[f"person{n}"] for n in persons} if audio_mode == "localfile" else {},
+                cond_audio={f"person{n}": cond_audio[f"person{n}"] for n in persons}
+                if audio_mode == "localfile"
+                else {},
                 bbox=bbox or None,
                 tts_audio=tts,
                 num_persons=len(persons),
@@ -481,7 +500,9 @@ def probe_visual(path: Path) -> tuple[tuple[int, int] | None, bool, str]:
     return (int(height), int(width)), False, ""
 
 
-def load_input_json(path: str | os.PathLike, audio_mode: str = "localfile", cwd: str | os.PathLike | None = None) -> dict:
+def load_input_json(
+    path: str | os.PathLike, audio_mode: str = "localfile", cwd: str | os.PathLike | None = None
+) -> dict:
     """Reads and checks an input JSON file (see :func:`validate_input`); raises :class:`InputJSONError`."""
     path = Path(path)
     if not path.is_file():
@@ -490,7 +511,9 @@ def load_input_json(path: str | os.PathLike, audio_mode: str = "localfile", cwd:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except json.JSONDecodeError as err:
-        raise InputJSONError(str(path), [f"$: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"]) from err
+        raise InputJSONError(
+            str(path), [f"$: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"]
+        ) from err
     except UnicodeDecodeError as err:
         raise InputJSONError(str(path), [f"$: not UTF-8 text ({err})"]) from err
     return validate_input(data, base_dir=path.resolve().parent, audio_mode=audio_mode, source=str(path), cwd=cwd)

@@ -198,8 +198,16 @@ def tiny_generation_latents(pipe) -> torch.Tensor:
     image = (np.random.RandomState(0).rand(64, 96, 3) * 255).astype(np.uint8)
     pipe.set_progress_bar_config(disable=True)
     return pipe(
-        image=image, audio=[(wave, sampling_rate)], prompt="a person talks", height=64, width=96, num_frames=5,
-        num_inference_steps=2, mode="clip", output_type="latent", generator=torch.Generator().manual_seed(0),
+        image=image,
+        audio=[(wave, sampling_rate)],
+        prompt="a person talks",
+        height=64,
+        width=96,
+        num_frames=5,
+        num_inference_steps=2,
+        mode="clip",
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
     ).frames[0]
 
 
@@ -228,7 +236,9 @@ def write_tiny_infinitetalk_folders(root: str | os.PathLike, seed: int = 0) -> d
     infinitetalk_dir = Path(root) / INFINITETALK_DIR_NAME
     for variant in ("single", "multi"):
         (infinitetalk_dir / variant).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(folders["multitalk_dir"] / MULTITALK_FILE, infinitetalk_dir / variant / "infinitetalk.safetensors")
+        shutil.copyfile(
+            folders["multitalk_dir"] / MULTITALK_FILE, infinitetalk_dir / variant / "infinitetalk.safetensors"
+        )
     return dict(wan_dir=folders["wan_dir"], infinitetalk_dir=infinitetalk_dir, wav2vec_dir=folders["wav2vec_dir"])
 
 

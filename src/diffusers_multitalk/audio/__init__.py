@@ -25,6 +25,7 @@ from .tts import (
     tts_from_json_block,
 )
 
+
 __all__ = [
     "TARGET_SAMPLE_RATE",
     "VIDEO_EXTENSIONS",

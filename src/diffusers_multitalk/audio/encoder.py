@@ -41,7 +41,12 @@ WAV2VEC_DOWNLOAD_HINT = (
     "--local-dir {dir}` (the safetensors weights live only in that revision)."
 )
 
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 @contextlib.contextmanager
@@ -187,7 +192,7 @@ class MultiTalkAudioEncoder:
         wav2vec_dir: Union[str, os.PathLike],
         torch_dtype: Optional[torch.dtype] = None,
         device: Optional[Union[str, torch.device]] = None,
-    ) -> "MultiTalkAudioEncoder":
+    ) -> MultiTalkAudioEncoder:
         """Load from a local folder in the Hugging Face layout of TencentGameMate/chinese-wav2vec2-base
         (``config.json``, ``preprocessor_config.json`` and ``model.safetensors`` or ``pytorch_model.bin``)."""
         from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
@@ -206,7 +211,9 @@ class MultiTalkAudioEncoder:
             model = Wav2Vec2Model.from_pretrained(str(folder), local_files_only=True)
             feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(str(folder), local_files_only=True)
         except Exception as exc:
-            raise ValueError(f"Could not load the wav2vec2 model from '{folder}' ({type(exc).__name__}: {exc}). {hint}") from exc
+            raise ValueError(
+                f"Could not load the wav2vec2 model from '{folder}' ({type(exc).__name__}: {exc}). {hint}"
+            ) from exc
 
         model.eval()
         model.requires_grad_(False)
@@ -222,7 +229,7 @@ class MultiTalkAudioEncoder:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def to(self, device=None, dtype=None) -> "MultiTalkAudioEncoder":
+    def to(self, device=None, dtype=None) -> MultiTalkAudioEncoder:
         self.model.to(device=device, dtype=dtype)
         return self
 
@@ -234,5 +241,7 @@ class MultiTalkAudioEncoder:
 
     def __repr__(self) -> str:
         cfg = self.model.config
-        return (f"{type(self).__name__}(layers={cfg.num_hidden_layers}, hidden={cfg.hidden_size}, "
-                f"device={self.device}, dtype={self.dtype})")
+        return (
+            f"{type(self).__name__}(layers={cfg.num_hidden_layers}, hidden={cfg.hidden_size}, "
+            f"device={self.device}, dtype={self.dtype})"
+        )

@@ -68,7 +68,7 @@ def _ffmpeg_exe() -> str:
 
 def _run_ffmpeg(args: Sequence[str], source: Path) -> None:
     cmd = [_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *args]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.run(cmd, capture_output=True)
     if proc.returncode != 0:
         message = proc.stderr.decode("utf-8", errors="replace").strip().splitlines()
         detail = message[-1] if message else f"exit status {proc.returncode}"
@@ -113,8 +113,10 @@ def load_audio_file(path: Union[str, os.PathLike]) -> np.ndarray:
     """
     path = Path(os.fspath(path)).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"Audio file '{path}' does not exist; check the path (relative paths are resolved "
-                                f"from the working directory '{os.getcwd()}').")
+        raise FileNotFoundError(
+            f"Audio file '{path}' does not exist; check the path (relative paths are resolved "
+            f"from the working directory '{os.getcwd()}')."
+        )
     if path.is_dir():
         raise ValueError(f"'{path}' is a directory; pass the path of an audio or video file.")
     if path.stat().st_size == 0:
@@ -127,8 +129,18 @@ def load_audio_file(path: Union[str, os.PathLike]) -> np.ndarray:
     with tempfile.TemporaryDirectory(prefix="multitalk_audio_") as tmp:
         wav_path = Path(tmp) / "audio.wav"
         if ext in VIDEO_EXTENSIONS:
-            args = ["-i", str(path), "-vn", "-acodec", "pcm_s16le", "-ar", str(TARGET_SAMPLE_RATE), "-ac", "2",
-                    str(wav_path)]
+            args = [
+                "-i",
+                str(path),
+                "-vn",
+                "-acodec",
+                "pcm_s16le",
+                "-ar",
+                str(TARGET_SAMPLE_RATE),
+                "-ac",
+                "2",
+                str(wav_path),
+            ]
         else:
             args = ["-i", str(path), "-vn", "-acodec", "pcm_s16le", str(wav_path)]
         _run_ffmpeg(args, path)
@@ -249,8 +261,12 @@ def prepare_audio(audio: AudioInput, sampling_rate: int | None = None, normalize
                 "A waveform array was passed without its sample rate; call "
                 "prepare_audio(waveform, sampling_rate=<rate in Hz>) (or pass a file path instead)."
             )
-        if isinstance(sampling_rate, bool) or not np.isscalar(sampling_rate) or float(sampling_rate) <= 0 \
-                or float(sampling_rate) != int(sampling_rate):
+        if (
+            isinstance(sampling_rate, bool)
+            or not np.isscalar(sampling_rate)
+            or float(sampling_rate) <= 0
+            or float(sampling_rate) != int(sampling_rate)
+        ):
             raise ValueError(f"sampling_rate must be a positive integer number of Hz, got {sampling_rate!r}.")
         sampling_rate = int(sampling_rate)
         if array.ndim == 0 or array.ndim > 2:
@@ -277,9 +293,7 @@ def prepare_audio(audio: AudioInput, sampling_rate: int | None = None, normalize
     return np.ascontiguousarray(speech, dtype=np.float32)
 
 
-def combine_speakers(
-    tracks: Sequence[np.ndarray], audio_type: str = "add"
-) -> Tuple[List[np.ndarray], np.ndarray]:
+def combine_speakers(tracks: Sequence[np.ndarray], audio_type: str = "add") -> Tuple[List[np.ndarray], np.ndarray]:
     """Lay out the prepared tracks of several persons on a common timeline.
 
     Args:
@@ -305,8 +319,10 @@ def combine_speakers(
             )
         arr = _to_numpy(track)
         if arr.ndim != 1:
-            raise ValueError(f"Track {i} has shape {tuple(arr.shape)}; each track must be a 1-D 16 kHz waveform "
-                             "(use prepare_audio first).")
+            raise ValueError(
+                f"Track {i} has shape {tuple(arr.shape)}; each track must be a 1-D 16 kHz waveform "
+                "(use prepare_audio first)."
+            )
         arrays.append(np.asarray(arr, dtype=np.float32))
 
     mode = str(audio_type).lower()
@@ -316,7 +332,7 @@ def combine_speakers(
         offset = 0
         for a in arrays:
             placed = np.zeros(total, dtype=np.float32)
-            placed[offset: offset + a.shape[0]] = a
+            placed[offset : offset + a.shape[0]] = a
             offset += a.shape[0]
             per_person.append(placed)
     elif mode == "para":

@@ -31,6 +31,7 @@ from ..runtime.distributed import shutdown_distributed
 from ..runtime.errors import PROG, Terminated, UserError, raise_terminated
 from .parser import build_parser
 
+
 # The CLI's name for the runtime's user-facing error.
 CLIError = UserError
 
@@ -49,7 +50,6 @@ __all__ = ["CLIError", "COMMANDS", "PROG", "build_parser", "main"]
 def _command(name: str):
     module, function = COMMANDS[name]
     return getattr(importlib.import_module(module), function)
-
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,9 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("MULTITALK_TRACEBACK"):
             raise
         first = (str(err).strip().splitlines() or [""])[0]
-        print(f"{PROG} {args.command}: error: {type(err).__name__}: {first} (MULTITALK_TRACEBACK=1 shows where)", file=sys.stderr)
+        print(
+            f"{PROG} {args.command}: error: {type(err).__name__}: {first} (MULTITALK_TRACEBACK=1 shows where)",
+            file=sys.stderr,
+        )
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
         shutdown_distributed()
-

@@ -30,4 +30,3 @@ def cmd_convert(args: Namespace) -> int:
         raise UserError(str(err)) from err
     print(result if result is not None else args.output_dir)
     return 0
-

@@ -23,8 +23,14 @@ from ..runtime.errors import PROG, UserError, note
 from ..runtime.folders import inspect_wan_dir, inspect_wav2vec_dir
 from ..runtime.hub import hub_error
 
+
 # InfiniteTalk's README runs both of its sizes on the 480P base.
-WAN_REPOS = {"multitalk-480": WAN_REPO, "multitalk-720": WAN_REPO_720, "infinitetalk-480": WAN_REPO, "infinitetalk-720": WAN_REPO}
+WAN_REPOS = {
+    "multitalk-480": WAN_REPO,
+    "multitalk-720": WAN_REPO_720,
+    "infinitetalk-480": WAN_REPO,
+    "infinitetalk-720": WAN_REPO,
+}
 INFINITETALK_REPO = "MeiGen-AI/InfiniteTalk"
 INFINITETALK_ALLOW_PATTERNS = ["single/infinitetalk.safetensors", "multi/infinitetalk.safetensors"]
 
@@ -73,7 +79,10 @@ KOKORO_ALLOW_PATTERNS = ["config.json", "kokoro-v1_0.pth", "voices/*.pt"]
 
 
 def download_plan(
-    target: str | os.PathLike, size: str = "multitalk-480", link: bool = True, tts: bool = False,
+    target: str | os.PathLike,
+    size: str = "multitalk-480",
+    link: bool = True,
+    tts: bool = False,
     infinitetalk: bool = False,
 ) -> list[dict]:
     """The snapshot_download calls ``download`` makes: ``[{repo_id, local_dir, allow_patterns, revision}, ...]``.
@@ -86,18 +95,37 @@ def download_plan(
     wan_patterns = list(WAN_ALLOW_PATTERNS) + ([] if link else [WAN_INDEX])
     plan = [
         dict(repo_id=wan_repo, local_dir=target / wan_repo.split("/")[1], allow_patterns=wan_patterns, revision=None),
-        dict(repo_id=MULTITALK_REPO, local_dir=target / "MeiGen-MultiTalk", allow_patterns=list(MULTITALK_ALLOW_PATTERNS), revision=None),
-        dict(repo_id=WAV2VEC_REPO, local_dir=target / "chinese-wav2vec2-base", allow_patterns=list(WAV2VEC_ALLOW_PATTERNS), revision=None),
         dict(
-            repo_id=WAV2VEC_REPO, local_dir=target / "chinese-wav2vec2-base",
-            allow_patterns=list(WAV2VEC_SAFETENSORS_PATTERNS), revision=WAV2VEC_SAFETENSORS_REVISION,
+            repo_id=MULTITALK_REPO,
+            local_dir=target / "MeiGen-MultiTalk",
+            allow_patterns=list(MULTITALK_ALLOW_PATTERNS),
+            revision=None,
+        ),
+        dict(
+            repo_id=WAV2VEC_REPO,
+            local_dir=target / "chinese-wav2vec2-base",
+            allow_patterns=list(WAV2VEC_ALLOW_PATTERNS),
+            revision=None,
+        ),
+        dict(
+            repo_id=WAV2VEC_REPO,
+            local_dir=target / "chinese-wav2vec2-base",
+            allow_patterns=list(WAV2VEC_SAFETENSORS_PATTERNS),
+            revision=WAV2VEC_SAFETENSORS_REVISION,
         ),
     ]
     if infinitetalk:  # InfiniteTalk's adapters for one person and for several, beside MultiTalk's
         plan.append(dict(repo_id=INFINITETALK_REPO, local_dir=target / "InfiniteTalk",
                          allow_patterns=list(INFINITETALK_ALLOW_PATTERNS), revision=None))  # fmt: skip
     if tts:
-        plan.append(dict(repo_id=KOKORO_REPO, local_dir=target / "Kokoro-82M", allow_patterns=list(KOKORO_ALLOW_PATTERNS), revision=None))
+        plan.append(
+            dict(
+                repo_id=KOKORO_REPO,
+                local_dir=target / "Kokoro-82M",
+                allow_patterns=list(KOKORO_ALLOW_PATTERNS),
+                revision=None,
+            )
+        )
     return plan
 
 
@@ -165,8 +193,16 @@ def cmd_download(args: Namespace) -> int:
     if link:
         for line in link_multitalk_into_wan(wan_dir, multitalk_dir, copy=args.copy):
             note(line)
-    problems = [f"{wan_dir}: {label}" + (f" ({detail})" if detail else "") for label, ok, detail in inspect_wan_dir(wan_dir, link) if not ok]
-    problems += [f"{wav2vec_dir}: {label}" + (f" ({detail})" if detail else "") for label, ok, detail in inspect_wav2vec_dir(wav2vec_dir) if not ok]
+    problems = [
+        f"{wan_dir}: {label}" + (f" ({detail})" if detail else "")
+        for label, ok, detail in inspect_wan_dir(wan_dir, link)
+        if not ok
+    ]
+    problems += [
+        f"{wav2vec_dir}: {label}" + (f" ({detail})" if detail else "")
+        for label, ok, detail in inspect_wav2vec_dir(wav2vec_dir)
+        if not ok
+    ]
     if problems:
         raise UserError("the download finished but files are missing:\n" + "\n".join(f"  {p}" for p in problems))
     extra = "" if link else f" --multitalk_dir {multitalk_dir}"
@@ -176,4 +212,3 @@ def cmd_download(args: Namespace) -> int:
         print(f"{PROG} generate --ckpt_dir {wan_dir} --wav2vec_dir {wav2vec_dir} --infinitetalk_dir {adapter} "
               "--input_json <your cond_video input>.json")  # fmt: skip
     return 0
-

@@ -60,7 +60,9 @@ def cmd_info(args: Namespace) -> int:
     if cuda:
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
-            out.append(f"device: cuda:{i} {props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}")
+            out.append(
+                f"device: cuda:{i} {props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
+            )
     else:
         out.append(f"device: CPU ({os.cpu_count()} cores; no CUDA in this torch build or no GPU)")
     try:
@@ -74,17 +76,29 @@ def cmd_info(args: Namespace) -> int:
     kokoro_dir = find_kokoro_dir()
     out.append(
         "TTS (--audio_mode tts): kokoro "
-        + ("installed" if _version("kokoro") != "not installed" else "not installed (pip install 'diffusers-multitalk[tts]')")
+        + (
+            "installed"
+            if _version("kokoro") != "not installed"
+            else "not installed (pip install 'diffusers-multitalk[tts]')"
+        )
         + f", Kokoro-82M weights {'at ' + str(kokoro_dir) if kokoro_dir else 'not found'}"
         + f", espeak-ng {shutil.which('espeak-ng') or 'not found (apt install espeak-ng)'}"
     )
     out.append(
         "quantisation (--quant int8|fp8): optimum-quanto "
-        + ("installed" if _version("optimum-quanto") != "not installed" else "not installed (pip install 'diffusers-multitalk[quant]')")
+        + (
+            "installed"
+            if _version("optimum-quanto") != "not installed"
+            else "not installed (pip install 'diffusers-multitalk[quant]')"
+        )
     )
     out.append(
         "web app (multitalk serve): gradio "
-        + ("installed" if _version("gradio") != "not installed" else "not installed (pip install 'diffusers-multitalk[app]')")
+        + (
+            "installed"
+            if _version("gradio") != "not installed"
+            else "not installed (pip install 'diffusers-multitalk[app]')"
+        )
     )
     out.append("attention backends (diffusers):")
     for name, status in attention_backends(cuda):
@@ -93,7 +107,12 @@ def cmd_info(args: Namespace) -> int:
     incomplete = False
     checks = []
     if args.ckpt_dir:
-        checks.append((f"--ckpt_dir {args.ckpt_dir}", inspect_wan_dir(Path(args.ckpt_dir), need_linked_multitalk=args.multitalk_dir is None)))
+        checks.append(
+            (
+                f"--ckpt_dir {args.ckpt_dir}",
+                inspect_wan_dir(Path(args.ckpt_dir), need_linked_multitalk=args.multitalk_dir is None),
+            )
+        )
     if args.multitalk_dir:
         checks.append((f"--multitalk_dir {args.multitalk_dir}", inspect_multitalk_dir(Path(args.multitalk_dir))))
     if args.wav2vec_dir:
@@ -107,4 +126,3 @@ def cmd_info(args: Namespace) -> int:
             incomplete |= not ok
     print("\n".join(out))
     return 1 if incomplete else 0
-

@@ -7,6 +7,7 @@ import argparse
 from ..runtime.errors import PROG
 from ..runtime.options import DEFAULT_SAMPLE_STEPS, GENERATE_DEFAULTS, SIZES
 
+
 def str2bool(value: str) -> bool:
     """The reference's boolean flags: yes/true/t/y/1 and no/false/f/n/0."""
     if isinstance(value, bool):
@@ -32,99 +33,149 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("MultiTalk's flags")
     g.add_argument(
-        "--task", default="multitalk-14B", choices=["multitalk-14B", "infinitetalk-14B"],
+        "--task",
+        default="multitalk-14B",
+        choices=["multitalk-14B", "infinitetalk-14B"],
         help="multitalk-14B animates an image; infinitetalk-14B dubs a video (or animates an image) with InfiniteTalk "
         "(implied by --infinitetalk_dir, --dit_path, an infinitetalk size or a cond_video input)",
     )
-    g.add_argument("--size", default="multitalk-480", choices=SIZES, help="resolution bucket table; the video follows the image's aspect ratio")
+    g.add_argument(
+        "--size",
+        default="multitalk-480",
+        choices=SIZES,
+        help="resolution bucket table; the video follows the image's aspect ratio",
+    )
     g.add_argument("--frame_num", type=int, default=81, help="frames per clip, 4n+1 (81)")
     g.add_argument("--ckpt_dir", default=None, help="the Wan2.1-I2V-14B folder, with MultiTalk's weights linked in")
     g.add_argument("--quant_dir", default=None, help="the MeiGen-MultiTalk folder whose quant_models/ --quant reads")
     g.add_argument("--wav2vec_dir", default=None, help="the chinese-wav2vec2-base folder")
     g.add_argument("--lora_dir", nargs="+", default=None, help="LoRA files (Wan's original naming works)")
-    g.add_argument("--lora_scale", type=float, nargs="+", default=[1.2], help="one scale per LoRA, or one for all (1.2)")
     g.add_argument(
-        "--offload_model", type=str2bool, default=None,
+        "--lora_scale", type=float, nargs="+", default=[1.2], help="one scale per LoRA, or one for all (1.2)"
+    )
+    g.add_argument(
+        "--offload_model",
+        type=str2bool,
+        default=None,
         help="offload models to the CPU between uses (enable_model_cpu_offload); default: on with a GPU, as the reference on one GPU",
     )
     g.add_argument(
-        "--ulysses_size", type=int, default=1,
+        "--ulysses_size",
+        type=int,
+        default=1,
         help="GPUs sharing one video (context parallelism, Ulysses); launch with torchrun --nproc_per_node N",
     )
     g.add_argument("--ring_size", type=int, default=1, help="ring attention parallelism (only 1 is supported)")
     g.add_argument("--t5_fsdp", action="store_true", help="FSDP for umT5 (not supported)")
     g.add_argument("--t5_cpu", action="store_true", help="keep the umT5 text encoder on the CPU")
     g.add_argument("--dit_fsdp", action="store_true", help="FSDP for the DiT (not supported)")
-    g.add_argument("--save_file", default=None, help="output name; '.mp4' is appended (default: task_size_..._prompt_time)")
     g.add_argument(
-        "--audio_save_dir", default=None,
+        "--save_file", default=None, help="output name; '.mp4' is appended (default: task_size_..._prompt_time)"
+    )
+    g.add_argument(
+        "--audio_save_dir",
+        default=None,
         help="also save the mixed (and TTS) audio as wav files under DIR/<image name>/ (as the reference does); "
         "default: no audio side files",
     )
     g.add_argument("--base_seed", type=int, default=42, help="seed; negative picks a random one")
     g.add_argument("--input_json", default="examples.json", help="the input file: prompt, cond_image, cond_audio, ...")
     g.add_argument(
-        "--motion_frame", type=int, default=None,
+        "--motion_frame",
+        type=int,
+        default=None,
         help="frames each streaming chunk continues from, 4n+1 (MultiTalk 25, InfiniteTalk 9)",
     )
     g.add_argument(
-        "--mode", default=None, choices=["clip", "streaming"],
+        "--mode",
+        default=None,
+        choices=["clip", "streaming"],
         help="default: the whole audio (one clip when it fits in --frame_num frames, else streaming); clip: one chunk "
         "of --frame_num frames, longer audio cut (with a warning); streaming: chunks until the audio ends",
     )
     g.add_argument(
-        "--max_frame_num", type=int, default=None,
+        "--max_frame_num",
+        type=int,
+        default=None,
         help="cap the video at N frames (25 fps; InfiniteTalk's flag); default: as long as the audio",
     )
     g.add_argument("--sample_steps", type=int, default=None, help=f"sampling steps ({DEFAULT_SAMPLE_STEPS})")
     g.add_argument("--sample_shift", type=float, default=None, help="timestep shift (7 at 480P, 11 at 720P)")
-    g.add_argument("--sample_text_guide_scale", type=float, default=5.0, help="text guidance (5; 1 with distillation LoRAs)")
-    g.add_argument("--sample_audio_guide_scale", type=float, default=4.0, help="audio guidance (4; 2 with distillation LoRAs)")
     g.add_argument(
-        "--num_persistent_param_in_dit", type=int, default=None,
+        "--sample_text_guide_scale", type=float, default=5.0, help="text guidance (5; 1 with distillation LoRAs)"
+    )
+    g.add_argument(
+        "--sample_audio_guide_scale", type=float, default=4.0, help="audio guidance (4; 2 with distillation LoRAs)"
+    )
+    g.add_argument(
+        "--num_persistent_param_in_dit",
+        type=int,
+        default=None,
         help="low VRAM: keep the DiT blocks that fit in N parameters on the GPU, stream the others from the CPU "
         "block by block (0: lowest VRAM); the other models are offloaded too unless --offload_model False",
     )
-    g.add_argument("--audio_mode", default="localfile", choices=["localfile", "tts"], help="audio from files or from TTS (tts_audio)")
-    g.add_argument("--use_teacache", action="store_true", help="TeaCache: skip the DiT on steps whose timestep changed little")
-    g.add_argument("--teacache_thresh", type=float, default=0.2, help="TeaCache threshold, 0.2 to 0.5 (only with --use_teacache)")
+    g.add_argument(
+        "--audio_mode",
+        default="localfile",
+        choices=["localfile", "tts"],
+        help="audio from files or from TTS (tts_audio)",
+    )
+    g.add_argument(
+        "--use_teacache", action="store_true", help="TeaCache: skip the DiT on steps whose timestep changed little"
+    )
+    g.add_argument(
+        "--teacache_thresh", type=float, default=0.2, help="TeaCache threshold, 0.2 to 0.5 (only with --use_teacache)"
+    )
     g.add_argument("--use_apg", action="store_true", help="adaptive projected guidance")
     g.add_argument("--apg_momentum", type=float, default=-0.75, help="APG momentum (-0.75)")
     g.add_argument("--apg_norm_threshold", type=float, default=55, help="APG norm threshold (55)")
-    g.add_argument("--color_correction_strength", type=float, default=1.0, help="colour matching to the image, 0..1 (1)")
     g.add_argument(
-        "--quant", default=None,
+        "--color_correction_strength", type=float, default=1.0, help="colour matching to the image, 0..1 (1)"
+    )
+    g.add_argument(
+        "--quant",
+        default=None,
         help="int8 or fp8 (optimum-quanto): MultiTalk's quantised DiT and umT5 from --quant_dir; with --lora_dir, its "
         "first file is the quantised FusionX DiT, as in MultiTalk; without --quant_dir the float weights are quantised on the fly",
     )
 
     i = p.add_argument_group("InfiniteTalk's flags")
     i.add_argument(
-        "--infinitetalk_dir", default=None,
+        "--infinitetalk_dir",
+        default=None,
         help="InfiniteTalk's adapter file: InfiniteTalk/single/infinitetalk.safetensors (one person) or "
         "multi/infinitetalk.safetensors (several); with --ckpt_dir the Wan2.1-I2V-14B folder",
     )
     i.add_argument("--dit_path", default=None, help="a full InfiniteTalk DiT checkpoint (torch.save with state_dict)")
     i.add_argument(
-        "--scene_seg", action="store_true",
+        "--scene_seg",
+        action="store_true",
         help="split the cond_video (and the audio) at shot boundaries (PySceneDetect) and dub each shot from its own frames",
     )
 
     o = p.add_argument_group("diffusers-multitalk's flags")
     source = o.add_mutually_exclusive_group()
     source.add_argument("--model", default=None, help="a converted diffusers folder or Hub repo id (from_pretrained)")
-    source.add_argument("--tiny", action="store_true", help="a tiny random model built locally: no downloads, noise-like video")
+    source.add_argument(
+        "--tiny", action="store_true", help="a tiny random model built locally: no downloads, noise-like video"
+    )
     o.add_argument("--multitalk_dir", default=None, help="the MeiGen-MultiTalk folder, when not linked into --ckpt_dir")
     o.add_argument("--device", default=None, help="cuda, cuda:1, cpu, ... (default: cuda if available)")
     o.add_argument(
-        "--dtype", default="auto", choices=["auto", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32"],
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32"],
         help="dtype of the DiT and encoders (auto: bfloat16 on a GPU, float32 on the CPU and for --tiny)",
     )
     o.add_argument("--height", type=int, default=None, help="output height (multiple of 16) instead of the bucket's")
     o.add_argument("--width", type=int, default=None, help="output width (multiple of 16) instead of the bucket's")
-    o.add_argument("--attention_backend", default=None, help="a diffusers attention backend for the DiT (see `multitalk info`)")
     o.add_argument(
-        "--preset", default=None, choices=["fast"],
+        "--attention_backend", default=None, help="a diffusers attention backend for the DiT (see `multitalk info`)"
+    )
+    o.add_argument(
+        "--preset",
+        default=None,
+        choices=["fast"],
         help="fast: the FusionX/lightx2v few-step sampling (8 steps, text guidance 1, audio guidance 2, shift 2, for "
         "distillation LoRAs) with the VAE in bf16 and the DiT compiled on CUDA; flags you give win",
     )
@@ -142,12 +193,24 @@ def _add_download_parser(subparsers) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--target", default="weights", help="folder to download into (weights)")
-    p.add_argument("--size", default="multitalk-480", choices=SIZES, help="multitalk-480: Wan2.1-I2V-14B-480P; multitalk-720: -720P")
-    p.add_argument("--no_link", action="store_true", help="do not link MultiTalk's files into the Wan folder (keeps Wan's own index)")
-    p.add_argument("--copy", action="store_true", help="copy MultiTalk's files into the Wan folder instead of symlinking")
+    p.add_argument(
+        "--size",
+        default="multitalk-480",
+        choices=SIZES,
+        help="multitalk-480: Wan2.1-I2V-14B-480P; multitalk-720: -720P",
+    )
+    p.add_argument(
+        "--no_link",
+        action="store_true",
+        help="do not link MultiTalk's files into the Wan folder (keeps Wan's own index)",
+    )
+    p.add_argument(
+        "--copy", action="store_true", help="copy MultiTalk's files into the Wan folder instead of symlinking"
+    )
     p.add_argument("--tts", action="store_true", help="also download Kokoro-82M for --audio_mode tts")
     p.add_argument(
-        "--infinitetalk", action="store_true",
+        "--infinitetalk",
+        action="store_true",
         help="also download InfiniteTalk's adapters (MeiGen-AI/InfiniteTalk single/ and multi/) for dubbing",
     )
     p.add_argument("--max_workers", type=int, default=8, help="parallel downloads per repository (8)")
@@ -177,13 +240,20 @@ def _add_convert_parser(subparsers) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--wan_dir", required=True, help="the Wan2.1-I2V-14B folder")
-    p.add_argument("--multitalk_dir", default=None, help="the MeiGen-MultiTalk folder (not needed if linked into --wan_dir)")
     p.add_argument(
-        "--infinitetalk_dir", default=None,
+        "--multitalk_dir", default=None, help="the MeiGen-MultiTalk folder (not needed if linked into --wan_dir)"
+    )
+    p.add_argument(
+        "--infinitetalk_dir",
+        default=None,
         help="convert InfiniteTalk: InfiniteTalk/single/infinitetalk.safetensors (one person) or multi/... (several); "
         "not with --multitalk_dir",
     )
-    p.add_argument("--dit_path", default=None, help="convert InfiniteTalk from a full DiT checkpoint (instead of the Wan shards + --infinitetalk_dir)")
+    p.add_argument(
+        "--dit_path",
+        default=None,
+        help="convert InfiniteTalk from a full DiT checkpoint (instead of the Wan shards + --infinitetalk_dir)",
+    )
     p.add_argument("--wav2vec_dir", required=True, help="the chinese-wav2vec2-base folder")
     p.add_argument("--output_dir", required=True, help="where to write the diffusers folder")
     p.add_argument("--dtype", default="bfloat16", help="dtype of the saved DiT and encoders (bfloat16)")
@@ -195,9 +265,26 @@ def _add_convert_parser(subparsers) -> argparse.ArgumentParser:
 
 
 SERVE_MODEL_FLAGS = (
-    "--ckpt_dir", "--wav2vec_dir", "--multitalk_dir", "--model", "--tiny", "--lora_dir", "--lora_scale", "--quant",
-    "--quant_dir", "--offload_model", "--num_persistent_param_in_dit", "--t5_cpu", "--device", "--dtype",
-    "--attention_backend", "--use_teacache", "--teacache_thresh", "--task", "--infinitetalk_dir", "--dit_path",
+    "--ckpt_dir",
+    "--wav2vec_dir",
+    "--multitalk_dir",
+    "--model",
+    "--tiny",
+    "--lora_dir",
+    "--lora_scale",
+    "--quant",
+    "--quant_dir",
+    "--offload_model",
+    "--num_persistent_param_in_dit",
+    "--t5_cpu",
+    "--device",
+    "--dtype",
+    "--attention_backend",
+    "--use_teacache",
+    "--teacache_thresh",
+    "--task",
+    "--infinitetalk_dir",
+    "--dit_path",
 )
 
 
@@ -223,15 +310,32 @@ def _add_serve_parser(subparsers) -> argparse.ArgumentParser:
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1; 0.0.0.0 for every interface)")
     s.add_argument("--port", type=int, default=7860, help="port (7860)")
-    s.add_argument("--output_dir", default="outputs/app", help="where jobs (jobs/<id>/) and the web app's videos (ui/) go (outputs/app)")
+    s.add_argument(
+        "--output_dir",
+        default="outputs/app",
+        help="where jobs (jobs/<id>/) and the web app's videos (ui/) go (outputs/app)",
+    )
     s.add_argument("--max_queue", type=int, default=8, help="API jobs that may wait; more answer 429 (8)")
-    s.add_argument("--max_upload_mb", type=float, default=50, help="largest upload, per file, in MB; larger answer 413 (50)")
-    s.add_argument("--max_audio_seconds", type=float, default=600, help="longest speech per file, in seconds; longer answer 422 (600)")
-    s.add_argument("--max_pixels", type=int, default=4096 * 4096, help="largest image, width x height; larger answer 422 (16777216)")
+    s.add_argument(
+        "--max_upload_mb", type=float, default=50, help="largest upload, per file, in MB; larger answer 413 (50)"
+    )
+    s.add_argument(
+        "--max_audio_seconds",
+        type=float,
+        default=600,
+        help="longest speech per file, in seconds; longer answer 422 (600)",
+    )
+    s.add_argument(
+        "--max_pixels",
+        type=int,
+        default=4096 * 4096,
+        help="largest image, width x height; larger answer 422 (16777216)",
+    )
     s.add_argument("--api_key", default=None, help="require 'Authorization: Bearer KEY' on /v1 (default: no key)")
     s.add_argument("--keep_jobs", type=float, default=3600, help="seconds a finished job and its video are kept (3600)")
     s.add_argument(
-        "--share", action="store_true",
+        "--share",
+        action="store_true",
         help="serve the web app alone through a public gradio.live link (Gradio's own server: no /v1 API)",
     )
     return p
@@ -249,4 +353,3 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert_parser(subparsers)
     _add_serve_parser(subparsers)
     return parser
-

@@ -63,7 +63,9 @@ def resolve_infinitetalk_quant_file(quant: str, quant_path) -> tuple[Path, Path]
     path = Path(quant_path)
     name, map_name = infinitetalk_quant_files(quant)
     if path.is_dir():
-        path = path / name if (path / name).exists() or path.name == QUANT_MODELS_DIR else path / QUANT_MODELS_DIR / name
+        path = (
+            path / name if (path / name).exists() or path.name == QUANT_MODELS_DIR else path / QUANT_MODELS_DIR / name
+        )
     map_path = path.with_suffix(".json")
     return path, map_path
 
@@ -294,7 +296,9 @@ def _load_quantized(wan_dir: Path, quant: str, quant_path, torch_dtype):
     if t5.is_file() and t5_map.is_file():
         text_encoder = load_quantized_umt5_encoder(t5, t5_map, quant=quant, torch_dtype=torch_dtype)
     else:
-        logger.warning(f"{t5} not found beside {checkpoint.name}: the umT5 text encoder is loaded in float from {wan_dir}.")
+        logger.warning(
+            f"{t5} not found beside {checkpoint.name}: the umT5 text encoder is loaded in float from {wan_dir}."
+        )
         text_encoder = load_umt5_encoder_from_original(wan_dir, torch_dtype=torch_dtype)
     return transformer, text_encoder
 

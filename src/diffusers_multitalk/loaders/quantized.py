@@ -171,7 +171,9 @@ def convert_quantization_map(
         else:
             out[new] = dict(config)
     if unknown:
-        raise QuantizedCheckpointError(f"{what}: module names that are not linear layers of the model: {_preview(unknown)}")
+        raise QuantizedCheckpointError(
+            f"{what}: module names that are not linear layers of the model: {_preview(unknown)}"
+        )
     return out
 
 
@@ -247,7 +249,11 @@ def find_quantization_map(checkpoint, quant: str | None = None) -> Path:
     checkpoint = Path(checkpoint)
     stem, folder = checkpoint.stem, checkpoint.parent
     candidates = []
-    for pattern, replacement in ((r"dit_model_(.+)", r"dit_model_map_\1"), (r"t5_(.+)", r"t5_map_\1"), (r"quant_model_(.+)", r"quantization_map_\1")):
+    for pattern, replacement in (
+        (r"dit_model_(.+)", r"dit_model_map_\1"),
+        (r"t5_(.+)", r"t5_map_\1"),
+        (r"quant_model_(.+)", r"quantization_map_\1"),
+    ):
         match = re.fullmatch(pattern, stem)
         if match:
             candidates.append(folder / (match.expand(replacement) + ".json"))
@@ -298,10 +304,14 @@ def _check_map_quant(qmap: Mapping[str, dict], quant: str | None, source: str) -
     weights = {str(cfg.get("weights")) for cfg in qmap.values()}
     unknown = sorted(w for w in weights if w != "none" and w not in qtypes)
     if unknown:
-        raise QuantizedCheckpointError(f"{source}: unknown weight qtypes {unknown} (optimum-quanto knows {sorted(qtypes)}).")
+        raise QuantizedCheckpointError(
+            f"{source}: unknown weight qtypes {unknown} (optimum-quanto knows {sorted(qtypes)})."
+        )
     odd = sorted(w for w in weights if w not in ("none",) + _MAP_WEIGHTS["int8"] + _MAP_WEIGHTS["fp8"])
     if odd:
-        raise QuantizedCheckpointError(f"{source}: weight qtypes {odd} are not supported here (only int8 and float8, as MultiTalk ships).")
+        raise QuantizedCheckpointError(
+            f"{source}: weight qtypes {odd} are not supported here (only int8 and float8, as MultiTalk ships)."
+        )
     if quant is not None:
         other = sorted(w for w in weights if w != "none" and w not in _MAP_WEIGHTS[quant])
         if other:
@@ -379,7 +389,9 @@ def _requantize_into(
             detail.append(f"unexpected: {_preview(name_back(k) for k in unexpected)}")
         hint = ""
         if any(k.endswith((".weight", "._data", "._scale")) for k in [*missing, *unexpected]):
-            hint = " The map and the weights disagree on which layers are quantised: use the map that came with the file."
+            hint = (
+                " The map and the weights disagree on which layers are quantised: use the map that came with the file."
+            )
         raise QuantizedCheckpointError(
             f"{source} with the map {map_source} does not match the model ({'; '.join(detail)}).{hint}"
         )
@@ -527,7 +539,9 @@ def load_quantized_multitalk_transformer(
     _check_map_quant(qmap_original, quant, str(map_path))
     shapes = _original_shapes(raw)
     if not any(k.startswith("audio_proj.") for k in shapes):
-        raise QuantizedCheckpointError(f"{checkpoint} holds no MultiTalk audio weights (audio_proj.*): not a MultiTalk DiT.")
+        raise QuantizedCheckpointError(
+            f"{checkpoint} holds no MultiTalk audio weights (audio_proj.*): not a MultiTalk DiT."
+        )
     model_config = multitalk_config_from_original(original_config, shapes)
     state_dict = convert_quantized_state_dict(raw, _dit_to_diffusers, str(checkpoint))
     del raw
@@ -624,7 +638,9 @@ def _is_quantized(model: torch.nn.Module) -> bool:
     return any(isinstance(m, QModuleMixin) and m.frozen for m in model.modules())
 
 
-def save_quantized_multitalk_transformer(model: torch.nn.Module, quant_dir, quant: str = "int8", name: str | None = None):
+def save_quantized_multitalk_transformer(
+    model: torch.nn.Module, quant_dir, quant: str = "int8", name: str | None = None
+):
     """Writes a quantised (frozen) `MultiTalkTransformer3DModel` as the reference's files, in the original key layout:
     `<quant_dir>/quant_models/dit_model_<quant>.safetensors` and `dit_model_map_<quant>.json` (or `<name>.safetensors`
     with the map name the loader finds for it). Returns (checkpoint, map) paths."""
@@ -642,7 +658,7 @@ def save_quantized_multitalk_transformer(model: torch.nn.Module, quant_dir, quan
         file_name = f"{name}.safetensors"
         # Names find_quantization_map pairs: quant_model_<x> -> quantization_map_<x>, anything else -> <name>_map.
         if name.startswith("quant_model_"):
-            map_name = f"quantization_map_{name[len('quant_model_'):]}.json"
+            map_name = f"quantization_map_{name[len('quant_model_') :]}.json"
         else:
             map_name = f"{name}_map.json"
     state_dict = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -712,7 +728,9 @@ def quant_folder_problems(problems: list[str], wan_dir, quant: str, quant_dir=No
         kept = [p for p in kept if WAN_T5_CHECKPOINT not in p]
     hint = f"`huggingface-cli download {_MULTITALK_REPO} --include '{QUANT_MODELS_DIR}/*' --local-dir {quant_dir or '<MeiGen-MultiTalk>'}`"
     if quant_dir is not None and not Path(quant_dir).is_dir():
-        kept.append(f"--quant_dir {quant_dir} does not exist: it is the MeiGen-MultiTalk folder. Download it with {hint}.")
+        kept.append(
+            f"--quant_dir {quant_dir} does not exist: it is the MeiGen-MultiTalk folder. Download it with {hint}."
+        )
     else:
         for key in ("dit", "dit_map"):
             if not files[key].is_file():
@@ -720,7 +738,9 @@ def quant_folder_problems(problems: list[str], wan_dir, quant: str, quant_dir=No
     return kept
 
 
-def load_quantized_components(wan_dir, quant: str, quant_dir=None, dit_path=None, torch_dtype=None, multitalk_path=None):
+def load_quantized_components(
+    wan_dir, quant: str, quant_dir=None, dit_path=None, torch_dtype=None, multitalk_path=None
+):
     """(transformer, text_encoder) for `--quant`: from MultiTalk's quantised files when `quant_dir` or `dit_path` is
     given (the umT5 from `t5_<quant>.safetensors` when present, else Wan's float `.pth`, with a warning), else the
     float weights of `wan_dir` quantised on the fly."""
@@ -732,7 +752,9 @@ def load_quantized_components(wan_dir, quant: str, quant_dir=None, dit_path=None
     wan_dir = Path(wan_dir)
     if quant_dir is None and dit_path is None:
         logger.warning("--quant %s without quantised files: quantising the float DiT and umT5 on the fly.", quant)
-        transformer = load_multitalk_transformer_from_original(wan_dir, torch_dtype=torch_dtype, multitalk_path=multitalk_path)
+        transformer = load_multitalk_transformer_from_original(
+            wan_dir, torch_dtype=torch_dtype, multitalk_path=multitalk_path
+        )
         text_encoder = load_umt5_encoder_from_original(wan_dir, torch_dtype=torch_dtype)
         return quantize_model(transformer, quant), quantize_model(text_encoder, quant)
     files = resolve_quant_files(quant, quant_dir, dit_path)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+
 # Original (Wan / MultiTalk) name fragment -> diffusers name fragment.
 _TOP_LEVEL_RENAMES = {
     "patch_embedding.": "patch_embedding.",
@@ -67,7 +68,7 @@ def _rename(key: str, top_level: dict, block: dict) -> str | None:
         index, rest = match.groups()
         for old, new in block.items():
             if rest.startswith(old):
-                return f"blocks.{index}.{new}{rest[len(old):]}"
+                return f"blocks.{index}.{new}{rest[len(old) :]}"
         return None
     for old, new in top_level.items():
         if key.startswith(old):
@@ -145,7 +146,9 @@ def _find_shards(path: Path, multitalk_path: Path | None) -> list[Path]:
             files = sorted({path / name for name in weight_map.values()})
             missing = [str(p) for p in files if not p.exists()]
             if missing:
-                raise FileNotFoundError(f"The index {index_file} names shards that are missing: {missing}. {_DOWNLOAD_HINT}")
+                raise FileNotFoundError(
+                    f"The index {index_file} names shards that are missing: {missing}. {_DOWNLOAD_HINT}"
+                )
         else:
             files = sorted(path.glob("diffusion_pytorch_model*.safetensors"))
             if not files:
@@ -174,7 +177,9 @@ def multitalk_config_from_original(original_config: dict, shapes: dict[str, tupl
     (the fixtures carry them), else from the weight shapes, else MultiTalk's defaults."""
     oc = dict(original_config)
     if oc.get("model_type", "i2v") != "i2v":
-        raise ValueError(f"MultiTalk needs the Wan2.1 image-to-video model; config.json says model_type={oc['model_type']!r}.")
+        raise ValueError(
+            f"MultiTalk needs the Wan2.1 image-to-video model; config.json says model_type={oc['model_type']!r}."
+        )
     dim, heads = oc.get("dim", 5120), oc.get("num_heads", 40)
     if dim % heads:
         raise ValueError(f"config.json: dim {dim} is not divisible by num_heads {heads}.")
@@ -292,7 +297,9 @@ def _load_shards(model_cls, config, files, key_fn, torch_dtype, device, source: 
                     continue
                 tensor = f.get_tensor(key)
                 if tuple(tensor.shape) != tuple(expected[new_key].shape):
-                    mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(expected[new_key].shape)}")
+                    mismatched.append(
+                        f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(expected[new_key].shape)}"
+                    )
                     continue
                 dtype = torch_dtype or tensor.dtype
                 if half and any(part in new_key.split(".") for part in keep_fp32):
@@ -309,7 +316,9 @@ def _load_shards(model_cls, config, files, key_fn, torch_dtype, device, source: 
     if mismatched:
         problems.append(f"mis-shaped keys: {_preview(mismatched)}")
     if problems:
-        raise ValueError(f"Cannot load {source} as a MultiTalk transformer with config {config}: " + "; ".join(problems))
+        raise ValueError(
+            f"Cannot load {source} as a MultiTalk transformer with config {config}: " + "; ".join(problems)
+        )
 
     # Non-persistent buffers (RoPE tables) were built on the CPU; follow the weights.
     model.to(device)
@@ -372,7 +381,9 @@ def load_multitalk_transformer_from_wan_diffusers(
     else:
         files = sorted(transformer_dir.glob("diffusion_pytorch_model*.safetensors"))
     if not files or not all(p.exists() for p in files):
-        raise FileNotFoundError(f"No complete set of `diffusion_pytorch_model*.safetensors` shards in {transformer_dir}.")
+        raise FileNotFoundError(
+            f"No complete set of `diffusion_pytorch_model*.safetensors` shards in {transformer_dir}."
+        )
     multitalk_path = Path(multitalk_path)
     audio_file = multitalk_path / "multitalk.safetensors" if multitalk_path.is_dir() else multitalk_path
     if not audio_file.exists():

@@ -67,9 +67,7 @@ _CLIP_RULES = [
 ]
 
 
-def clip_vision_config_from_wan_state_dict(
-    sd: Mapping[str, torch.Tensor], num_attention_heads: int | None = None
-):
+def clip_vision_config_from_wan_state_dict(sd: Mapping[str, torch.Tensor], num_attention_heads: int | None = None):
     """Infer the :class:`transformers.CLIPVisionConfig` of the ``visual.*`` part of a Wan CLIP state dict."""
     from transformers import CLIPVisionConfig
 

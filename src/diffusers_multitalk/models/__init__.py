@@ -1,2 +1,7 @@
 from .attention_processor import MultiTalkAttnProcessor, MultiTalkAudioAttention, MultiTalkAudioAttnProcessor
-from .transformer_multitalk import LRoPE, MultiTalkAudioProjection, MultiTalkTransformer3DModel, MultiTalkTransformerBlock
+from .transformer_multitalk import (
+    LRoPE,
+    MultiTalkAudioProjection,
+    MultiTalkTransformer3DModel,
+    MultiTalkTransformerBlock,
+)

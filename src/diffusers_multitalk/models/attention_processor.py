@@ -39,7 +39,9 @@ def apply_rotary_emb_1d(hidden_states: torch.Tensor, positions: torch.Tensor, ba
         positions: [S] or [B, S] (fractional) positions.
     """
     head_dim = hidden_states.shape[-1]
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=hidden_states.device, dtype=torch.float32) / head_dim))
+    inv_freq = 1.0 / (
+        base ** (torch.arange(0, head_dim, 2, device=hidden_states.device, dtype=torch.float32) / head_dim)
+    )
     angles = positions.to(torch.float32)[..., None] * inv_freq  # [(B,) S, D/2]
     if angles.ndim == 2:
         angles = angles.unsqueeze(0)
@@ -200,7 +202,9 @@ class MultiTalkAttnProcessor:
         with torch.no_grad():
             # Under context parallelism this rank holds a slice of the queries; every rank needs the whole first frame.
             key_first_frame = gather_first_frame(key, tokens_per_frame, context_parallel_group(self._parallel_config))
-            scores = person_attention_scores(query, key_first_frame, person_token_masks, backend=self._attention_backend)
+            scores = person_attention_scores(
+                query, key_first_frame, person_token_masks, backend=self._attention_backend
+            )
         return out, scores
 
 
@@ -213,7 +217,7 @@ class MultiTalkAudioAttnProcessor:
 
     def __call__(
         self,
-        attn: "MultiTalkAudioAttention",
+        attn: MultiTalkAudioAttention,
         hidden_states: torch.Tensor,
         audio_hidden_states: torch.Tensor,
         query_positions: torch.Tensor | None = None,

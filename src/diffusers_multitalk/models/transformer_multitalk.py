@@ -125,7 +125,7 @@ class MultiTalkTransformerBlock(WanTransformerBlock):
         temb: torch.Tensor,
         rotary_emb: tuple[torch.Tensor, torch.Tensor],
         audio_hidden_states: torch.Tensor | None = None,
-        lrope: "LRoPE | None" = None,
+        lrope: LRoPE | None = None,
     ) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = (
             self.scale_shift_table + temb.float()
@@ -457,7 +457,9 @@ class MultiTalkTransformer3DModel(
                     block, hidden_states, encoder_hidden_states, timestep_proj, rotary_emb, audio_tokens, lrope
                 )
             else:
-                hidden_states = block(hidden_states, encoder_hidden_states, timestep_proj, rotary_emb, audio_tokens, lrope)
+                hidden_states = block(
+                    hidden_states, encoder_hidden_states, timestep_proj, rotary_emb, audio_tokens, lrope
+                )
 
         shift, scale = (self.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
         shift = shift.to(hidden_states.device)
@@ -479,7 +481,9 @@ class MultiTalkTransformer3DModel(
         branch). See [`~diffusers_multitalk.hooks.TeaCacheConfig`]; `disable_teacache()` removes it."""
         from ..hooks.teacache import TeaCacheConfig, apply_teacache
 
-        self._teacache_state = apply_teacache(self, TeaCacheConfig(threshold=threshold, resolution=resolution, **kwargs))
+        self._teacache_state = apply_teacache(
+            self, TeaCacheConfig(threshold=threshold, resolution=resolution, **kwargs)
+        )
 
     def disable_teacache(self) -> None:
         from ..hooks.teacache import remove_teacache

@@ -13,10 +13,10 @@ import torch
 
 from ..audio.encoder import audio_windows, mirror_pad_embedding
 from ..audio.processing import TARGET_SAMPLE_RATE
+from ..utils.host_memory import release_host_memory
 from .color_correction import match_color_lab
 from .guidance import APGState, combine_guidance, combine_guidance_two_pass
 from .sampling import add_noise_flow, set_multitalk_timesteps
-from ..utils.host_memory import release_host_memory
 from .video_io import VideoWriter
 
 
@@ -118,9 +118,9 @@ def run_chunk_loop(
                 is_first = chunk == 0
                 if num_chunks > 1:
                     progress_bar.set_description(f"chunk {chunk + 1}/{num_chunks}")
-                audio_embeds = torch.stack(
-                    [audio_windows(e, num_frames, start=audio_start) for e in embeddings]
-                )[None].to(device=device, dtype=transformer_dtype)
+                audio_embeds = torch.stack([audio_windows(e, num_frames, start=audio_start) for e in embeddings])[
+                    None
+                ].to(device=device, dtype=transformer_dtype)
                 silent_audio = torch.zeros_like(audio_embeds[:, -1:])
 
                 noise = pipe.prepare_latents(
@@ -153,14 +153,21 @@ def run_chunk_loop(
                     model_input = torch.cat([latent.to(transformer_dtype), condition], dim=1)
                     timestep = t.expand(1)
 
-                    def run(branch, text, audio_input):
-                        # Each guidance branch has its own cache context (TeaCache, FirstBlockCache, ...).
-                        with pipe.transformer.cache_context(
-                            branch, step_index=i, num_inference_steps=num_steps, timestep=t, sigma=float(sigmas[i])
-                        ):
+                    # Each guidance branch has its own cache context (TeaCache, FirstBlockCache, ...).
+                    step = dict(step_index=i, num_inference_steps=num_steps, timestep=t, sigma=float(sigmas[i]))
+                    inputs = (model_input, timestep, image_embeds)
+
+                    def run(branch, text, audio_input, step=step, inputs=inputs):
+                        hidden_states, timestep_input, image_input = inputs
+                        with pipe.transformer.cache_context(branch, **step):
                             return pipe.transformer(
-                                model_input, timestep, text, image_embeds, audio_input,
-                                ref_target_masks=person_masks, return_dict=False,
+                                hidden_states,
+                                timestep_input,
+                                text,
+                                image_input,
+                                audio_input,
+                                ref_target_masks=person_masks,
+                                return_dict=False,
                                 attention_kwargs=settings.attention_kwargs,
                             )[0].float()
 
@@ -169,8 +176,12 @@ def run_chunk_loop(
                         noise_drop_text = run("drop_text", negative_prompt_embeds, audio_embeds)
                         noise_uncond = run("uncond", negative_prompt_embeds, silent_audio)
                         noise_pred = combine_guidance(
-                            noise_cond, noise_drop_text, noise_uncond, settings.text_guidance_scale,
-                            settings.audio_guidance_scale, apg,
+                            noise_cond,
+                            noise_drop_text,
+                            noise_uncond,
+                            settings.text_guidance_scale,
+                            settings.audio_guidance_scale,
+                            apg,
                         )
                     else:
                         noise_drop_audio = run("drop_audio", prompt_embeds, silent_audio)

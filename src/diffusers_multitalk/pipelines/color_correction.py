@@ -52,9 +52,7 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     f = np.stack([fx, fy, fz], axis=-1)
     xyz = np.where(f > _LAB_DELTA, f**3, (f - 16.0 / 116.0) / _LAB_KAPPA) * _D65_WHITE
     lin = xyz @ _RGB_FROM_XYZ.T
-    srgb = np.where(
-        lin > 0.0031308, 1.055 * np.power(np.maximum(lin, 0.0031308), 1 / 2.4) - 0.055, lin * 12.92
-    )
+    srgb = np.where(lin > 0.0031308, 1.055 * np.power(np.maximum(lin, 0.0031308), 1 / 2.4) - 0.055, lin * 12.92)
     return np.clip(srgb, 0.0, 1.0)
 
 

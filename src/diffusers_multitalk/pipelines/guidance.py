@@ -126,8 +126,8 @@ def combine_guidance(
         cond + (text_scale - 1) * apg(cond - drop_text) + (audio_scale - 1) * apg(drop_text - uncond)
     """
     if apg is None:
-        return noise_uncond + text_scale * (noise_cond - noise_drop_text) + audio_scale * (
-            noise_drop_text - noise_uncond
+        return (
+            noise_uncond + text_scale * (noise_cond - noise_drop_text) + audio_scale * (noise_drop_text - noise_uncond)
         )
     text_term = apg.guide(noise_cond - noise_drop_text, noise_cond, apg.text)
     audio_term = apg.guide(noise_drop_text - noise_uncond, noise_cond, apg.audio)

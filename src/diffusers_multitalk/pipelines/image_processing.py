@@ -64,9 +64,7 @@ def resolution_buckets(resolution: Union[str, int] = "multitalk-480") -> dict[st
     key = str(resolution).strip().lower()
     key = _RESOLUTION_ALIASES.get(key, key)
     if key not in RESOLUTION_BUCKETS:
-        raise ValueError(
-            f"unknown resolution {resolution!r}; expected one of {sorted(RESOLUTION_BUCKETS)}"
-        )
+        raise ValueError(f"unknown resolution {resolution!r}; expected one of {sorted(RESOLUTION_BUCKETS)}")
     return RESOLUTION_BUCKETS[key]
 
 

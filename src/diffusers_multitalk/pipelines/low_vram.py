@@ -239,7 +239,7 @@ def apply_dit_low_vram(
     # Streamed blocks leave the device first (the model may have been on it), then the resident part moves in.
     for i in offloaded:
         blocks[i].to(offload_device)
-    for name, child in transformer.named_children():
+    for _name, child in transformer.named_children():
         if child is not blocks:
             child.to(device)
     _move_param_data(transformer, device)

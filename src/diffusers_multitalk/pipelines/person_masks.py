@@ -30,9 +30,7 @@ def _as_bbox_list(bboxes) -> list:
     return list(bboxes)
 
 
-def person_masks_from_bboxes(
-    bboxes, height: int, width: int, num_persons: Optional[int] = None
-) -> torch.Tensor:
+def person_masks_from_bboxes(bboxes, height: int, width: int, num_persons: Optional[int] = None) -> torch.Tensor:
     """Person masks from boxes: float ``[P + 1, height, width]`` (persons in order, then background).
 
     Convention (the original's, from its indexing): each box is ``[top, left, bottom, right]`` in

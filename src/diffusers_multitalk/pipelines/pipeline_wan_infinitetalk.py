@@ -85,7 +85,7 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
         lora_scale: float = 1.0,
         quant: str | None = None,
         quant_path=None,
-    ) -> "WanInfiniteTalkPipeline":
+    ) -> WanInfiniteTalkPipeline:
         """Builds the pipeline from the folders and files as users download them.
 
         Args:
@@ -269,10 +269,28 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
         callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
         self.check_source_arguments(image, video)
         self.check_inputs(
-            image if image is not None else video, audio, prompt, negative_prompt, prompt_embeds,
-            negative_prompt_embeds, audio_type, bbox, height, width, mode, num_frames, motion_frames, max_frames,
-            num_inference_steps, output_type, callback_on_step_end_tensor_inputs, dialogue, dialogue_voices,
-            text_guidance_scale, audio_guidance_scale, output_path,
+            image if image is not None else video,
+            audio,
+            prompt,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            audio_type,
+            bbox,
+            height,
+            width,
+            mode,
+            num_frames,
+            motion_frames,
+            max_frames,
+            num_inference_steps,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+            dialogue,
+            dialogue_voices,
+            text_guidance_scale,
+            audio_guidance_scale,
+            output_path,
         )
         video_source = self.open_source(image, video, video_fps)
         try:
@@ -288,7 +306,9 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
             transformer_dtype = self.transformer.dtype
 
             # 1. Source, persons and audio (cheap checks first, then the audio encoder)
-            height, width = self.check_source_size(video_source, video is not None, resolution, height, width, allow_upscale)
+            height, width = self.check_source_size(
+                video_source, video is not None, resolution, height, width, allow_upscale
+            )
             first_frame = self.prepare_source_frame(video_source.first_frame, height, width)
             source = InfiniteTalkSource(video_source, height, width, first_frame)
             color_reference = first_frame.clone() if color_correction_strength > 0 else None
@@ -314,8 +334,14 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
             # 2. Text
             three_pass = not math.isclose(text_guidance_scale, 1.0)
             prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-                prompt, negative_prompt, three_pass, prompt_embeds, negative_prompt_embeds, max_sequence_length,
-                device, transformer_dtype,
+                prompt,
+                negative_prompt,
+                three_pass,
+                prompt_embeds,
+                negative_prompt_embeds,
+                max_sequence_length,
+                device,
+                transformer_dtype,
             )
             prompt_embeds = prompt_embeds.to(device=device, dtype=transformer_dtype)
             if three_pass:
@@ -331,9 +357,21 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
                 attention_kwargs=attention_kwargs, fps=FPS,
             )  # fmt: skip
             frames, audio_out, video_path = run_chunk_loop(
-                self, source, embeddings, plan, motion_frames, (lat_h, lat_w), prompt_embeds,
-                negative_prompt_embeds, person_masks, color_reference, mixed_audio, settings, generator=generator,
-                latents=latents, output_path=output_path,
+                self,
+                source,
+                embeddings,
+                plan,
+                motion_frames,
+                (lat_h, lat_w),
+                prompt_embeds,
+                negative_prompt_embeds,
+                person_masks,
+                color_reference,
+                mixed_audio,
+                settings,
+                generator=generator,
+                latents=latents,
+                output_path=output_path,
             )
         finally:
             video_source.close()

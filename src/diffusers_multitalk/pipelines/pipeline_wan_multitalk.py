@@ -28,13 +28,13 @@ from transformers import (
 from ..audio.encoder import encode_speech
 from ..audio.processing import TARGET_SAMPLE_RATE, combine_speakers, prepare_audio
 from ..audio.tts import parse_dialogue, synthesize_dialogue
+from ..models.transformer_multitalk import MultiTalkTransformer3DModel
 from ..utils.defaults import DEFAULT_SHIFT
 from ..utils.devices import input_device
-from ..models.transformer_multitalk import MultiTalkTransformer3DModel
 from .chunk_loop import ChunkConditioning, ChunkLoopSettings, run_chunk_loop
 from .clip_features import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD, clip_image_features, preprocess_clip_frames
-from .model_index import MultiTalkModelIndexMixin
 from .image_processing import closest_bucket, load_image_any, resize_and_center_crop, resolution_buckets
+from .model_index import MultiTalkModelIndexMixin
 from .person_masks import default_person_masks, latent_person_masks, person_masks_from_bboxes
 
 
@@ -137,7 +137,7 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
         scheduler: FlowMatchEulerDiscreteScheduler,
         audio_encoder: Wav2Vec2Model,
         audio_feature_extractor: Wav2Vec2FeatureExtractor,
-        image_processor: "CLIPImageProcessor | None" = None,  # noqa: F821 - any CLIP image processor class
+        image_processor: CLIPImageProcessor | None = None,  # noqa: F821 - any CLIP image processor class
     ):
         super().__init__()
         self.register_modules(
@@ -170,7 +170,7 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
         quant: str | None = None,
         quant_dir=None,
         quant_dit_path=None,
-    ) -> "WanMultiTalkPipeline":
+    ) -> WanMultiTalkPipeline:
         """Builds the pipeline from the official folders as users download them.
 
         Args:
@@ -251,7 +251,7 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
         multitalk_dir,
         wav2vec_dir,
         torch_dtype: torch.dtype | None = None,
-    ) -> "WanMultiTalkPipeline":
+    ) -> WanMultiTalkPipeline:
         """Builds the pipeline from diffusers' Wan2.1-I2V repo (`Wan-AI/Wan2.1-I2V-14B-480P-Diffusers`: tokenizer,
         text_encoder, image_encoder, image_processor, vae and transformer subfolders), MeiGen-MultiTalk's
         `multitalk.safetensors` and chinese-wav2vec2-base. The repo's scheduler is replaced by MultiTalk's
@@ -262,14 +262,20 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
         from .sampling import make_multitalk_scheduler
 
         root = Path(wan_diffusers_dir)
-        missing = [name for name in ("tokenizer", "text_encoder", "image_encoder", "vae", "transformer") if not (root / name).is_dir()]
+        missing = [
+            name
+            for name in ("tokenizer", "text_encoder", "image_encoder", "vae", "transformer")
+            if not (root / name).is_dir()
+        ]
         if missing:
             raise FileNotFoundError(
                 f"{root} lacks the subfolders {missing}. Download the diffusers-format Wan with "
                 f"`huggingface-cli download Wan-AI/Wan2.1-I2V-14B-480P-Diffusers --local-dir {root}`."
             )
         if wav2vec_dir is None or not (Path(wav2vec_dir) / "config.json").exists():
-            raise FileNotFoundError(f"wav2vec2 folder {wav2vec_dir!r} is missing or has no config.json. {WAV2VEC_DOWNLOAD_HINT}")
+            raise FileNotFoundError(
+                f"wav2vec2 folder {wav2vec_dir!r} is missing or has no config.json. {WAV2VEC_DOWNLOAD_HINT}"
+            )
         audio_encoder = Wav2Vec2Model.from_pretrained(wav2vec_dir).eval()
         transformer = MultiTalkTransformer3DModel.from_wan_diffusers(
             root / "transformer",
@@ -283,8 +289,12 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
             image_processor = clip_image_processor_class().from_pretrained(root, subfolder="image_processor")
         return cls(
             tokenizer=AutoTokenizer.from_pretrained(root / "tokenizer"),
-            text_encoder=UMT5EncoderModel.from_pretrained(root, subfolder="text_encoder", torch_dtype=torch_dtype).eval(),
-            image_encoder=CLIPVisionModel.from_pretrained(root, subfolder="image_encoder", torch_dtype=torch_dtype).eval(),
+            text_encoder=UMT5EncoderModel.from_pretrained(
+                root, subfolder="text_encoder", torch_dtype=torch_dtype
+            ).eval(),
+            image_encoder=CLIPVisionModel.from_pretrained(
+                root, subfolder="image_encoder", torch_dtype=torch_dtype
+            ).eval(),
             transformer=transformer,
             vae=AutoencoderKLWan.from_pretrained(root, subfolder="vae", torch_dtype=torch.float32).eval(),
             scheduler=make_multitalk_scheduler(),
@@ -327,7 +337,9 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
             if audio is not None:
                 raise ValueError("Give either `audio` (recordings) or `dialogue` (a script to speak), not both.")
             if not isinstance(dialogue, str):
-                raise ValueError(f"`dialogue` must be a string such as '(s1) Hi! (s2) Hello.', got {type(dialogue).__name__}.")
+                raise ValueError(
+                    f"`dialogue` must be a string such as '(s1) Hi! (s2) Hello.', got {type(dialogue).__name__}."
+                )
             turns = parse_dialogue(dialogue)  # clear errors for empty text, text before the first tag, (s0)
             num_persons = max(len(dialogue_voices or ()), max(turn.speaker for turn in turns) + 1)
             silent = sorted({*range(num_persons)} - {turn.speaker for turn in turns})
@@ -378,7 +390,10 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
             _check_motion_frames(motion_frames, num_frames)
         if max_frames is not None and max_frames < 5:
             raise ValueError(f"`max_frames` must be None (no cap) or at least 5 frames, got {max_frames}.")
-        for name, scale in (("text_guidance_scale", text_guidance_scale), ("audio_guidance_scale", audio_guidance_scale)):
+        for name, scale in (
+            ("text_guidance_scale", text_guidance_scale),
+            ("audio_guidance_scale", audio_guidance_scale),
+        ):
             if not math.isfinite(scale) or scale < 0:
                 raise ValueError(f"`{name}` must be a finite number >= 0 (1 turns that guidance off), got {scale}.")
         if output_path is not None and output_type == "latent":
@@ -446,7 +461,9 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
             except (ValueError, FileNotFoundError, TypeError) as error:
                 raise type(error)(f"audio of person {index + 1}: {error}") from error
             if float(np.abs(track).max()) < 1e-4:
-                raise ValueError(f"audio of person {index + 1} is silent; give the person's speech (None makes a person a silent listener).")
+                raise ValueError(
+                    f"audio of person {index + 1} is silent; give the person's speech (None makes a person a silent listener)."
+                )
             tracks.append(track)
         # A silent person gets silence as long as the longest speech, as the reference's "None" audio does.
         longest = max(len(t) for t in tracks if t is not None)
@@ -573,7 +590,7 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
         return masks
 
     @staticmethod
-    def plan_video(num_audio_frames, num_frames, motion_frames, max_frames=None, mode=None) -> "VideoPlan":
+    def plan_video(num_audio_frames, num_frames, motion_frames, max_frames=None, mode=None) -> VideoPlan:
         """What to generate for audio of `num_audio_frames` video frames: the chunk length, the number of chunks and
         the frames kept. `mode` None/"auto" covers the whole audio (one clip when it fits, else streaming); "clip"
         is the reference's single chunk; audio (or a `max_frames` cap) shorter than a chunk gives one chunk of the
@@ -595,7 +612,9 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
             chunk_frames = max(5, 4 * math.ceil((limit - 1) / 4) + 1)
             return VideoPlan(chunk_frames=chunk_frames, num_chunks=1, num_frames=limit)
         _check_motion_frames(motion_frames, num_frames)
-        num_chunks, keep = WanMultiTalkPipeline.plan_chunks(num_audio_frames, num_frames, motion_frames, limit, "streaming")
+        num_chunks, keep = WanMultiTalkPipeline.plan_chunks(
+            num_audio_frames, num_frames, motion_frames, limit, "streaming"
+        )
         return VideoPlan(chunk_frames=num_frames, num_chunks=num_chunks, num_frames=keep)
 
     @staticmethod
@@ -739,9 +758,27 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
         self.check_inputs(
-            image, audio, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, audio_type, bbox, height,
-            width, mode, num_frames, motion_frames, max_frames, num_inference_steps, output_type,
-            callback_on_step_end_tensor_inputs, dialogue, dialogue_voices, text_guidance_scale, audio_guidance_scale,
+            image,
+            audio,
+            prompt,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            audio_type,
+            bbox,
+            height,
+            width,
+            mode,
+            num_frames,
+            motion_frames,
+            max_frames,
+            num_inference_steps,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+            dialogue,
+            dialogue_voices,
+            text_guidance_scale,
+            audio_guidance_scale,
             output_path,
         )
         if dialogue is not None:
@@ -775,8 +812,14 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
         # 2. Text
         three_pass = not math.isclose(text_guidance_scale, 1.0)
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt, negative_prompt, three_pass, prompt_embeds, negative_prompt_embeds, max_sequence_length,
-            device, transformer_dtype,
+            prompt,
+            negative_prompt,
+            three_pass,
+            prompt_embeds,
+            negative_prompt_embeds,
+            max_sequence_length,
+            device,
+            transformer_dtype,
         )
         prompt_embeds = prompt_embeds.to(device=device, dtype=transformer_dtype)
         if three_pass:
@@ -792,8 +835,20 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
             attention_kwargs=attention_kwargs, fps=FPS,
         )  # fmt: skip
         frames, audio_out, video_path = run_chunk_loop(
-            self, cond_frames, embeddings, plan, motion_frames, (lat_h, lat_w), prompt_embeds, negative_prompt_embeds,
-            person_masks, color_reference, mixed_audio, settings, generator=generator, latents=latents,
+            self,
+            cond_frames,
+            embeddings,
+            plan,
+            motion_frames,
+            (lat_h, lat_w),
+            prompt_embeds,
+            negative_prompt_embeds,
+            person_masks,
+            color_reference,
+            mixed_audio,
+            settings,
+            generator=generator,
+            latents=latents,
             output_path=output_path,
         )
         if not return_dict:

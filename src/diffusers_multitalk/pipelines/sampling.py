@@ -104,9 +104,7 @@ def set_multitalk_timesteps(
     """
     config = getattr(scheduler, "config", None)
     if config is None or not hasattr(scheduler, "set_timesteps") or not hasattr(scheduler, "set_shift"):
-        raise TypeError(
-            f"expected a diffusers FlowMatchEulerDiscreteScheduler, got {type(scheduler).__name__}"
-        )
+        raise TypeError(f"expected a diffusers FlowMatchEulerDiscreteScheduler, got {type(scheduler).__name__}")
     bad = [flag for flag in _INCOMPATIBLE_SCHEDULER_FLAGS if config.get(flag, None)]
     if bad:
         raise ValueError(
@@ -136,9 +134,7 @@ def set_multitalk_timesteps(
     return scheduler.timesteps
 
 
-def add_noise_flow(
-    x0: torch.Tensor, noise: torch.Tensor, sigma: Union[float, torch.Tensor]
-) -> torch.Tensor:
+def add_noise_flow(x0: torch.Tensor, noise: torch.Tensor, sigma: Union[float, torch.Tensor]) -> torch.Tensor:
     """Flow-matching forward process ``(1 - sigma) * x0 + sigma * noise``.
 
     The original's ``add_noise`` (used to re-noise the motion-frame latents, also at the terminal

@@ -89,7 +89,9 @@ class SourceVideo:
     def frame_at(self, seconds: float) -> np.ndarray:
         index = frame_index_at(seconds, self.fps)
         if index < self._index:
-            raise ValueError(f"`video` {self.description} is read forwards; frame {index} was asked after {self._index}.")
+            raise ValueError(
+                f"`video` {self.description} is read forwards; frame {index} was asked after {self._index}."
+            )
         self._advance_to(index)
         if index > self._index and not self.held_last_frame and not self.still:
             self.held_last_frame = True
@@ -107,8 +109,7 @@ class SourceVideo:
 
 
 def _array_frames(video: np.ndarray) -> Iterator[np.ndarray]:
-    for frame in video:
-        yield frame
+    yield from video
 
 
 def _as_uint8_frame(frame: Any, index: int) -> np.ndarray:

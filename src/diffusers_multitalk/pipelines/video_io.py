@@ -23,6 +23,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+
 __all__ = ["VideoWriter", "export_to_video", "export_to_video_with_audio", "get_ffmpeg_exe"]
 
 PathLike = Union[str, os.PathLike]
@@ -216,7 +217,9 @@ class VideoWriter:
             "-framerate", repr(self.fps), "-i", "pipe:0",
         ]  # fmt: skip
         # The video stream first; the audio is muxed on at close, cut or padded to the frames written.
-        self._video_path = self.part_path if self._audio_path is None else self.part_path[: -len(".part")] + ".video.part"
+        self._video_path = (
+            self.part_path if self._audio_path is None else self.part_path[: -len(".part")] + ".video.part"
+        )
         cmd += [
             "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf), "-pix_fmt", "yuv420p",
             "-movflags", "+faststart", "-f", "mp4", self._video_path,
@@ -274,7 +277,9 @@ class VideoWriter:
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._err_file)
         returncode = self._proc.wait()
         if returncode != 0:
-            raise RuntimeError(f"ffmpeg failed (exit code {returncode}) adding the audio to {self.path}:\n{self._log()}")
+            raise RuntimeError(
+                f"ffmpeg failed (exit code {returncode}) adding the audio to {self.path}:\n{self._log()}"
+            )
 
     def abort(self) -> None:
         """Stops ffmpeg and removes the unfinished file."""
@@ -296,7 +301,7 @@ class VideoWriter:
             self._err_file.close()
         shutil.rmtree(self._work, ignore_errors=True)
 
-    def __enter__(self) -> "VideoWriter":
+    def __enter__(self) -> VideoWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -1,9 +1,9 @@
 """The runtime under every front end (the `multitalk` command, the web app, the HTTP API): model options -> one
 loaded pipeline per process, a request -> validated pipeline arguments, outputs written atomically."""
 
+from ..utils.defaults import DEFAULT_SHIFT
 from .errors import PROG, Terminated, UserError, note, raise_terminated
 from .loading import PipelineHolder, load_from_options, load_pipeline, resolve_device, resolve_dtype
-from ..utils.defaults import DEFAULT_SHIFT
 from .options import (
     DEFAULT_SAMPLE_STEPS,
     GENERATE_DEFAULTS,
@@ -23,6 +23,7 @@ from .request import (
     tiny_size,
     tts_tracks,
 )
+
 
 __all__ = [
     "DEFAULT_SAMPLE_STEPS", "DEFAULT_SHIFT", "GENERATE_DEFAULTS", "PROG", "SIZES", "PipelineHolder", "Terminated",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from argparse import Namespace
 
+
 def is_main_process() -> bool:
     import torch.distributed as dist
 
@@ -31,4 +32,3 @@ def shutdown_distributed() -> None:
     distributed = sys.modules.get("torch.distributed")
     if distributed is not None and distributed.is_initialized():
         distributed.destroy_process_group()
-

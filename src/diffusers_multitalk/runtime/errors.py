@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+
 PROG = "multitalk"
 
 
@@ -22,4 +23,3 @@ def raise_terminated(signum, frame):
 
 def note(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr)
-

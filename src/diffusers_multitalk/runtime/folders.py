@@ -7,12 +7,23 @@ from pathlib import Path
 
 from ..loaders.original_folders import (
     DIT_INDEX as WAN_INDEX,
+)
+from ..loaders.original_folders import (
     MULTITALK_FILE,
+)
+from ..loaders.original_folders import (
     WAN_CLIP_CHECKPOINT as WAN_CLIP,
+)
+from ..loaders.original_folders import (
     WAN_T5_CHECKPOINT as WAN_T5,
+)
+from ..loaders.original_folders import (
     WAN_UMT5_TOKENIZER_DIR as WAN_TOKENIZER,
+)
+from ..loaders.original_folders import (
     WAN_VAE_CHECKPOINT as WAN_VAE,
 )
+
 
 def inspect_wan_dir(path: Path, need_linked_multitalk: bool = True) -> list[tuple[str, bool, str]]:
     """``[(what, present, detail), ...]`` for a Wan2.1-I2V-14B folder (with MultiTalk's weights linked in)."""
@@ -34,16 +45,25 @@ def inspect_wan_dir(path: Path, need_linked_multitalk: bool = True) -> list[tupl
         shards = [f for f in files if f != MULTITALK_FILE]
         names_multitalk = MULTITALK_FILE in files
         missing = [f for f in shards if not (path / f).is_file()]
-        rows.append((f"DiT shards named by {WAN_INDEX} ({len(shards)})", bool(shards) and not missing, f"missing: {', '.join(missing)}" if missing else ""))
+        rows.append(
+            (
+                f"DiT shards named by {WAN_INDEX} ({len(shards)})",
+                bool(shards) and not missing,
+                f"missing: {', '.join(missing)}" if missing else "",
+            )
+        )
     else:
         shards = sorted(p.name for p in path.glob("diffusion_pytorch_model*.safetensors")) if path.is_dir() else []
         rows.append((f"DiT shards ({len(shards)} found, no index)", bool(shards), ""))
     if need_linked_multitalk:
         rows.append((f"{MULTITALK_FILE} (MeiGen-MultiTalk's, linked in)", (path / MULTITALK_FILE).is_file(), ""))
-        rows.append((
-            f"{WAN_INDEX} is MeiGen-MultiTalk's (names {MULTITALK_FILE})", names_multitalk,
-            "" if names_multitalk else "Wan's own index or none: link MeiGen-MultiTalk's in",
-        ))
+        rows.append(
+            (
+                f"{WAN_INDEX} is MeiGen-MultiTalk's (names {MULTITALK_FILE})",
+                names_multitalk,
+                "" if names_multitalk else "Wan's own index or none: link MeiGen-MultiTalk's in",
+            )
+        )
     return rows
 
 
@@ -74,7 +94,9 @@ def inspect_model(model: str) -> list[tuple[str, bool, str]]:
         if isinstance(cached, str):
             path = Path(cached).parent
         else:
-            return [("local folder", False, "not a folder here; from_pretrained would fetch it from the Hub (not checked)")]
+            return [
+                ("local folder", False, "not a folder here; from_pretrained would fetch it from the Hub (not checked)")
+            ]
     rows = [("model_index.json", (path / "model_index.json").is_file(), "")]
     if rows[0][1]:
         with open(path / "model_index.json") as f:
@@ -85,4 +107,3 @@ def inspect_model(model: str) -> list[tuple[str, bool, str]]:
             folder = path / name
             rows.append((f"{name}/ ({value[-1]})", folder.is_dir() and any(folder.iterdir()), ""))
     return rows
-

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .errors import UserError
 
+
 def hub_error(err: Exception, repo_id: str) -> UserError | None:
     """A clear UserError for the Hub's connection and access errors, else None."""
     from huggingface_hub import errors as hub_errors
@@ -44,6 +45,7 @@ def hub_error(err: Exception, repo_id: str) -> UserError | None:
 def is_hub_connection_error(err: Exception) -> bool:
     from huggingface_hub import errors as hub_errors
 
-    kinds = tuple(getattr(hub_errors, n) for n in ("LocalEntryNotFoundError", "OfflineModeIsEnabled") if hasattr(hub_errors, n))
+    kinds = tuple(
+        getattr(hub_errors, n) for n in ("LocalEntryNotFoundError", "OfflineModeIsEnabled") if hasattr(hub_errors, n)
+    )
     return isinstance(err, kinds)
-

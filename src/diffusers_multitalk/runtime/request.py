@@ -8,10 +8,10 @@ import tempfile
 from argparse import Namespace
 from pathlib import Path
 
-from ..utils.defaults import random_seed
+from ..utils.defaults import DEFAULT_SHIFT, random_seed
 from .errors import UserError, note
-from ..utils.defaults import DEFAULT_SHIFT
 from .options import DEFAULT_SAMPLE_STEPS, SIZES, motion_frames
+
 
 def _person_order(block: dict) -> list[str]:
     keys = [k for k in block if str(k).startswith("person") and str(k)[6:].isdigit()]
@@ -146,4 +146,3 @@ def check_writable(path: Path, flag: str) -> None:
         raise UserError(f"{flag} {path}: cannot write in {ancestor} ({err.strerror or err})") from None
     if path.exists() and not os.access(path, os.W_OK):
         raise UserError(f"{flag} {path}: exists and is not writable")
-

@@ -104,16 +104,23 @@ def generate_by_scene(pipe, kwargs: Dict[str, Any], output_path: str | os.PathLi
         used = [shot for shot in shots if shot[0] < audio_end - 1.0 / 25]
         for index, (start, end) in enumerate(used):
             last = index == len(used) - 1
-            begin, stop = int(round(start * TARGET_SAMPLE_RATE)), length if last else int(round(end * TARGET_SAMPLE_RATE))
+            begin, stop = (
+                int(round(start * TARGET_SAMPLE_RATE)),
+                length if last else int(round(end * TARGET_SAMPLE_RATE)),
+            )
             shot_audio = [
-                None if track is None else (np.pad(track, (0, max(0, stop - len(track))))[begin:stop], TARGET_SAMPLE_RATE)
+                None
+                if track is None
+                else (np.pad(track, (0, max(0, stop - len(track))))[begin:stop], TARGET_SAMPLE_RATE)
                 for track in tracks
             ]
             part = os.path.join(out_dir, f"{stem}.shot{index:03d}.mp4")
             parts.append(part)
             source = open_shot(video, start, None if last else end)
             try:
-                output = pipe(**dict(kwargs, video=source, audio=shot_audio, normalize_loudness=False), output_path=part)
+                output = pipe(
+                    **dict(kwargs, video=source, audio=shot_audio, normalize_loudness=False), output_path=part
+                )
             finally:
                 source.close()
         _concat(parts, list_path, part_path)

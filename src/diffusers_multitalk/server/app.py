@@ -139,9 +139,13 @@ def create_app(
         prompt: str = Form(..., description="what the video shows"),
         image: UploadFile | None = File(None, description="the reference image (PNG, JPEG, WebP, GIF, BMP)"),
         video: UploadFile | None = File(None, description="a video to dub (InfiniteTalk; not served yet)"),
-        audio: list[UploadFile] = File(default=[], description="one recording per person, in order (WAV, FLAC, OGG, MP3)"),
+        audio: list[UploadFile] = File(
+            default=[], description="one recording per person, in order (WAV, FLAC, OGG, MP3)"
+        ),
         tts: str | None = Form(None, description="instead of audio: a script '(s1) Hi! (s2) Hello.' spoken by TTS"),
-        settings: str | None = Form(None, description='generation fields as a JSON object, e.g. {"mode": "clip", "sample_steps": 8}'),
+        settings: str | None = Form(
+            None, description='generation fields as a JSON object, e.g. {"mode": "clip", "sample_steps": 8}'
+        ),
     ):
         if manager.queue_full():
             raise HTTPException(429, f"the queue is full ({manager.max_queue} jobs waiting, --max_queue); retry later")
@@ -203,7 +207,9 @@ def create_app(
             import shutil
 
             shutil.rmtree(folder, ignore_errors=True)
-            raise HTTPException(429, f"the queue is full ({manager.max_queue} jobs waiting, --max_queue); retry later") from None
+            raise HTTPException(
+                429, f"the queue is full ({manager.max_queue} jobs waiting, --max_queue); retry later"
+            ) from None
         return JobCreated(id=job_id, status=JobState.queued, position=position)
 
     @api.get("/jobs/{job_id}", response_model=JobInfo, summary="A job's status and progress")

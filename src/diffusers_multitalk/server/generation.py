@@ -41,7 +41,7 @@ def parse_settings(text: str | None, server_options: Namespace, *, checks_model:
         try:
             settings = json.loads(text)
         except ValueError as err:
-            raise runtime.UserError(f"settings: not JSON ({err}); send an object such as {{\"mode\": \"clip\"}}") from None
+            raise runtime.UserError(f'settings: not JSON ({err}); send an object such as {{"mode": "clip"}}') from None
     if not isinstance(settings, dict):
         raise runtime.UserError(f"settings: expected a JSON object of generation fields, got {type(settings).__name__}")
     model_flags = sorted(k for k in settings if k not in SETTINGS_FIELDS and k in runtime.GENERATE_DEFAULTS)
@@ -74,7 +74,9 @@ def parse_settings(text: str | None, server_options: Namespace, *, checks_model:
         runtime.check_generate_args(runtime.generate_options(options, tiny=True, model=None, ckpt_dir=None))
     extras = {k: v for k, v in settings.items() if k in INPUT_FIELDS}
     if extras.get("audio_type", "add") not in ("add", "para"):
-        raise runtime.UserError(f"settings: audio_type {extras['audio_type']!r}: expected add (turns) or para (together)")
+        raise runtime.UserError(
+            f"settings: audio_type {extras['audio_type']!r}: expected add (turns) or para (together)"
+        )
     return options, extras
 
 

@@ -139,7 +139,11 @@ class JobManager:
         """Removes the finished jobs older than `keep_seconds`, with their folders (called with the lock held)."""
         now = time.time()
         for job in list(self._jobs.values()):
-            if job.status in FINAL_STATES and job.finished_at is not None and now - job.finished_at >= self.keep_seconds:
+            if (
+                job.status in FINAL_STATES
+                and job.finished_at is not None
+                and now - job.finished_at >= self.keep_seconds
+            ):
                 shutil.rmtree(job.folder, ignore_errors=True)
                 del self._jobs[job.id]
 
@@ -199,8 +203,15 @@ class JobManager:
         with self._cond:
             expires = job.finished_at + self.keep_seconds if job.finished_at is not None else None
             return JobInfo(
-                id=job.id, status=job.status, position=self._queue.index(job.id) + 1 if job.id in self._queue else None,
-                progress=Progress(**job.progress), error=job.error, cancel_requested=job.cancel_requested,
-                created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at, expires_at=expires,
+                id=job.id,
+                status=job.status,
+                position=self._queue.index(job.id) + 1 if job.id in self._queue else None,
+                progress=Progress(**job.progress),
+                error=job.error,
+                cancel_requested=job.cancel_requested,
+                created_at=job.created_at,
+                started_at=job.started_at,
+                finished_at=job.finished_at,
+                expires_at=expires,
                 video_url=video_url if job.status == JobState.succeeded else None,
             )

@@ -25,5 +25,7 @@ def serve(args: Namespace) -> None:
         max_audio_seconds=args.max_audio_seconds, max_pixels=args.max_pixels, api_key=args.api_key,
         keep_jobs=args.keep_jobs, tiny=bool(args.tiny), options=args,
     )  # fmt: skip
-    runtime.note(f"serving the API at http://{args.host}:{args.port}/v1 and the web app at http://{args.host}:{args.port}/")
+    runtime.note(
+        f"serving the API at http://{args.host}:{args.port}/v1 and the web app at http://{args.host}:{args.port}/"
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)

@@ -89,7 +89,8 @@ def check_image(data: bytes, field: str, limits: Limits) -> CheckedImage:
             width, height = image.size
             if width * height > limits.max_pixels:
                 raise UploadRejected(
-                    422, f"{field}: {width}x{height} is {width * height} pixels, more than the server's limit of "
+                    422,
+                    f"{field}: {width}x{height} is {width * height} pixels, more than the server's limit of "
                     f"{limits.max_pixels} (--max_pixels); downscale it (the model works at 480P or 720P)",
                 )
             image.load()
@@ -117,7 +118,8 @@ def check_audio(data: bytes, field: str, limits: Limits) -> CheckedAudio:
     seconds = float(info.frames) / float(info.samplerate) if info.samplerate else 0.0
     if seconds > limits.max_audio_seconds:
         raise UploadRejected(
-            422, f"{field}: {seconds:.1f} s of audio, more than the server's limit of {limits.max_audio_seconds:g} s "
+            422,
+            f"{field}: {seconds:.1f} s of audio, more than the server's limit of {limits.max_audio_seconds:g} s "
             "(--max_audio_seconds); cut it into shorter jobs",
         )
     if seconds <= 0:

@@ -27,7 +27,6 @@ What the reference does with the synthesised speech, and what is done here:
 * turns follow each other without a gap (``pause=0``); ``pause`` inserts silence between turns.
 """
 
-
 from .dialogue import DialogueTurn, TTSEngineUnavailableError, TTSResult, parse_dialogue
 from .engines import find_kokoro_dir, resolve_tts_engine
 from .espeak import ESPEAK_DEFAULT_RATE, EspeakEngine

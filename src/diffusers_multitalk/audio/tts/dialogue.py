@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 # A speaker tag: (s1), (s2), ... (also ( s1 ) and (S1)).
 _SPEAKER_TAG = re.compile(r"\(\s*[sS]\s*(\d+)\s*\)")
+
+
 class TTSEngineUnavailableError(RuntimeError):
     """The requested TTS engine cannot run here (package, program or weights missing)."""
 
@@ -87,7 +89,7 @@ def parse_dialogue(text: str) -> List[DialogueTurn]:
         if number < 1:
             raise ValueError(f"Unknown speaker tag {tag.group(0)!r}: speakers are numbered from 1, (s1), (s2), ...")
         end = tags[i + 1].start() if i + 1 < len(tags) else len(text)
-        content = text[tag.end(): end].strip()
+        content = text[tag.end() : end].strip()
         if content:
             turns.append(DialogueTurn(number - 1, content))
         else:

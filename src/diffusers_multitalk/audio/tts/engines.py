@@ -135,10 +135,14 @@ def _resolve_engine(engine, kokoro_dir, lang_code: str, speed: float, hints: Seq
     if directory is None:
         reason = "no Kokoro-82M weights found (looked in " + ", ".join(f"'{p}'" for p in looked) + ")"
     elif importlib.util.find_spec("kokoro") is None:
-        reason = f"Kokoro-82M weights are at '{directory}' but the kokoro package is not installed ({KOKORO_INSTALL_HINT})"
+        reason = (
+            f"Kokoro-82M weights are at '{directory}' but the kokoro package is not installed ({KOKORO_INSTALL_HINT})"
+        )
     elif lang_code in "ab" and not _spacy_model_installed():
-        reason = (f"Kokoro-82M is at '{directory}' but its English text frontend needs the spaCy model "
-                  "en_core_web_sm (python -m spacy download en_core_web_sm; engine='kokoro' lets misaki fetch it)")
+        reason = (
+            f"Kokoro-82M is at '{directory}' but its English text frontend needs the spaCy model "
+            "en_core_web_sm (python -m spacy download en_core_web_sm; engine='kokoro' lets misaki fetch it)"
+        )
     else:
         logger.info("TTS engine: Kokoro-82M (kokoro) from '%s', lang_code %r, speed %s.", directory, lang_code, speed)
         return KokoroEngine(directory, lang_code=lang_code, speed=speed)
@@ -152,8 +156,9 @@ def _resolve_engine(engine, kokoro_dir, lang_code: str, speed: float, hints: Seq
     return chosen
 
 
-def resolve_tts_engine(engine=None, kokoro_dir: Union[str, os.PathLike, None] = None, lang_code: str = "a",
-                       speed: float = 1.0):
+def resolve_tts_engine(
+    engine=None, kokoro_dir: Union[str, os.PathLike, None] = None, lang_code: str = "a", speed: float = 1.0
+):
     """Pick the TTS engine and log which one it is.
 
     Args:

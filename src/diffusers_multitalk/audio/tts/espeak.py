@@ -105,11 +105,19 @@ class EspeakEngine:
             mapped = _espeak_voice_for_kokoro(stem)
             if mapped is None:
                 mapped = self.default_voice(speaker)
-                logger.warning("espeak-ng: speaker %d's voice %r is not a Kokoro voice name; using espeak-ng voice %r.",
-                               speaker + 1, voice, mapped)
+                logger.warning(
+                    "espeak-ng: speaker %d's voice %r is not a Kokoro voice name; using espeak-ng voice %r.",
+                    speaker + 1,
+                    voice,
+                    mapped,
+                )
             else:
-                logger.info("espeak-ng: speaker %d's Kokoro voice %r is spoken with espeak-ng voice %r.",
-                            speaker + 1, voice, mapped)
+                logger.info(
+                    "espeak-ng: speaker %d's Kokoro voice %r is spoken with espeak-ng voice %r.",
+                    speaker + 1,
+                    voice,
+                    mapped,
+                )
             return mapped
         return voice
 
@@ -123,8 +131,7 @@ class EspeakEngine:
             # --stdin: the text never reaches the command line (a leading '-' would read as an option).
             cmd = [self.executable, "-b", "1", "-v", voice, "-s", str(self.rate), "-w", str(out), "--stdin"]
             try:
-                proc = subprocess.run(cmd, input=text.encode("utf-8"), stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, timeout=600)
+                proc = subprocess.run(cmd, input=text.encode("utf-8"), capture_output=True, timeout=600)
             except OSError as exc:
                 raise TTSEngineUnavailableError(
                     f"Could not run espeak-ng ({self.executable}): {exc}; reinstall it with `{ESPEAK_INSTALL_HINT}`."

@@ -19,8 +19,9 @@ logger = logging.getLogger(__name__)
 _VOICE_KEY = re.compile(r"^human([1-9][0-9]*)_voice$")
 
 
-def tts_from_json_block(block: dict, kokoro_dir: Union[str, os.PathLike, None] = None, engine=None,
-                        **kwargs) -> TTSResult:
+def tts_from_json_block(
+    block: dict, kokoro_dir: Union[str, os.PathLike, None] = None, engine=None, **kwargs
+) -> TTSResult:
     """The reference's ``tts_audio`` block of the input JSON -> speech for each person.
 
     ``{"text": "(s1) ... (s2) ...", "human1_voice": "weights/Kokoro-82M/voices/af_heart.pt", "human2_voice":
@@ -58,7 +59,9 @@ def tts_from_json_block(block: dict, kokoro_dir: Union[str, os.PathLike, None] =
         raise ValueError("tts_audio has no human1_voice; give one voice per person (human1_voice, human2_voice).")
     gaps = [n for n in range(1, numbers[-1] + 1) if n not in numbers]
     if gaps:
-        raise ValueError(f"tts_audio lacks {', '.join(f'human{n}_voice' for n in gaps)} (voices are numbered 1, 2, ...).")
+        raise ValueError(
+            f"tts_audio lacks {', '.join(f'human{n}_voice' for n in gaps)} (voices are numbered 1, 2, ...)."
+        )
     keys = [f"human{n}_voice" for n in numbers]
     voices = []
     for key in keys:
@@ -71,7 +74,15 @@ def tts_from_json_block(block: dict, kokoro_dir: Union[str, os.PathLike, None] =
         path = Path(voice).expanduser()
         if _looks_like_path(voice) and path.parent.name == KOKORO_VOICES_DIR and path.parent.parent not in hints:
             hints.append(path.parent.parent)
-    return _synthesize(text, voices, engine, kokoro_dir=kokoro_dir, hints=hints, voice_keys=keys,
-                       pause=kwargs.get("pause", 0.0), speed=kwargs.get("speed", 1.0),
-                       lang_code=kwargs.get("lang_code", "a"),
-                       loudness_normalize_tracks=kwargs.get("loudness_normalize", False))
+    return _synthesize(
+        text,
+        voices,
+        engine,
+        kokoro_dir=kokoro_dir,
+        hints=hints,
+        voice_keys=keys,
+        pause=kwargs.get("pause", 0.0),
+        speed=kwargs.get("speed", 1.0),
+        lang_code=kwargs.get("lang_code", "a"),
+        loudness_normalize_tracks=kwargs.get("loudness_normalize", False),
+    )

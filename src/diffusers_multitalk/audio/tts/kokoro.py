@@ -36,10 +36,26 @@ KOKORO_DOWNLOAD_HINT = (
 KOKORO_INSTALL_HINT = "pip install 'diffusers-multitalk[tts]' (or: pip install kokoro)"
 # Kokoro's language codes (KPipeline's ``lang_code``), their aliases, and the espeak-ng voice of each language.
 KOKORO_LANG_ALIASES = {
-    "en-us": "a", "en-gb": "b", "es": "e", "fr-fr": "f", "hi": "h", "it": "i", "pt-br": "p", "ja": "j", "zh": "z",
+    "en-us": "a",
+    "en-gb": "b",
+    "es": "e",
+    "fr-fr": "f",
+    "hi": "h",
+    "it": "i",
+    "pt-br": "p",
+    "ja": "j",
+    "zh": "z",
 }
 ESPEAK_LANGUAGE = {
-    "a": "en-us", "b": "en-gb", "e": "es", "f": "fr-fr", "h": "hi", "i": "it", "j": "ja", "p": "pt-br", "z": "cmn",
+    "a": "en-us",
+    "b": "en-gb",
+    "e": "es",
+    "f": "fr-fr",
+    "h": "hi",
+    "i": "it",
+    "j": "ja",
+    "p": "pt-br",
+    "z": "cmn",
 }
 # Kokoro-82M voices used when a speaker has none: the reference's pair (af_heart, am_adam) for American English,
 # a female and a male voice for the others; further speakers take the language's other voices in the folder.
@@ -81,8 +97,12 @@ def _spacy_model_installed(name: str = "en_core_web_sm") -> bool:
 
 
 def _check_speed(speed: Any) -> float:
-    if isinstance(speed, bool) or not isinstance(speed, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(float(speed)) or float(speed) <= 0:
+    if (
+        isinstance(speed, bool)
+        or not isinstance(speed, (int, float, np.floating, np.integer))
+        or not math.isfinite(float(speed))
+        or float(speed) <= 0
+    ):
         raise ValueError(f"speed must be a positive number (1.0 = normal), got {speed!r}.")
     return float(speed)
 
@@ -108,8 +128,14 @@ class KokoroEngine:
     name = "kokoro"
     sample_rate = KOKORO_SAMPLE_RATE
 
-    def __init__(self, repo_dir: Union[str, os.PathLike], lang_code: str = "a", speed: float = 1.0,
-                 device: Optional[str] = None, split_pattern: Optional[str] = r"\n+"):
+    def __init__(
+        self,
+        repo_dir: Union[str, os.PathLike],
+        lang_code: str = "a",
+        speed: float = 1.0,
+        device: Optional[str] = None,
+        split_pattern: Optional[str] = r"\n+",
+    ):
         if repo_dir is None:
             raise ValueError(f"KokoroEngine needs the Kokoro-82M folder; {KOKORO_DOWNLOAD_HINT}.")
         directory = Path(os.fspath(repo_dir)).expanduser()
@@ -232,8 +258,12 @@ class KokoroEngine:
                 raise ValueError(f"Could not load Kokoro voice file '{path}' ({type(exc).__name__}: {exc}).") from exc
             source = f"Kokoro voice file '{path}'"
         width = self._style_width()
-        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tensor.ndim not in (2, 3) \
-                or tensor.shape[-1] != width:
+        if (
+            not isinstance(tensor, torch.Tensor)
+            or not tensor.is_floating_point()
+            or tensor.ndim not in (2, 3)
+            or tensor.shape[-1] != width
+        ):
             shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
             raise ValueError(
                 f"{source} is not a Kokoro voice: expected a float tensor [positions, 1, {width}], got {shape}."

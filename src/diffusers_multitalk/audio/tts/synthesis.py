@@ -40,8 +40,9 @@ def _resample(wave: np.ndarray, sample_rate: int) -> np.ndarray:
         return wave
     import librosa
 
-    return librosa.resample(wave, orig_sr=int(sample_rate), target_sr=TARGET_SAMPLE_RATE,
-                            res_type=_librosa_default_res_type()).astype(np.float32, copy=False)
+    return librosa.resample(
+        wave, orig_sr=int(sample_rate), target_sr=TARGET_SAMPLE_RATE, res_type=_librosa_default_res_type()
+    ).astype(np.float32, copy=False)
 
 
 def _voice_label(voice) -> Optional[str]:
@@ -50,12 +51,25 @@ def _voice_label(voice) -> Optional[str]:
     return f"<{type(voice).__name__}>"
 
 
-def _synthesize(text, voices=None, engine=None, pause: float = 0.0, speed: float = 1.0, lang_code: str = "a",
-                kokoro_dir=None, loudness_normalize_tracks: bool = False, hints: Sequence[Path] = (),
-                voice_keys: Optional[Sequence[str]] = None) -> TTSResult:
+def _synthesize(
+    text,
+    voices=None,
+    engine=None,
+    pause: float = 0.0,
+    speed: float = 1.0,
+    lang_code: str = "a",
+    kokoro_dir=None,
+    loudness_normalize_tracks: bool = False,
+    hints: Sequence[Path] = (),
+    voice_keys: Optional[Sequence[str]] = None,
+) -> TTSResult:
     turns = parse_dialogue(text)
-    if isinstance(pause, bool) or not isinstance(pause, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(float(pause)) or pause < 0:
+    if (
+        isinstance(pause, bool)
+        or not isinstance(pause, (int, float, np.floating, np.integer))
+        or not math.isfinite(float(pause))
+        or pause < 0
+    ):
         raise ValueError(f"pause must be a number of seconds >= 0, got {pause!r}.")
     used = sorted({turn.speaker for turn in turns})
     voice_list = _voice_list(voices, used[-1] + 1)
@@ -71,8 +85,10 @@ def _synthesize(text, voices=None, engine=None, pause: float = 0.0, speed: float
         )
     silent = [i + 1 for i in range(len(voice_list)) if i not in used]
     if silent:
-        logger.warning("TTS: speaker(s) %s have no turn in the text; their tracks are silent.",
-                       ", ".join(f"(s{i})" for i in silent))
+        logger.warning(
+            "TTS: speaker(s) %s have no turn in the text; their tracks are silent.",
+            ", ".join(f"(s{i})" for i in silent),
+        )
 
     engine = _resolve_engine(engine, kokoro_dir, lang_code, speed, hints)
     voice_for = getattr(engine, "voice_for", None)
@@ -94,16 +110,28 @@ def _synthesize(text, voices=None, engine=None, pause: float = 0.0, speed: float
     tracks = [np.zeros(total, dtype=np.float32) for _ in voice_list]
     offset = 0
     for speaker, wave in segments:
-        tracks[speaker][offset: offset + wave.shape[0]] = wave
+        tracks[speaker][offset : offset + wave.shape[0]] = wave
         offset += wave.shape[0] + gap
     if loudness_normalize_tracks:
         tracks = [loudness_normalize(t).astype(np.float32) if np.any(t) else t for t in tracks]
     tracks, mixed = combine_speakers(tracks, "para")
     engine_name = getattr(engine, "name", type(engine).__name__)
-    logger.info("TTS (%s): %d turn(s), %d speaker track(s) of %.2f s at %d Hz.", engine_name, len(segments),
-                len(tracks), total / TARGET_SAMPLE_RATE, TARGET_SAMPLE_RATE)
-    return TTSResult(tracks=tracks, mixed=mixed, sampling_rate=TARGET_SAMPLE_RATE, engine=engine_name,
-                     voices=[_voice_label(v) for v in resolved], turns=turns)
+    logger.info(
+        "TTS (%s): %d turn(s), %d speaker track(s) of %.2f s at %d Hz.",
+        engine_name,
+        len(segments),
+        len(tracks),
+        total / TARGET_SAMPLE_RATE,
+        TARGET_SAMPLE_RATE,
+    )
+    return TTSResult(
+        tracks=tracks,
+        mixed=mixed,
+        sampling_rate=TARGET_SAMPLE_RATE,
+        engine=engine_name,
+        voices=[_voice_label(v) for v in resolved],
+        turns=turns,
+    )
 
 
 def synthesize_dialogue(
@@ -138,6 +166,14 @@ def synthesize_dialogue(
         ``(per_speaker_tracks, mixed_track)``: float32 arrays at 16 kHz, all of the same length; each track is
         silent where the other speakers speak, and ``mixed_track`` is their sum.
     """
-    result = _synthesize(text, voices, engine, pause=pause, speed=speed, lang_code=lang_code, kokoro_dir=kokoro_dir,
-                         loudness_normalize_tracks=loudness_normalize)
+    result = _synthesize(
+        text,
+        voices,
+        engine,
+        pause=pause,
+        speed=speed,
+        lang_code=lang_code,
+        kokoro_dir=kokoro_dir,
+        loudness_normalize_tracks=loudness_normalize,
+    )
     return result.tracks, result.mixed
