@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The README's test command: a fresh virtualenv with the CPU torch wheel, the package with its dev extra, pytest.
+# The README's test command: a fresh virtualenv with the CPU torch wheel, the package with its dev extra, ruff and
+# import-linter, pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -15,4 +16,8 @@ fi
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || echo "warning: chromium could not be installed; the browser test is skipped"
 fi
+# Lint, format and the layer contracts (docs/architecture.md) before the tests.
+"$VENV/bin/ruff" check --quiet .
+"$VENV/bin/ruff" format --check --quiet .
+"$VENV/bin/lint-imports" --no-cache >/dev/null || "$VENV/bin/lint-imports" --no-cache
 exec "$VENV/bin/python" -m pytest -q "$@"
