@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers_multitalk import cli
-from diffusers_multitalk import runtime
-from diffusers_multitalk.cli import CLIError, download, main
-from diffusers_multitalk.runtime import build_generation_kwargs
 import diffusers_multitalk.runtime.loading  # noqa: F401 - runtime.loading in the tests
+from diffusers_multitalk import cli, runtime
+from diffusers_multitalk.cli import CLIError, download, main
 from diffusers_multitalk.input_json import InputJSONError, load_input_json, validate_input
+from diffusers_multitalk.runtime import build_generation_kwargs
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,21 +33,43 @@ def parse(command: str):
 
 
 # Input files shaped like the reference's (our own text; paths as its README uses them, never read here).
-SINGLE = {"prompt": "A singer performs in a small studio.", "cond_image": "examples/single/single1.png",
-          "cond_audio": {"person1": "examples/single/1.wav"}}
-TWO_ADD = {"prompt": "Two people talk in a car.", "cond_image": "examples/multi/1/multi1.png", "audio_type": "add",
-           "cond_audio": {"person1": "examples/multi/1/1.WAV", "person2": "examples/multi/1/2.WAV"},
-           "bbox": {"person1": [160, 120, 1280, 1080], "person2": [160, 1320, 1280, 2280]}}
-TWO_PARA = {"prompt": "Two people sing together.", "cond_image": "examples/multi/2/multi2.png", "audio_type": "para",
-            "cond_audio": {"person1": "examples/multi/2/1.wav", "person2": "examples/multi/2/1.wav"}}
+SINGLE = {
+    "prompt": "A singer performs in a small studio.",
+    "cond_image": "examples/single/single1.png",
+    "cond_audio": {"person1": "examples/single/1.wav"},
+}
+TWO_ADD = {
+    "prompt": "Two people talk in a car.",
+    "cond_image": "examples/multi/1/multi1.png",
+    "audio_type": "add",
+    "cond_audio": {"person1": "examples/multi/1/1.WAV", "person2": "examples/multi/1/2.WAV"},
+    "bbox": {"person1": [160, 120, 1280, 1080], "person2": [160, 1320, 1280, 2280]},
+}
+TWO_PARA = {
+    "prompt": "Two people sing together.",
+    "cond_image": "examples/multi/2/multi2.png",
+    "audio_type": "para",
+    "cond_audio": {"person1": "examples/multi/2/1.wav", "person2": "examples/multi/2/1.wav"},
+}
 TTS_TRACKS_1 = {"person1": (np.zeros(24000, np.float32), 24000)}
 TTS_TRACKS_2 = {"person1": (np.zeros(24000, np.float32), 24000), "person2": (np.zeros(24000, np.float32), 24000)}
-TTS_SINGLE = {"prompt": "A host speaks.", "cond_image": "examples/single/single1.png", "cond_audio": TTS_TRACKS_1,
-              "tts_audio": {"text": "Hello there.", "human1_voice": "weights/Kokoro-82M/voices/af_heart.pt"}}
-TTS_TWO = {"prompt": "Two hosts chat.", "cond_image": "examples/multi/1/multi1.png", "audio_type": "para",
-           "cond_audio": TTS_TRACKS_2,
-           "tts_audio": {"text": "(s1) Hi. (s2) Hello!", "human1_voice": "weights/Kokoro-82M/voices/af_heart.pt",
-                         "human2_voice": "weights/Kokoro-82M/voices/am_adam.pt"}}
+TTS_SINGLE = {
+    "prompt": "A host speaks.",
+    "cond_image": "examples/single/single1.png",
+    "cond_audio": TTS_TRACKS_1,
+    "tts_audio": {"text": "Hello there.", "human1_voice": "weights/Kokoro-82M/voices/af_heart.pt"},
+}
+TTS_TWO = {
+    "prompt": "Two hosts chat.",
+    "cond_image": "examples/multi/1/multi1.png",
+    "audio_type": "para",
+    "cond_audio": TTS_TRACKS_2,
+    "tts_audio": {
+        "text": "(s1) Hi. (s2) Hello!",
+        "human1_voice": "weights/Kokoro-82M/voices/af_heart.pt",
+        "human2_voice": "weights/Kokoro-82M/voices/am_adam.pt",
+    },
+}
 
 BASE = "--ckpt_dir weights/Wan2.1-I2V-14B-480P --wav2vec_dir 'weights/chinese-wav2vec2-base'"
 FUSIONX = "weights/Wan2.1_I2V_14B_FusionX_LoRA.safetensors"
@@ -57,76 +78,168 @@ QUANT_LORA = "weights/MeiGen-MultiTalk/quant_models/quant_model_int8_FusionX.saf
 # Every generate_multitalk.py command of MultiTalk's README: (name, flags, input, WORLD_SIZE, expected kwargs that
 # differ from the defaults, refused flags, LoRAs).
 README_COMMANDS = [
-    ("single, one GPU",
-     f"{BASE} --input_json examples/single_example_1.json --sample_steps 40 --mode streaming --use_teacache "
-     "--save_file single_long_exp",
-     SINGLE, 1, {}, set(), []),
-    ("single, low VRAM",
-     f"{BASE} --input_json examples/single_example_1.json --sample_steps 40 --mode streaming "
-     "--num_persistent_param_in_dit 0 --use_teacache --save_file single_long_lowvram_exp",
-     SINGLE, 1, {}, set(), []),
-    ("single, 8 GPUs (torchrun)",
-     f"{BASE} --dit_fsdp --t5_fsdp --ulysses_size=8 --input_json examples/single_example_1.json --sample_steps 40 "
-     "--mode streaming --use_teacache --save_file single_long_multigpu_exp",
-     SINGLE, 8, {}, {"--dit_fsdp", "--t5_fsdp"}, []),
-    ("single, TTS",
-     f"{BASE} --input_json examples/single_example_tts_1.json --sample_steps 40 --mode streaming "
-     "--num_persistent_param_in_dit 0 --use_teacache --save_file single_long_lowvram_tts_exp --audio_mode tts",
-     TTS_SINGLE, 1, {"audio_type": "para"}, set(), []),
-    ("multi, one GPU",
-     f"{BASE} --input_json examples/multitalk_example_2.json --sample_steps 40 --mode streaming --use_teacache "
-     "--save_file multi_long_exp",
-     TWO_PARA, 1, {"audio_type": "para"}, set(), []),
-    ("multi, low VRAM",
-     f"{BASE} --input_json examples/multitalk_example_2.json --sample_steps 40 --mode streaming "
-     "--num_persistent_param_in_dit 0 --use_teacache --save_file multi_long_lowvram_exp",
-     TWO_PARA, 1, {"audio_type": "para"}, set(), []),
-    ("multi, 8 GPUs (torchrun)",
-     f"{BASE} --dit_fsdp --t5_fsdp --ulysses_size=8 --input_json examples/multitalk_example_2.json --sample_steps 40 "
-     "--mode streaming --use_teacache --save_file multi_long_multigpu_exp",
-     TWO_PARA, 8, {"audio_type": "para"},
-     {"--dit_fsdp", "--t5_fsdp"}, []),
-    ("multi, TTS",
-     f"{BASE} --input_json examples/multitalk_example_tts_1.json --sample_steps 40 --mode streaming "
-     "--num_persistent_param_in_dit 0 --use_teacache --save_file multi_long_lowvram_tts_exp --audio_mode tts",
-     TTS_TWO, 1, {"audio_type": "para"}, set(), []),
-    ("single, FusionX LoRA",
-     f"{BASE} --input_json examples/single_example_1.json --lora_dir {FUSIONX} --lora_scale 1.0 "
-     "--sample_text_guide_scale 1.0 --sample_audio_guide_scale 2.0 --sample_steps 8 --mode streaming "
-     "--num_persistent_param_in_dit 0 --save_file single_long_lowvram_fusionx_exp --sample_shift 2",
-     SINGLE, 1, {"num_inference_steps": 8, "shift": 2.0, "text_guidance_scale": 1.0, "audio_guidance_scale": 2.0},
-     set(), [(FUSIONX, 1.0)]),
-    ("multi, FusionX LoRA",
-     f"{BASE} --input_json examples/multitalk_example_2.json --lora_dir {FUSIONX} --lora_scale 1.0 "
-     "--sample_text_guide_scale 1.0 --sample_audio_guide_scale 2.0 --sample_steps 8 --mode streaming "
-     "--num_persistent_param_in_dit 0 --save_file multi_long_lowvram_fusionx_exp",
-     TWO_PARA, 1, {"audio_type": "para", "num_inference_steps": 8, "text_guidance_scale": 1.0, "audio_guidance_scale": 2.0},
-     set(), [(FUSIONX, 1.0)]),
-    ("multi, int8",
-     f"{BASE} --input_json examples/multitalk_example_2.json --sample_steps 40 --mode streaming --use_teacache "
-     "--quant int8 --quant_dir weights/MeiGen-MultiTalk --num_persistent_param_in_dit 0 "
-     "--save_file multi_long_lowvram_exp_quant",
-     TWO_PARA, 1, {"audio_type": "para"}, set(), []),
-    ("multi, int8 + LoRA",
-     f"{BASE} --input_json examples/multitalk_example_1.json --quant int8 --quant_dir weights/MeiGen-MultiTalk "
-     f"--lora_dir {QUANT_LORA} --sample_text_guide_scale 1.0 --sample_audio_guide_scale 2.0 --sample_steps 8 "
-     "--mode streaming --num_persistent_param_in_dit 0 --save_file multi_long_lowvram_fusionx_exp_quant --sample_shift 2",
-     TWO_ADD, 1,
-     {"audio_type": "add", "num_inference_steps": 8, "shift": 2.0, "text_guidance_scale": 1.0,
-      "audio_guidance_scale": 2.0, "bbox": [[160, 120, 1280, 1080], [160, 1320, 1280, 2280]]},
-     set(), [(QUANT_LORA, 1.2)]),
+    (
+        "single, one GPU",
+        f"{BASE} --input_json examples/single_example_1.json --sample_steps 40 --mode streaming --use_teacache "
+        "--save_file single_long_exp",
+        SINGLE,
+        1,
+        {},
+        set(),
+        [],
+    ),
+    (
+        "single, low VRAM",
+        f"{BASE} --input_json examples/single_example_1.json --sample_steps 40 --mode streaming "
+        "--num_persistent_param_in_dit 0 --use_teacache --save_file single_long_lowvram_exp",
+        SINGLE,
+        1,
+        {},
+        set(),
+        [],
+    ),
+    (
+        "single, 8 GPUs (torchrun)",
+        f"{BASE} --dit_fsdp --t5_fsdp --ulysses_size=8 --input_json examples/single_example_1.json --sample_steps 40 "
+        "--mode streaming --use_teacache --save_file single_long_multigpu_exp",
+        SINGLE,
+        8,
+        {},
+        set(),
+        [],
+    ),
+    (
+        "single, TTS",
+        f"{BASE} --input_json examples/single_example_tts_1.json --sample_steps 40 --mode streaming "
+        "--num_persistent_param_in_dit 0 --use_teacache --save_file single_long_lowvram_tts_exp --audio_mode tts",
+        TTS_SINGLE,
+        1,
+        {"audio_type": "para"},
+        set(),
+        [],
+    ),
+    (
+        "multi, one GPU",
+        f"{BASE} --input_json examples/multitalk_example_2.json --sample_steps 40 --mode streaming --use_teacache "
+        "--save_file multi_long_exp",
+        TWO_PARA,
+        1,
+        {"audio_type": "para"},
+        set(),
+        [],
+    ),
+    (
+        "multi, low VRAM",
+        f"{BASE} --input_json examples/multitalk_example_2.json --sample_steps 40 --mode streaming "
+        "--num_persistent_param_in_dit 0 --use_teacache --save_file multi_long_lowvram_exp",
+        TWO_PARA,
+        1,
+        {"audio_type": "para"},
+        set(),
+        [],
+    ),
+    (
+        "multi, 8 GPUs (torchrun)",
+        f"{BASE} --dit_fsdp --t5_fsdp --ulysses_size=8 --input_json examples/multitalk_example_2.json --sample_steps 40 "
+        "--mode streaming --use_teacache --save_file multi_long_multigpu_exp",
+        TWO_PARA,
+        8,
+        {"audio_type": "para"},
+        set(),
+        [],
+    ),
+    (
+        "multi, TTS",
+        f"{BASE} --input_json examples/multitalk_example_tts_1.json --sample_steps 40 --mode streaming "
+        "--num_persistent_param_in_dit 0 --use_teacache --save_file multi_long_lowvram_tts_exp --audio_mode tts",
+        TTS_TWO,
+        1,
+        {"audio_type": "para"},
+        set(),
+        [],
+    ),
+    (
+        "single, FusionX LoRA",
+        f"{BASE} --input_json examples/single_example_1.json --lora_dir {FUSIONX} --lora_scale 1.0 "
+        "--sample_text_guide_scale 1.0 --sample_audio_guide_scale 2.0 --sample_steps 8 --mode streaming "
+        "--num_persistent_param_in_dit 0 --save_file single_long_lowvram_fusionx_exp --sample_shift 2",
+        SINGLE,
+        1,
+        {"num_inference_steps": 8, "shift": 2.0, "text_guidance_scale": 1.0, "audio_guidance_scale": 2.0},
+        set(),
+        [(FUSIONX, 1.0)],
+    ),
+    (
+        "multi, FusionX LoRA",
+        f"{BASE} --input_json examples/multitalk_example_2.json --lora_dir {FUSIONX} --lora_scale 1.0 "
+        "--sample_text_guide_scale 1.0 --sample_audio_guide_scale 2.0 --sample_steps 8 --mode streaming "
+        "--num_persistent_param_in_dit 0 --save_file multi_long_lowvram_fusionx_exp",
+        TWO_PARA,
+        1,
+        {"audio_type": "para", "num_inference_steps": 8, "text_guidance_scale": 1.0, "audio_guidance_scale": 2.0},
+        set(),
+        [(FUSIONX, 1.0)],
+    ),
+    (
+        "multi, int8",
+        f"{BASE} --input_json examples/multitalk_example_2.json --sample_steps 40 --mode streaming --use_teacache "
+        "--quant int8 --quant_dir weights/MeiGen-MultiTalk --num_persistent_param_in_dit 0 "
+        "--save_file multi_long_lowvram_exp_quant",
+        TWO_PARA,
+        1,
+        {"audio_type": "para"},
+        set(),
+        [],
+    ),
+    (
+        "multi, int8 + LoRA",
+        f"{BASE} --input_json examples/multitalk_example_1.json --quant int8 --quant_dir weights/MeiGen-MultiTalk "
+        f"--lora_dir {QUANT_LORA} --sample_text_guide_scale 1.0 --sample_audio_guide_scale 2.0 --sample_steps 8 "
+        "--mode streaming --num_persistent_param_in_dit 0 --save_file multi_long_lowvram_fusionx_exp_quant --sample_shift 2",
+        TWO_ADD,
+        1,
+        {
+            "audio_type": "add",
+            "num_inference_steps": 8,
+            "shift": 2.0,
+            "text_guidance_scale": 1.0,
+            "audio_guidance_scale": 2.0,
+            "bbox": [[160, 120, 1280, 1080], [160, 1320, 1280, 2280]],
+        },
+        set(),
+        [(QUANT_LORA, 1.2)],
+    ),
     # the README's "Usage" list: --size multitalk-720, --mode clip, --use_apg
-    ("usage: 720P clip with APG",
-     f"{BASE} --input_json x.json --size multitalk-720 --mode clip --use_apg",
-     SINGLE, 1, {"resolution": "multitalk-720", "shift": 11.0, "mode": "clip", "max_frames": None, "use_apg": True},
-     set(), []),
+    (
+        "usage: 720P clip with APG",
+        f"{BASE} --input_json x.json --size multitalk-720 --mode clip --use_apg",
+        SINGLE,
+        1,
+        {"resolution": "multitalk-720", "shift": 11.0, "mode": "clip", "max_frames": None, "use_apg": True},
+        set(),
+        [],
+    ),
 ]
 
 DEFAULT_KWARGS = dict(
-    resolution="multitalk-480", height=None, width=None, allow_upscale=True, mode="streaming", num_frames=81,
-    motion_frames=25, max_frames=None, num_inference_steps=40, shift=7.0, text_guidance_scale=5.0,
-    audio_guidance_scale=4.0, use_apg=False, apg_momentum=-0.75, apg_norm_threshold=55.0,
-    color_correction_strength=1.0, audio_type="add", bbox=None,
+    resolution="multitalk-480",
+    height=None,
+    width=None,
+    allow_upscale=True,
+    mode="streaming",
+    num_frames=81,
+    motion_frames=25,
+    max_frames=None,
+    num_inference_steps=40,
+    shift=7.0,
+    text_guidance_scale=5.0,
+    audio_guidance_scale=4.0,
+    use_apg=False,
+    apg_momentum=-0.75,
+    apg_norm_threshold=55.0,
+    color_correction_strength=1.0,
+    audio_type="add",
+    bbox=None,
 )
 
 
@@ -144,8 +257,9 @@ def test_readme_commands_map_to_pipeline_kwargs(name, flags, data, world_size, c
     assert kwargs["image"] == data["cond_image"] and kwargs["prompt"] == data["prompt"]
     assert isinstance(kwargs["generator"], torch.Generator) and kwargs["generator"].initial_seed() == 42
     # every key is a real pipeline argument
-    from diffusers_multitalk import WanMultiTalkPipeline
     import inspect
+
+    from diffusers_multitalk import WanMultiTalkPipeline
 
     assert set(kwargs) <= set(inspect.signature(WanMultiTalkPipeline.__call__).parameters)
     assert {flag for flag, _ in runtime.unsupported_flags(args, environ={"WORLD_SIZE": str(world_size)})} == refused
@@ -156,20 +270,44 @@ def test_readme_commands_map_to_pipeline_kwargs(name, flags, data, world_size, c
 
 def test_reference_defaults():
     args = parse("")
-    assert (args.task, args.size, args.frame_num, args.motion_frame, args.mode) == ("multitalk-14B", "multitalk-480", 81, None, None)
+    assert (args.task, args.size, args.frame_num, args.motion_frame, args.mode) == (
+        "multitalk-14B",
+        "multitalk-480",
+        81,
+        None,
+        None,
+    )
     assert (args.sample_steps, args.sample_shift, args.base_seed, args.input_json) == (None, None, 42, "examples.json")
     assert (args.sample_text_guide_scale, args.sample_audio_guide_scale, args.lora_scale) == (5.0, 4.0, [1.2])
-    assert (args.offload_model, args.audio_mode, args.audio_save_dir, args.teacache_thresh) == (None, "localfile", None, 0.2)
+    assert (args.offload_model, args.audio_mode, args.audio_save_dir, args.teacache_thresh) == (
+        None,
+        "localfile",
+        None,
+        0.2,
+    )
     assert (args.apg_momentum, args.apg_norm_threshold, args.color_correction_strength) == (-0.75, 55, 1.0)
-    assert (args.ulysses_size, args.ring_size, args.quant, args.quant_dir, args.num_persistent_param_in_dit) == (1, 1, None, None, None)
+    assert (args.ulysses_size, args.ring_size, args.quant, args.quant_dir, args.num_persistent_param_in_dit) == (
+        1,
+        1,
+        None,
+        None,
+        None,
+    )
     kwargs = build_generation_kwargs(args, SINGLE)
     # no mode given: the whole audio (the pipeline picks clip or streaming); no hidden length cap
     assert kwargs["mode"] is None and kwargs["max_frames"] is None and kwargs["shift"] == 7.0
     assert build_generation_kwargs(parse("--max_frame_num 500"), SINGLE)["max_frames"] == 500
     assert build_generation_kwargs(parse("--size multitalk-720"), SINGLE)["shift"] == 11.0
     assert parse("--offload_model False").offload_model is False and parse("--offload_model yes").offload_model is True
-    overrides = build_generation_kwargs(parse("--height 64 --width 96 --frame_num 5 --motion_frame 1 --base_seed 7"), SINGLE)
-    assert (overrides["height"], overrides["width"], overrides["num_frames"], overrides["motion_frames"]) == (64, 96, 5, 1)
+    overrides = build_generation_kwargs(
+        parse("--height 64 --width 96 --frame_num 5 --motion_frame 1 --base_seed 7"), SINGLE
+    )
+    assert (overrides["height"], overrides["width"], overrides["num_frames"], overrides["motion_frames"]) == (
+        64,
+        96,
+        5,
+        1,
+    )
     assert overrides["generator"].initial_seed() == 7
     assert build_generation_kwargs(parse("--base_seed -1"), SINGLE)["generator"].initial_seed() >= 0
 
@@ -186,9 +324,16 @@ def test_default_save_file_and_output_path():
     "flags, named",
     [
         ("--quant int8 --quant_dir weights/MeiGen-MultiTalk", ["--quant int8"]),
-        ("--ulysses_size 2 --ring_size 2 --dit_fsdp --t5_fsdp", ["--ulysses_size 2", "--ring_size 2", "--dit_fsdp", "--t5_fsdp"]),
-        ("--ulysses_size 2 --quant int8 --offload_model True --num_persistent_param_in_dit 0",
-         ["--quant with --ulysses_size", "--offload_model True with --ulysses_size", "--num_persistent_param_in_dit with"]),
+        ("--ulysses_size 2 --ring_size 2 --dit_fsdp --t5_fsdp", ["--ulysses_size 2", "--ring_size 2"]),
+        ("--dit_fsdp --t5_fsdp --t5_cpu", ["--dit_fsdp", "--t5_fsdp", "--t5_fsdp with --t5_cpu"]),
+        (
+            "--ulysses_size 2 --quant int8 --offload_model True --num_persistent_param_in_dit 0",
+            [
+                "--quant with --ulysses_size",
+                "--offload_model True with --ulysses_size",
+                "--num_persistent_param_in_dit with",
+            ],
+        ),
     ],
 )
 def test_unsupported_flags_fail_clearly(flags, named, capsys):
@@ -246,13 +391,16 @@ def test_examples_are_valid():
 def test_every_problem_reported_at_once_with_paths(tmp_path):
     (tmp_path / "face.png").write_bytes((EXAMPLES / "assets" / "two_people.png").read_bytes())
     (tmp_path / "a.wav").write_bytes(b"RIFF")
-    bad = _write(tmp_path / "bad.json", {
-        "prompt": 123,
-        "cond_imgae": "face.png",
-        "audio_type": "both",
-        "cond_audio": {"person1": "a.wav", "person2": "x.wav"},
-        "bbox": {"person1": [1, 2, 3], "person2": [0, 0, 10, "10"]},
-    })
+    bad = _write(
+        tmp_path / "bad.json",
+        {
+            "prompt": 123,
+            "cond_imgae": "face.png",
+            "audio_type": "both",
+            "cond_audio": {"person1": "a.wav", "person2": "x.wav"},
+            "bbox": {"person1": [1, 2, 3], "person2": [0, 0, 10, "10"]},
+        },
+    )
     with pytest.raises(InputJSONError) as info:
         load_input_json(bad)
     problems = info.value.problems
@@ -293,7 +441,8 @@ def _assets(tmp_path):
 def test_persons_boxes_and_keys(tmp_path):
     _assets(tmp_path)
     data = {
-        "prompt": "p", "cond_image": "two_people.png",
+        "prompt": "p",
+        "cond_image": "two_people.png",
         "cond_audio": {"person1": "speaker1.wav", "person3": "speaker2.wav", "Person 4": "speaker2.wav"},
         "bbox": {"person1": [0, 0, 481, 100], "person3": [10, 50, 5, 60], "person5": [0, 0, 1, 1]},
     }
@@ -309,9 +458,17 @@ def test_persons_boxes_and_keys(tmp_path):
 
 def test_audio_mode_decides_required_block(tmp_path):
     _assets(tmp_path)
-    tts_only = {"prompt": "p", "cond_image": "two_people.png", "cond_audio": {},
-                "tts_audio": {"text": "(s1) Hi. (s2) Hello. (s3) Bye.", "human1_voice": "af_heart",
-                              "human2_voice": "voices/missing.pt", "humn3_voice": "x"}}
+    tts_only = {
+        "prompt": "p",
+        "cond_image": "two_people.png",
+        "cond_audio": {},
+        "tts_audio": {
+            "text": "(s1) Hi. (s2) Hello. (s3) Bye.",
+            "human1_voice": "af_heart",
+            "human2_voice": "voices/missing.pt",
+            "humn3_voice": "x",
+        },
+    }
     with pytest.raises(InputJSONError) as info:
         validate_input(tts_only, base_dir=tmp_path, audio_mode="localfile")
     text = "\n".join(info.value.problems)
@@ -330,19 +487,32 @@ def test_audio_mode_decides_required_block(tmp_path):
     assert "$.tts_audio.human2_voice: 'voices/missing.pt' does not exist" in text
     assert "$.tts_audio.humn3_voice: unknown key; did you mean 'human3_voice'?" in text
     assert "$.tts_audio.text: turn (s3) has no human3_voice" in text
-    ok = validate_input({**tts_only, "tts_audio": {"text": "(s1) Hi. (s2) Hello.", "human1_voice": "af_heart",
-                                                   "human2_voice": "am_adam"}}, base_dir=tmp_path, audio_mode="tts")
+    ok = validate_input(
+        {
+            **tts_only,
+            "tts_audio": {"text": "(s1) Hi. (s2) Hello.", "human1_voice": "af_heart", "human2_voice": "am_adam"},
+        },
+        base_dir=tmp_path,
+        audio_mode="tts",
+    )
     assert ok["num_persons"] == 2 and ok["cond_audio"] == {} and ok["tts_audio"]["human2_voice"] == "am_adam"
     with pytest.raises(InputJSONError, match=r"\$\.tts_audio: missing \(required with --audio_mode tts\)"):
-        validate_input({"prompt": "p", "cond_image": "two_people.png", "cond_audio": {"person1": "speaker1.wav"}},
-                       base_dir=tmp_path, audio_mode="tts")
+        validate_input(
+            {"prompt": "p", "cond_image": "two_people.png", "cond_audio": {"person1": "speaker1.wav"}},
+            base_dir=tmp_path,
+            audio_mode="tts",
+        )
     # "None": the reference's silent person (a listener), but not everyone
-    listener = validate_input({"prompt": "p", "cond_image": "two_people.png",
-                               "cond_audio": {"person1": "speaker1.wav", "person2": "None"}}, base_dir=tmp_path)
+    listener = validate_input(
+        {"prompt": "p", "cond_image": "two_people.png", "cond_audio": {"person1": "speaker1.wav", "person2": "None"}},
+        base_dir=tmp_path,
+    )
     assert listener["cond_audio"]["person2"] is None and listener["num_persons"] == 2
     with pytest.raises(InputJSONError, match="every person is 'None'"):
-        validate_input({"prompt": "p", "cond_image": "two_people.png",
-                        "cond_audio": {"person1": "None", "person2": "None"}}, base_dir=tmp_path)
+        validate_input(
+            {"prompt": "p", "cond_image": "two_people.png", "cond_audio": {"person1": "None", "person2": "None"}},
+            base_dir=tmp_path,
+        )
 
 
 def test_relative_paths_json_folder_first_then_cwd(tmp_path, monkeypatch):
@@ -353,7 +523,9 @@ def test_relative_paths_json_folder_first_then_cwd(tmp_path, monkeypatch):
     (json_dir / "assets" / "img.png").write_bytes(image)  # next to the JSON
     (cwd / "assets" / "img.png").write_bytes(image)  # and in the working directory: the JSON's folder wins
     (cwd / "assets" / "a.wav").write_bytes(b"x")  # only in the working directory (the reference's convention)
-    path = _write(json_dir / "in.json", {"prompt": "p", "cond_image": "assets/img.png", "cond_audio": {"person1": "assets/a.wav"}})
+    path = _write(
+        json_dir / "in.json", {"prompt": "p", "cond_image": "assets/img.png", "cond_audio": {"person1": "assets/a.wav"}}
+    )
     monkeypatch.chdir(cwd)
     data = load_input_json(path)
     assert data["cond_image"] == str((json_dir / "assets" / "img.png").resolve())
@@ -374,17 +546,39 @@ def test_schema_file_is_valid_json_schema():
 def _streams(path: Path) -> str:
     import imageio_ffmpeg
 
-    probe = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True)
+    probe = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True
+    )
     return "\n".join(line for line in probe.stderr.splitlines() if "Stream #" in line)
 
 
 def test_generate_tiny_two_person_writes_mp4_with_audio(tmp_path, capsys):
     save = tmp_path / "out" / "demo"
-    status = main([
-        "generate", "--tiny", "--input_json", str(EXAMPLES / "two_person_tiny.json"),
-        "--frame_num", "5", "--mode", "clip", "--sample_steps", "2", "--height", "64", "--width", "96", "--use_teacache",
-        "--save_file", str(save), "--audio_save_dir", str(tmp_path / "audio"), "--device", "cpu",
-    ])
+    status = main(
+        [
+            "generate",
+            "--tiny",
+            "--input_json",
+            str(EXAMPLES / "two_person_tiny.json"),
+            "--frame_num",
+            "5",
+            "--mode",
+            "clip",
+            "--sample_steps",
+            "2",
+            "--height",
+            "64",
+            "--width",
+            "96",
+            "--use_teacache",
+            "--save_file",
+            str(save),
+            "--audio_save_dir",
+            str(tmp_path / "audio"),
+            "--device",
+            "cpu",
+        ]
+    )
     out = capsys.readouterr().out
     assert status == 0
     video = Path(str(save) + ".mp4")
@@ -399,11 +593,32 @@ def test_generate_tiny_two_person_writes_mp4_with_audio(tmp_path, capsys):
 def test_generate_tiny_tts_example_speaks_with_espeak(tmp_path, capsys):
     """The bundled TTS example names Kokoro voice files that are not here: espeak-ng speaks, and says so."""
     save = tmp_path / "tts"
-    status = main([
-        "generate", "--tiny", "--input_json", str(EXAMPLES / "two_person_tts_tiny.json"), "--audio_mode", "tts",
-        "--frame_num", "5", "--mode", "clip", "--sample_steps", "1", "--height", "64", "--width", "96",
-        "--save_file", str(save), "--audio_save_dir", str(tmp_path / "audio"), "--device", "cpu",
-    ])
+    status = main(
+        [
+            "generate",
+            "--tiny",
+            "--input_json",
+            str(EXAMPLES / "two_person_tts_tiny.json"),
+            "--audio_mode",
+            "tts",
+            "--frame_num",
+            "5",
+            "--mode",
+            "clip",
+            "--sample_steps",
+            "1",
+            "--height",
+            "64",
+            "--width",
+            "96",
+            "--save_file",
+            str(save),
+            "--audio_save_dir",
+            str(tmp_path / "audio"),
+            "--device",
+            "cpu",
+        ]
+    )
     captured = capsys.readouterr()
     assert status == 0
     assert "speech synthesised with espeak-ng" in captured.err + captured.out
@@ -443,7 +658,9 @@ def test_tts_mode(monkeypatch, tmp_path):
     tracks = runtime.synthesize_tts({"text": "(s1) hi (s2) yo", "human1_voice": "a", "human2_voice": "b"})
     assert list(tracks) == ["person1", "person2"] and tracks["person1"][1] == 16000
     assert tracks["person1"][0].sum() == 800 and tracks["person2"][0].sum() == 0
-    kwargs = build_generation_kwargs(parse("--audio_mode tts"), {"prompt": "p", "cond_image": "i.png", "cond_audio": tracks, "audio_type": "add"})
+    kwargs = build_generation_kwargs(
+        parse("--audio_mode tts"), {"prompt": "p", "cond_image": "i.png", "cond_audio": tracks, "audio_type": "add"}
+    )
     assert kwargs["audio_type"] == "para" and len(kwargs["audio"]) == 2
     # the reference uses TTS speech as synthesised, recordings loudness-normalised
     assert kwargs["normalize_loudness"] is False
@@ -518,10 +735,23 @@ def test_download_fetches_exact_files_and_links(tmp_path, monkeypatch, capsys):
     target = tmp_path / "weights"
     assert main(["download", "--target", str(target)]) == 0
     assert [(c["repo_id"], c["revision"], c["allow_patterns"]) for c in calls] == [
-        ("Wan-AI/Wan2.1-I2V-14B-480P", None, [
-            "config.json", "diffusion_pytorch_model-*-of-*.safetensors", "models_t5_umt5-xxl-enc-bf16.pth",
-            "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth", "Wan2.1_VAE.pth", "google/umt5-xxl/*"]),
-        ("MeiGen-AI/MeiGen-MultiTalk", None, ["multitalk.safetensors", "diffusion_pytorch_model.safetensors.index.json"]),
+        (
+            "Wan-AI/Wan2.1-I2V-14B-480P",
+            None,
+            [
+                "config.json",
+                "diffusion_pytorch_model-*-of-*.safetensors",
+                "models_t5_umt5-xxl-enc-bf16.pth",
+                "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
+                "Wan2.1_VAE.pth",
+                "google/umt5-xxl/*",
+            ],
+        ),
+        (
+            "MeiGen-AI/MeiGen-MultiTalk",
+            None,
+            ["multitalk.safetensors", "diffusion_pytorch_model.safetensors.index.json"],
+        ),
         ("TencentGameMate/chinese-wav2vec2-base", None, ["config.json", "preprocessor_config.json"]),
         ("TencentGameMate/chinese-wav2vec2-base", "refs/pr/1", ["model.safetensors"]),
     ]
@@ -568,7 +798,15 @@ def test_download_renames_wan_index_and_720p_tts_plan(tmp_path, monkeypatch):
 def test_info_runs(capsys, tmp_path):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    for needle in ("diffusers-multitalk", "torch:", "diffusers:", "transformers:", "device:", "attention backends", "native"):
+    for needle in (
+        "diffusers-multitalk",
+        "torch:",
+        "diffusers:",
+        "transformers:",
+        "device:",
+        "attention backends",
+        "native",
+    ):
         assert needle in out
     assert re.search(r"native\s+usable", out)
     assert re.search(r"TTS \(--audio_mode tts\): kokoro (installed|not installed).*espeak-ng ", out)
@@ -583,8 +821,17 @@ def test_generate_model_unreachable_fails_clearly(monkeypatch, capsys):
         raise OSError(f"Cannot load model {model}: the model is not fully cached locally (...)")
 
     monkeypatch.setattr(runtime.loading, "load_from_pretrained", unreachable)
-    status = main(["generate", "--model", "someone/multitalk-diffusers", "--input_json",
-                   str(EXAMPLES / "single_tiny.json"), "--device", "cpu"])
+    status = main(
+        [
+            "generate",
+            "--model",
+            "someone/multitalk-diffusers",
+            "--input_json",
+            str(EXAMPLES / "single_tiny.json"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert status == 1
     assert "--model someone/multitalk-diffusers: Cannot load model" in capsys.readouterr().err
     assert main(["generate", "--model", "./no/such/folder", "--input_json", "x.json"]) == 1
@@ -593,8 +840,19 @@ def test_generate_model_unreachable_fails_clearly(monkeypatch, capsys):
 
 def test_generate_refuses_incomplete_ckpt_dir(tmp_path, capsys):
     (tmp_path / "w2v").mkdir()
-    status = main(["generate", "--ckpt_dir", str(tmp_path), "--wav2vec_dir", str(tmp_path / "w2v"),
-                   "--input_json", str(EXAMPLES / "single_tiny.json"), "--device", "cpu"])
+    status = main(
+        [
+            "generate",
+            "--ckpt_dir",
+            str(tmp_path),
+            "--wav2vec_dir",
+            str(tmp_path / "w2v"),
+            "--input_json",
+            str(EXAMPLES / "single_tiny.json"),
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 1 and "is incomplete" in err and "multitalk.safetensors" in err and "multitalk download" in err
 
@@ -604,12 +862,40 @@ def test_convert_forwards_flags(monkeypatch, capsys, tmp_path):
     fake = types.ModuleType("diffusers_multitalk.conversion")
     fake.convert_original_to_diffusers = lambda **kwargs: received.update(kwargs) or kwargs["output_dir"]
     monkeypatch.setitem(sys.modules, "diffusers_multitalk.conversion", fake)
-    status = main(["convert", "--wan_dir", "w", "--multitalk_dir", "m", "--wav2vec_dir", "a", "--output_dir", "o",
-                   "--dtype", "float16", "--lora_dir", "l.safetensors", "--lora_scale", "0.5", "--force",
-                   "--push_to_hub", "me/multitalk"])
+    status = main(
+        [
+            "convert",
+            "--wan_dir",
+            "w",
+            "--multitalk_dir",
+            "m",
+            "--wav2vec_dir",
+            "a",
+            "--output_dir",
+            "o",
+            "--dtype",
+            "float16",
+            "--lora_dir",
+            "l.safetensors",
+            "--lora_scale",
+            "0.5",
+            "--force",
+            "--push_to_hub",
+            "me/multitalk",
+        ]
+    )
     assert status == 0 and capsys.readouterr().out.strip() == "o"
-    assert received == dict(wan_dir="w", multitalk_dir="m", wav2vec_dir="a", output_dir="o", dtype="float16",
-                            lora_dir="l.safetensors", lora_scale=0.5, force=True, push_to_hub="me/multitalk")
+    assert received == dict(
+        wan_dir="w",
+        multitalk_dir="m",
+        wav2vec_dir="a",
+        output_dir="o",
+        dtype="float16",
+        lora_dir="l.safetensors",
+        lora_scale=0.5,
+        force=True,
+        push_to_hub="me/multitalk",
+    )
 
 
 def test_no_command_prints_help(capsys):
@@ -659,7 +945,10 @@ def test_cli_and_app_make_the_same_pipeline_arguments(tmp_path, monkeypatch):
     for kwargs in calls:
         assert kwargs.pop("generator").initial_seed() == 7
         kwargs.pop("output_path")
-    from_cli["image"], from_app["image"] = str(from_cli["image"]), str(getattr(from_app["image"], "filename", from_app["image"]))
+    from_cli["image"], from_app["image"] = (
+        str(from_cli["image"]),
+        str(getattr(from_app["image"], "filename", from_app["image"])),
+    )
     assert {k: v for k, v in from_cli.items() if k not in ("image", "audio")} == {
         k: v for k, v in from_app.items() if k not in ("image", "audio")
     }
@@ -669,7 +958,14 @@ def test_preset_fast_fills_the_sampling_flags_left_at_their_defaults():
     from diffusers_multitalk.runtime.options import apply_preset_options
 
     kwargs = build_generation_kwargs(apply_preset_options(parse("--preset fast")), SINGLE)
-    assert (kwargs["num_inference_steps"], kwargs["text_guidance_scale"], kwargs["audio_guidance_scale"], kwargs["shift"]) == (8, 1.0, 2.0, 2.0)
-    mine = build_generation_kwargs(apply_preset_options(parse("--preset fast --sample_steps 4 --sample_shift 3")), SINGLE)
+    assert (
+        kwargs["num_inference_steps"],
+        kwargs["text_guidance_scale"],
+        kwargs["audio_guidance_scale"],
+        kwargs["shift"],
+    ) == (8, 1.0, 2.0, 2.0)
+    mine = build_generation_kwargs(
+        apply_preset_options(parse("--preset fast --sample_steps 4 --sample_shift 3")), SINGLE
+    )
     assert (mine["num_inference_steps"], mine["shift"], mine["text_guidance_scale"]) == (4, 3.0, 1.0)
     assert build_generation_kwargs(apply_preset_options(parse("")), SINGLE)["num_inference_steps"] == 40

@@ -5,7 +5,6 @@ from __future__ import annotations
 from argparse import Namespace
 from pathlib import Path
 
-from ..utils.defaults import random_seed
 from ..runtime.distributed import init_distributed, is_main_process
 from ..runtime.errors import UserError, note
 from ..runtime.loading import load_pipeline, resolve_device, resolve_dtype
@@ -18,12 +17,51 @@ from ..runtime.request import (
     synthesize_tts,
     tiny_size,
 )
+from ..utils.defaults import random_seed
+
+
+class _RankFailed(Exception):
+    """Some rank failed a step that every rank takes; carries the first failing rank's one-line message."""
+
+
+def _on_every_rank(step, *step_args):
+    """Runs `step` on this rank; with several processes they then agree (one all_gather): if any rank raised, every
+    rank raises `_RankFailed` with the first failing rank's message, so none waits for a collective the failed one
+    never reaches."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return step(*step_args)
+    error, result = None, None
+    try:
+        result = step(*step_args)
+    except Exception as err:  # noqa: BLE001 - shared with the other ranks, then raised on every one
+        error = err
+    messages = [None] * dist.get_world_size()
+    line = None if error is None else (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if error is not None and not isinstance(error, UserError):
+        line = f"{type(error).__name__}: {line}"
+    dist.all_gather_object(messages, line)
+    failed = [(rank, message) for rank, message in enumerate(messages) if message is not None]
+    if failed:
+        rank, message = failed[0]
+        raise _RankFailed(message if len(failed) == len(messages) else f"rank {rank}: {message}") from error
+    return result
+
 
 def cmd_generate(args: Namespace) -> int:
+    try:
+        return _generate(args)
+    except _RankFailed as err:  # every rank stops; the first prints the one message
+        if is_main_process():
+            raise UserError(str(err)) from err
+        return 1
+
+
+def _prepare(args: Namespace):
+    """The input, the output paths and the call arguments (may differ per rank: each reads its own files)."""
     from ..input_json import InputJSONError, load_input_json
 
-    apply_preset_options(args)
-    check_generate_args(args)
     try:
         input_data = load_input_json(args.input_json, audio_mode=args.audio_mode)
     except (InputJSONError, ImportError) as err:
@@ -35,18 +73,13 @@ def cmd_generate(args: Namespace) -> int:
     # Where the video goes is checked before any model loads: a 14B run must not fail at its last write.
     path = output_path(args.save_file or default_save_file(args, input_data["prompt"]))
     check_writable(path, "--save_file")
-    audio_dir = Path(args.audio_save_dir) / Path(input_data.get("cond_image") or input_data["cond_video"]).stem if args.audio_save_dir else None
+    audio_dir = (
+        Path(args.audio_save_dir) / Path(input_data.get("cond_image") or input_data["cond_video"]).stem
+        if args.audio_save_dir
+        else None
+    )
     if audio_dir is not None:
         check_writable(audio_dir / "sum.wav", "--audio_save_dir")
-    device = resolve_device(args.device)
-    args.device = str(device)
-    dtype = resolve_dtype(args.dtype, device, tiny=args.tiny)
-    seed_was_random = args.base_seed < 0
-    if seed_was_random:
-        args.base_seed = random_seed()
-    init_distributed(args, device)
-    if seed_was_random and is_main_process():
-        note(f"--base_seed was negative: using {args.base_seed}")
 
     if args.audio_mode == "tts":
         input_data = dict(input_data, cond_audio=synthesize_tts(input_data["tts_audio"]))
@@ -54,9 +87,24 @@ def cmd_generate(args: Namespace) -> int:
     if args.tiny and args.height is None and input_data.get("image_size"):
         args.height, args.width = tiny_size(input_data["image_size"], args.size)
         note(f"--tiny: generating at {args.height}x{args.width} (the bucket / 8); --height/--width override it")
+    return input_data, path, audio_dir, build_generation_kwargs(args, input_data)
 
-    kwargs = build_generation_kwargs(args, input_data)
-    pipe = load_pipeline(args, device, dtype)
+
+def _generate(args: Namespace) -> int:
+    apply_preset_options(args)
+    check_generate_args(args)
+    device = resolve_device(args.device)
+    args.device = str(device)
+    dtype = resolve_dtype(args.dtype, device, tiny=args.tiny)
+    seed_was_random = args.base_seed < 0
+    if seed_was_random:
+        args.base_seed = random_seed()
+    # The processes join first (the same flags everywhere), so that a rank whose files fail stops all of them.
+    init_distributed(args, device)
+    if seed_was_random and is_main_process():
+        note(f"--base_seed was negative: using {args.base_seed}")
+    input_data, path, audio_dir, kwargs = _on_every_rank(_prepare, args)
+    pipe = _on_every_rank(load_pipeline, args, device, dtype)
     # Every process makes the same video; the first one writes it, chunk by chunk as they are decoded.
     if is_main_process():
         kwargs["output_path"] = path
@@ -106,4 +154,3 @@ def flag_names(message: str) -> str:
     for argument, flag in _FLAG_OF_ARGUMENT.items():
         message = message.replace(f"`{argument}`", flag).replace(f"{argument}=", f"{flag} ")
     return message
-

@@ -14,7 +14,15 @@ from .folders import inspect_wan_dir, inspect_wav2vec_dir
 from .hub import hub_error, is_hub_connection_error
 from .options import is_infinitetalk, lora_specs, quant_dit_path
 
-_DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16", "float32": "float32", "fp32": "float32"}
+
+_DTYPES = {
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "float32": "float32",
+    "fp32": "float32",
+}
 
 
 def resolve_device(name: str | None):
@@ -75,14 +83,24 @@ def _load_infinitetalk_original(args: Namespace, dtype):
     if len(specs) > 1:
         raise UserError("--lora_dir: InfiniteTalk takes one LoRA here (fuse the others first)")
     return WanInfiniteTalkPipeline.from_original(
-        args.ckpt_dir, args.infinitetalk_dir, args.wav2vec_dir, torch_dtype=dtype, dit_path=args.dit_path,
-        lora_path=specs[0][0] if specs else None, lora_scale=specs[0][1] if specs else 1.0, quant=args.quant,
+        args.ckpt_dir,
+        args.infinitetalk_dir,
+        args.wav2vec_dir,
+        torch_dtype=dtype,
+        dit_path=args.dit_path,
+        lora_path=specs[0][0] if specs else None,
+        lora_scale=specs[0][1] if specs else 1.0,
+        quant=args.quant,
         quant_path=quant_path,
     )
 
 
 def _wan_dir_problems(ckpt_dir: Path, need_linked_multitalk: bool) -> list[str]:
-    return [f"{label}: {detail}" if detail else label for label, ok, detail in inspect_wan_dir(ckpt_dir, need_linked_multitalk) if not ok]
+    return [
+        f"{label}: {detail}" if detail else label
+        for label, ok, detail in inspect_wan_dir(ckpt_dir, need_linked_multitalk)
+        if not ok
+    ]
 
 
 def load_pipeline(args: Namespace, device, dtype):
@@ -122,7 +140,11 @@ def load_pipeline(args: Namespace, device, dtype):
 
             # The quantised DiT holds every weight: no shards or multitalk.safetensors needed, its files are.
             problems = quant_folder_problems(
-                _wan_dir_problems(ckpt_dir, need_linked_multitalk=False), ckpt_dir, args.quant, args.quant_dir, quant_dit
+                _wan_dir_problems(ckpt_dir, need_linked_multitalk=False),
+                ckpt_dir,
+                args.quant,
+                args.quant_dir,
+                quant_dit,
             )
         else:
             problems = _wan_dir_problems(ckpt_dir, need_linked_multitalk=args.multitalk_dir is None)
@@ -133,9 +155,15 @@ def load_pipeline(args: Namespace, device, dtype):
                 f"`{PROG} download --target <folder>` fetches and links everything; or link MeiGen-MultiTalk's "
                 f"{MULTITALK_FILE} and {WAN_INDEX} into it as MultiTalk's README does, or pass --multitalk_dir."
             )
-        wav2vec_problems = [f"{label}: {detail}" if detail else label for label, ok, detail in inspect_wav2vec_dir(Path(args.wav2vec_dir)) if not ok]
+        wav2vec_problems = [
+            f"{label}: {detail}" if detail else label
+            for label, ok, detail in inspect_wav2vec_dir(Path(args.wav2vec_dir))
+            if not ok
+        ]
         if wav2vec_problems:
-            raise UserError(f"--wav2vec_dir {args.wav2vec_dir} is incomplete:\n" + "\n".join(f"  {p}" for p in wav2vec_problems))
+            raise UserError(
+                f"--wav2vec_dir {args.wav2vec_dir} is incomplete:\n" + "\n".join(f"  {p}" for p in wav2vec_problems)
+            )
         quant_kwargs = {}
         if quant_files:
             quant_kwargs = dict(quant=args.quant, quant_dir=args.quant_dir, quant_dit_path=quant_dit)
@@ -155,7 +183,9 @@ def load_pipeline(args: Namespace, device, dtype):
     if args.quant and not quant_files:
         from ..loaders.quantized import quantize_pipeline
 
-        note(f"--quant {args.quant} without --quant_dir: quantising the DiT{' (LoRAs fused first)' if specs else ''} and umT5 on the fly")
+        note(
+            f"--quant {args.quant} without --quant_dir: quantising the DiT{' (LoRAs fused first)' if specs else ''} and umT5 on the fly"
+        )
         quantize_pipeline(pipe, args.quant)
 
     if args.use_teacache:
@@ -188,7 +218,9 @@ def load_pipeline(args: Namespace, device, dtype):
     elif offload:
         if args.t5_cpu:
             # keep umT5 out of the offload chain, on the CPU; the pipeline feeds it on its own device
-            pipe.model_cpu_offload_seq = "->".join(m for m in pipe.model_cpu_offload_seq.split("->") if m != "text_encoder")
+            pipe.model_cpu_offload_seq = "->".join(
+                m for m in pipe.model_cpu_offload_seq.split("->") if m != "text_encoder"
+            )
             pipe._exclude_from_cpu_offload = [*pipe._exclude_from_cpu_offload, "text_encoder"]
         pipe.enable_model_cpu_offload(device=device)
         if args.t5_cpu:
@@ -203,7 +235,9 @@ def load_pipeline(args: Namespace, device, dtype):
 
         setup = preset_setup(args.preset)
         if device.type == "cuda":
-            note(f"--preset {args.preset}: VAE in {setup['vae_dtype']}, DiT {'compiled' if setup['compile'] else 'eager'}")
+            note(
+                f"--preset {args.preset}: VAE in {setup['vae_dtype']}, DiT {'compiled' if setup['compile'] else 'eager'}"
+            )
             apply_setup(pipe, **setup)
         else:
             note(f"--preset {args.preset}: its sampling settings only (the bf16 VAE and compilation are for GPUs)")
@@ -213,8 +247,13 @@ def load_pipeline(args: Namespace, device, dtype):
         enable_context_parallelism(pipe, ulysses_degree=args.ulysses_size)
         if not is_main_process():
             pipe.set_progress_bar_config(disable=True)
-    return pipe
+    if args.dit_fsdp or args.t5_fsdp:
+        # FSDP2 over the same processes, after placement (each process's shards go to its device) and after the
+        # context parallelism hooks (either order works: weights vs. tokens); docs/multi_gpu.md
+        from ..pipelines.sharding import enable_sharding
 
+        enable_sharding(pipe, dit=args.dit_fsdp, t5=args.t5_fsdp)
+    return pipe
 
 
 def load_from_options(options: Namespace):
@@ -250,7 +289,9 @@ class PipelineHolder:
         elif callable(source):
             self._load = source
         else:
-            raise TypeError(f"expected a pipeline, a function returning one, or model options; got {type(source).__name__}")
+            raise TypeError(
+                f"expected a pipeline, a function returning one, or model options; got {type(source).__name__}"
+            )
         self._lock = threading.Lock()
         self._pipeline = None
 

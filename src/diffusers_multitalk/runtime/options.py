@@ -14,14 +14,52 @@ from .errors import UserError
 # an unset mode covers the whole audio) and ours. The CLI's parser takes its defaults from here; the app and the
 # HTTP API build their options with `generate_options`, so every front end starts from the same values.
 GENERATE_DEFAULTS = dict(
-    task="multitalk-14B", size="multitalk-480", frame_num=81, ckpt_dir=None, quant_dir=None, wav2vec_dir=None,
-    lora_dir=None, lora_scale=[1.2], offload_model=None, ulysses_size=1, ring_size=1, t5_fsdp=False, t5_cpu=False,
-    dit_fsdp=False, save_file=None, audio_save_dir=None, base_seed=42, input_json="examples.json", motion_frame=None,
-    mode=None, max_frame_num=None, sample_steps=None, sample_shift=None, sample_text_guide_scale=5.0,
-    sample_audio_guide_scale=4.0, num_persistent_param_in_dit=None, audio_mode="localfile", use_teacache=False,
-    teacache_thresh=0.2, use_apg=False, apg_momentum=-0.75, apg_norm_threshold=55, color_correction_strength=1.0,
-    quant=None, model=None, tiny=False, multitalk_dir=None, device=None, dtype="auto", height=None, width=None,
-    attention_backend=None, infinitetalk_dir=None, dit_path=None, scene_seg=False, preset=None,
+    task="multitalk-14B",
+    size="multitalk-480",
+    frame_num=81,
+    ckpt_dir=None,
+    quant_dir=None,
+    wav2vec_dir=None,
+    lora_dir=None,
+    lora_scale=[1.2],
+    offload_model=None,
+    ulysses_size=1,
+    ring_size=1,
+    t5_fsdp=False,
+    t5_cpu=False,
+    dit_fsdp=False,
+    save_file=None,
+    audio_save_dir=None,
+    base_seed=42,
+    input_json="examples.json",
+    motion_frame=None,
+    mode=None,
+    max_frame_num=None,
+    sample_steps=None,
+    sample_shift=None,
+    sample_text_guide_scale=5.0,
+    sample_audio_guide_scale=4.0,
+    num_persistent_param_in_dit=None,
+    audio_mode="localfile",
+    use_teacache=False,
+    teacache_thresh=0.2,
+    use_apg=False,
+    apg_momentum=-0.75,
+    apg_norm_threshold=55,
+    color_correction_strength=1.0,
+    quant=None,
+    model=None,
+    tiny=False,
+    multitalk_dir=None,
+    device=None,
+    dtype="auto",
+    height=None,
+    width=None,
+    attention_backend=None,
+    infinitetalk_dir=None,
+    dit_path=None,
+    scene_seg=False,
+    preset=None,
 )
 
 
@@ -67,9 +105,8 @@ def generate_options(source=None, **overrides) -> Namespace:
         setattr(options, name, value)
     return options
 
+
 DEFAULT_SAMPLE_STEPS = 40
-
-
 
 
 SIZES = ("multitalk-480", "multitalk-720", "infinitetalk-480", "infinitetalk-720")
@@ -102,28 +139,48 @@ def unsupported_flags(args: Namespace, environ: dict | None = None) -> list[tupl
     if args.quant is not None:
         refused.extend(_quant_refusals(args))
     if args.ring_size > 1:
-        refused.append((f"--ring_size {args.ring_size}", "ring attention was not tested; use --ulysses_size for several GPUs"))
-    if args.t5_fsdp:
-        refused.append(("--t5_fsdp", "FSDP is not implemented; leave it out (--t5_cpu keeps umT5 off the GPU)"))
-    if args.dit_fsdp:
         refused.append(
-            ("--dit_fsdp", "FSDP is not implemented; leave it out: with --ulysses_size every GPU holds the whole DiT "
-             "(38 GB in bf16) and does 1/N of its work")
+            (
+                f"--ring_size {args.ring_size}",
+                "ring attention needs an attention backend that returns the log-sum-exp; in diffusers 0.42 those are "
+                "CUDA-only (_native_cudnn, _native_flash, flash-attn) and none was run here; use --ulysses_size for "
+                "several GPUs (docs/multi_gpu.md)",
+            )
+        )
+    for flag in ("--dit_fsdp", "--t5_fsdp"):
+        if getattr(args, flag[2:]) and args.ulysses_size == 1:
+            refused.append(
+                (
+                    flag,
+                    "shards the weights over the processes of --ulysses_size N (torchrun --nproc_per_node N ... "
+                    "--ulysses_size N); with one process there is nothing to shard",
+                )
+            )
+    if args.t5_fsdp and args.t5_cpu:
+        refused.append(
+            ("--t5_fsdp with --t5_cpu", "umT5 is either sharded over the GPUs or kept whole on the CPU; pick one")
         )
     world_size = int(environ.get("WORLD_SIZE", "1") or 1)
     if args.ulysses_size > 1 and world_size != args.ulysses_size:
         refused.append(
-            (f"--ulysses_size {args.ulysses_size}", f"needs {args.ulysses_size} processes, one per GPU: "
-             f"torchrun --nproc_per_node {args.ulysses_size} -m diffusers_multitalk generate ... (WORLD_SIZE is {world_size})")
+            (
+                f"--ulysses_size {args.ulysses_size}",
+                f"needs {args.ulysses_size} processes, one per GPU: "
+                f"torchrun --nproc_per_node {args.ulysses_size} -m diffusers_multitalk generate ... (WORLD_SIZE is {world_size})",
+            )
         )
     elif world_size > 1 and args.ulysses_size == 1:
         refused.append((f"torchrun (WORLD_SIZE={world_size})", f"pass --ulysses_size {world_size} to split the work"))
     if args.ulysses_size > 1 and args.num_persistent_param_in_dit is not None:
-        refused.append(("--num_persistent_param_in_dit with --ulysses_size", "block streaming with several GPUs was not tested"))
+        refused.append(
+            ("--num_persistent_param_in_dit with --ulysses_size", "block streaming with several GPUs was not tested")
+        )
     if args.ulysses_size > 1 and args.quant is not None:
         refused.append(("--quant with --ulysses_size", "quantised weights with several GPUs were not tested"))
     if args.ulysses_size > 1 and args.offload_model:
-        refused.append(("--offload_model True with --ulysses_size", "model offloading with several GPUs was not tested"))
+        refused.append(
+            ("--offload_model True with --ulysses_size", "model offloading with several GPUs was not tested")
+        )
     return refused
 
 
@@ -138,11 +195,13 @@ def _quant_refusals(args: Namespace) -> list[tuple[str, str]]:
         return [(flag, f"optimum-quanto is not installed: {QUANT_INSTALL_HINT}")]
     if (args.tiny or args.model) and (args.quant_dir or quant_dit_path(args)):
         given = f"--quant_dir {args.quant_dir}" if args.quant_dir else f"--lora_dir {args.lora_dir[0]}"
-        return [(
-            f"{flag} {given}",
-            "MultiTalk's quantised files are in the original layout and load only with --ckpt_dir; with "
-            f"{'--tiny' if args.tiny else '--model'}, give float weights (and LoRAs) to quantise on the fly",
-        )]
+        return [
+            (
+                f"{flag} {given}",
+                "MultiTalk's quantised files are in the original layout and load only with --ckpt_dir; with "
+                f"{'--tiny' if args.tiny else '--model'}, give float weights (and LoRAs) to quantise on the fly",
+            )
+        ]
     return []
 
 
@@ -182,9 +241,13 @@ def check_generate_args(args: Namespace) -> None:
     if args.task not in TASKS:
         problems.append(f"--task {args.task}: expected one of {', '.join(TASKS)}")
     if args.infinitetalk_dir and args.multitalk_dir:
-        problems.append("--infinitetalk_dir, --multitalk_dir: give InfiniteTalk's or MultiTalk's audio weights, not both")
+        problems.append(
+            "--infinitetalk_dir, --multitalk_dir: give InfiniteTalk's or MultiTalk's audio weights, not both"
+        )
     if args.scene_seg and not is_infinitetalk(args):
-        problems.append("--scene_seg: splits a cond_video into shots; it is for InfiniteTalk (--infinitetalk_dir, a cond_video input)")
+        problems.append(
+            "--scene_seg: splits a cond_video into shots; it is for InfiniteTalk (--infinitetalk_dir, a cond_video input)"
+        )
     if args.max_frame_num is not None and args.max_frame_num < 5:
         problems.append(f"--max_frame_num {args.max_frame_num}: must be at least 5 frames (0.2 s)")
     for flag in ("sample_text_guide_scale", "sample_audio_guide_scale"):
@@ -193,7 +256,9 @@ def check_generate_args(args: Namespace) -> None:
     if args.sample_steps is not None and args.sample_steps < 1:
         problems.append(f"--sample_steps {args.sample_steps}: must be at least 1")
     if args.num_persistent_param_in_dit is not None and args.num_persistent_param_in_dit < 0:
-        problems.append(f"--num_persistent_param_in_dit {args.num_persistent_param_in_dit}: must be 0 or more (0: lowest VRAM)")
+        problems.append(
+            f"--num_persistent_param_in_dit {args.num_persistent_param_in_dit}: must be 0 or more (0: lowest VRAM)"
+        )
     if not 0.0 <= args.color_correction_strength <= 1.0:
         problems.append(f"--color_correction_strength {args.color_correction_strength}: must be in [0, 1]")
     if args.use_teacache and args.teacache_thresh <= 0:
@@ -206,7 +271,9 @@ def check_generate_args(args: Namespace) -> None:
             problems.append(f"--{name} {value}: must be a positive multiple of 16")
     if args.lora_dir:
         if len(args.lora_scale) not in (1, len(args.lora_dir)):
-            problems.append(f"--lora_scale: {len(args.lora_scale)} scales for {len(args.lora_dir)} LoRAs (give one, or one per LoRA)")
+            problems.append(
+                f"--lora_scale: {len(args.lora_scale)} scales for {len(args.lora_dir)} LoRAs (give one, or one per LoRA)"
+            )
         for path in args.lora_dir:
             if not Path(path).exists() and not _looks_like_repo_id(path):
                 problems.append(f"--lora_dir {path}: does not exist")
@@ -219,13 +286,21 @@ def check_generate_args(args: Namespace) -> None:
     if args.tiny or args.model:
         given = [f"--{n}" for n in ("ckpt_dir", "wav2vec_dir", "multitalk_dir") if getattr(args, n)]
         if given:
-            problems.append(f"{', '.join(given)}: not used with {'--tiny' if args.tiny else '--model'}; give one model source")
+            problems.append(
+                f"{', '.join(given)}: not used with {'--tiny' if args.tiny else '--model'}; give one model source"
+            )
     else:
         if not args.ckpt_dir:
-            problems.append("no model: give --ckpt_dir and --wav2vec_dir (the original checkpoints), --model (a diffusers folder) or --tiny")
+            problems.append(
+                "no model: give --ckpt_dir and --wav2vec_dir (the original checkpoints), --model (a diffusers folder) or --tiny"
+            )
         elif not args.wav2vec_dir:
             problems.append("--wav2vec_dir: required with --ckpt_dir (the chinese-wav2vec2-base folder)")
-        if args.ckpt_dir and is_infinitetalk(args) and not (args.infinitetalk_dir or args.dit_path or (args.quant and args.quant_dir)):
+        if (
+            args.ckpt_dir
+            and is_infinitetalk(args)
+            and not (args.infinitetalk_dir or args.dit_path or (args.quant and args.quant_dir))
+        ):
             problems.append(
                 "--infinitetalk_dir: required for InfiniteTalk with --ckpt_dir (InfiniteTalk/single/infinitetalk.safetensors, "
                 "or multi/ for several persons), or --dit_path, or --quant with --quant_dir"
@@ -276,6 +351,7 @@ def lora_specs(args: Namespace) -> list[tuple[str, float]]:
     if len(scales) == 1:
         scales = scales * len(args.lora_dir)
     if len(scales) != len(args.lora_dir):
-        raise UserError(f"--lora_scale: {len(scales)} scales for {len(args.lora_dir)} LoRAs (give one, or one per LoRA)")
+        raise UserError(
+            f"--lora_scale: {len(scales)} scales for {len(args.lora_dir)} LoRAs (give one, or one per LoRA)"
+        )
     return list(zip(args.lora_dir, (float(s) for s in scales)))
-
