@@ -65,10 +65,19 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
         default=1,
         help="GPUs sharing one video (context parallelism, Ulysses); launch with torchrun --nproc_per_node N",
     )
-    g.add_argument("--ring_size", type=int, default=1, help="ring attention parallelism (only 1 is supported)")
-    g.add_argument("--t5_fsdp", action="store_true", help="FSDP for umT5 (not supported)")
+    g.add_argument(
+        "--ring_size",
+        type=int,
+        default=1,
+        help="ring attention parallelism (only 1: diffusers' ring needs a CUDA kernel returning the log-sum-exp)",
+    )
+    g.add_argument(
+        "--t5_fsdp", action="store_true", help="shard umT5's weights over the --ulysses_size processes (FSDP2)"
+    )
     g.add_argument("--t5_cpu", action="store_true", help="keep the umT5 text encoder on the CPU")
-    g.add_argument("--dit_fsdp", action="store_true", help="FSDP for the DiT (not supported)")
+    g.add_argument(
+        "--dit_fsdp", action="store_true", help="shard the DiT's weights over the --ulysses_size processes (FSDP2)"
+    )
     g.add_argument(
         "--save_file", default=None, help="output name; '.mp4' is appended (default: task_size_..._prompt_time)"
     )
