@@ -42,8 +42,22 @@ def _transformer_inputs(transformer, persons: int):
     )
 
 
-CLI_ARGS = ["generate", "--tiny", "--device", "cpu", "--input_json", "examples/two_person_tiny.json",
-            "--sample_steps", "2", "--frame_num", "9", "--mode", "streaming", "--motion_frame", "5"]
+CLI_ARGS = [
+    "generate",
+    "--tiny",
+    "--device",
+    "cpu",
+    "--input_json",
+    "examples/two_person_tiny.json",
+    "--sample_steps",
+    "2",
+    "--frame_num",
+    "9",
+    "--mode",
+    "streaming",
+    "--motion_frame",
+    "5",
+]
 
 
 def case_dir(out_dir: str) -> str:
@@ -60,7 +74,9 @@ def _worker(rank: int, port: int, case: str, out_dir: str) -> None:
             from diffusers_multitalk import cli
 
             os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE))  # as torchrun sets
-            results["status"] = cli.main([*CLI_ARGS, "--ulysses_size", str(WORLD_SIZE), "--save_file", case_dir(out_dir)])
+            results["status"] = cli.main(
+                [*CLI_ARGS, "--ulysses_size", str(WORLD_SIZE), "--save_file", case_dir(out_dir)]
+            )
             torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
             return
         dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
