@@ -86,7 +86,8 @@ def test_generate_in_a_real_browser(served, tmp_path):
             files.nth(0).set_input_files(str(ASSETS / "two_people.png"))  # the reference image
             _set_number(page, "Persons", 1)
             page.wait_for_timeout(500)
-            files.nth(1).set_input_files(str(ASSETS / "speaker1.wav"))  # person 1's speech
+            # file inputs in page order: the reference image, the video to dub (left empty), then the speech
+            files.nth(2).set_input_files(str(ASSETS / "speaker1.wav"))  # person 1's speech
             page.get_by_label("Prompt").fill("A cartoon friend talks in a bright studio.")
             page.get_by_label("clip", exact=True).check()
             _set_number(page, "Frames per chunk (4n+1)", 5)
@@ -103,7 +104,8 @@ def test_generate_in_a_real_browser(served, tmp_path):
             )
             status = page.get_by_label("Status").input_value()
             page.screenshot(path=str(tmp_path / "browser.png"), full_page=True)
-            shutil.copy(tmp_path / "browser.png", Path(os.environ.get("BROWSER_SHOT_DIR", tmp_path)) / "browser.png")
+            if os.environ.get("BROWSER_SHOT_DIR"):  # keep the screenshot for a person to look at
+                shutil.copy(tmp_path / "browser.png", Path(os.environ["BROWSER_SHOT_DIR"]) / "browser.png")
         finally:
             browser.close()
     # 5 frames at 25 fps

@@ -15,7 +15,7 @@ import pytest
 import torch
 from diffusers.hooks.group_offloading import ModuleGroup
 
-from diffusers_multitalk import cli, make_tiny_pipeline
+from diffusers_multitalk import cli, make_tiny_pipeline, runtime
 from diffusers_multitalk.hooks.teacache import TEACACHE_HOOK
 from diffusers_multitalk.models.transformer_multitalk import MultiTalkTransformer3DModel
 from diffusers_multitalk.pipelines import low_vram
@@ -270,9 +270,9 @@ def test_cli_flag_maps_to_enable_low_vram(monkeypatch, capsys, flags, offload_co
     recorder = _Recorder()
     monkeypatch.setattr(low_vram, "enable_low_vram", recorder)
     args = parse(f"--tiny --num_persistent_param_in_dit 7000000000 {flags}")
-    assert cli.unsupported_flags(args, environ={}) == []
-    cli.check_generate_args(args)
-    pipe = cli.load_pipeline(args, torch.device("cuda"), torch.float32)
+    assert runtime.unsupported_flags(args, environ={}) == []
+    runtime.check_generate_args(args)
+    pipe = runtime.load_pipeline(args, torch.device("cuda"), torch.float32)
     [(called_pipe, device, n, kwargs)] = recorder.calls
     assert called_pipe is pipe and device == torch.device("cuda") and n == 7_000_000_000
     assert kwargs == {"offload_components": offload_components, "text_encoder_on_cpu": t5_cpu}
@@ -283,12 +283,12 @@ def test_cli_flag_installs_the_hooks(monkeypatch):
     monkeypatch.setattr(low_vram, "enable_low_vram", _Recorder(real=enable_low_vram))
     transformer = make_tiny_pipeline(seed=0).transformer
     one_block = sum(p.numel() for p in transformer.blocks[0].parameters())
-    pipe = cli.load_pipeline(
+    pipe = runtime.load_pipeline(
         parse(f"--tiny --num_persistent_param_in_dit {one_block}"), torch.device("cuda"), torch.float32
     )
     assert _hooked(pipe.transformer) == [1]
     assert any(_has_offload_hook(m) for m in pipe.text_encoder.modules())
-    pipe = cli.load_pipeline(
+    pipe = runtime.load_pipeline(
         parse("--tiny --num_persistent_param_in_dit 0 --t5_cpu"), torch.device("cuda"), torch.float32
     )
     assert _hooked(pipe.transformer) == [0, 1]
@@ -299,7 +299,7 @@ def test_cli_flag_installs_the_hooks(monkeypatch):
 def test_cli_flag_is_a_noop_on_the_cpu(monkeypatch, capsys):
     recorder = _Recorder()
     monkeypatch.setattr(low_vram, "enable_low_vram", recorder)
-    pipe = cli.load_pipeline(parse("--tiny --num_persistent_param_in_dit 0"), torch.device("cpu"), torch.float32)
+    pipe = runtime.load_pipeline(parse("--tiny --num_persistent_param_in_dit 0"), torch.device("cpu"), torch.float32)
     assert recorder.calls == [] and _hooked(pipe.transformer) == []
     assert "--num_persistent_param_in_dit has no effect on the CPU" in capsys.readouterr().err
 
