@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -332,20 +331,10 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
             plan = self.plan_video(num_audio_frames, num_frames, motion_frames, max_frames, mode)
 
             # 2. Text
-            three_pass = not math.isclose(text_guidance_scale, 1.0)
-            prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-                prompt,
-                negative_prompt,
-                three_pass,
-                prompt_embeds,
-                negative_prompt_embeds,
-                max_sequence_length,
-                device,
-                transformer_dtype,
-            )
-            prompt_embeds = prompt_embeds.to(device=device, dtype=transformer_dtype)
-            if three_pass:
-                negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=transformer_dtype)
+            prompt_embeds, negative_prompt_embeds = self.prepare_prompt_states(
+                prompt, negative_prompt, text_guidance_scale, prompt_embeds, negative_prompt_embeds, max_sequence_length,
+                device, transformer_dtype,
+            )  # fmt: skip
 
             # 3. Chunks: MultiTalk's loop with InfiniteTalk's conditioning (the methods below)
             settings = ChunkLoopSettings(

@@ -496,6 +496,22 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
             negative_prompt_embeds = self._t5_embeds(negative_prompt, max_sequence_length, device, dtype)
         return prompt_embeds, negative_prompt_embeds
 
+    def prepare_prompt_states(
+        self, prompt, negative_prompt, text_guidance_scale, prompt_embeds, negative_prompt_embeds,
+        max_sequence_length, device, dtype,
+    ):  # fmt: skip
+        """The umT5 states a call needs, on the device in the DiT's dtype: the negative prompt's only for the
+        three-pass guidance (a text scale other than 1)."""
+        three_pass = not math.isclose(text_guidance_scale, 1.0)
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt, negative_prompt, three_pass, prompt_embeds, negative_prompt_embeds, max_sequence_length, device,
+            dtype,
+        )  # fmt: skip
+        prompt_embeds = prompt_embeds.to(device=device, dtype=dtype)
+        if three_pass:
+            negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=dtype)
+        return prompt_embeds, negative_prompt_embeds
+
     def _t5_embeds(self, text, max_sequence_length, device, dtype):
         inputs = self.tokenizer(
             [_whitespace_clean(text)],
@@ -810,20 +826,10 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
         plan = self.plan_video(num_audio_frames, num_frames, motion_frames, max_frames, mode)
 
         # 2. Text
-        three_pass = not math.isclose(text_guidance_scale, 1.0)
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt,
-            negative_prompt,
-            three_pass,
-            prompt_embeds,
-            negative_prompt_embeds,
-            max_sequence_length,
-            device,
-            transformer_dtype,
-        )
-        prompt_embeds = prompt_embeds.to(device=device, dtype=transformer_dtype)
-        if three_pass:
-            negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=transformer_dtype)
+        prompt_embeds, negative_prompt_embeds = self.prepare_prompt_states(
+            prompt, negative_prompt, text_guidance_scale, prompt_embeds, negative_prompt_embeds, max_sequence_length,
+            device, transformer_dtype,
+        )  # fmt: skip
 
         # 3. Chunks (the loop InfiniteTalk shares; this pipeline's conditioning is `prepare_chunk_conditioning`)
         settings = ChunkLoopSettings(
