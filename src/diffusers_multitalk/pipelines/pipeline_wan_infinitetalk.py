@@ -15,7 +15,7 @@ from diffusers.utils import logging, replace_example_docstring
 from ..audio.processing import TARGET_SAMPLE_RATE
 from ..audio.tts import synthesize_dialogue
 from ..utils.defaults import DEFAULT_SHIFT
-from .chunk_loop import ChunkConditioning, ChunkLoopSettings, run_chunk_loop
+from .chunk_loop import ChunkConditioning
 from .image_processing import closest_bucket, resize_and_center_crop, resolution_buckets
 from .pipeline_wan_multitalk import FPS, WanMultiTalkPipeline, WanMultiTalkPipelineOutput, _audio_entries
 from .video_input import SourceVideo, open_source_video
@@ -301,8 +301,6 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
             shift = DEFAULT_SHIFT.get(str(resolution), 7.0) if shift is None else shift
             self._interrupt = False
             self._current_timestep = None
-            device = self._execution_device
-            transformer_dtype = self.transformer.dtype
 
             # 1. Source, persons and audio (cheap checks first, then the audio encoder)
             height, width = self.check_source_size(
@@ -318,50 +316,19 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
                     "strip of the first frame (the reference's default); pass `bbox` (one [top, left, bottom, right] "
                     "box per person, in the first frame's pixels) when they stand elsewhere."
                 )
-            lat_h, lat_w = height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial
-            person_masks = self.prepare_person_masks(
-                num_persons, bbox, face_scale, video_source.size, (height, width), (lat_h, lat_w)
-            )
-            if person_masks is not None:
-                person_masks = person_masks.to(device)
-            embeddings, mixed_audio = self.prepare_audio_inputs(
-                audio, audio_type, device, normalize_loudness=normalize_loudness
-            )
-            num_audio_frames = min(len(e) for e in embeddings)
-            plan = self.plan_video(num_audio_frames, num_frames, motion_frames, max_frames, mode)
-
-            # 2. Text
-            prompt_embeds, negative_prompt_embeds = self.prepare_prompt_states(
-                prompt, negative_prompt, text_guidance_scale, prompt_embeds, negative_prompt_embeds, max_sequence_length,
-                device, transformer_dtype,
-            )  # fmt: skip
-
-            # 3. Chunks: MultiTalk's loop with InfiniteTalk's conditioning (the methods below)
-            settings = ChunkLoopSettings(
+            frames, audio_out, video_path = self.generate_chunks(
+                source, video_source.size, (height, width), num_persons, color_reference,
+                audio=audio, audio_type=audio_type, normalize_loudness=normalize_loudness, bbox=bbox,
+                face_scale=face_scale, mode=mode, num_frames=num_frames, motion_frames=motion_frames,
+                max_frames=max_frames, prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_prompt_embeds, max_sequence_length=max_sequence_length,
                 num_inference_steps=num_inference_steps, shift=shift, text_guidance_scale=text_guidance_scale,
                 audio_guidance_scale=audio_guidance_scale, use_apg=use_apg, apg_momentum=apg_momentum,
                 apg_norm_threshold=apg_norm_threshold, color_correction_strength=color_correction_strength,
                 output_type=output_type, callback_on_step_end=callback_on_step_end,
-                callback_on_step_end_tensor_inputs=tuple(callback_on_step_end_tensor_inputs),
-                attention_kwargs=attention_kwargs, fps=FPS,
+                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, attention_kwargs=attention_kwargs,
+                generator=generator, latents=latents, output_path=output_path,
             )  # fmt: skip
-            frames, audio_out, video_path = run_chunk_loop(
-                self,
-                source,
-                embeddings,
-                plan,
-                motion_frames,
-                (lat_h, lat_w),
-                prompt_embeds,
-                negative_prompt_embeds,
-                person_masks,
-                color_reference,
-                mixed_audio,
-                settings,
-                generator=generator,
-                latents=latents,
-                output_path=output_path,
-            )
         finally:
             video_source.close()
         if not return_dict:

@@ -805,18 +805,44 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
         shift = DEFAULT_SHIFT.get(str(resolution), 7.0) if shift is None else shift
         self._interrupt = False
         self._current_timestep = None
-        device = self._execution_device
-        transformer_dtype = self.transformer.dtype
 
         # 1. Image and audio (cheap checks first, then the audio encoder)
         cond_frames, source_size = self.prepare_image(image, resolution, height, width, allow_upscale)
         height, width = cond_frames.shape[-2:]
         color_reference = cond_frames.clone() if color_correction_strength > 0 else None
         num_persons = len(_audio_entries(audio))
+        frames, audio_out, video_path = self.generate_chunks(
+            cond_frames, source_size, (height, width), num_persons, color_reference,
+            audio=audio, audio_type=audio_type, normalize_loudness=normalize_loudness, bbox=bbox,
+            face_scale=face_scale, mode=mode, num_frames=num_frames, motion_frames=motion_frames,
+            max_frames=max_frames, prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, max_sequence_length=max_sequence_length,
+            num_inference_steps=num_inference_steps, shift=shift, text_guidance_scale=text_guidance_scale,
+            audio_guidance_scale=audio_guidance_scale, use_apg=use_apg, apg_momentum=apg_momentum,
+            apg_norm_threshold=apg_norm_threshold, color_correction_strength=color_correction_strength,
+            output_type=output_type, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, attention_kwargs=attention_kwargs,
+            generator=generator, latents=latents, output_path=output_path,
+        )  # fmt: skip
+        if not return_dict:
+            return (frames, audio_out)
+        return WanMultiTalkPipelineOutput(frames=frames, audio=audio_out, video_path=video_path)
+
+    def generate_chunks(
+        self, source, source_size, pixel_size, num_persons, color_reference, *, audio, audio_type,
+        normalize_loudness, bbox, face_scale, mode, num_frames, motion_frames, max_frames, prompt, negative_prompt,
+        prompt_embeds, negative_prompt_embeds, max_sequence_length, num_inference_steps, shift, text_guidance_scale,
+        audio_guidance_scale, use_apg, apg_momentum, apg_norm_threshold, color_correction_strength, output_type,
+        callback_on_step_end, callback_on_step_end_tensor_inputs, attention_kwargs, generator, latents, output_path,
+    ):  # fmt: skip
+        """What both pipelines do once their source is prepared (MultiTalk's conditioning frames, InfiniteTalk's
+        source video): the person masks, the audio embeddings and the plan, the text states, then the shared chunk
+        loop with this pipeline's conditioning. Returns `(frames, audio, video_path)`."""
+        device = self._execution_device
+        transformer_dtype = self.transformer.dtype
+        height, width = pixel_size
         lat_h, lat_w = height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial
-        person_masks = self.prepare_person_masks(
-            num_persons, bbox, face_scale, source_size, (height, width), (lat_h, lat_w)
-        )
+        person_masks = self.prepare_person_masks(num_persons, bbox, face_scale, source_size, pixel_size, (lat_h, lat_w))
         if person_masks is not None:
             person_masks = person_masks.to(device)
         embeddings, mixed_audio = self.prepare_audio_inputs(
@@ -824,14 +850,10 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
         )
         num_audio_frames = min(len(e) for e in embeddings)
         plan = self.plan_video(num_audio_frames, num_frames, motion_frames, max_frames, mode)
-
-        # 2. Text
         prompt_embeds, negative_prompt_embeds = self.prepare_prompt_states(
             prompt, negative_prompt, text_guidance_scale, prompt_embeds, negative_prompt_embeds, max_sequence_length,
             device, transformer_dtype,
         )  # fmt: skip
-
-        # 3. Chunks (the loop InfiniteTalk shares; this pipeline's conditioning is `prepare_chunk_conditioning`)
         settings = ChunkLoopSettings(
             num_inference_steps=num_inference_steps, shift=shift, text_guidance_scale=text_guidance_scale,
             audio_guidance_scale=audio_guidance_scale, use_apg=use_apg, apg_momentum=apg_momentum,
@@ -840,26 +862,11 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
             callback_on_step_end_tensor_inputs=tuple(callback_on_step_end_tensor_inputs),
             attention_kwargs=attention_kwargs, fps=FPS,
         )  # fmt: skip
-        frames, audio_out, video_path = run_chunk_loop(
-            self,
-            cond_frames,
-            embeddings,
-            plan,
-            motion_frames,
-            (lat_h, lat_w),
-            prompt_embeds,
-            negative_prompt_embeds,
-            person_masks,
-            color_reference,
-            mixed_audio,
-            settings,
-            generator=generator,
-            latents=latents,
+        return run_chunk_loop(
+            self, source, embeddings, plan, motion_frames, (lat_h, lat_w), prompt_embeds, negative_prompt_embeds,
+            person_masks, color_reference, mixed_audio, settings, generator=generator, latents=latents,
             output_path=output_path,
-        )
-        if not return_dict:
-            return (frames, audio_out)
-        return WanMultiTalkPipelineOutput(frames=frames, audio=audio_out, video_path=video_path)
+        )  # fmt: skip
 
     def prepare_chunk_conditioning(
         self, source, chunk_index, audio_start, previous_video, num_frames, motion_frames, device
