@@ -101,8 +101,11 @@ def _run(case: str, tmp_path, limit: float = 300) -> list[dict]:
     except AssertionError:
         raise
     except Exception as error:
-        errors = [p.read_text() for p in sorted(tmp_path.glob("*.err"))]
-        raise AssertionError("\n".join(errors) or str(error)) from None
+        written = [
+            f"{p.name}:\n{p.read_text()}" for p in sorted(tmp_path.glob("*.err")) + sorted(tmp_path.glob("*.stderr"))
+        ]
+        saved = sorted(p.name for p in tmp_path.glob("rank*.pt"))  # saved: the failure came after the command returned
+        raise AssertionError("\n".join([str(error), f"results saved: {saved}", *written])) from None
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD_SIZE)]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from argparse import Namespace
 from pathlib import Path
 
-from ..runtime.distributed import init_distributed, is_main_process
+from ..runtime.distributed import init_distributed, is_main_process, leave_together
 from ..runtime.errors import UserError, note
 from ..runtime.loading import load_pipeline, resolve_device, resolve_dtype
 from ..runtime.options import apply_preset_options, check_generate_args, is_infinitetalk
@@ -51,11 +51,14 @@ def _on_every_rank(step, *step_args):
 
 def cmd_generate(args: Namespace) -> int:
     try:
-        return _generate(args)
+        status = _generate(args)
     except _RankFailed as err:  # every rank stops; the first prints the one message
+        leave_together()
         if is_main_process():
             raise UserError(str(err)) from err
         return 1
+    leave_together()
+    return status
 
 
 def _prepare(args: Namespace):

@@ -27,8 +27,18 @@ def init_distributed(args: Namespace, device) -> None:
     args.base_seed = int(seed.item())
 
 
+def leave_together() -> None:
+    """Waits at a barrier for every rank, where all of them are known to be alive and done (a run that finished, or
+    one that every rank agreed to stop): a rank that closed its connections while another still read the last
+    collective's data could reset them under it, and gloo aborts that reader (SIGABRT)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def shutdown_distributed() -> None:
-    """Ends the process group `_init_distributed` started (torch is only imported if a command already did)."""
+    """Ends the process group `init_distributed` started (torch is only imported if a command already did)."""
     distributed = sys.modules.get("torch.distributed")
     if distributed is not None and distributed.is_initialized():
         distributed.destroy_process_group()
