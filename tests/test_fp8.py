@@ -240,3 +240,120 @@ def test_deviation_benchmark_on_tiny_weights(tmp_path):
     assert 1e-4 < rows[("quanto_int8", "480p1")]["rel_l2_vs_bf16"] < 0.1
     assert rows[("bf16+eager", "480p2")]["persons"] == 2 and rows[("bf16+eager", "480p2")]["finite"]
     assert (tmp_path / "bench_fp8.md").exists()
+
+
+# ---- `--quant ... --quant_backend`: torchao on the fly through the runtime (the CLI, the app and the server) ----
+def _generate_args(flags: str):
+    import shlex
+
+    from diffusers_multitalk import cli
+
+    return cli.build_parser().parse_args(["generate", *shlex.split(flags)])
+
+
+TINY_CLI = "--tiny --device cpu --input_json examples/single_tiny.json --mode clip --frame_num 5 --sample_steps 1 "
+TINY_CLI += "--height 64 --width 96"
+
+
+def test_quant_int8_with_torchao_runs_the_block_linears_in_int8_through_the_cli(tmp_path, capsys):
+    """torchao's W8A8 runs on the CPU, so the whole on-the-fly route runs here: the block linears only, umT5 left
+    float, the choice printed, a video written."""
+    pytest.importorskip("torchao")
+    from diffusers_multitalk import cli, runtime
+    from diffusers_multitalk.runtime.quantization import check_quantization
+
+    args = _generate_args(f"{TINY_CLI} --quant int8 --quant_backend torchao")
+    runtime.check_generate_args(args)
+    assert check_quantization(args, torch.device("cpu")) == "torchao"
+    pipe = runtime.load_pipeline(args, torch.device("cpu"), torch.float32)
+    quantized = {
+        n for n, m in pipe.transformer.named_modules() if type(getattr(m, "weight", None)).__name__ == "Int8Tensor"
+    }
+    assert quantized == set(block_linear_names(pipe.transformer))
+    assert all(
+        type(m.weight) is torch.nn.Parameter for m in pipe.text_encoder.modules() if isinstance(m, torch.nn.Linear)
+    )
+    assert "24 DiT block linears run in int8" in capsys.readouterr().err
+
+    out = tmp_path / "video"
+    assert cli.main(["generate", *TINY_CLI.split(), "--quant", "int8", "--quant_backend", "torchao", "--save_file", str(out)]) == 0
+    assert out.with_suffix(".mp4").stat().st_size > 0
+
+
+def test_torchao_fuses_a_lora_before_quantising(tmp_path):
+    pytest.importorskip("torchao")
+    from safetensors.torch import save_file
+
+    from diffusers_multitalk import runtime
+
+    g = torch.Generator().manual_seed(0)
+    model = tiny_transformer()
+    # a LoRA on every block's self-attention query, in the layout Wan trainers save
+    lora = {}
+    for i, block in enumerate(model.blocks):
+        fan_out, fan_in = block.attn1.to_q.weight.shape
+        lora[f"diffusion_model.blocks.{i}.self_attn.q.lora_down.weight"] = torch.randn(2, fan_in, generator=g)
+        lora[f"diffusion_model.blocks.{i}.self_attn.q.lora_up.weight"] = torch.randn(fan_out, 2, generator=g)
+    path = tmp_path / "lora.safetensors"
+    save_file(lora, str(path))
+    args = _generate_args(f"{TINY_CLI} --quant int8 --quant_backend torchao --lora_dir {path} --lora_scale 1.0")
+    runtime.check_generate_args(args)
+    pipe = runtime.load_pipeline(args, torch.device("cpu"), torch.float32)
+    assert not getattr(pipe.transformer, "peft_config", None)  # fused and unloaded: no adapter layers left
+    to_q = pipe.transformer.blocks[0].attn1.to_q
+    assert isinstance(to_q, torch.nn.Linear) and type(to_q.weight).__name__ == "Int8Tensor"
+    base = tiny_transformer().blocks[0].attn1.to_q.weight
+    fused = base + lora["diffusion_model.blocks.0.self_attn.q.lora_up.weight"] @ lora[
+        "diffusion_model.blocks.0.self_attn.q.lora_down.weight"
+    ] * (1.0 / 2 * 2)  # alpha defaults to the rank: scale 1
+    dequantized = to_q.weight.dequantize().float()
+    assert ((dequantized - fused).norm() / fused.norm()).item() < 0.02  # the LoRA is in the int8 weights
+
+
+def test_fp8_with_torchao_on_the_cpu_is_refused_before_anything_loads(monkeypatch, capsys):
+    pytest.importorskip("torchao")
+    if torch.cuda.is_available():
+        pytest.skip("this machine runs FP8: tests/test_cuda.py covers it")
+    from diffusers_multitalk import cli, tiny
+
+    monkeypatch.setattr(tiny, "make_tiny_pipeline", lambda *a, **k: pytest.fail("a model loaded"))
+    assert cli.main(["generate", *TINY_CLI.split(), "--quant", "fp8", "--quant_backend", "torchao"]) == 1
+    err = capsys.readouterr().err
+    assert "error: --quant fp8 --quant_backend torchao: FP8 products need a CUDA GPU of compute capability 8.9" in err
+    assert "--quant int8 --quant_backend torchao" in err and "Traceback" not in err
+
+
+def test_auto_backend_picks_torchao_for_fp8_on_an_fp8_gpu_only(monkeypatch):
+    pytest.importorskip("torchao")
+    from diffusers_multitalk import runtime
+    from diffusers_multitalk.runtime import quantization
+
+    fp8 = _generate_args(f"{TINY_CLI} --quant fp8")
+    int8 = _generate_args(f"{TINY_CLI} --quant int8")
+    cpu = torch.device("cpu")
+    assert quantization.check_quantization(fp8, cpu) == "quanto"  # the CPU has no FP8 products: MultiTalk's scheme
+    monkeypatch.setattr(quantization, "runs_fp8_products", lambda device: True)
+    assert quantization.check_quantization(fp8, cpu) == "torchao"
+    assert quantization.check_quantization(int8, cpu) == "quanto"  # int8 stays MultiTalk's own (weights only)
+    assert quantization.choose_quant_backend(fp8, cpu, quant_files=True) == "quanto"  # MeiGen's files are quanto
+    assert quantization.check_quantization(_generate_args(TINY_CLI), cpu) is None
+    with pytest.raises(runtime.UserError, match="optimum-quanto checkpoints"):
+        runtime.check_generate_args(_generate_args(f"{TINY_CLI} --quant fp8 --quant_backend torchao --quant_dir q"))
+    with pytest.raises(runtime.UserError, match="optimum-quanto checkpoints"):
+        quantization.choose_quant_backend(_generate_args(f"{TINY_CLI} --quant fp8 --quant_backend torchao"), cpu, True)
+
+
+def test_torchao_backend_needs_torchao_and_not_quanto(monkeypatch):
+    from diffusers_multitalk import runtime
+    from diffusers_multitalk.runtime import options, quantization
+
+    monkeypatch.setattr(quantization, "torchao_available", lambda: False)
+    with pytest.raises(runtime.UserError, match=r'torchao is not installed: pip install "diffusers-multitalk\[fp8\]"'):
+        runtime.check_generate_args(_generate_args(f"{TINY_CLI} --quant int8 --quant_backend torchao"))
+    monkeypatch.setattr(quantization, "torchao_available", lambda: True)
+    monkeypatch.setattr(options, "quanto_available", lambda: False)
+    runtime.check_generate_args(_generate_args(f"{TINY_CLI} --quant int8 --quant_backend torchao"))  # no quanto needed
+    with pytest.raises(runtime.UserError, match="optimum-quanto is not installed"):
+        runtime.check_generate_args(_generate_args(f"{TINY_CLI} --quant int8"))
+    with pytest.raises(runtime.UserError, match="--quant fp8 on cpu runs with optimum-quanto, which is not installed"):
+        quantization.check_quantization(_generate_args(f"{TINY_CLI} --quant fp8"), torch.device("cpu"))

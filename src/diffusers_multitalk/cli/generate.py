@@ -9,6 +9,7 @@ from ..runtime.distributed import init_distributed, is_main_process, leave_toget
 from ..runtime.errors import UserError, note
 from ..runtime.loading import load_pipeline, resolve_device, resolve_dtype
 from ..runtime.options import apply_preset_options, check_generate_args, is_infinitetalk
+from ..runtime.quantization import check_quantization
 from ..runtime.request import (
     build_generation_kwargs,
     check_writable,
@@ -106,6 +107,7 @@ def _generate(args: Namespace) -> int:
     init_distributed(args, device)
     if seed_was_random and is_main_process():
         note(f"--base_seed was negative: using {args.base_seed}")
+    _on_every_rank(check_quantization, args, device)  # FP8 needs a recent GPU: said before TTS or any loading
     input_data, path, audio_dir, kwargs = _on_every_rank(_prepare, args)
     pipe = _on_every_rank(load_pipeline, args, device, dtype)
     # Every process makes the same video; the first one writes it, chunk by chunk as they are decoded.

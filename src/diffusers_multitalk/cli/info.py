@@ -91,6 +91,12 @@ def cmd_info(args: Namespace) -> int:
             if _version("optimum-quanto") != "not installed"
             else "not installed (pip install 'diffusers-multitalk[quant]')"
         )
+        + ", torchao (--quant_backend torchao: FP8/int8 execution) "
+        + (
+            "installed"
+            if _version("torchao") != "not installed"
+            else "not installed (pip install 'diffusers-multitalk[fp8]')"
+        )
     )
     out.append(
         "web app (multitalk serve): gradio "

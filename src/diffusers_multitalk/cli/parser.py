@@ -144,8 +144,16 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument(
         "--quant",
         default=None,
-        help="int8 or fp8 (optimum-quanto): MultiTalk's quantised DiT and umT5 from --quant_dir; with --lora_dir, its "
-        "first file is the quantised FusionX DiT, as in MultiTalk; without --quant_dir the float weights are quantised on the fly",
+        help="int8 or fp8: MultiTalk's quantised DiT and umT5 from --quant_dir (optimum-quanto); with --lora_dir, its "
+        "first file is the quantised FusionX DiT, as in MultiTalk; without --quant_dir the float weights are quantised on "
+        "the fly (--quant_backend)",
+    )
+    g.add_argument(
+        "--quant_backend",
+        choices=["auto", "quanto", "torchao"],
+        default=GENERATE_DEFAULTS["quant_backend"],
+        help="who quantises on the fly: torchao runs the DiT's block linears in FP8 (a GPU of compute capability 8.9+) "
+        "or int8; quanto is MultiTalk's scheme (DiT and umT5 weights). auto (default): torchao for fp8 on an FP8 GPU",
     )
 
     i = p.add_argument_group("InfiniteTalk's flags")
@@ -283,6 +291,7 @@ SERVE_MODEL_FLAGS = (
     "--lora_scale",
     "--quant",
     "--quant_dir",
+    "--quant_backend",
     "--offload_model",
     "--num_persistent_param_in_dit",
     "--t5_cpu",

@@ -51,7 +51,7 @@ def torchao_config(mode: str = "fp8"):
             PerTensor,
         )
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError('FP8 execution needs torchao: pip install "diffusers-multitalk[torchao]"') from e
+        raise ImportError('FP8 execution needs torchao: pip install "diffusers-multitalk[fp8]"') from e
     if mode == "fp8":
         return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
     if mode == "fp8_tensor":

@@ -13,6 +13,7 @@ from .errors import PROG, UserError, note
 from .folders import inspect_wan_dir, inspect_wav2vec_dir
 from .hub import hub_error, is_hub_connection_error
 from .options import is_infinitetalk, lora_specs, quant_dit_path
+from .quantization import choose_quant_backend, quantize_on_the_fly
 
 
 _DTYPES = {
@@ -67,14 +68,15 @@ def load_from_pretrained(model: str, torch_dtype=None, cls=None):
     return cls.from_pretrained(model, torch_dtype=torch_dtype)
 
 
-def _load_infinitetalk_original(args: Namespace, dtype):
-    """InfiniteTalk from the Wan folder and InfiniteTalk's files (--infinitetalk_dir, --dit_path, --quant_dir)."""
+def _load_infinitetalk_original(args: Namespace, dtype, quant: str | None):
+    """InfiniteTalk from the Wan folder and InfiniteTalk's files (--infinitetalk_dir, --dit_path, --quant_dir);
+    `quant`: what `from_original` quantises with optimum-quanto (None when torchao quantises afterwards)."""
     from ..loaders.infinitetalk import infinitetalk_problems
     from ..pipelines.pipeline_wan_infinitetalk import WanInfiniteTalkPipeline
 
-    quant_path = args.quant_dir if args.quant else None
+    quant_path = args.quant_dir if quant else None
     problems = infinitetalk_problems(
-        args.ckpt_dir, args.infinitetalk_dir, args.wav2vec_dir, args.dit_path, args.quant, quant_path
+        args.ckpt_dir, args.infinitetalk_dir, args.wav2vec_dir, args.dit_path, quant, quant_path
     )
     if problems:
         lines = "\n".join(f"  {p}" for p in problems)
@@ -90,7 +92,7 @@ def _load_infinitetalk_original(args: Namespace, dtype):
         dit_path=args.dit_path,
         lora_path=specs[0][0] if specs else None,
         lora_scale=specs[0][1] if specs else 1.0,
-        quant=args.quant,
+        quant=quant,
         quant_path=quant_path,
     )
 
@@ -109,6 +111,8 @@ def load_pipeline(args: Namespace, device, dtype):
     infinitetalk = is_infinitetalk(args)
     quant_dit = None if infinitetalk else quant_dit_path(args)
     quant_files = bool(args.quant and (args.quant_dir or quant_dit))
+    # which library quantises (checked here, before any model loads: FP8 products need a recent GPU)
+    quant_backend = choose_quant_backend(args, device, quant_files)
     if args.tiny:
         from ..tiny import make_tiny_pipeline
 
@@ -127,8 +131,9 @@ def load_pipeline(args: Namespace, device, dtype):
                 raise
             raise clear from err
     elif infinitetalk:
-        pipe = _load_infinitetalk_original(args, dtype)
-        quant_files = bool(args.quant)  # LoRA and quantisation are applied by from_original
+        quanto = args.quant if quant_backend == "quanto" else None
+        pipe = _load_infinitetalk_original(args, dtype, quanto)
+        quant_files = bool(quanto)  # LoRA and quanto's quantisation are applied by from_original
     else:
         from ..pipelines.pipeline_wan_multitalk import WanMultiTalkPipeline
 
@@ -181,12 +186,7 @@ def load_pipeline(args: Namespace, device, dtype):
             names.append(name)
         pipe.set_adapters(names, [scale for _, scale in specs])
     if args.quant and not quant_files:
-        from ..loaders.quantized import quantize_pipeline
-
-        note(
-            f"--quant {args.quant} without --quant_dir: quantising the DiT{' (LoRAs fused first)' if specs else ''} and umT5 on the fly"
-        )
-        quantize_pipeline(pipe, args.quant)
+        quantize_on_the_fly(pipe, args.quant, quant_backend, fused_loras=bool(specs))
 
     if args.use_teacache:
         pipe.transformer.enable_teacache(threshold=args.teacache_thresh, resolution=args.size)

@@ -1,0 +1,112 @@
+"""`--quant` on the fly: which library quantises the loaded DiT (`--quant_backend`), checked before any model loads.
+
+- optimum-quanto ("quanto"): MultiTalk's own scheme, weights stored in int8/FP8 and the products run in the
+  compute dtype; the DiT and umT5. The only backend for MultiTalk's and InfiniteTalk's files (`--quant_dir`).
+- torchao ("torchao"): the DiT's block linears executed in 8 bits (`models/fp8.py`): FP8 e4m3 with row-wise scales
+  through `torch._scaled_mm` (a CUDA GPU of compute capability >= 8.9), or int8 weights and activations
+  (W8A8, also on the CPU). The audio adapter, norms, modulation, embedders and head stay as they are; so does umT5.
+- "auto" (the default): torchao for `--quant fp8` on a GPU that runs FP8 products, when torchao is installed;
+  quanto otherwise. The choice is printed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from argparse import Namespace
+
+from .errors import UserError, note
+
+
+QUANT_BACKENDS = ("auto", "quanto", "torchao")
+# `--quant` -> the torchao mode of `models.fp8.enable_fp8`
+TORCHAO_MODES = {"fp8": "fp8", "int8": "int8_dynamic"}
+TORCHAO_INSTALL_HINT = 'pip install "diffusers-multitalk[fp8]"'
+FILES_ARE_QUANTO = (
+    "the quantised files (--quant_dir / the FusionX DiT) are optimum-quanto checkpoints; drop them to quantise the "
+    "float weights with torchao, or drop --quant_backend"
+)
+
+
+def torchao_available() -> bool:
+    try:
+        return importlib.util.find_spec("torchao") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def runs_fp8_products(device) -> bool:
+    """Whether `device` has FP8 tensor cores (`torch._scaled_mm` in e4m3): CUDA compute capability >= 8.9."""
+    import torch
+
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def choose_quant_backend(args: Namespace, device, quant_files: bool) -> str | None:
+    """The backend `--quant` runs with on `device` ("quanto" or "torchao"; None without `--quant`), or a UserError
+    naming the flags when the asked one cannot run here. `quant_files`: MultiTalk's or InfiniteTalk's quantised files
+    are loaded (`--quant_dir`, the quantised FusionX DiT), which are optimum-quanto checkpoints."""
+    if not args.quant:
+        return None
+    backend = getattr(args, "quant_backend", "auto") or "auto"
+    if backend not in QUANT_BACKENDS:
+        raise UserError(f"--quant_backend {backend}: expected one of {', '.join(QUANT_BACKENDS)}")
+    if quant_files:
+        if backend == "torchao":
+            raise UserError(f"--quant_backend torchao: {FILES_ARE_QUANTO}")
+        return "quanto"
+    if backend == "auto":
+        fp8_here = args.quant == "fp8" and torchao_available() and runs_fp8_products(device)
+        backend = "torchao" if fp8_here else "quanto"
+    if backend == "torchao":
+        if not torchao_available():
+            raise UserError(f"--quant_backend torchao: torchao is not installed: {TORCHAO_INSTALL_HINT}")
+        if args.quant == "fp8" and not runs_fp8_products(device):
+            raise UserError(
+                f"--quant fp8 --quant_backend torchao: FP8 products need a CUDA GPU of compute capability 8.9 or more "
+                f"(Ada, Hopper), not {device}; use --quant int8 --quant_backend torchao (int8 products, also on the "
+                "CPU) or --quant_backend quanto (FP8 weights, products in the compute dtype)"
+            )
+    if backend == "quanto":
+        from ..loaders.quantized import QUANT_INSTALL_HINT
+        from .options import quanto_available
+
+        if not quanto_available():
+            raise UserError(
+                f"--quant {args.quant} on {device} runs with optimum-quanto, which is not installed: "
+                f"{QUANT_INSTALL_HINT}"
+            )
+    return backend
+
+
+def check_quantization(args: Namespace, device) -> str | None:
+    """`choose_quant_backend` for the options as given (the quantised files found from `--quant_dir` and
+    `--lora_dir`): what a front end calls before reading inputs or loading anything."""
+    from .options import is_infinitetalk, quant_dit_path
+
+    quant_dit = None if is_infinitetalk(args) else quant_dit_path(args)
+    return choose_quant_backend(args, device, bool(args.quant and (args.quant_dir or quant_dit)))
+
+
+def quantize_on_the_fly(pipe, quant: str, backend: str, fused_loras: bool) -> None:
+    """Quantises the loaded pipeline's float weights with `backend` (any LoRA is fused into them first)."""
+    if backend == "torchao":
+        from ..models.fp8 import enable_fp8
+
+        dtype = str(pipe.transformer.dtype).removeprefix("torch.")
+        if getattr(pipe.transformer, "peft_config", None):  # a quantised linear takes no adapter afterwards
+            pipe.fuse_lora(components=["transformer"])
+            pipe.unload_lora_weights()
+        names = enable_fp8(pipe.transformer, TORCHAO_MODES[quant])
+        kind = "FP8 (e4m3, row-wise scales)" if quant == "fp8" else "int8 (weights and activations)"
+        note(
+            f"--quant {quant} (torchao): {len(names)} DiT block linears{' (LoRAs fused first)' if fused_loras else ''} "
+            f"run in {kind}; the audio adapter, norms, head and umT5 stay in {dtype}"
+        )
+        return
+    from ..loaders.quantized import quantize_pipeline
+
+    note(
+        f"--quant {quant} (optimum-quanto, without --quant_dir): quantising the DiT"
+        f"{' (LoRAs fused first)' if fused_loras else ''} and umT5 on the fly"
+    )
+    quantize_pipeline(pipe, quant)
