@@ -1,7 +1,7 @@
 """The HTTP API (`diffusers_multitalk.server`, `multitalk serve`) on loopback with the tiny model: a job runs from
-submission through its events to an mp4 with video and audio; bad uploads are refused (413/415/422) before anything is
-written; a full queue answers 429; queued and running jobs cancel; a wrong API key answers 401; the OpenAPI
-document validates."""
+submission through its events to an mp4 with video and audio; a video is dubbed by the tiny InfiniteTalk model; bad
+uploads are refused (413/415/422) before anything is written; a full queue answers 429; queued and running jobs
+cancel; a wrong API key answers 401; the OpenAPI document validates."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from diffusers_multitalk import cli, server
 ASSETS = Path(__file__).resolve().parents[1] / "examples" / "assets"
 IMAGE = ASSETS / "two_people.png"
 SPEAKER = ASSETS / "speaker1.wav"
+SOURCE_CLIP = ASSETS / "source_clip.mp4"  # 96x64, 25 fps, 1.92 s
 FAST = {"mode": "clip", "frame_num": 5, "sample_steps": 1, "sample_text_guide_scale": 1.0, "height": 64, "width": 96}
 TIMEOUT = 120  # seconds any wait may take
 
@@ -33,13 +34,28 @@ def tiny_pipe():
     return make_tiny_pipeline(seed=0)
 
 
+@pytest.fixture(scope="module")
+def dub_pipe():
+    from diffusers_multitalk import make_tiny_pipeline
+    from diffusers_multitalk.pipelines.pipeline_wan_infinitetalk import WanInfiniteTalkPipeline
+
+    return make_tiny_pipeline(seed=0, pipeline_class=WanInfiniteTalkPipeline)
+
+
 def _client(tiny_pipe, tmp_path, **kwargs):
     app = server.create_app(tiny_pipe, output_dir=tmp_path, tiny=True, ui=False, **kwargs)
     return app, TestClient(app)
 
 
-def _submit(client, settings=FAST, image=IMAGE, audio=(SPEAKER,), headers=None, **form):
-    files = [("image", ("picture.png", Path(image).read_bytes() if isinstance(image, Path) else image, "image/png"))]
+def _submit(client, settings=FAST, image=IMAGE, audio=(SPEAKER,), headers=None, video=None, **form):
+    """A job: `image` and `video` are a path, bytes or None (not sent); the names say nothing (content counts)."""
+    files = []
+    for field, entry, name, kind in (
+        ("image", image, "picture.png", "image/png"),
+        ("video", video, "v.mp4", "video/mp4"),
+    ):
+        if entry is not None:
+            files.append((field, (name, Path(entry).read_bytes() if isinstance(entry, Path) else entry, kind)))
     for entry in audio:
         data = Path(entry).read_bytes() if isinstance(entry, Path) else entry
         files.append(("audio", ("speech.wav", data, "audio/wav")))
@@ -137,17 +153,13 @@ def test_bad_uploads_are_refused_before_anything_is_written(tiny_pipe, tmp_path)
             "model flag": (dict(settings={"ckpt_dir": "/weights"}), 422, "ckpt_dir: fixed when the server starts"),
             "wrong type": (dict(settings={"frame_num": "five"}), 422, "frame_num: expected int"),
             "invalid value": (dict(settings={"frame_num": 6}), 422, "--frame_num 6: must be 4n+1"),
-            "video input": (dict(video=True), 422, "video: not supported yet"),
+            "a video to MultiTalk": (dict(image=None, video=SOURCE_CLIP), 422, "dubbing needs InfiniteTalk"),
+            "image and video": (dict(video=SOURCE_CLIP), 422, "image / video: give a reference picture or a video"),
+            "neither": (dict(image=None), 422, "image: missing"),
             "no audio": (dict(audio=[]), 422, "audio: missing"),
         }
         for name, (change, status, message) in cases.items():
-            change = dict(change)
-            if "video" in change:
-                change.pop("video")
-                files = [("image", ("a.png", IMAGE.read_bytes(), "image/png")), ("video", ("v.mp4", b"x", "video/mp4"))]
-                answer = client.post("/v1/jobs", files=files, data={"prompt": "p", "settings": json.dumps(FAST)})
-            else:
-                answer = _submit(client, **change)
+            answer = _submit(client, **change)
             assert answer.status_code == status, (name, answer.status_code, answer.text)
             assert message in answer.json()["detail"], (name, answer.json())
         # a whole request far past the limits is refused from its length alone
@@ -155,6 +167,79 @@ def test_bad_uploads_are_refused_before_anything_is_written(tiny_pipe, tmp_path)
             "/v1/jobs", content=b"x" * (7 * 1024 * 1024), headers={"content-type": "multipart/form-data; boundary=x"}
         )
         assert answer.status_code == 413, answer.text
+        assert _files(tmp_path) == [] and client.get("/healthz").json()["queued"] == 0
+    finally:
+        app.state.jobs.stop()
+
+
+def test_dub_job_on_infinitetalk_runs_to_an_mp4_with_the_new_speech(dub_pipe, tmp_path):
+    import imageio_ffmpeg
+
+    from diffusers_multitalk import runtime
+
+    app, client = _client(dub_pipe, tmp_path)
+    try:
+        # 0.5 s of new speech: one chunk of 13 frames; no height/width, so the --tiny size follows the video's
+        speech, rate = sf.read(SPEAKER, dtype="float32")
+        buffer = io.BytesIO()
+        sf.write(buffer, speech[: int(0.5 * rate)], rate, format="WAV", subtype="PCM_16")
+        settings = {"frame_num": 13, "sample_steps": 1, "sample_text_guide_scale": 1.0}
+        answer = _submit(client, settings=settings, image=None, video=SOURCE_CLIP, audio=[buffer.getvalue()])
+        assert answer.status_code == 202, answer.text
+        job_id = answer.json()["id"]
+        body = _wait(client, job_id)
+        assert body["status"] == "succeeded", body
+        assert body["progress"] == {"step": 1, "steps": 1, "chunk": 1, "chunks": 1}, body
+        out = tmp_path / "dub.mp4"
+        out.write_bytes(client.get(body["video_url"]).content)
+        height, width = runtime.tiny_size((64, 96), "multitalk-480")
+        streams = _streams(out)
+        assert any("Video: h264" in s and f"{width}x{height}" in s for s in streams), streams
+        assert any("Audio: aac" in s for s in streams), streams
+        assert imageio_ffmpeg.count_frames_and_secs(str(out))[0] == int(0.5 * 25)  # the dub follows the new speech
+        # the job's folder holds its inputs (the source named apart from the output) and the finished video
+        assert _files(tmp_path / "jobs") == sorted(
+            [f"{job_id}/video_in.mp4", f"{job_id}/person1.wav", f"{job_id}/video.mp4"]
+        )
+    finally:
+        app.state.jobs.stop()
+
+
+def test_a_dub_on_a_model_not_loaded_yet(tiny_pipe, tmp_path):
+    from diffusers_multitalk import runtime
+
+    # model flags tell the pipeline without loading it: MultiTalk's refuses at once
+    app = server.create_app(runtime.generate_options(tiny=True), output_dir=tmp_path, ui=False)
+    answer = _submit(TestClient(app), image=None, video=SOURCE_CLIP)
+    assert answer.status_code == 422 and "dubbing needs InfiniteTalk" in answer.json()["detail"], answer.text
+    assert not app.state.pipeline.loaded and _files(tmp_path) == []
+    # a loader is not called for the check: the job is queued and fails at its start, leaving no files
+    app, client = _client(lambda: tiny_pipe, tmp_path)
+    try:
+        answer = _submit(client, image=None, video=SOURCE_CLIP)
+        assert answer.status_code == 202, answer.text
+        body = _wait(client, answer.json()["id"])
+        assert body["status"] == "failed" and "dubbing needs InfiniteTalk" in body["error"], body
+        assert _files(tmp_path) == []
+    finally:
+        app.state.jobs.stop()
+
+
+def test_bad_videos_are_refused_before_anything_is_written(dub_pipe, tmp_path):
+    # the bundled clip is 96x64: one pixel over this limit
+    app, client = _client(dub_pipe, tmp_path, max_pixels=96 * 64 - 1)
+    app.state.jobs._run = lambda *a: (_ for _ in ()).throw(AssertionError("a refused job ran"))
+    try:
+        cases = {
+            "text as the video": (b"just some text, not a video\n", 415, "video: not a video (MP4, MOV, WebM"),
+            "an image as the video": (IMAGE, 415, "video: not a video"),
+            "broken mp4": (b"\0\0\0\x18ftypisom" + b"garbage" * 20, 415, "video: a MP4 file that cannot be decoded"),
+            "too many pixels": (SOURCE_CLIP, 422, "video: 96x64 is 6144 pixels, more than the server's limit of 6143"),
+        }
+        for name, (video, status, message) in cases.items():
+            answer = _submit(client, image=None, video=video)
+            assert answer.status_code == status, (name, answer.status_code, answer.text)
+            assert message in answer.json()["detail"], (name, answer.json())
         assert _files(tmp_path) == [] and client.get("/healthz").json()["queued"] == 0
     finally:
         app.state.jobs.stop()

@@ -13,13 +13,15 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from .. import runtime
+from ..runtime.options import is_infinitetalk
 from .events import job_events
-from .generation import parse_settings, run_job
+from .generation import NEEDS_INFINITETALK, can_dub, parse_settings, run_job
 from .jobs import Job, JobManager, QueueFull, new_job_id
 from .schemas import ErrorBody, Health, JobCreated, JobInfo, JobState
-from .uploads import MB, Limits, UploadRejected, check_audio, check_image, read_limited
+from .uploads import MB, Limits, UploadRejected, check_audio, check_image, check_video, read_limited
 
 
 MAX_PERSONS = 4
@@ -56,7 +58,10 @@ def create_app(
     ui: bool = True,
 ) -> FastAPI:
     """
-    The server's app (not started: run it with uvicorn).
+    The server's app (not started: run it with uvicorn). A `video` upload (dubbing) is refused at submission unless
+    the pipeline is InfiniteTalk's: told by the pipeline when it is given or loaded, else by the model flags; a
+    function not yet called is not called for it (that would load the model in the request), so such a job is
+    queued and fails at its start if the model it returns cannot dub.
 
     Args:
         source: `multitalk serve`'s parsed flags (the model options), a pipeline, or a function returning one.
@@ -75,6 +80,8 @@ def create_app(
     else:
         server_options = runtime.generate_options(tiny=bool(tiny))
         checks_model = bool(tiny)
+    if _is_pipeline(source) and can_dub(source) and not is_infinitetalk(server_options):
+        server_options.task = "infinitetalk-14B"  # a given InfiniteTalk: its defaults (9 motion frames) for the checks
     tiny = bool(server_options.tiny) if tiny is None else tiny
     holder = runtime.PipelineHolder(source)
     output_dir = Path(output_dir)
@@ -92,10 +99,18 @@ def create_app(
 
     app = FastAPI(
         title="MultiTalk API", version="1", lifespan=lifespan,
-        description="Audio-driven talking video: submit a job (an image, speech and a prompt), follow its progress, "
-        "download the mp4. One job runs on the GPU at a time, the others wait in a bounded queue.",
+        description="Audio-driven talking video: submit a job (an image or a video to dub, speech and a prompt), "
+        "follow its progress, download the mp4. One job runs on the GPU at a time, the others wait in a bounded queue.",
     )  # fmt: skip
     app.state.jobs, app.state.pipeline, app.state.limits = manager, holder, limits
+
+    def dubs() -> bool | None:
+        """Whether the served model dubs videos; None while that is unknown (a loader not yet called)."""
+        if holder.loaded or _is_pipeline(source):
+            return can_dub(holder())  # a given pipeline is returned as is: nothing loads
+        if isinstance(source, Namespace) or options is not None:  # the model flags pick the pipeline
+            return is_infinitetalk(server_options)
+        return None
 
     bearer = HTTPBearer(auto_error=False, description="`--api_key`, when the server was started with one")
 
@@ -138,7 +153,9 @@ def create_app(
         request: Request,
         prompt: str = Form(..., description="what the video shows"),
         image: UploadFile | None = File(None, description="the reference image (PNG, JPEG, WebP, GIF, BMP)"),
-        video: UploadFile | None = File(None, description="a video to dub (InfiniteTalk; not served yet)"),
+        video: UploadFile | None = File(
+            None, description="instead of image: a video to dub (MP4, MOV, WebM, MKV, AVI; an InfiniteTalk server)"
+        ),
         audio: list[UploadFile] = File(
             default=[], description="one recording per person, in order (WAV, FLAC, OGG, MP3)"
         ),
@@ -153,13 +170,14 @@ def create_app(
             options, extras = parse_settings(settings, server_options, checks_model=checks_model)
         except runtime.UserError as err:
             raise HTTPException(422, str(err)) from None
-        if video is not None:
+        if image is not None and video is not None:
+            raise HTTPException(422, "image / video: give a reference picture or a video to dub, not both")
+        if image is None and video is None:
             raise HTTPException(
-                422, "video: not supported yet: this server loads a MultiTalk (image-to-video) model; dubbing a video "
-                "needs InfiniteTalk's model, which `multitalk serve` does not load; send an image",
-            )  # fmt: skip
-        if image is None:
-            raise HTTPException(422, "image: missing; send the reference picture as the multipart field 'image'")
+                422, "image: missing; send the reference picture as 'image' or a video to dub as 'video'"
+            )
+        if video is not None and dubs() is False:
+            raise HTTPException(422, NEEDS_INFINITETALK)
         if not prompt.strip():
             raise HTTPException(422, "prompt: empty; describe the scene")
         if tts is not None and audio:
@@ -171,7 +189,11 @@ def create_app(
         if tts is not None:
             _check_script(tts)
         try:
-            picture = check_image(await read_limited(image, "image", limits), "image", limits)
+            if video is not None:
+                data = await read_limited(video, "video", limits)
+                checked = await run_in_threadpool(check_video, data, "video", limits)  # ffmpeg, off the event loop
+            else:
+                checked = check_image(await read_limited(image, "image", limits), "image", limits)
             speech = [
                 check_audio(await read_limited(f, f"audio[{i}]", limits), f"audio[{i}]", limits)
                 for i, f in enumerate(audio)
@@ -190,15 +212,18 @@ def create_app(
         job_id = new_job_id()
         folder = jobs_dir / job_id
         folder.mkdir(parents=True, exist_ok=False)
-        image_path = folder / f"image.{picture.format}"
-        image_path.write_bytes(picture.data)
+        # `video_in`: the job's output is video.mp4
+        source_path = folder / (f"video_in.{checked.format}" if video is not None else f"image.{checked.format}")
+        source_path.write_bytes(checked.data)
+        image_path, video_path = (None, source_path) if video is not None else (source_path, None)
         audio_paths = []
         for i, clip in enumerate(speech, start=1):
             path = folder / f"person{i}.{clip.format}"
             path.write_bytes(clip.data)
             audio_paths.append(path)
         job = Job(
-            id=job_id, folder=folder, prompt=prompt, options=options, extras=extras, image_path=image_path,
+            id=job_id, folder=folder, prompt=prompt, options=options, extras=extras,
+            image_path=image_path, video_path=video_path,
             audio_paths=audio_paths, audio_seconds=[c.seconds for c in speech], tts=tts,
         )  # fmt: skip
         try:
@@ -260,6 +285,12 @@ def create_app(
     if ui:
         _mount_ui(app, holder, gpu_lock, output_dir / "ui", tiny, server_options)
     return app
+
+
+def _is_pipeline(source) -> bool:
+    from diffusers import DiffusionPipeline
+
+    return isinstance(source, DiffusionPipeline)
 
 
 def _check_script(text: str) -> None:

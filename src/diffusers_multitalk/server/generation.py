@@ -1,5 +1,5 @@
-"""An API job's settings -> checked generation options, and one job run through the pipeline with progress and
-cancellation (the same flag -> argument mapping as `multitalk generate`)."""
+"""An API job's settings -> checked generation options, and one job (an image to animate or a video to dub) run
+through the pipeline with progress and cancellation (the same flag -> argument mapping as `multitalk generate`)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,17 @@ GENERATION_FIELDS = {
 INPUT_FIELDS = {"audio_type": _STR, "bbox": (list, dict), "negative_prompt": _STR,
                 **{f"human{i}_voice": _STR for i in range(1, 5)}}  # fmt: skip
 SETTINGS_FIELDS = {**GENERATION_FIELDS, **INPUT_FIELDS}
+
+
+NEEDS_INFINITETALK = (
+    "video: dubbing needs InfiniteTalk; start the server with --infinitetalk_dir DIR (InfiniteTalk's weights; or "
+    "--tiny --task infinitetalk-14B), or send a reference picture as 'image'"
+)
+
+
+def can_dub(pipe) -> bool:
+    """Whether the pipeline dubs videos: InfiniteTalk's has `prepare_source_frame` (as the web app asks)."""
+    return hasattr(pipe, "prepare_source_frame")
 
 
 class JobCancelled(Exception):
@@ -96,16 +107,29 @@ def bbox_block(bbox, num_persons: int) -> dict | None:
 
 
 def run_job(pipe, job, on_progress: Callable[[dict], None], should_stop: Callable[[], bool]) -> Path:
-    """Runs one job (image, speech, prompt, options) to `job.folder / "video.mp4"`; the pipeline writes it
-    atomically. `on_progress` gets {step, steps, chunk, chunks}; `should_stop()` True cancels at the next step."""
-    from PIL import Image
-
+    """Runs one job (an image or a video to dub, speech, prompt, options) to `job.folder / "video.mp4"`; the
+    pipeline writes it atomically. `on_progress` gets {step, steps, chunk, chunks}; `should_stop()` True cancels at
+    the next step."""
     options = copy(job.options)
     options.device = str(pipe._execution_device)
-    with Image.open(job.image_path) as opened:
-        image = opened.convert("RGB")
+    if job.video_path is not None:
+        if not can_dub(pipe):  # submit_job could not tell before the model was loaded (a lazy loader)
+            raise runtime.UserError(NEEDS_INFINITETALK)
+        from ..input_json import probe_visual
+
+        source_size, _, why = probe_visual(job.video_path)
+        if source_size is None:
+            raise runtime.UserError(f"video: cannot be read as a video ({why})")
+        visual = {"cond_video": str(job.video_path), "cond_video_is_image": False}
+    else:
+        from PIL import Image
+
+        with Image.open(job.image_path) as opened:
+            image = opened.convert("RGB")
+        source_size = (image.height, image.width)
+        visual = {"cond_image": image}
     if options.height is None and options.tiny:
-        options.height, options.width = runtime.tiny_size((image.height, image.width), options.size)
+        options.height, options.width = runtime.tiny_size(source_size, options.size)
     if job.tts is not None:
         voices = {k: v for k, v in job.extras.items() if k.endswith("_voice")}
         cond_audio = runtime.synthesize_tts({"text": job.tts, **voices})
@@ -116,7 +140,7 @@ def run_job(pipe, job, on_progress: Callable[[dict], None], should_stop: Callabl
         seconds = job.audio_seconds
     if should_stop():
         raise JobCancelled()
-    input_data = {"prompt": job.prompt, "cond_image": image, "cond_audio": cond_audio,
+    input_data = {"prompt": job.prompt, **visual, "cond_audio": cond_audio,
                   "audio_type": job.extras.get("audio_type", "add")}  # fmt: skip
     if job.extras.get("negative_prompt") is not None:
         input_data["negative_prompt"] = job.extras["negative_prompt"]
@@ -126,7 +150,7 @@ def run_job(pipe, job, on_progress: Callable[[dict], None], should_stop: Callabl
     kwargs = runtime.build_generation_kwargs(options, input_data)
 
     steps = kwargs["num_inference_steps"]
-    chunks = _estimate_chunks(pipe, seconds, input_data["audio_type"], options)
+    chunks = _estimate_chunks(pipe, seconds, input_data["audio_type"], kwargs)
     on_progress(dict(step=0, steps=steps * chunks if chunks else None, chunk=0, chunks=chunks))
 
     def step_end(pipeline, index, timestep, callback_kwargs):
@@ -147,12 +171,13 @@ def run_job(pipe, job, on_progress: Callable[[dict], None], should_stop: Callabl
     return path
 
 
-def _estimate_chunks(pipe, seconds: list[float], audio_type: str, options: Namespace) -> int | None:
-    """The chunks the pipeline will make, from the speech's length (the step callback corrects it if off)."""
+def _estimate_chunks(pipe, seconds: list[float], audio_type: str, kwargs: dict) -> int | None:
+    """The chunks the pipeline will make, from the speech's length (the step callback corrects it if off). Both
+    pipelines follow the audio, a dub too; the pipeline's own arguments carry the model's default motion frames."""
     try:
         total = sum(seconds) if audio_type == "add" else max(seconds)
-        plan = pipe.plan_video(int(round(total * 25)), options.frame_num, options.motion_frame, options.max_frame_num,
-                               options.mode)  # fmt: skip
+        plan = pipe.plan_video(int(round(total * 25)), kwargs["num_frames"], kwargs["motion_frames"],
+                               kwargs["max_frames"], kwargs["mode"])  # fmt: skip
         return int(plan.num_chunks)
     except Exception:  # noqa: BLE001 - an estimate only
         return None

@@ -30,7 +30,8 @@ class Job:
     prompt: str
     options: Namespace
     extras: dict
-    image_path: Path
+    image_path: Path | None = None  # the reference picture, or
+    video_path: Path | None = None  # the video to dub (InfiniteTalk)
     audio_paths: list[Path] = field(default_factory=list)
     audio_seconds: list[float] = field(default_factory=list)
     tts: str | None = None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 
 MB = 1024 * 1024
@@ -15,6 +17,7 @@ _AUDIO_MAGIC = ((b"fLaC", "flac"), (b"OggS", "ogg"), (b"ID3", "mp3"), (b"\xff\xf
                 (b"\xff\xf2", "mp3"))  # fmt: skip
 IMAGE_TYPES = "PNG, JPEG, WebP, GIF or BMP"
 AUDIO_TYPES = "WAV, FLAC, OGG or MP3"
+VIDEO_TYPES = "MP4, MOV, WebM, MKV or AVI"
 
 
 class UploadRejected(Exception):
@@ -35,6 +38,14 @@ class Limits:
 
 @dataclass(frozen=True)
 class CheckedImage:
+    data: bytes
+    format: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class CheckedVideo:
     data: bytes
     format: str
     width: int
@@ -87,18 +98,68 @@ def check_image(data: bytes, field: str, limits: Limits) -> CheckedImage:
     try:
         with Image.open(io.BytesIO(data)) as image:  # reads the header only: the size comes before any decoding
             width, height = image.size
-            if width * height > limits.max_pixels:
-                raise UploadRejected(
-                    422,
-                    f"{field}: {width}x{height} is {width * height} pixels, more than the server's limit of "
-                    f"{limits.max_pixels} (--max_pixels); downscale it (the model works at 480P or 720P)",
-                )
+            refused = _too_many_pixels(field, width, height, limits)
+            if refused is not None:
+                raise refused
             image.load()
     except UploadRejected:
         raise
     except Exception as err:  # noqa: BLE001 - PIL raises many kinds for broken files
         raise UploadRejected(415, f"{field}: a {kind.upper()} file that cannot be decoded ({err})") from None
     return CheckedImage(data=data, format=kind, width=width, height=height)
+
+
+def _too_many_pixels(field: str, width: int, height: int, limits: Limits) -> UploadRejected | None:
+    if width * height <= limits.max_pixels:
+        return None
+    return UploadRejected(
+        422,
+        f"{field}: {width}x{height} is {width * height} pixels, more than the server's limit of "
+        f"{limits.max_pixels} (--max_pixels); downscale it (the model works at 480P or 720P)",
+    )
+
+
+def _sniff_video(data: bytes) -> str | None:
+    if data[4:8] == b"ftyp":  # ISO base media: the major brand tells QuickTime from MP4
+        return "mov" if data[8:12] == b"qt  " else "mp4"
+    if data.startswith(b"\x1a\x45\xdf\xa3"):  # EBML: the DocType near the start tells WebM from Matroska
+        return "webm" if b"webm" in data[:64] else "mkv"
+    if data[:4] == b"RIFF" and data[8:12] == b"AVI ":
+        return "avi"
+    return None
+
+
+def check_video(data: bytes, field: str, limits: Limits) -> CheckedVideo:
+    """A video to dub by its content: a known container (415 otherwise), a frame size from ffmpeg's header within
+    --max_pixels (422), then its first frame decoded (415 when it cannot be, or there is none)."""
+    import imageio_ffmpeg
+
+    kind = _sniff_video(data)
+    if kind is None:
+        raise UploadRejected(415, f"{field}: not a video ({VIDEO_TYPES}, told by the file's content, not its name)")
+    # ffmpeg reads files: the bytes go to a private temporary folder (removed on return), never to the jobs folder.
+    with tempfile.TemporaryDirectory(prefix="multitalk-upload-") as folder:
+        path = Path(folder) / f"upload.{kind}"
+        path.write_bytes(data)
+        try:
+            reader = imageio_ffmpeg.read_frames(str(path))
+            try:
+                meta = next(reader)  # the header: the size is known before any frame is decoded
+                width, height = (int(v) for v in meta["size"])
+                refused = _too_many_pixels(field, width, height, limits)
+                if refused is not None:
+                    raise refused
+                first = next(reader, None)
+            finally:
+                reader.close()  # stops ffmpeg (it would go on decoding the whole file)
+        except UploadRejected:
+            raise
+        except Exception as err:  # noqa: BLE001 - ffmpeg's failures are the file's
+            why = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            raise UploadRejected(415, f"{field}: a {kind.upper()} file that cannot be decoded ({why})") from None
+    if first is None:
+        raise UploadRejected(415, f"{field}: a {kind.upper()} file that holds no video frames")
+    return CheckedVideo(data=data, format=kind, width=width, height=height)
 
 
 def check_audio(data: bytes, field: str, limits: Limits) -> CheckedAudio:
