@@ -276,7 +276,12 @@ def test_quant_int8_with_torchao_runs_the_block_linears_in_int8_through_the_cli(
     assert "24 DiT block linears run in int8" in capsys.readouterr().err
 
     out = tmp_path / "video"
-    assert cli.main(["generate", *TINY_CLI.split(), "--quant", "int8", "--quant_backend", "torchao", "--save_file", str(out)]) == 0
+    assert (
+        cli.main(
+            ["generate", *TINY_CLI.split(), "--quant", "int8", "--quant_backend", "torchao", "--save_file", str(out)]
+        )
+        == 0
+    )
     assert out.with_suffix(".mp4").stat().st_size > 0
 
 

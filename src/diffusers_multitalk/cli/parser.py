@@ -347,7 +347,7 @@ def _add_serve_parser(subparsers) -> argparse.ArgumentParser:
         "--max_pixels",
         type=int,
         default=4096 * 4096,
-        help="largest image, width x height; larger answer 422 (16777216)",
+        help="largest image or video frame, width x height; larger answer 422 (16777216)",
     )
     s.add_argument("--api_key", default=None, help="require 'Authorization: Bearer KEY' on /v1 (default: no key)")
     s.add_argument("--keep_jobs", type=float, default=3600, help="seconds a finished job and its video are kept (3600)")
