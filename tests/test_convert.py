@@ -1,7 +1,7 @@
 """Official folders -> diffusers folder (`convert_original_to_diffusers`, scripts/convert_weights.py) and every route
 that loads the result: `WanMultiTalkPipeline.from_pretrained` (no remote code), `DiffusionPipeline.from_pretrained` with
-`trust_remote_code=True` in a process that never imported the package (the reviewed files of the top-level
-`pipelines/`), and plain `save_pretrained` folders through the names registered with diffusers."""
+`trust_remote_code=True` in a process that never imported the package (the reviewed files of the package's
+`remote_code/`), and plain `save_pretrained` folders through the names registered with diffusers."""
 
 import filecmp
 import json
@@ -201,7 +201,7 @@ def test_remote_code_files_are_the_reviewed_ones(converted):
     out, report = converted
     assert report["remote_code_files"] == ["pipeline_wan_multitalk.py", "transformer/transformer_multitalk.py"]
     for name in report["remote_code_files"]:
-        assert filecmp.cmp(out / name, ROOT / "pipelines" / name, shallow=False), name
+        assert filecmp.cmp(out / name, model_index.REMOTE_CODE_DIR / name, shallow=False), name
         assert len((out / name).read_text().splitlines()) < 30, "remote code is small and readable"
 
 
@@ -516,3 +516,38 @@ def test_multitalk_convert_command(folders, tmp_path, capsys):
     )
     assert (out / "model_index.json").is_file()
     assert json.loads((out / "conversion_report.json").read_text())["torch_dtype"] == "float32"
+
+
+def test_the_wheel_ships_the_remote_code_files(tmp_path):
+    """`multitalk convert` copies model_index.REMOTE_CODE_DIR into every converted repo: an installed wheel (not only
+    a source checkout) must hold those files, byte for byte."""
+    import zipfile
+
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            str(ROOT),
+            "-w",
+            str(tmp_path),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("diffusers_multitalk-*.whl")
+    source = model_index.REMOTE_CODE_DIR
+    expected = sorted(
+        str(p.relative_to(source)) for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    )
+    assert {"pipeline_wan_multitalk.py", "pipeline_wan_infinitetalk.py", "transformer/transformer_multitalk.py"} <= set(
+        expected
+    )
+    with zipfile.ZipFile(wheel) as archive:
+        for name in expected:
+            assert archive.read(f"diffusers_multitalk/remote_code/{name}") == (source / name).read_bytes(), name

@@ -1,7 +1,7 @@
 """InfiniteTalk's downloads -> diffusers folder (`multitalk convert --infinitetalk_dir ...`, `convert_original_to_diffusers`
 with `infinitetalk_dir=` / `dit_path=`) on tiny original layouts, and every route that loads the result:
 `WanInfiniteTalkPipeline.from_pretrained` (no remote code) and `DiffusionPipeline.from_pretrained(...,
-trust_remote_code=True)` in a process that never imported the package (the reviewed `pipelines/pipeline_wan_infinitetalk.py`)."""
+trust_remote_code=True)` in a process that never imported the package (the reviewed `remote_code/pipeline_wan_infinitetalk.py`)."""
 
 import filecmp
 import json
@@ -21,6 +21,7 @@ from diffusers import DiffusionPipeline
 from diffusers_multitalk import MultiTalkTransformer3DModel, WanInfiniteTalkPipeline
 from diffusers_multitalk.conversion import convert_infinitetalk_to_diffusers, convert_original_to_diffusers
 from diffusers_multitalk.loaders.transformer_original import convert_multitalk_transformer_to_original
+from diffusers_multitalk.pipelines import model_index
 from diffusers_multitalk.testing import tiny_generation_latents as generate
 from diffusers_multitalk.testing import write_tiny_infinitetalk_folders
 from diffusers_multitalk.tiny import make_tiny_components
@@ -83,7 +84,7 @@ def test_converted_folder_layout_report_and_verification(converted, original):
     assert index["transformer"] == ["transformer_multitalk", "MultiTalkTransformer3DModel"]
     assert report["remote_code_files"] == ["pipeline_wan_infinitetalk.py", "transformer/transformer_multitalk.py"]
     for name in report["remote_code_files"]:
-        assert filecmp.cmp(out / name, ROOT / "pipelines" / name, shallow=False), name
+        assert filecmp.cmp(out / name, model_index.REMOTE_CODE_DIR / name, shallow=False), name
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "temporary folders left behind"
 
     saved = json.loads((out / "conversion_report.json").read_text())
