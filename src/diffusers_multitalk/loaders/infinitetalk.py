@@ -239,15 +239,11 @@ def load_infinitetalk_components(
     quant_path=None,
     lora_path=None,
 ) -> tuple[dict, bool]:
-    """The components of `WanInfiniteTalkPipeline` from the downloaded folders, and whether the pipeline still has to
-    be quantised on the fly (`quant` without `quant_path`). Every missing file is named before anything loads."""
-    from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
-
-    from ..pipelines.sampling import make_multitalk_scheduler
-    from .wan_clip import load_clip_vision_from_original
-    from .wan_tokenizers import load_umt5_tokenizer
+    """The components InfiniteTalk's files decide, `transformer` and `text_encoder` (the others are the Wan folder's,
+    `wan_original.load_wan_original_components`), and whether the pipeline still has to be quantised on the fly
+    (`quant` without `quant_path`). Every missing file, the Wan folder's and wav2vec2's included, is named before
+    anything loads."""
     from .wan_umt5 import load_umt5_encoder_from_original
-    from .wan_vae import load_vae_from_original
 
     if quant is not None:
         from .quantized import validate_quant
@@ -269,17 +265,7 @@ def load_infinitetalk_components(
     else:
         transformer = load_infinitetalk_transformer(wan_dir, infinitetalk_file, dit_path, torch_dtype=torch_dtype)
         text_encoder = load_umt5_encoder_from_original(wan_dir, torch_dtype=torch_dtype)
-    components = dict(
-        tokenizer=load_umt5_tokenizer(wan_dir),
-        text_encoder=text_encoder,
-        image_encoder=load_clip_vision_from_original(wan_dir, torch_dtype=torch_dtype),
-        transformer=transformer,
-        vae=load_vae_from_original(wan_dir, torch_dtype=torch.float32),
-        scheduler=make_multitalk_scheduler(),
-        audio_encoder=Wav2Vec2Model.from_pretrained(wav2vec_dir).eval(),
-        audio_feature_extractor=Wav2Vec2FeatureExtractor.from_pretrained(wav2vec_dir),
-    )
-    return components, quant is not None and quant_path is None
+    return dict(transformer=transformer, text_encoder=text_encoder), quant is not None and quant_path is None
 
 
 def _load_quantized(wan_dir: Path, quant: str, quant_path, torch_dtype):

@@ -105,8 +105,9 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
                 `t5_map_<quant>.json` lie beside the file, where the reference reads them; else it loads in float.
         """
         from ..loaders.infinitetalk import load_infinitetalk_components
+        from .original_loading import assemble_original_pipeline
 
-        components, needs_quantize = load_infinitetalk_components(
+        models, needs_quantize = load_infinitetalk_components(
             wan_dir,
             infinitetalk_file,
             wav2vec_dir,
@@ -116,15 +117,18 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
             quant_path=quant_path,
             lora_path=lora_path,
         )
-        pipe = cls(**components)
-        if lora_path is not None:
-            pipe.load_lora_weights(lora_path, adapter_name="infinitetalk_lora")
-            pipe.set_adapters(["infinitetalk_lora"], [lora_scale])
-        if needs_quantize:
-            from ..loaders.quantized import quantize_pipeline
-
-            quantize_pipeline(pipe, quant)
-        return pipe
+        return assemble_original_pipeline(
+            cls,
+            wan_dir,
+            wav2vec_dir,
+            models["transformer"],
+            models["text_encoder"],
+            torch_dtype=torch_dtype,
+            lora_path=lora_path,
+            lora_scale=lora_scale,
+            adapter_name="infinitetalk_lora",
+            quantize=quant if needs_quantize else None,
+        )
 
     # ------------------------------------------------------------------------------------------------------------
     # Inputs

@@ -189,21 +189,13 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
                 [`~diffusers_multitalk.loaders.quantized`].
         """
         from ..loaders.original_folders import check_original_folders
-        from ..loaders.wan_clip import load_clip_vision_from_original
-        from ..loaders.wan_tokenizers import load_umt5_tokenizer
         from ..loaders.wan_umt5 import load_umt5_encoder_from_original
-        from ..loaders.wan_vae import load_vae_from_original
-        from .sampling import make_multitalk_scheduler
+        from .original_loading import assemble_original_pipeline
 
         # Every missing file is named (with the command that downloads it) before anything heavy loads.
         quant_files = quant is not None and (quant_dir is not None or quant_dit_path is not None)
         if quant is not None:
-            from ..loaders.quantized import (
-                load_quantized_components,
-                quant_folder_problems,
-                quantize_pipeline,
-                validate_quant,
-            )
+            from ..loaders.quantized import load_quantized_components, quant_folder_problems, validate_quant
 
             validate_quant(quant)
             if quant_files and lora_path is not None:
@@ -227,22 +219,18 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
                 wan_dir, torch_dtype=torch_dtype, multitalk_path=_multitalk_file(wan_dir, multitalk_dir)
             )
             text_encoder = load_umt5_encoder_from_original(wan_dir, torch_dtype=torch_dtype)
-        pipe = cls(
-            tokenizer=load_umt5_tokenizer(wan_dir),
-            text_encoder=text_encoder,
-            image_encoder=load_clip_vision_from_original(wan_dir, torch_dtype=torch_dtype),
-            transformer=transformer,
-            vae=load_vae_from_original(wan_dir, torch_dtype=torch.float32),
-            scheduler=make_multitalk_scheduler(),
-            audio_encoder=Wav2Vec2Model.from_pretrained(wav2vec_dir).eval(),
-            audio_feature_extractor=Wav2Vec2FeatureExtractor.from_pretrained(wav2vec_dir),
+        return assemble_original_pipeline(
+            cls,
+            wan_dir,
+            wav2vec_dir,
+            transformer,
+            text_encoder,
+            torch_dtype=torch_dtype,
+            lora_path=lora_path,
+            lora_scale=lora_scale,
+            adapter_name="multitalk_lora",
+            quantize=quant if quant is not None and not quant_files else None,
         )
-        if lora_path is not None:
-            pipe.load_lora_weights(lora_path, adapter_name="multitalk_lora")
-            pipe.set_adapters(["multitalk_lora"], [lora_scale])
-        if quant is not None and not quant_files:
-            quantize_pipeline(pipe, quant)
-        return pipe
 
     @classmethod
     def from_wan_diffusers(
