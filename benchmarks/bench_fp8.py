@@ -7,7 +7,9 @@ weights), so one forward's output of each set-up is compared with bf16's on the 
 SETUP: a '+'-list of
   bf16 | fp8 (torchao row-wise e4m3, dynamic activations) | fp8_tensor | int8_dynamic (torchao W8A8 int8)
   | quanto_int8 (MultiTalk's own int8 weights-only quantisation, optimum-quanto; always eager)
-  and options: sage (SageAttention 1 Triton kernel for the video self-attention), eager (no compile_repeated_blocks)
+  and options: sage (SageAttention 1 Triton kernel for the video self-attention), fa3fp8 (FlashAttention-3's FP8
+  forward for it: an FA3 wheel built with FA3_FP8=1 benchmarks/build_flash_attention_3.sh), eager (no
+  compile_repeated_blocks)
 SHAPE: 480p1, 480p2 (81 frames at 640x640, 1 / 2 persons: 33,600 tokens), 720p1, 720p2 (960x960: 75,600 tokens),
   480p2b2 (2 persons, batch 2: the two guidance passes of a step in one forward)
 
@@ -99,6 +101,8 @@ def build_setup(setup, config, device):
         raise ValueError(f"unknown set-up {setup}")
     if "sage" in flags:
         set_self_attention_kernel(model, "sage_triton")
+    if "fa3fp8" in flags:
+        set_self_attention_kernel(model, "flash3_fp8")
     compiled = "eager" not in flags and torch.device(device).type == "cuda"
     if compiled:
         model.compile_repeated_blocks(fullgraph=False)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds FlashAttention-3 (Hopper) for the one case the 14B DiT's self-attention needs: forward, bf16, head dim 128,
 # no mask/varlen/paging/softcap/FP8 (every other instantiation is switched off, so the build takes minutes, not
-# hours). Used on the lent H100, whose image has nvcc and torch but no FA3 and no network:
+# hours); FA3_FP8=1 keeps the FP8 forward as well (the `flash3_fp8` self-attention kernel, models/attention_processor.py).
+# Used on the lent H100, whose image has nvcc and torch but no FA3 and no network:
 #   SRC: a .tgz holding flash-attention/hopper and flash-attention/csrc/cutlass/include (the cutlass commit that
 #        flash-attention pins as its submodule) and flash-attention/README.md (setup.py reads it), made on a machine
 #        with network access, e.g.:
@@ -16,8 +17,10 @@ SRC=$(realpath "$1"); DEST=$(realpath -m "$2")
 WORK=${FA3_WORK:-/tmp/fa3build}
 rm -rf "$WORK" && mkdir -p "$WORK" "$DEST" && tar -xzf "$SRC" -C "$WORK"
 cd "$WORK/flash-attention/hopper"
-for feature in BACKWARD SPLIT PAGEDKV APPENDKV LOCAL SOFTCAP PACKGQA FP16 FP8 VARLEN CLUSTER \
-               HDIM64 HDIM96 HDIM192 HDIM256 SM80 HDIMDIFF64 HDIMDIFF192; do
+DISABLED="BACKWARD SPLIT PAGEDKV APPENDKV LOCAL SOFTCAP PACKGQA FP16 VARLEN CLUSTER HDIM64 HDIM96 HDIM192 HDIM256 SM80"
+DISABLED="$DISABLED HDIMDIFF64 HDIMDIFF192"
+if [ "${FA3_FP8:-0}" != "1" ]; then DISABLED="$DISABLED FP8"; fi
+for feature in $DISABLED; do
   export "FLASH_ATTENTION_DISABLE_${feature}=TRUE"
 done
 export FLASH_ATTENTION_FORCE_BUILD=TRUE MAX_JOBS=${MAX_JOBS:-16} NVCC_THREADS=${NVCC_THREADS:-4}

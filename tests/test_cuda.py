@@ -229,6 +229,21 @@ def test_quant_fp8_on_an_fp8_gpu_runs_torchao_through_the_runtime(capsys):
     assert np.isfinite(np.asarray(frames, dtype=np.float32)).all()
 
 
+def test_flash3_fp8_self_attention_is_close_to_sdpa():
+    """FlashAttention-3's FP8 forward (an FA3 wheel built with FA3_FP8=1) at the DiT's head size."""
+    pytest.importorskip("flash_attn_interface")
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("FlashAttention-3 runs on Hopper")
+    from diffusers_multitalk.models.attention_processor import flash3_fp8_attention
+
+    g = torch.Generator("cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 2048, 4, 128, generator=g, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    out = flash3_fp8_attention(q, k, v).float()
+    expected = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+    assert out.shape == q.shape
+    assert ((out - expected.float()).norm() / expected.float().norm()).item() < 0.05
+
+
 def test_sage_triton_self_attention_is_close_to_sdpa():
     pytest.importorskip("sageattention")
     from diffusers_multitalk.models.attention_processor import sage_triton_attention

@@ -362,3 +362,40 @@ def test_torchao_backend_needs_torchao_and_not_quanto(monkeypatch):
         runtime.check_generate_args(_generate_args(f"{TINY_CLI} --quant int8"))
     with pytest.raises(runtime.UserError, match="--quant fp8 on cpu runs with optimum-quanto, which is not installed"):
         quantization.check_quantization(_generate_args(f"{TINY_CLI} --quant fp8"), torch.device("cpu"))
+
+
+def test_flash3_fp8_kernel_quantizes_per_head_and_calls_fa3_with_the_descales(monkeypatch):
+    """The FP8 self-attention kernel's own part (per-head e4m3 scaling, the FA3 call): FA3 needs Hopper, so a stand-in
+    `flash_attn_interface` dequantizes what it is given and runs SDPA; the block's output stays within FP8 rounding
+    of the dispatcher's, and FA3 gets e4m3 tensors with float32 [B, H] descales."""
+    import types
+
+    from diffusers_multitalk.models.attention_processor import quantize_per_head_fp8
+
+    x = torch.randn(2, 50, 3, 24, generator=torch.Generator().manual_seed(0)) * torch.tensor([0.1, 1.0, 30.0])[:, None]
+    x8, descale = quantize_per_head_fp8(x)
+    assert x8.dtype == torch.float8_e4m3fn and descale.shape == (2, 3) and descale.dtype == torch.float32
+    back = x8.float() * descale[:, None, :, None]
+    assert ((back - x).norm() / x.norm()).item() < 0.05  # e4m3: 3 mantissa bits, every head at its own scale
+    assert x8.float().abs().amax().item() == 448.0
+
+    calls = []
+
+    def flash_attn_func(q, k, v, q_descale=None, k_descale=None, v_descale=None):
+        calls.append((q.dtype, k.dtype, v.dtype, q_descale.shape, q_descale.dtype))
+        q, k, v = (t.float() * d[:, None, :, None] for t, d in ((q, q_descale), (k, k_descale), (v, v_descale)))
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2).to(torch.bfloat16), None  # like older FA3 builds: (out, lse)
+
+    monkeypatch.setitem(sys.modules, "flash_attn_interface", types.SimpleNamespace(flash_attn_func=flash_attn_func))
+    model = tiny_transformer()
+    inputs = tiny_inputs(model)
+    with torch.no_grad():
+        expected = model(**inputs, return_dict=False)[0]
+        set_self_attention_kernel(model, "flash3_fp8", blocks=[1])
+        out = model(**inputs, return_dict=False)[0]
+    heads = model.config.num_attention_heads
+    assert calls == [(torch.float8_e4m3fn,) * 3 + ((1, heads), torch.float32)]
+    assert out.dtype == expected.dtype
+    rel = ((out - expected).norm() / expected.norm()).item()
+    assert 0 < rel < 0.05

@@ -5,7 +5,8 @@ MultiTalk needs: the image/text split of the cross-attention context is a config
 tokens, the original checkpoints' configs may say otherwise), and the self-attention can return, for every video
 token, how strongly it attends to each person's region of the first latent frame (the input of L-RoPE).
 The video self-attention can also run through a kernel outside diffusers' dispatcher (`SELF_ATTENTION_KERNELS`,
-chosen per block with `models.fp8.set_self_attention_kernel`), e.g. SageAttention's 8-bit Triton kernel.
+chosen per block with `models.fp8.set_self_attention_kernel`), e.g. SageAttention's 8-bit Triton kernel or
+FlashAttention-3's FP8 forward.
 """
 
 from __future__ import annotations
@@ -88,8 +89,33 @@ def sage_triton_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
     return sageattn(query, key.clone(), value, tensor_layout="NHD", is_causal=False)
 
 
+FP8_E4M3_MAX = 448.0  # the largest finite float8_e4m3fn
+
+
+def quantize_per_head_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, S, H, D] -> (float8 e4m3 [B, S, H, D], descale [B, H] float32): one scale per batch entry and head, the
+    head's largest magnitude mapped to e4m3's largest value (the layout FlashAttention-3's FP8 forward takes)."""
+    descale = (x.abs().amax(dim=(1, 3)).float() / FP8_E4M3_MAX).clamp(min=1e-12)
+    scaled = x.float() / descale[:, None, :, None]
+    return scaled.clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn), descale.contiguous()
+
+
+@torch.compiler.disable
+def flash3_fp8_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """FlashAttention-3's FP8 forward (Hopper): Q, K and V in e4m3 with one scale per head (`quantize_per_head_fp8`),
+    both products on the FP8 tensor cores, the output in bf16. [B, S, H, D] in and out, no mask. Needs an FA3 build
+    with FP8 kept (`FA3_FP8=1 bash benchmarks/build_flash_attention_3.sh ...`); not yet run on a GPU here, so its
+    speed and deviation are unmeasured (docs/performance.md)."""
+    from flash_attn_interface import flash_attn_func
+
+    (q8, q_descale), (k8, k_descale), (v8, v_descale) = (quantize_per_head_fp8(t) for t in (query, key, value))
+    out = flash_attn_func(q8, k8, v8, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale)
+    out = out[0] if isinstance(out, tuple) else out  # older FA3 builds also return the log-sum-exp
+    return out.to(query.dtype)
+
+
 # Kernels for the video self-attention beside diffusers' dispatcher: name -> fn(query, key, value) on [B, S, H, D].
-SELF_ATTENTION_KERNELS = {"sage_triton": sage_triton_attention}
+SELF_ATTENTION_KERNELS = {"sage_triton": sage_triton_attention, "flash3_fp8": flash3_fp8_attention}
 
 
 def person_attention_scores(

@@ -106,8 +106,9 @@ def set_self_attention_kernel(transformer: nn.Module, kernel: str | None, blocks
     """Chooses the kernel of the video self-attention (`attn1`) of the given blocks (default: all).
 
     `kernel`: a name of `attention_processor.SELF_ATTENTION_KERNELS` ("sage_triton": SageAttention 1's Triton kernel,
-    int8 Q·K with per-block scales and fp16 P·V) or None for diffusers' dispatcher (the transformer's attention
-    backend). The person map and the cross-attentions keep the dispatcher.
+    int8 Q·K with per-block scales and fp16 P·V; "flash3_fp8": FlashAttention-3's FP8 forward, Q, K, V in e4m3 with
+    per-head scales) or None for diffusers' dispatcher (the transformer's attention backend). The person map and the
+    cross-attentions keep the dispatcher.
     """
     from .attention_processor import SELF_ATTENTION_KERNELS
 
