@@ -4,7 +4,8 @@ from the bf16 run's.
 
 Each SETUP in --setups gets a freshly built DiT from the same seed (identical random weights) in the same pipeline:
   bf16 | fp8 | fp8_tensor | int8_dynamic (torchao, `models.fp8.enable_fp8`) | quanto_int8 (MultiTalk's int8 weights)
-  options: +sage (SageAttention 1 Triton self-attention), +eager (no compile), +vae32 (VAE in float32),
+  options: +sage (SageAttention 1 Triton self-attention), +fa3fp8 (FlashAttention-3's FP8 self-attention: an FA3
+  wheel built with FA3_FP8=1), +eager (no compile), +vae32 (VAE in float32),
   +latents (deviation only: no warm-up call, no decode)
 The first set-up is the reference of the latent deviation and the one "total_s" reports. Compiled set-ups get a
 1-step warm-up call first (compilation), not counted. Also reports the VAE's bf16 decode error (the reference's
@@ -70,8 +71,9 @@ def apply(pipe, setup, args, device):
         flags.add("eager")
     elif base != "bf16":
         raise ValueError(f"unknown set-up {setup}")
-    if "sage" in flags:
-        set_self_attention_kernel(transformer, "sage_triton")
+    kernel = "sage_triton" if "sage" in flags else "flash3_fp8" if "fa3fp8" in flags else None
+    if kernel is not None:
+        set_self_attention_kernel(transformer, kernel)
     compiled = "eager" not in flags and torch.device(device).type == "cuda"
     if compiled:
         transformer.compile_repeated_blocks(fullgraph=False)
@@ -80,7 +82,7 @@ def apply(pipe, setup, args, device):
     pipe.vae.to(vae_dtype)
     return dict(
         dit=base,
-        self_attention="sage_triton" if "sage" in flags else "PyTorch SDPA",
+        self_attention=kernel or "PyTorch SDPA",
         compiled=compiled,
         vae_dtype=str(vae_dtype).replace("torch.", ""),
         latents_only="latents" in flags,
