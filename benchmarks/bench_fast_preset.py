@@ -120,7 +120,10 @@ def main():
     image = (np.random.RandomState(0).rand(side, side, 3) * 255).astype(np.uint8)
     seconds_per_person = 0.4 if args.tiny else 3.3 / args.persons
     audio = [(speech(seconds_per_person, 150 + 90 * p), 16000) for p in range(args.persons)]
-    call = dict(image=image, audio=audio, prompt="Two people talk in a studio.", audio_type="add", **size, **preset)
+    # mode="clip": one chunk, as measured (with no mode the pipeline would stream the speech's last frames as well)
+    call = dict(
+        image=image, audio=audio, prompt="Two people talk in a studio.", audio_type="add", mode="clip", **size, **preset
+    )
 
     result = dict(
         preset="fast",
