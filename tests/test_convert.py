@@ -1,7 +1,7 @@
 """Official folders -> diffusers folder (`convert_original_to_diffusers`, scripts/convert_weights.py) and every route
 that loads the result: `WanMultiTalkPipeline.from_pretrained` (no remote code), `DiffusionPipeline.from_pretrained` with
-`trust_remote_code=True` in a process that never imported the package (the reviewed files of the package's
-`remote_code/`), and plain `save_pretrained` folders through the names registered with diffusers."""
+`trust_remote_code=True` in a process that never imported the package (the reviewed files of the top-level
+`pipelines/`, installed with the package), and plain `save_pretrained` folders through the names registered with diffusers."""
 
 import filecmp
 import json

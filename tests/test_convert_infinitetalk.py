@@ -1,7 +1,7 @@
 """InfiniteTalk's downloads -> diffusers folder (`multitalk convert --infinitetalk_dir ...`, `convert_original_to_diffusers`
 with `infinitetalk_dir=` / `dit_path=`) on tiny original layouts, and every route that loads the result:
 `WanInfiniteTalkPipeline.from_pretrained` (no remote code) and `DiffusionPipeline.from_pretrained(...,
-trust_remote_code=True)` in a process that never imported the package (the reviewed `remote_code/pipeline_wan_infinitetalk.py`)."""
+trust_remote_code=True)` in a process that never imported the package (the reviewed `pipelines/pipeline_wan_infinitetalk.py`)."""
 
 import filecmp
 import json

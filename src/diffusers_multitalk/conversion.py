@@ -16,7 +16,8 @@ Hub-ready).
 
 The result is `WanMultiTalkPipeline.save_pretrained` (or `WanInfiniteTalkPipeline`'s) output (`model_index.json`, one folder per component, safetensors
 shards with their index) plus a model card (`README.md`), a conversion report (`conversion_report.json`) and the
-reviewed remote-code files of the package's `remote_code/` folder, so that
+reviewed remote-code files of the repository's top-level `pipelines/` folder (installed with the package as
+`diffusers_multitalk/remote_code/`), so that
 `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` loads it in a process that never imported the
 package. See `diffusers_multitalk.pipelines.model_index` for how each loading route resolves the classes.
 
@@ -428,7 +429,7 @@ def convert_original_to_diffusers(
         max_shard_size: largest safetensors shard.
         verify: reload every component from the written folder and compare its parameters (one component at a time:
             peak memory is the pipeline plus its largest component).
-        remote_code: also ship the reviewed remote-code files (the package's `remote_code/`) and name
+        remote_code: also ship the reviewed remote-code files (the top-level `pipelines/`) and name
             them in the model index (see `diffusers_multitalk.pipelines.model_index`).
         infinitetalk_dir / dit_path: convert InfiniteTalk instead (`convert_infinitetalk_to_diffusers`): its
             `single/` or `multi/infinitetalk.safetensors` (or the `InfiniteTalk/` folder, meaning `single/`), or a full

@@ -11,7 +11,7 @@ diffusers (0.42) resolves the names in a folder's `model_index.json` like this:
   folder (remote code again).
 
 So a folder saved with `save_pretrained(..., remote_code=True)` (what `convert_original_to_diffusers` writes) names
-the reviewed remote-code files of the package's `remote_code/` folder, which it ships:
+the reviewed remote-code files of the repository's top-level `pipelines/` folder, which it ships:
 `_class_name: ["pipeline_wan_multitalk", "WanMultiTalkPipeline"]` with `pipeline_wan_multitalk.py`, and
 `transformer: ["transformer_multitalk", "MultiTalkTransformer3DModel"]` with `transformer/transformer_multitalk.py`
 (an InfiniteTalk folder: `["pipeline_wan_infinitetalk", "WanInfiniteTalkPipeline"]`, the same transformer).
@@ -46,8 +46,9 @@ __all__ = [
 ]
 
 LIBRARY_NAME = "diffusers_multitalk"
-# The reviewed remote-code files: the package's `remote_code/` folder (package data, installed with every wheel; not
-# a subpackage: nothing in the package imports them).
+# The reviewed remote-code files: the repository's top-level `pipelines/`, which the package's `remote_code` link
+# points to, so that every wheel installs them as package data (not a subpackage: nothing in the package imports
+# them).
 REMOTE_CODE_DIR = Path(__file__).resolve().parents[1] / "remote_code"
 # class -> the file stem that defines it in REMOTE_CODE_DIR (pipelines at its top, components in their folder).
 REMOTE_PIPELINES = {
