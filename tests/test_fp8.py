@@ -399,3 +399,28 @@ def test_flash3_fp8_kernel_quantizes_per_head_and_calls_fa3_with_the_descales(mo
     assert out.dtype == expected.dtype
     rel = ((out - expected).norm() / expected.norm()).item()
     assert 0 < rel < 0.05
+
+
+@pytest.mark.parametrize("model", ["multitalk", "infinitetalk"])
+def test_torchao_on_the_fly_from_the_official_folders(tmp_path, model):
+    """`--ckpt_dir ... --quant int8 --quant_backend torchao` on the downloaded layouts: the float weights load as
+    usual (InfiniteTalk's from_original is asked for no quanto step) and torchao quantises the block linears after."""
+    pytest.importorskip("torchao")
+    from diffusers_multitalk import runtime
+    from diffusers_multitalk.testing import write_tiny_infinitetalk_folders
+
+    folders = write_tiny_infinitetalk_folders(tmp_path, seed=0)
+    source = f"--ckpt_dir {folders['wan_dir']} --wav2vec_dir {folders['wav2vec_dir']} --input_json x.json"
+    if model == "multitalk":
+        source += f" --multitalk_dir {tmp_path / 'MeiGen-MultiTalk'}"
+    else:
+        source += f" --task infinitetalk-14B --infinitetalk_dir {folders['infinitetalk_dir'] / 'single' / 'infinitetalk.safetensors'}"
+    args = _generate_args(f"{source} --device cpu --quant int8 --quant_backend torchao")
+    runtime.check_generate_args(args)
+    pipe = runtime.load_pipeline(args, torch.device("cpu"), torch.float32)
+    assert type(pipe).__name__ == ("WanMultiTalkPipeline" if model == "multitalk" else "WanInfiniteTalkPipeline")
+    quantized = {
+        n for n, m in pipe.transformer.named_modules() if type(getattr(m, "weight", None)).__name__ == "Int8Tensor"
+    }
+    assert quantized == set(block_linear_names(pipe.transformer))
+    assert not any("quanto" in type(m).__module__ for m in pipe.text_encoder.modules())
