@@ -146,45 +146,6 @@ def _load_checkpoint_state_dict(dit_path) -> dict[str, torch.Tensor]:
     )
 
 
-def _load_state_dict_transformer(model_cls, config, state_dict, torch_dtype, source: str):
-    """`model_cls(**config)` filled from an original-layout state dict, strictly, one tensor at a time."""
-    from accelerate import init_empty_weights
-
-    from .transformer_original import _preview, _set_tensor, diffusers_to_original_key, original_to_diffusers_key
-
-    with init_empty_weights():
-        model = model_cls(**config)
-    expected = model.state_dict()
-    keep_fp32 = tuple(model._keep_in_fp32_modules or ())
-    half = torch_dtype in (torch.float16, torch.bfloat16)
-    loaded, unexpected, mismatched = set(), [], []
-    for key, tensor in state_dict.items():
-        new_key = original_to_diffusers_key(key)
-        if new_key is None or new_key not in expected:
-            unexpected.append(key)
-            continue
-        if tuple(tensor.shape) != tuple(expected[new_key].shape):
-            mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(expected[new_key].shape)}")
-            continue
-        dtype = torch_dtype or tensor.dtype
-        if half and any(part in new_key.split(".") for part in keep_fp32):
-            dtype = torch.float32
-        _set_tensor(model, new_key, tensor.to(dtype=dtype).clone())
-        loaded.add(new_key)
-    problems = []
-    missing = sorted(set(expected) - loaded)
-    if missing:
-        problems.append(f"missing keys: {_preview(diffusers_to_original_key(k) or k for k in missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_preview(unexpected)}")
-    if mismatched:
-        problems.append(f"mis-shaped keys: {_preview(mismatched)}")
-    if problems:
-        raise ValueError(f"Cannot load {source} as an InfiniteTalk transformer: " + "; ".join(problems))
-    model.to("cpu")
-    return model.eval()
-
-
 def load_infinitetalk_transformer(wan_dir, infinitetalk_file=None, dit_path=None, torch_dtype=None, model_cls=None):
     """InfiniteTalk's DiT as a `MultiTalkTransformer3DModel` (same architecture and key names).
 
@@ -194,6 +155,7 @@ def load_infinitetalk_transformer(wan_dir, infinitetalk_file=None, dit_path=None
     """
     from .transformer_original import (
         _load_shards,
+        _load_tensors,
         _tensor_shapes,
         multitalk_config_from_original,
         original_to_diffusers_key,
@@ -212,7 +174,12 @@ def load_infinitetalk_transformer(wan_dir, infinitetalk_file=None, dit_path=None
         shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
         _require_audio_weights(shapes, str(dit_path))
         config = multitalk_config_from_original(original_config, shapes)
-        return _load_state_dict_transformer(model_cls, config, state_dict, torch_dtype, str(dit_path))
+        # copies (`clone`): the checkpoint is memory-mapped, and the model must own its weights
+        entries = ((key, lambda tensor=tensor: tensor.clone()) for key, tensor in state_dict.items())
+        return _load_tensors(
+            model_cls, config, entries, original_to_diffusers_key, torch_dtype, "cpu", str(dit_path),
+            label="an InfiniteTalk transformer",
+        )  # fmt: skip
     files = [*wan_dit_shards(wan_dir), resolve_infinitetalk_file(infinitetalk_file)]
     adapter_shapes = _tensor_shapes(files[-1:])
     _require_audio_weights(adapter_shapes, str(files[-1]))

@@ -277,8 +277,23 @@ def load_multitalk_transformer_from_original(
 
 
 def _load_shards(model_cls, config, files, key_fn, torch_dtype, device, source: str):
-    """Builds `model_cls(**config)` on the meta device and fills it tensor by tensor from `files`, renaming each key
-    with `key_fn` (None = not a key of this model). Missing, unexpected and mis-shaped keys are all reported."""
+    """`_load_tensors` from safetensors `files`, read lazily: a key the model does not have is never loaded."""
+
+    def entries():
+        for file in files:
+            with safe_open(str(file), framework="pt", device="cpu") as f:
+                for key in f.keys():
+                    yield key, lambda f=f, key=key: f.get_tensor(key)
+
+    return _load_tensors(model_cls, config, entries(), key_fn, torch_dtype, device, source)
+
+
+def _load_tensors(
+    model_cls, config, entries, key_fn, torch_dtype, device, source: str, label: str = "a MultiTalk transformer"
+):
+    """Builds `model_cls(**config)` on the meta device and fills it tensor by tensor from `entries` (`(key, load)`
+    pairs, `load()` giving the tensor), renaming each key with `key_fn` (None = not a key of this model); a key that
+    comes again replaces the earlier tensor. Missing, unexpected and mis-shaped keys are all reported."""
     from accelerate import init_empty_weights
 
     with init_empty_weights():
@@ -288,25 +303,21 @@ def _load_shards(model_cls, config, files, key_fn, torch_dtype, device, source: 
     half = torch_dtype in (torch.float16, torch.bfloat16)
 
     loaded, unexpected, mismatched = set(), [], []
-    for file in files:
-        with safe_open(str(file), framework="pt", device="cpu") as f:
-            for key in f.keys():
-                new_key = key_fn(key)
-                if new_key is None or new_key not in expected:
-                    unexpected.append(key)
-                    continue
-                tensor = f.get_tensor(key)
-                if tuple(tensor.shape) != tuple(expected[new_key].shape):
-                    mismatched.append(
-                        f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(expected[new_key].shape)}"
-                    )
-                    continue
-                dtype = torch_dtype or tensor.dtype
-                if half and any(part in new_key.split(".") for part in keep_fp32):
-                    dtype = torch.float32
-                # Assign one tensor at a time: peak memory is the model plus a single tensor.
-                _set_tensor(model, new_key, tensor.to(device=device, dtype=dtype))
-                loaded.add(new_key)
+    for key, load in entries:
+        new_key = key_fn(key)
+        if new_key is None or new_key not in expected:
+            unexpected.append(key)
+            continue
+        tensor = load()
+        if tuple(tensor.shape) != tuple(expected[new_key].shape):
+            mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(expected[new_key].shape)}")
+            continue
+        dtype = torch_dtype or tensor.dtype
+        if half and any(part in new_key.split(".") for part in keep_fp32):
+            dtype = torch.float32
+        # Assign one tensor at a time: peak memory is the model plus a single tensor.
+        _set_tensor(model, new_key, tensor.to(device=device, dtype=dtype))
+        loaded.add(new_key)
     missing = sorted(set(expected) - loaded)
     problems = []
     if missing:
@@ -316,9 +327,7 @@ def _load_shards(model_cls, config, files, key_fn, torch_dtype, device, source: 
     if mismatched:
         problems.append(f"mis-shaped keys: {_preview(mismatched)}")
     if problems:
-        raise ValueError(
-            f"Cannot load {source} as a MultiTalk transformer with config {config}: " + "; ".join(problems)
-        )
+        raise ValueError(f"Cannot load {source} as {label} with config {config}: " + "; ".join(problems))
 
     # Non-persistent buffers (RoPE tables) were built on the CPU; follow the weights.
     model.to(device)
