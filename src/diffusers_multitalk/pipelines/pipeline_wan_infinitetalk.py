@@ -12,12 +12,16 @@ import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import logging, replace_example_docstring
 
-from ..audio.processing import TARGET_SAMPLE_RATE
-from ..audio.tts import synthesize_dialogue
 from ..utils.defaults import DEFAULT_SHIFT
 from .chunk_loop import ChunkConditioning
 from .image_processing import closest_bucket, resize_and_center_crop, resolution_buckets
-from .pipeline_wan_multitalk import FPS, WanMultiTalkPipeline, WanMultiTalkPipelineOutput, _audio_entries
+from .pipeline_wan_multitalk import (
+    FPS,
+    WanMultiTalkPipeline,
+    WanMultiTalkPipelineOutput,
+    _audio_entries,
+    _dialogue_audio,
+)
 from .video_input import SourceVideo, open_source_video
 
 
@@ -298,10 +302,7 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
         video_source = self.open_source(image, video, video_fps)
         try:
             if dialogue is not None:
-                # The script's turns are laid out on the tracks already: mix them as they are ("para").
-                tracks, _ = synthesize_dialogue(dialogue, voices=dialogue_voices, engine=tts_engine)
-                audio, audio_type = [(track, TARGET_SAMPLE_RATE) for track in tracks], "para"
-                normalize_loudness = False
+                audio, audio_type, normalize_loudness = _dialogue_audio(dialogue, dialogue_voices, tts_engine)
             shift = DEFAULT_SHIFT.get(str(resolution), 7.0) if shift is None else shift
             self._interrupt = False
             self._current_timestep = None

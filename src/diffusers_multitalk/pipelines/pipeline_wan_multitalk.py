@@ -786,10 +786,7 @@ class WanMultiTalkPipeline(MultiTalkModelIndexMixin, DiffusionPipeline, WanLoraL
             output_path,
         )
         if dialogue is not None:
-            # The script's turns are laid out on the tracks already: mix them as they are ("para").
-            tracks, _ = synthesize_dialogue(dialogue, voices=dialogue_voices, engine=tts_engine)
-            audio, audio_type = [(track, TARGET_SAMPLE_RATE) for track in tracks], "para"
-            normalize_loudness = False
+            audio, audio_type, normalize_loudness = _dialogue_audio(dialogue, dialogue_voices, tts_engine)
         shift = DEFAULT_SHIFT.get(str(resolution), 7.0) if shift is None else shift
         self._interrupt = False
         self._current_timestep = None
@@ -904,6 +901,13 @@ def _processor_image_size(processor) -> int:
         f"{type(processor).__name__} has no usable crop_size/size ({getattr(processor, 'crop_size', None)!r}); "
         "Wan's CLIP takes 224x224 images."
     )
+
+
+def _dialogue_audio(dialogue, voices, engine) -> tuple[list, str, bool]:
+    """A TTS script -> the call's `audio`, `audio_type` and `normalize_loudness`: the script's turns are laid out on
+    the tracks already, so they are mixed as they are ("para"), their loudness left as the engine made it."""
+    tracks, _ = synthesize_dialogue(dialogue, voices=voices, engine=engine)
+    return [(track, TARGET_SAMPLE_RATE) for track in tracks], "para", False
 
 
 def _audio_entries(audio) -> list:
