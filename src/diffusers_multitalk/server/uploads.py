@@ -98,9 +98,7 @@ def check_image(data: bytes, field: str, limits: Limits) -> CheckedImage:
     try:
         with Image.open(io.BytesIO(data)) as image:  # reads the header only: the size comes before any decoding
             width, height = image.size
-            refused = _too_many_pixels(field, width, height, limits)
-            if refused is not None:
-                raise refused
+            _check_pixels(field, width, height, limits)
             image.load()
     except UploadRejected:
         raise
@@ -109,10 +107,11 @@ def check_image(data: bytes, field: str, limits: Limits) -> CheckedImage:
     return CheckedImage(data=data, format=kind, width=width, height=height)
 
 
-def _too_many_pixels(field: str, width: int, height: int, limits: Limits) -> UploadRejected | None:
+def _check_pixels(field: str, width: int, height: int, limits: Limits) -> None:
+    """422 past --max_pixels (the image's, or a video frame's, size from the file's header)."""
     if width * height <= limits.max_pixels:
-        return None
-    return UploadRejected(
+        return
+    raise UploadRejected(
         422,
         f"{field}: {width}x{height} is {width * height} pixels, more than the server's limit of "
         f"{limits.max_pixels} (--max_pixels); downscale it (the model works at 480P or 720P)",
@@ -146,9 +145,7 @@ def check_video(data: bytes, field: str, limits: Limits) -> CheckedVideo:
             try:
                 meta = next(reader)  # the header: the size is known before any frame is decoded
                 width, height = (int(v) for v in meta["size"])
-                refused = _too_many_pixels(field, width, height, limits)
-                if refused is not None:
-                    raise refused
+                _check_pixels(field, width, height, limits)
                 first = next(reader, None)
             finally:
                 reader.close()  # stops ffmpeg (it would go on decoding the whole file)
