@@ -223,7 +223,7 @@ def create_app(
             audio_paths.append(path)
         job = Job(
             id=job_id, folder=folder, prompt=prompt, options=options, extras=extras,
-            image_path=image_path, video_path=video_path,
+            image_path=image_path, video_path=video_path, source_size=(checked.height, checked.width),
             audio_paths=audio_paths, audio_seconds=[c.seconds for c in speech], tts=tts,
         )  # fmt: skip
         try:

@@ -115,11 +115,7 @@ def run_job(pipe, job, on_progress: Callable[[dict], None], should_stop: Callabl
     if job.video_path is not None:
         if not can_dub(pipe):  # submit_job could not tell before the model was loaded (a lazy loader)
             raise runtime.UserError(NEEDS_INFINITETALK)
-        from ..input_json import probe_visual
-
-        source_size, _, why = probe_visual(job.video_path)
-        if source_size is None:
-            raise runtime.UserError(f"video: cannot be read as a video ({why})")
+        source_size = job.source_size  # from ffmpeg's header when the upload was checked
         visual = {"cond_video": str(job.video_path), "cond_video_is_image": False}
     else:
         from PIL import Image

@@ -32,6 +32,7 @@ class Job:
     extras: dict
     image_path: Path | None = None  # the reference picture, or
     video_path: Path | None = None  # the video to dub (InfiniteTalk)
+    source_size: tuple[int, int] | None = None  # (height, width) of the picture or video, read when it was checked
     audio_paths: list[Path] = field(default_factory=list)
     audio_seconds: list[float] = field(default_factory=list)
     tts: str | None = None
