@@ -188,19 +188,15 @@ def unsupported_flags(args: Namespace, environ: dict | None = None) -> list[tupl
 def _quant_refusals(args: Namespace) -> list[tuple[str, str]]:
     """Why ``--quant`` cannot be honoured here (empty when it can)."""
     from ..loaders.quantized import QUANT_CHOICES, QUANT_INSTALL_HINT
-    from .quantization import FILES_ARE_QUANTO, QUANT_BACKENDS, TORCHAO_INSTALL_HINT, torchao_available
+    from .quantization import backend_problem, torchao_available
 
     flag = f"--quant {args.quant}"
     backend = getattr(args, "quant_backend", "auto") or "auto"
     if args.quant not in QUANT_CHOICES:
         return [(flag, f"MultiTalk's quantisations are {' and '.join(QUANT_CHOICES)}")]
-    if backend not in QUANT_BACKENDS:
-        return [(f"--quant_backend {backend}", f"expected one of {', '.join(QUANT_BACKENDS)}")]
-    files = bool(args.quant_dir or quant_dit_path(args))
-    if backend == "torchao" and files:
-        return [("--quant_backend torchao", FILES_ARE_QUANTO)]
-    if backend == "torchao" and not torchao_available():
-        return [("--quant_backend torchao", f"torchao is not installed: {TORCHAO_INSTALL_HINT}")]
+    problem = backend_problem(args, bool(args.quant_dir or quant_dit_path(args)))
+    if problem is not None:
+        return [problem]
     # quanto is needed unless torchao may do the work (auto picks torchao for fp8 on an FP8 GPU; see quantization.py)
     may_use_torchao = backend == "torchao" or (backend == "auto" and args.quant == "fp8" and torchao_available())
     if not may_use_torchao and not quanto_available():

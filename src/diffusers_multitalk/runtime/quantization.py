@@ -41,31 +41,40 @@ def runs_fp8_products(device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
+def backend_problem(args: Namespace, quant_files: bool) -> tuple[str, str] | None:
+    """`(flag, why)` when `--quant_backend` cannot be honoured on any device (an unknown name, torchao with quanto's
+    files, torchao not installed); None otherwise. `check_generate_args` reports it before anything runs."""
+    backend = getattr(args, "quant_backend", "auto") or "auto"
+    if backend not in QUANT_BACKENDS:
+        return f"--quant_backend {backend}", f"expected one of {', '.join(QUANT_BACKENDS)}"
+    if backend == "torchao" and quant_files:
+        return "--quant_backend torchao", FILES_ARE_QUANTO
+    if backend == "torchao" and not torchao_available():
+        return "--quant_backend torchao", f"torchao is not installed: {TORCHAO_INSTALL_HINT}"
+    return None
+
+
 def choose_quant_backend(args: Namespace, device, quant_files: bool) -> str | None:
     """The backend `--quant` runs with on `device` ("quanto" or "torchao"; None without `--quant`), or a UserError
     naming the flags when the asked one cannot run here. `quant_files`: MultiTalk's or InfiniteTalk's quantised files
     are loaded (`--quant_dir`, the quantised FusionX DiT), which are optimum-quanto checkpoints."""
     if not args.quant:
         return None
+    problem = backend_problem(args, quant_files)
+    if problem is not None:
+        raise UserError(": ".join(problem))
     backend = getattr(args, "quant_backend", "auto") or "auto"
-    if backend not in QUANT_BACKENDS:
-        raise UserError(f"--quant_backend {backend}: expected one of {', '.join(QUANT_BACKENDS)}")
     if quant_files:
-        if backend == "torchao":
-            raise UserError(f"--quant_backend torchao: {FILES_ARE_QUANTO}")
         return "quanto"
     if backend == "auto":
         fp8_here = args.quant == "fp8" and torchao_available() and runs_fp8_products(device)
         backend = "torchao" if fp8_here else "quanto"
-    if backend == "torchao":
-        if not torchao_available():
-            raise UserError(f"--quant_backend torchao: torchao is not installed: {TORCHAO_INSTALL_HINT}")
-        if args.quant == "fp8" and not runs_fp8_products(device):
-            raise UserError(
-                f"--quant fp8 --quant_backend torchao: FP8 products need a CUDA GPU of compute capability 8.9 or more "
-                f"(Ada, Hopper), not {device}; use --quant int8 --quant_backend torchao (int8 products, also on the "
-                "CPU) or --quant_backend quanto (FP8 weights, products in the compute dtype)"
-            )
+    if backend == "torchao" and args.quant == "fp8" and not runs_fp8_products(device):
+        raise UserError(
+            f"--quant fp8 --quant_backend torchao: FP8 products need a CUDA GPU of compute capability 8.9 or more "
+            f"(Ada, Hopper), not {device}; use --quant int8 --quant_backend torchao (int8 products, also on the "
+            "CPU) or --quant_backend quanto (FP8 weights, products in the compute dtype)"
+        )
     if backend == "quanto":
         from ..loaders.quantized import QUANT_INSTALL_HINT
         from .options import quanto_available
