@@ -288,17 +288,11 @@ def test_quant_int8_with_torchao_runs_the_block_linears_in_int8_through_the_cli(
 def test_torchao_fuses_a_lora_before_quantising(tmp_path):
     pytest.importorskip("torchao")
     from safetensors.torch import save_file
+    from test_lora import _wan_style_lora  # the layout Wan trainers save
 
     from diffusers_multitalk import runtime
 
-    g = torch.Generator().manual_seed(0)
-    model = tiny_transformer()
-    # a LoRA on every block's self-attention query, in the layout Wan trainers save
-    lora = {}
-    for i, block in enumerate(model.blocks):
-        fan_out, fan_in = block.attn1.to_q.weight.shape
-        lora[f"diffusion_model.blocks.{i}.self_attn.q.lora_down.weight"] = torch.randn(2, fan_in, generator=g)
-        lora[f"diffusion_model.blocks.{i}.self_attn.q.lora_up.weight"] = torch.randn(fan_out, 2, generator=g)
+    lora = _wan_style_lora(tiny_transformer())
     path = tmp_path / "lora.safetensors"
     save_file(lora, str(path))
     args = _generate_args(f"{TINY_CLI} --quant int8 --quant_backend torchao --lora_dir {path} --lora_scale 1.0")
@@ -308,9 +302,12 @@ def test_torchao_fuses_a_lora_before_quantising(tmp_path):
     to_q = pipe.transformer.blocks[0].attn1.to_q
     assert isinstance(to_q, torch.nn.Linear) and type(to_q.weight).__name__ == "Int8Tensor"
     base = tiny_transformer().blocks[0].attn1.to_q.weight
-    fused = base + lora["diffusion_model.blocks.0.self_attn.q.lora_up.weight"] @ lora[
-        "diffusion_model.blocks.0.self_attn.q.lora_down.weight"
-    ] * (1.0 / 2 * 2)  # alpha defaults to the rank: scale 1
+    # W + B A: no alpha in the file, so it is the rank, and --lora_scale 1.0
+    fused = (
+        base
+        + lora["diffusion_model.blocks.0.self_attn.q.lora_up.weight"]
+        @ lora["diffusion_model.blocks.0.self_attn.q.lora_down.weight"]
+    )
     dequantized = to_q.weight.dequantize().float()
     assert ((dequantized - fused).norm() / fused.norm()).item() < 0.02  # the LoRA is in the int8 weights
 
