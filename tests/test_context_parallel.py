@@ -118,23 +118,32 @@ def _worker(rank: int, port: int, case: str, out_dir: str) -> None:
             dist.destroy_process_group()
 
 
-def _run(case: str, tmp_path) -> list[dict]:
+def run_workers(worker, case: str, tmp_path, limit: float) -> list[dict]:
+    """Starts `worker(rank, port, case, out_dir)` in WORLD_SIZE spawned processes and returns each rank's saved
+    results; a rank that fails, or a run past `limit` seconds, is an AssertionError showing what the ranks wrote."""
     context = mp.start_processes(
-        _worker, args=(_free_port(), case, str(tmp_path)), nprocs=WORLD_SIZE, join=False, start_method="spawn"
+        worker, args=(_free_port(), case, str(tmp_path)), nprocs=WORLD_SIZE, join=False, start_method="spawn"
     )
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + limit
     try:
-        while not context.join(timeout=5):
+        while not context.join(timeout=2):
             if time.monotonic() > deadline:  # a collective that one rank never reaches would wait forever
                 for process in context.processes:
                     process.kill()
-                raise AssertionError(f"the {case} workers did not finish in 10 minutes")
+                raise AssertionError(f"the {case} workers did not finish in {limit:g} s")
     except AssertionError:
         raise
     except Exception as error:
-        errors = [p.read_text() for p in sorted(tmp_path.glob("*.err"))]
-        raise AssertionError("\n".join(errors) or str(error)) from None
+        written = [
+            f"{p.name}:\n{p.read_text()}" for p in sorted(tmp_path.glob("*.err")) + sorted(tmp_path.glob("*.stderr"))
+        ]
+        saved = sorted(p.name for p in tmp_path.glob("rank*.pt"))  # saved: the failure came after the work returned
+        raise AssertionError("\n".join([str(error), f"results saved: {saved}", *written])) from None
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+
+
+def _run(case: str, tmp_path) -> list[dict]:
+    return run_workers(_worker, case, tmp_path, limit=600)
 
 
 def test_transformer_forward_is_split_across_ranks_exactly(tmp_path):

@@ -12,14 +12,12 @@ import traceback
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_context_parallel import _free_port, _transformer_inputs  # noqa: E402
+from test_context_parallel import WORLD_SIZE, _transformer_inputs, run_workers  # noqa: E402
 
 
-WORLD_SIZE = 2
 CLI_ARGS = ["generate", "--tiny", "--device", "cpu", "--input_json", "examples/single_tiny.json", "--mode", "clip",
             "--frame_num", "5", "--sample_steps", "1", "--sample_text_guide_scale", "1", "--height", "64",
             "--width", "96"]  # fmt: skip
@@ -88,25 +86,7 @@ def _worker(rank: int, port: int, case: str, out_dir: str) -> None:
 
 
 def _run(case: str, tmp_path, limit: float = 300) -> list[dict]:
-    context = mp.start_processes(
-        _worker, args=(_free_port(), case, str(tmp_path)), nprocs=WORLD_SIZE, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + limit
-    try:
-        while not context.join(timeout=2):
-            if time.monotonic() > deadline:  # a collective that one rank never reaches would wait forever
-                for process in context.processes:
-                    process.kill()
-                raise AssertionError(f"the {case} workers did not finish in {limit} s")
-    except AssertionError:
-        raise
-    except Exception as error:
-        written = [
-            f"{p.name}:\n{p.read_text()}" for p in sorted(tmp_path.glob("*.err")) + sorted(tmp_path.glob("*.stderr"))
-        ]
-        saved = sorted(p.name for p in tmp_path.glob("rank*.pt"))  # saved: the failure came after the command returned
-        raise AssertionError("\n".join([str(error), f"results saved: {saved}", *written])) from None
-    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+    return run_workers(_worker, case, tmp_path, limit)
 
 
 def test_sharded_transformer_and_text_encoder_match_one_process_and_halve_the_parameters(tmp_path):
