@@ -4,8 +4,9 @@ plus the execution set-up that goes with them (quantisation, attention kernel, V
 The "fast" preset is MultiTalk's FusionX / lightx2v few-step setting: 8 steps, text guidance 1 (so two DiT passes
 per step: conditional and audio-dropped), audio guidance 2, shift 2. Its execution set-up is the fastest one whose
 deviation from bf16 was measured to stay within that of MultiTalk's own int8 weights (docs/performance.md): on the
-H200 that is the bf16 DiT, compiled, with the VAE in bf16 (FP8 linears were 17% faster per forward but deviated about
-twice as much as int8; SageAttention 1 was slower than cuDNN). `quant="fp8"` opts in to FP8 anyway.
+H200 that is the bf16 DiT, compiled, with FlashAttention-3's FP8 forward for the video self-attention where it runs
+("auto": a Hopper GPU and an FA3 build with FP8; diffusers' dispatcher otherwise) and the VAE in bf16. FP8 linears
+are faster still but deviate about twice as much as int8; `quant="fp8"` opts in to them anyway.
 
     from diffusers_multitalk.presets import apply_preset
     call_kwargs = apply_preset(pipe, "fast")        # sets up pipe.transformer / pipe.vae, returns pipe(...) kwargs
@@ -17,7 +18,10 @@ from __future__ import annotations
 import copy
 
 import torch
+from diffusers.utils import logging
 
+
+logger = logging.get_logger(__name__)
 
 PRESETS = {
     "fast": {
@@ -31,7 +35,9 @@ PRESETS = {
         # execution set-up (see apply_setup)
         "setup": {
             "quant": None,  # torchao mode of models.fp8.enable_fp8, or None for bf16
-            "self_attention_kernel": None,  # a name of attention_processor.SELF_ATTENTION_KERNELS, or None
+            # a name of attention_processor.SELF_ATTENTION_KERNELS, "auto" (models.fp8.resolve_self_attention_kernel)
+            # or None (diffusers' dispatcher)
+            "self_attention_kernel": "auto",
             "vae_dtype": "bfloat16",
             "compile": True,
         },
@@ -74,20 +80,25 @@ def _preset(name):
     return copy.deepcopy(PRESETS[name])
 
 
-def apply_setup(pipe, quant=None, self_attention_kernel=None, vae_dtype=None, compile=False) -> None:
+def apply_setup(pipe, quant=None, self_attention_kernel=None, vae_dtype=None, compile=False) -> dict:
     """Applies an execution set-up to a `WanMultiTalkPipeline` in place: torchao quantisation of the DiT's block
-    linears (`models.fp8.enable_fp8`), a self-attention kernel, the VAE's dtype, and `compile_repeated_blocks`
-    (last, after quantising). Compilation is skipped off CUDA."""
-    from .models.fp8 import enable_fp8, set_self_attention_kernel
+    linears (`models.fp8.enable_fp8`), a self-attention kernel ("auto": the FP8 FlashAttention-3 kernel where it runs
+    on the DiT's device), the VAE's dtype, and `compile_repeated_blocks` (last, after quantising). Compilation is
+    skipped off CUDA. Returns what was chosen: `{"self_attention_kernel": name or None, "why_not": reason or None}`."""
+    from .models.fp8 import enable_fp8, resolve_self_attention_kernel, set_self_attention_kernel
 
     if quant is not None:
         enable_fp8(pipe.transformer, quant)
-    if self_attention_kernel is not None:
-        set_self_attention_kernel(pipe.transformer, self_attention_kernel)
+    kernel, why_not = resolve_self_attention_kernel(self_attention_kernel, pipe.transformer)
+    if why_not is not None:
+        logger.info(f"self-attention through diffusers' dispatcher: {why_not}")
+    if kernel is not None:
+        set_self_attention_kernel(pipe.transformer, kernel)
     if vae_dtype is not None:
         pipe.vae.to(getattr(torch, vae_dtype) if isinstance(vae_dtype, str) else vae_dtype)
     if compile and pipe.transformer.device.type == "cuda":
         pipe.transformer.compile_repeated_blocks(fullgraph=False)
+    return {"self_attention_kernel": kernel, "why_not": why_not}
 
 
 def apply_preset(pipe, name: str = "fast", setup: bool = True, **overrides) -> dict:

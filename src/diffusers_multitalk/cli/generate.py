@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..runtime.distributed import init_distributed, is_main_process, leave_together
 from ..runtime.errors import UserError, note
+from ..runtime.kernels import check_self_attention_kernel
 from ..runtime.loading import load_pipeline, resolve_device, resolve_dtype
 from ..runtime.options import apply_preset_options, check_generate_args, is_infinitetalk
 from ..runtime.quantization import check_quantization
@@ -108,6 +109,7 @@ def _generate(args: Namespace) -> int:
     if seed_was_random and is_main_process():
         note(f"--base_seed was negative: using {args.base_seed}")
     _on_every_rank(check_quantization, args, device)  # FP8 needs a recent GPU: said before TTS or any loading
+    _on_every_rank(check_self_attention_kernel, args, device)
     input_data, path, audio_dir, kwargs = _on_every_rank(_prepare, args)
     pipe = _on_every_rank(load_pipeline, args, device, dtype)
     # Every process makes the same video; the first one writes it, chunk by chunk as they are decoded.

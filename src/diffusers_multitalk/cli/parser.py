@@ -190,11 +190,20 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
         "--attention_backend", default=None, help="a diffusers attention backend for the DiT (see `multitalk info`)"
     )
     o.add_argument(
+        "--self_attention_kernel",
+        default=None,
+        choices=["auto", "dispatcher", "flash3_fp8", "sage_triton"],
+        help="the video self-attention's kernel: flash3_fp8 (FlashAttention-3's FP8 forward, Hopper, an FA3 build "
+        "with FP8), sage_triton, auto (flash3_fp8 where it runs; the default of --preset fast) or dispatcher "
+        "(--attention_backend; the default)",
+    )
+    o.add_argument(
         "--preset",
         default=None,
         choices=["fast"],
         help="fast: the FusionX/lightx2v few-step sampling (8 steps, text guidance 1, audio guidance 2, shift 2, for "
-        "distillation LoRAs) with the VAE in bf16 and the DiT compiled on CUDA; flags you give win",
+        "distillation LoRAs) with the VAE in bf16, the DiT compiled on CUDA and --self_attention_kernel auto; flags you "
+        "give win",
     )
     p.set_defaults(**GENERATE_DEFAULTS)  # the runtime holds every option's default, for all front ends
     return p
@@ -298,6 +307,7 @@ SERVE_MODEL_FLAGS = (
     "--device",
     "--dtype",
     "--attention_backend",
+    "--self_attention_kernel",
     "--use_teacache",
     "--teacache_thresh",
     "--task",

@@ -100,18 +100,29 @@ def quantize_per_head_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return scaled.clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn), descale.contiguous()
 
 
-@torch.compiler.disable
 def flash3_fp8_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """FlashAttention-3's FP8 forward (Hopper): Q, K and V in e4m3 with one scale per head (`quantize_per_head_fp8`),
-    both products on the FP8 tensor cores, the output in bf16. [B, S, H, D] in and out, no mask. Needs an FA3 build
-    with FP8 kept (`FA3_FP8=1 bash benchmarks/build_flash_attention_3.sh ...`); not yet run on a GPU here, so its
-    speed and deviation are unmeasured (docs/performance.md)."""
+    both products on the FP8 tensor cores, the output in bf16. [B, S, H, D] in and out, no mask. K and V are
+    smoothed first (their mean over the tokens taken out, as SageAttention does for K), which changes nothing in
+    exact arithmetic: q·mean(k) is one constant per query row, which softmax ignores, and each row of P sums to one,
+    so mean(v) is added back after. It shrinks what e4m3's 3 mantissa bits must hold when K or V carry a common
+    offset. The quantisation is traced by torch.compile (fused into the block's graph); the FA3 call is opaque.
+    Needs an FA3 build with FP8 kept (`FA3_FP8=1 bash benchmarks/build_flash_attention_3.sh ...`)."""
+    key = key - key.float().mean(dim=1, keepdim=True).to(key.dtype)
+    value_mean = value.float().mean(dim=1, keepdim=True)
+    (q8, q_descale), (k8, k_descale), (v8, v_descale) = (
+        quantize_per_head_fp8(t) for t in (query, key, value.float() - value_mean)
+    )
+    out = _flash3_fp8_forward(q8, k8, v8, q_descale, k_descale, v_descale)
+    return (out.float() + value_mean).to(query.dtype)
+
+
+@torch.compiler.disable
+def _flash3_fp8_forward(q8, k8, v8, q_descale, k_descale, v_descale) -> torch.Tensor:
     from flash_attn_interface import flash_attn_func
 
-    (q8, q_descale), (k8, k_descale), (v8, v_descale) = (quantize_per_head_fp8(t) for t in (query, key, value))
     out = flash_attn_func(q8, k8, v8, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale)
-    out = out[0] if isinstance(out, tuple) else out  # older FA3 builds also return the log-sum-exp
-    return out.to(query.dtype)
+    return out[0] if isinstance(out, tuple) else out  # older FA3 builds also return the log-sum-exp
 
 
 # Kernels for the video self-attention beside diffusers' dispatcher: name -> fn(query, key, value) on [B, S, H, D].

@@ -9,7 +9,7 @@ the time/text/image embedders, the patch embedding and the output head.
 
     from diffusers_multitalk.models.fp8 import enable_fp8, set_self_attention_kernel
     enable_fp8(pipe.transformer)                               # "fp8" (row-wise) | "fp8_tensor" | "int8_dynamic"
-    set_self_attention_kernel(pipe.transformer, "sage_triton")  # SageAttention 1 (Triton) for the video self-attention
+    set_self_attention_kernel(pipe.transformer, "flash3_fp8")   # FlashAttention-3's FP8 video self-attention
     pipe.transformer.compile_repeated_blocks(fullgraph=False)   # compile after quantising
 
 The same selection through diffusers' quantization config, for `from_pretrained` of a converted repo:
@@ -118,6 +118,63 @@ def set_self_attention_kernel(transformer: nn.Module, kernel: str | None, blocks
     for index, block in enumerate(transformer.blocks):
         if index in chosen:
             block.attn1.processor.self_attention_kernel = kernel
+
+
+# The kernel "auto" picks where it runs: FlashAttention-3's FP8 forward, the one 8-bit self-attention measured to
+# deviate less than MultiTalk's int8 weights on the H200 (docs/performance.md).
+AUTO_SELF_ATTENTION_KERNEL = "flash3_fp8"
+FA3_FP8_HINT = "build FlashAttention-3 with FP8 kept: FA3_FP8=1 bash benchmarks/build_flash_attention_3.sh SRC.tgz DEST"
+
+
+def self_attention_kernel_problem(kernel: str, device, head_dim: int = 128) -> str | None:
+    """Why `kernel` cannot run on `device` (a sentence that says what to do), or None when it can. For "flash3_fp8"
+    that is a Hopper GPU and a FlashAttention-3 build with its FP8 forward at `head_dim` (the 14B DiT's is 128),
+    probed with one small call: a build made without FP8, or without that head size, imports fine and fails only
+    when called."""
+    from .attention_processor import SELF_ATTENTION_KERNELS, flash3_fp8_attention
+
+    device = torch.device(device)
+    if kernel not in SELF_ATTENTION_KERNELS:
+        return f"unknown kernel; choose one of {', '.join(sorted(SELF_ATTENTION_KERNELS))}"
+    if device.type != "cuda":
+        return f"it runs on CUDA GPUs, not {device}"
+    if kernel == "sage_triton":
+        try:
+            import sageattention  # noqa: F401
+        except ImportError:
+            return "SageAttention is not installed: pip install sageattention"
+        return None
+    if torch.cuda.get_device_capability(device)[0] != 9:
+        return (
+            f"FlashAttention-3 runs on Hopper GPUs (compute capability 9.x), not {torch.cuda.get_device_name(device)}"
+        )
+    try:
+        import flash_attn_interface  # noqa: F401
+    except ImportError:
+        return f"FlashAttention-3 (flash_attn_interface) is not installed; {FA3_FP8_HINT}"
+    try:
+        probe = torch.randn(1, 128, 1, head_dim, device=device, dtype=torch.bfloat16)
+        flash3_fp8_attention(probe, probe, probe)
+    except Exception as err:  # noqa: BLE001 - any failure of the probe means the kernel is unusable here
+        return (
+            f"this FlashAttention-3 build has no FP8 forward for head size {head_dim} "
+            f"({type(err).__name__}: {str(err)[:120]}); {FA3_FP8_HINT}"
+        )
+    return None
+
+
+def resolve_self_attention_kernel(
+    kernel: str | None, transformer: nn.Module, device=None
+) -> tuple[str | None, str | None]:
+    """`(kernel, why_not)` for `transformer` run on `device` (default: where it is): "auto" becomes
+    `AUTO_SELF_ATTENTION_KERNEL` where that runs and None (diffusers' dispatcher) where not, with the reason; a named
+    kernel is returned as it is."""
+    if kernel != "auto":
+        return kernel, None
+    head_dim = transformer.config.attention_head_dim
+    device = transformer.device if device is None else device
+    problem = self_attention_kernel_problem(AUTO_SELF_ATTENTION_KERNEL, device, head_dim)
+    return (AUTO_SELF_ATTENTION_KERNEL, None) if problem is None else (None, problem)
 
 
 def quantized_linear_count(transformer: nn.Module) -> dict[str, int]:

@@ -12,6 +12,7 @@ from .distributed import is_main_process
 from .errors import PROG, UserError, note
 from .folders import inspect_wan_dir, inspect_wav2vec_dir
 from .hub import hub_error, is_hub_connection_error
+from .kernels import apply_self_attention_kernel
 from .options import is_infinitetalk, lora_specs, quant_dit_path
 from .quantization import choose_quant_backend, quantize_on_the_fly
 
@@ -229,11 +230,13 @@ def load_pipeline(args: Namespace, device, dtype):
         pipe.to(device)
         if args.t5_cpu:
             pipe.text_encoder.to("cpu")
+    apply_self_attention_kernel(args, pipe, device)  # before compilation, which traces the kernel in
     if getattr(args, "preset", None):
-        # the preset's execution set-up (presets.py: the VAE's dtype, compilation on CUDA), after placement
+        # the preset's execution set-up (presets.py: the VAE's dtype, compilation on CUDA), after placement; its
+        # self-attention kernel is --self_attention_kernel's default, set above
         from ..presets import apply_setup, preset_setup
 
-        setup = preset_setup(args.preset)
+        setup = dict(preset_setup(args.preset), self_attention_kernel=None)
         if device.type == "cuda":
             note(
                 f"--preset {args.preset}: VAE in {setup['vae_dtype']}, DiT {'compiled' if setup['compile'] else 'eager'}"

@@ -57,6 +57,7 @@ GENERATE_DEFAULTS = dict(
     height=None,
     width=None,
     attention_backend=None,
+    self_attention_kernel=None,
     infinitetalk_dir=None,
     dit_path=None,
     scene_seg=False,

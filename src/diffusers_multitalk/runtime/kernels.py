@@ -1,0 +1,74 @@
+"""`--self_attention_kernel`: the kernel of the DiT's video self-attention, checked before any model loads and set
+after loading (`models.fp8.set_self_attention_kernel`).
+
+- not given: the preset's choice with `--preset` ("auto"), diffusers' dispatcher (`--attention_backend`) otherwise;
+- "auto": FlashAttention-3's FP8 forward where it runs (a Hopper GPU, an FA3 build with FP8), the dispatcher
+  elsewhere; the choice and the reason are printed;
+- "dispatcher": diffusers' dispatcher, also under a preset;
+- a kernel's name ("flash3_fp8", "sage_triton"): that kernel, or a one-line error naming what is missing.
+"""
+
+from __future__ import annotations
+
+from argparse import Namespace
+
+from .errors import UserError, note
+
+
+SELF_ATTENTION_KERNEL_CHOICES = ("auto", "dispatcher", "flash3_fp8", "sage_triton")
+KERNEL_TITLES = {"flash3_fp8": "FlashAttention-3's FP8 forward", "sage_triton": "SageAttention 1 (Triton)"}
+
+
+def wanted_self_attention_kernel(args: Namespace) -> str | None:
+    """The kernel asked for, the preset's filled in: a kernel's name, "auto", or None for the dispatcher."""
+    kernel = getattr(args, "self_attention_kernel", None)
+    if kernel is None and getattr(args, "preset", None):
+        from ..presets import preset_setup
+
+        kernel = preset_setup(args.preset)["self_attention_kernel"]
+    if kernel is not None and kernel not in SELF_ATTENTION_KERNEL_CHOICES:
+        raise UserError(f"--self_attention_kernel {kernel}: expected one of {', '.join(SELF_ATTENTION_KERNEL_CHOICES)}")
+    return None if kernel == "dispatcher" else kernel
+
+
+def _refuse(kernel: str, problem: str) -> UserError:
+    return UserError(
+        f"--self_attention_kernel {kernel}: {problem}; or leave the flag out (or give 'dispatcher') for diffusers' "
+        "attention backend"
+    )
+
+
+def check_self_attention_kernel(args: Namespace, device) -> None:
+    """Refuses a named kernel that cannot run on `device`, before inputs are read or models load ("auto" never
+    refuses: it falls back, and says so when the kernel is set)."""
+    kernel = wanted_self_attention_kernel(args)
+    if kernel in (None, "auto"):
+        return
+    from ..models.fp8 import self_attention_kernel_problem
+
+    problem = self_attention_kernel_problem(kernel, device)
+    if problem is not None:
+        raise _refuse(kernel, problem)
+
+
+def apply_self_attention_kernel(args: Namespace, pipe, device) -> str | None:
+    """Sets the asked kernel on every block of the loaded DiT (probed at its head size on `device`, where it will
+    run even when offloading keeps it on the CPU now); returns the kernel set, or None for the dispatcher."""
+    kernel = wanted_self_attention_kernel(args)
+    if kernel is None:
+        return None
+    from ..models.fp8 import resolve_self_attention_kernel, self_attention_kernel_problem, set_self_attention_kernel
+
+    transformer = pipe.transformer
+    if kernel == "auto":
+        kernel, why_not = resolve_self_attention_kernel("auto", transformer, device)
+        if kernel is None:
+            note(f"self-attention through diffusers' dispatcher (--self_attention_kernel auto: {why_not})")
+            return None
+    else:
+        problem = self_attention_kernel_problem(kernel, device, transformer.config.attention_head_dim)
+        if problem is not None:
+            raise _refuse(kernel, problem)
+    set_self_attention_kernel(transformer, kernel)
+    note(f"self-attention through {KERNEL_TITLES[kernel]} ({kernel}) in every block")
+    return kernel
