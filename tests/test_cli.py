@@ -811,6 +811,8 @@ def test_info_runs(capsys, tmp_path):
     assert re.search(r"native\s+usable", out)
     assert re.search(r"TTS \(--audio_mode tts\): kokoro (installed|not installed).*espeak-ng ", out)
     assert "quantisation (--quant int8|fp8): optimum-quanto" in out and "web app (multitalk serve): gradio" in out
+    if not torch.cuda.is_available():
+        assert re.search(r"flash3_fp8\s+it runs on CUDA GPUs, not cpu", out)
     assert main(["info", "--ckpt_dir", str(tmp_path), "--wav2vec_dir", str(tmp_path), "--model", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "[MISSING] models_t5_umt5-xxl-enc-bf16.pth" in out and "[MISSING] model_index.json" in out

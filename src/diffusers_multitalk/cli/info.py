@@ -8,6 +8,7 @@ from argparse import Namespace
 from pathlib import Path
 
 from ..runtime.folders import inspect_model, inspect_multitalk_dir, inspect_wan_dir, inspect_wav2vec_dir
+from ..runtime.kernels import self_attention_kernel_statuses
 
 
 def attention_backends(cuda: bool) -> list[tuple[str, str]]:
@@ -108,6 +109,9 @@ def cmd_info(args: Namespace) -> int:
     )
     out.append("attention backends (diffusers):")
     for name, status in attention_backends(cuda):
+        out.append(f"  {name:32s} {status}")
+    out.append("video self-attention kernels (--self_attention_kernel; auto = flash3_fp8 where usable):")
+    for name, status in self_attention_kernel_statuses("cuda" if cuda else "cpu"):
         out.append(f"  {name:32s} {status}")
 
     incomplete = False

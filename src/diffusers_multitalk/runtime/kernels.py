@@ -72,3 +72,14 @@ def apply_self_attention_kernel(args: Namespace, pipe, device) -> str | None:
     set_self_attention_kernel(transformer, kernel)
     note(f"self-attention through {KERNEL_TITLES[kernel]} ({kernel}) in every block")
     return kernel
+
+
+def self_attention_kernel_statuses(device) -> list[tuple[str, str]]:
+    """`[(kernel, "usable" or why not), ...]` on `device`, for `multitalk info`."""
+    from ..models.fp8 import self_attention_kernel_problem
+
+    return [
+        (kernel, self_attention_kernel_problem(kernel, device) or "usable")
+        for kernel in SELF_ATTENTION_KERNEL_CHOICES
+        if kernel in KERNEL_TITLES
+    ]
