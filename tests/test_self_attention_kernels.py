@@ -51,8 +51,8 @@ def test_flash3_fp8_smooths_k_and_v_which_cuts_the_error_of_a_common_offset(monk
     calls = []
     monkeypatch.setitem(sys.modules, "flash_attn_interface", _dequantizing_fa3(calls))
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 256, 2, 64, generator=g) for _ in range(3))
-    offset = 8 * torch.randn(1, 1, 2, 64, generator=g)
+    q, k, v = (torch.randn(1, 256, 2, 128, generator=g) for _ in range(3))
+    offset = 8 * torch.randn(1, 1, 2, 128, generator=g)
     k, v = k + offset, v + offset
     expected = _sdpa(q, k, v)
 
@@ -152,3 +152,19 @@ def test_the_flag_sets_the_kernel_and_says_so(monkeypatch, capsys):
         assert {b.attn1.processor.self_attention_kernel for b in pipe.transformer.blocks} == {expected}, flags
         printed = capsys.readouterr().err
         assert ("FlashAttention-3's FP8 forward (flash3_fp8) in every block" in printed) == (expected is not None)
+
+
+def test_head_sizes_the_fa3_build_lacks_are_refused_without_calling_it(monkeypatch):
+    """FA3 called at a head size its build left out crashed the process on the H200 (the tiny model's 24): the
+    kernel refuses it, and the availability check says so without probing."""
+    calls = []
+    monkeypatch.setitem(sys.modules, "flash_attn_interface", _dequantizing_fa3(calls))
+    x = torch.randn(1, 16, 2, 24)
+    with pytest.raises(ValueError, match="head size \\(128,\\)"):
+        flash3_fp8_attention(x, x, x)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    problem = fp8.self_attention_kernel_problem("flash3_fp8", torch.device("cuda"), head_dim=24)
+    assert problem == "it runs at head size 128 (the Wan DiTs'), not 24"
+    assert calls == []
+    pipe = make_tiny_pipeline(seed=0)
+    assert fp8.resolve_self_attention_kernel("auto", pipe.transformer, torch.device("cuda")) == (None, problem)

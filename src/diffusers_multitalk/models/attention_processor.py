@@ -90,6 +90,8 @@ def sage_triton_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
 
 
 FP8_E4M3_MAX = 448.0  # the largest finite float8_e4m3fn
+# The head sizes `flash3_fp8` calls FA3 at: the one benchmarks/build_flash_attention_3.sh builds (the Wan DiTs').
+FLASH3_FP8_HEAD_DIMS = (128,)
 
 
 def quantize_per_head_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,6 +110,12 @@ def flash3_fp8_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     so mean(v) is added back after. It shrinks what e4m3's 3 mantissa bits must hold when K or V carry a common
     offset. The quantisation is traced by torch.compile (fused into the block's graph); the FA3 call is opaque.
     Needs an FA3 build with FP8 kept (`FA3_FP8=1 bash benchmarks/build_flash_attention_3.sh ...`)."""
+    if query.shape[-1] not in FLASH3_FP8_HEAD_DIMS:
+        # refused here: FA3 called at a head size its build left out crashes the process (seen on the H200)
+        raise ValueError(
+            f"flash3_fp8 runs at head size {FLASH3_FP8_HEAD_DIMS} (the Wan DiTs'), not {query.shape[-1]}; "
+            "use the dispatcher (self_attention_kernel=None)"
+        )
     key = key - key.float().mean(dim=1, keepdim=True).to(key.dtype)
     value_mean = value.float().mean(dim=1, keepdim=True)
     (q8, q_descale), (k8, k_descale), (v8, v_descale) = (

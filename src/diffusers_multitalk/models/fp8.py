@@ -131,7 +131,7 @@ def self_attention_kernel_problem(kernel: str, device, head_dim: int = 128) -> s
     that is a Hopper GPU and a FlashAttention-3 build with its FP8 forward at `head_dim` (the 14B DiT's is 128),
     probed with one small call: a build made without FP8, or without that head size, imports fine and fails only
     when called."""
-    from .attention_processor import SELF_ATTENTION_KERNELS, flash3_fp8_attention
+    from .attention_processor import FLASH3_FP8_HEAD_DIMS, SELF_ATTENTION_KERNELS, flash3_fp8_attention
 
     device = torch.device(device)
     if kernel not in SELF_ATTENTION_KERNELS:
@@ -144,6 +144,8 @@ def self_attention_kernel_problem(kernel: str, device, head_dim: int = 128) -> s
         except ImportError:
             return "SageAttention is not installed: pip install sageattention"
         return None
+    if head_dim not in FLASH3_FP8_HEAD_DIMS:  # never probed: FA3 at a head size its build lacks crashes
+        return f"it runs at head size {', '.join(map(str, FLASH3_FP8_HEAD_DIMS))} (the Wan DiTs'), not {head_dim}"
     if torch.cuda.get_device_capability(device)[0] != 9:
         return (
             f"FlashAttention-3 runs on Hopper GPUs (compute capability 9.x), not {torch.cuda.get_device_name(device)}"
