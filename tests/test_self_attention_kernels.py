@@ -10,15 +10,12 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
+from test_fp8 import TINY_CLI, _generate_args  # the tiny generate run those tests use
 
 from diffusers_multitalk import make_tiny_pipeline
 from diffusers_multitalk.models import fp8
 from diffusers_multitalk.models.attention_processor import flash3_fp8_attention, quantize_per_head_fp8
 from diffusers_multitalk.presets import apply_preset
-
-
-TINY_CLI = "--tiny --device cpu --input_json examples/single_tiny.json --mode clip --frame_num 5 --sample_steps 1 "
-TINY_CLI += "--height 64 --width 96"
 
 
 def _sdpa(q, k, v):
@@ -34,14 +31,6 @@ def _dequantizing_fa3(calls):
         return _sdpa(*deq).to(torch.bfloat16)
 
     return types.SimpleNamespace(flash_attn_func=flash_attn_func)
-
-
-def _generate_args(flags: str):
-    import shlex
-
-    from diffusers_multitalk import cli
-
-    return cli.build_parser().parse_args(["generate", *shlex.split(flags)])
 
 
 def test_flash3_fp8_smooths_k_and_v_which_cuts_the_error_of_a_common_offset(monkeypatch):

@@ -189,10 +189,10 @@ def unsupported_flags(args: Namespace, environ: dict | None = None) -> list[tupl
 def _quant_refusals(args: Namespace) -> list[tuple[str, str]]:
     """Why ``--quant`` cannot be honoured here (empty when it can)."""
     from ..loaders.quantized import QUANT_CHOICES, QUANT_INSTALL_HINT
-    from .quantization import backend_problem, torchao_available
+    from .quantization import asked_quant_backend, backend_problem, torchao_available
 
     flag = f"--quant {args.quant}"
-    backend = getattr(args, "quant_backend", "auto") or "auto"
+    backend = asked_quant_backend(args)
     if args.quant not in QUANT_CHOICES:
         return [(flag, f"MultiTalk's quantisations are {' and '.join(QUANT_CHOICES)}")]
     problem = backend_problem(args, bool(args.quant_dir or quant_dit_path(args)))

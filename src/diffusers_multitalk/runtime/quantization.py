@@ -41,10 +41,15 @@ def runs_fp8_products(device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
+def asked_quant_backend(args: Namespace) -> str:
+    """`--quant_backend` as given ("auto" when the options leave it out)."""
+    return getattr(args, "quant_backend", "auto") or "auto"
+
+
 def backend_problem(args: Namespace, quant_files: bool) -> tuple[str, str] | None:
     """`(flag, why)` when `--quant_backend` cannot be honoured on any device (an unknown name, torchao with quanto's
     files, torchao not installed); None otherwise. `check_generate_args` reports it before anything runs."""
-    backend = getattr(args, "quant_backend", "auto") or "auto"
+    backend = asked_quant_backend(args)
     if backend not in QUANT_BACKENDS:
         return f"--quant_backend {backend}", f"expected one of {', '.join(QUANT_BACKENDS)}"
     if backend == "torchao" and quant_files:
@@ -63,7 +68,7 @@ def choose_quant_backend(args: Namespace, device, quant_files: bool) -> str | No
     problem = backend_problem(args, quant_files)
     if problem is not None:
         raise UserError(": ".join(problem))
-    backend = getattr(args, "quant_backend", "auto") or "auto"
+    backend = asked_quant_backend(args)
     if quant_files:
         return "quanto"
     if backend == "auto":
