@@ -6,7 +6,8 @@ Each SETUP in --setups gets a freshly built DiT from the same seed (identical ra
   bf16 | fp8 | fp8_tensor | int8_dynamic (torchao, `models.fp8.enable_fp8`) | quanto_int8 (MultiTalk's int8 weights)
   options: +sage (SageAttention 1 Triton self-attention), +fa3fp8 (FlashAttention-3's FP8 self-attention: an FA3
   wheel built with FA3_FP8=1), +eager (no compile), +vae32 (VAE in float32),
-  +latents (deviation only: no warm-up call, no decode)
+  +latents (deviation only: no warm-up call, no decode), +tuned (torchao's Inductor tuning, `enable_fp8(...,
+  tune_kernels=True)`: process-wide, so every set-up after it in the run is compiled with it too)
 The first set-up is the reference of the latent deviation; "total_s" reports the first one timed in full (not
 +latents), so `bf16+latents,fp8+fa3fp8` times the fast set-up against a bf16 reference. Compiled set-ups get a
 1-step warm-up call first (compilation), not counted. Also reports the VAE's bf16 decode error (the reference's
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch._inductor.config as inductor_config
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -64,7 +66,7 @@ def apply(pipe, setup, args, device):
     transformer = fresh_transformer(args, device)
     transformer.set_attention_backend("native")
     if base in ("fp8", "fp8_tensor", "int8_dynamic"):
-        enable_fp8(transformer, base)
+        enable_fp8(transformer, base, tune_kernels="tuned" in flags)
     elif base == "quanto_int8":
         from diffusers_multitalk.loaders import quantized
 
@@ -87,6 +89,7 @@ def apply(pipe, setup, args, device):
         compiled=compiled,
         vae_dtype=str(vae_dtype).replace("torch.", ""),
         latents_only="latents" in flags,
+        inductor_coordinate_descent_tuning=bool(inductor_config.coordinate_descent_tuning),
     )
 
 

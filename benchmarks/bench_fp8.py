@@ -9,7 +9,8 @@ SETUP: a '+'-list of
   | quanto_int8 (MultiTalk's own int8 weights-only quantisation, optimum-quanto; always eager)
   and options: sage (SageAttention 1 Triton kernel for the video self-attention), fa3fp8 (FlashAttention-3's FP8
   forward for it: an FA3 wheel built with FA3_FP8=1 benchmarks/build_flash_attention_3.sh), eager (no
-  compile_repeated_blocks)
+  compile_repeated_blocks), tuned (torchao's Inductor tuning, `enable_fp8(..., tune_kernels=True)`: process-wide,
+  so every set-up after it in the run is compiled with it too)
 SHAPE: 480p1, 480p2 (81 frames at 640x640, 1 / 2 persons: 33,600 tokens), 720p1, 720p2 (960x960: 75,600 tokens),
   480p2b2 (2 persons, batch 2: the two guidance passes of a step in one forward)
 
@@ -31,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch._inductor.config as inductor_config
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -90,7 +92,7 @@ def build_setup(setup, config, device):
     model.set_attention_backend("native")
     info = {}
     if base in ("fp8", "fp8_tensor", "int8_dynamic"):
-        info["quantized_linears"] = len(enable_fp8(model, base))
+        info["quantized_linears"] = len(enable_fp8(model, base, tune_kernels="tuned" in flags))
         info["weight_types"] = quantized_linear_count(model)
     elif base == "quanto_int8":
         from diffusers_multitalk.loaders import quantized
@@ -107,6 +109,7 @@ def build_setup(setup, config, device):
     if compiled:
         model.compile_repeated_blocks(fullgraph=False)
     info["compiled"] = compiled
+    info["inductor_coordinate_descent_tuning"] = bool(inductor_config.coordinate_descent_tuning)
     info["weights_gb"] = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
     info["checksum"] = float(model.blocks[0].attn1.to_q.bias.float().sum())  # same seed -> same weights
     return model, info

@@ -104,6 +104,22 @@ def test_int8_dynamic_quantises_the_block_linears_and_keeps_the_rest():
     assert 0 < rel < 0.05
 
 
+@pytest.mark.parametrize("tune_kernels", [False, True])
+def test_quantising_changes_inductor_settings_only_when_asked(tune_kernels):
+    """torchao's configs switch on Inductor's coordinate-descent tuning for the whole process by default (minutes of
+    compilation on the H200); enable_fp8 and torchao_quantization_config leave it alone unless tune_kernels=True."""
+    pytest.importorskip("torchao")
+    import torch._inductor.config as inductor_config
+
+    assert torchao_config("fp8", tune_kernels).set_inductor_config is tune_kernels
+    assert torchao_quantization_config("int8_dynamic", tune_kernels).quant_type.set_inductor_config is tune_kernels
+    # the config's own patch() restores both settings afterwards, whatever enable_fp8 did
+    with inductor_config.patch(coordinate_descent_tuning=False, coordinate_descent_check_all_directions=False):
+        enable_fp8(tiny_transformer(), "int8_dynamic", tune_kernels=tune_kernels)
+        assert inductor_config.coordinate_descent_tuning is tune_kernels
+        assert inductor_config.coordinate_descent_check_all_directions is tune_kernels
+
+
 def test_block_indices_out_of_range_are_refused():
     with pytest.raises(ValueError, match="out of range"):
         set_self_attention_kernel(tiny_transformer(), None, blocks=[7])

@@ -36,12 +36,18 @@ def is_block_linear(module: nn.Module, fqn: str) -> bool:
     return isinstance(module, nn.Linear) and parts[0] == "blocks" and not any(k in parts for k in KEEP_FLOAT_MODULES)
 
 
-def torchao_config(mode: str = "fp8"):
+def torchao_config(mode: str = "fp8", tune_kernels: bool = False):
     """The torchao config of a quantisation mode.
 
     - "fp8": float8 e4m3 weights (per output row) and activations (per token, dynamic); the recommended FP8 layout.
     - "fp8_tensor": the same with one scale per tensor (cheaper scaling, coarser).
     - "int8_dynamic": int8 weights (per row) and int8 activations (per token, dynamic) through `torch._int_mm`.
+
+    `tune_kernels`: torchao's `set_inductor_config` (its default is True), which switches on Inductor's
+    coordinate-descent tuning (in all directions) of every Triton kernel, for the whole process and everything
+    compiled after it. Off here, so quantising leaves global state alone. On the H200, with it on, the compiling
+    forward of the FP8 DiT took 150-275 s; all H200 FP8 numbers in docs/performance.md were measured with it on,
+    none yet with it off.
     """
     try:
         from torchao.quantization import (
@@ -53,11 +59,11 @@ def torchao_config(mode: str = "fp8"):
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError('FP8 execution needs torchao: pip install "diffusers-multitalk[fp8]"') from e
     if mode == "fp8":
-        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=tune_kernels)
     if mode == "fp8_tensor":
-        return Float8DynamicActivationFloat8WeightConfig(granularity=PerTensor())
+        return Float8DynamicActivationFloat8WeightConfig(granularity=PerTensor(), set_inductor_config=tune_kernels)
     if mode == "int8_dynamic":
-        return Int8DynamicActivationInt8WeightConfig()
+        return Int8DynamicActivationInt8WeightConfig(set_inductor_config=tune_kernels)
     raise ValueError(f"Unknown quantisation mode {mode!r}; choose one of {QUANT_MODES}.")
 
 
@@ -69,17 +75,18 @@ def _selected_blocks(transformer, blocks) -> set[int]:
     return chosen
 
 
-def enable_fp8(transformer: nn.Module, mode: str = "fp8", blocks=None) -> list[str]:
+def enable_fp8(transformer: nn.Module, mode: str = "fp8", blocks=None, tune_kernels: bool = False) -> list[str]:
     """Quantises the block linears of `transformer` in place (see the module docstring); returns their names.
 
     Args:
         transformer: a `MultiTalkTransformer3DModel` (bf16 weights; FP8 needs a GPU of compute capability >= 8.9).
         mode: one of `QUANT_MODES` (see `torchao_config`).
         blocks: indices of the blocks to quantise (default: all).
+        tune_kernels: torchao's process-wide Inductor tuning (see `torchao_config`): minutes more compilation.
     """
     from torchao.quantization import quantize_
 
-    config = torchao_config(mode)
+    config = torchao_config(mode, tune_kernels)
     chosen = _selected_blocks(transformer, blocks)
     names = []
 
@@ -94,12 +101,12 @@ def enable_fp8(transformer: nn.Module, mode: str = "fp8", blocks=None) -> list[s
     return names
 
 
-def torchao_quantization_config(mode: str = "fp8"):
+def torchao_quantization_config(mode: str = "fp8", tune_kernels: bool = False):
     """diffusers' `TorchAoConfig` doing what `enable_fp8` does, for `from_pretrained(..., quantization_config=)`
     (or inside a `PipelineQuantizationConfig(quant_mapping={"transformer": ...})`)."""
     from diffusers import TorchAoConfig
 
-    return TorchAoConfig(torchao_config(mode), modules_to_not_convert=list(KEEP_FLOAT_MODULES))
+    return TorchAoConfig(torchao_config(mode, tune_kernels), modules_to_not_convert=list(KEEP_FLOAT_MODULES))
 
 
 def set_self_attention_kernel(transformer: nn.Module, kernel: str | None, blocks=None) -> None:
