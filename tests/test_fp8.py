@@ -224,6 +224,37 @@ def test_apply_preset_sets_up_the_pipeline():
     assert apply_preset(pipe, "fast", setup=False) == kwargs
 
 
+@pytest.mark.parametrize("quantised", [False, True])
+def test_preset_tunes_kernels_only_for_a_torchao_quantised_dit(monkeypatch, quantised):
+    """The fast preset's tune_kernels switches on torchao's Inductor tuning just before compiling, and only when the
+    DiT holds torchao linears (the configuration the H200 FP8 numbers were measured in); a bf16 DiT compiles
+    untuned. CUDA is stood in for: the compile call is recorded, not run."""
+    pytest.importorskip("torchao")
+    import torch._inductor.config as inductor_config
+
+    from diffusers_multitalk.models import MultiTalkTransformer3DModel
+    from diffusers_multitalk.models.fp8 import is_torchao_quantized
+    from diffusers_multitalk.presets import apply_setup
+
+    pipe = make_tiny_pipeline(seed=0)
+    if quantised:
+        enable_fp8(pipe.transformer, "int8_dynamic")
+    assert is_torchao_quantized(pipe.transformer) is quantised
+    compiled = []
+    monkeypatch.setattr(MultiTalkTransformer3DModel, "device", property(lambda self: torch.device("cuda")))
+    monkeypatch.setattr(
+        MultiTalkTransformer3DModel,
+        "compile_repeated_blocks",
+        lambda self, **kw: compiled.append(bool(inductor_config.coordinate_descent_tuning)),
+    )
+    with inductor_config.patch(coordinate_descent_tuning=False, coordinate_descent_check_all_directions=False):
+        chosen = apply_setup(pipe, compile=True, tune_kernels=True)
+        assert chosen["tuned"] is quantised
+        assert compiled == [quantised]  # tuned (or not) when compilation was asked for
+        assert inductor_config.coordinate_descent_check_all_directions is quantised
+    assert FAST_PRESET["setup"]["tune_kernels"] is True
+
+
 def test_deviation_benchmark_on_tiny_weights(tmp_path):
     """bench_fp8.py on a 1-layer narrow model on the CPU: the same seed gives the same weights in every set-up, the
     int8 set-ups deviate from bf16 by a little, not by nothing."""

@@ -40,6 +40,9 @@ PRESETS = {
             "self_attention_kernel": "auto",
             "vae_dtype": "bfloat16",
             "compile": True,
+            # torchao's Inductor tuning when the DiT is torchao-quantised (the H200 FP8 numbers' configuration;
+            # minutes more compilation; models.fp8.enable_kernel_tuning)
+            "tune_kernels": True,
         },
     },
 }
@@ -80,12 +83,22 @@ def _preset(name):
     return copy.deepcopy(PRESETS[name])
 
 
-def apply_setup(pipe, quant=None, self_attention_kernel=None, vae_dtype=None, compile=False) -> dict:
+def apply_setup(
+    pipe, quant=None, self_attention_kernel=None, vae_dtype=None, compile=False, tune_kernels=False
+) -> dict:
     """Applies an execution set-up to a `WanMultiTalkPipeline` in place: torchao quantisation of the DiT's block
     linears (`models.fp8.enable_fp8`), a self-attention kernel ("auto": the FP8 FlashAttention-3 kernel where it runs
     on the DiT's device), the VAE's dtype, and `compile_repeated_blocks` (last, after quantising). Compilation is
-    skipped off CUDA. Returns what was chosen: `{"self_attention_kernel": name or None, "why_not": reason or None}`."""
-    from .models.fp8 import enable_fp8, resolve_self_attention_kernel, set_self_attention_kernel
+    skipped off CUDA; `tune_kernels` switches on torchao's process-wide Inductor tuning before it when the DiT holds
+    torchao-quantised linears (quantised here or before), and does nothing otherwise. Returns what was chosen:
+    `{"self_attention_kernel": name or None, "why_not": reason or None, "tuned": bool}`."""
+    from .models.fp8 import (
+        enable_fp8,
+        enable_kernel_tuning,
+        is_torchao_quantized,
+        resolve_self_attention_kernel,
+        set_self_attention_kernel,
+    )
 
     if quant is not None:
         enable_fp8(pipe.transformer, quant)
@@ -96,9 +109,13 @@ def apply_setup(pipe, quant=None, self_attention_kernel=None, vae_dtype=None, co
         set_self_attention_kernel(pipe.transformer, kernel)
     if vae_dtype is not None:
         pipe.vae.to(getattr(torch, vae_dtype) if isinstance(vae_dtype, str) else vae_dtype)
+    tuned = False
     if compile and pipe.transformer.device.type == "cuda":
+        if tune_kernels and is_torchao_quantized(pipe.transformer):
+            enable_kernel_tuning()
+            tuned = True
         pipe.transformer.compile_repeated_blocks(fullgraph=False)
-    return {"self_attention_kernel": kernel, "why_not": why_not}
+    return {"self_attention_kernel": kernel, "why_not": why_not, "tuned": tuned}
 
 
 def apply_preset(pipe, name: str = "fast", setup: bool = True, **overrides) -> dict:

@@ -101,6 +101,22 @@ def enable_fp8(transformer: nn.Module, mode: str = "fp8", blocks=None, tune_kern
     return names
 
 
+def is_torchao_quantized(transformer: nn.Module) -> bool:
+    """Whether `enable_fp8` (or a torchao `quantization_config`) left torchao tensors in `transformer`'s linears
+    (optimum-quanto's, MultiTalk's int8 files, are not)."""
+    return any(
+        isinstance(m, nn.Linear) and type(m.weight).__module__.startswith("torchao") for m in transformer.modules()
+    )
+
+
+def enable_kernel_tuning() -> None:
+    """torchao's recommended Inductor settings (coordinate-descent tuning of every Triton kernel, in all
+    directions), for the whole process: what `tune_kernels=True` sets. Call it before compiling."""
+    from torchao.quantization.utils import recommended_inductor_config_setter
+
+    recommended_inductor_config_setter()
+
+
 def torchao_quantization_config(mode: str = "fp8", tune_kernels: bool = False):
     """diffusers' `TorchAoConfig` doing what `enable_fp8` does, for `from_pretrained(..., quantization_config=)`
     (or inside a `PipelineQuantizationConfig(quant_mapping={"transformer": ...})`)."""

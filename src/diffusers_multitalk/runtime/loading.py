@@ -238,10 +238,10 @@ def load_pipeline(args: Namespace, device, dtype):
 
         setup = dict(preset_setup(args.preset), self_attention_kernel=None)
         if device.type == "cuda":
-            note(
-                f"--preset {args.preset}: VAE in {setup['vae_dtype']}, DiT {'compiled' if setup['compile'] else 'eager'}"
-            )
-            apply_setup(pipe, **setup)
+            chosen = apply_setup(pipe, **setup)
+            compiled = "compiled" if setup["compile"] else "eager"
+            tuned = " with torchao's Inductor tuning (minutes of compilation)" if chosen["tuned"] else ""
+            note(f"--preset {args.preset}: VAE in {setup['vae_dtype']}, DiT {compiled}{tuned}")
         else:
             note(f"--preset {args.preset}: its sampling settings only (the bf16 VAE and compilation are for GPUs)")
     if args.ulysses_size > 1:
