@@ -251,6 +251,25 @@ def test_flash3_fp8_self_attention_is_close_to_sdpa():
     assert self_attention_kernel_problem("flash3_fp8", "cuda", head_dim=128) is None
 
 
+def test_fa3_fp8_benchmark_measures_every_entry():
+    """benchmarks/bench_fa3_fp8.py at a small sequence: one row per kernel, each with a time (and a rate)."""
+    pytest.importorskip("flash_attn_interface")
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("FlashAttention-3 runs on Hopper")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_fa3_fp8 import measure
+
+    rows = measure(2048, heads=4)
+    assert len(rows) == 6
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[0] == "2048" and float(cells[2]) > 0
+        assert cells[3] or cells[1].startswith("its ")
+
+
 def test_sage_triton_self_attention_is_close_to_sdpa():
     pytest.importorskip("sageattention")
     from diffusers_multitalk.models.attention_processor import sage_triton_attention
