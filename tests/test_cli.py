@@ -818,6 +818,27 @@ def test_info_runs(capsys, tmp_path):
     assert "[MISSING] models_t5_umt5-xxl-enc-bf16.pth" in out and "[MISSING] model_index.json" in out
 
 
+TORCHAO_IMPORT_NOISE = ("Failed to load", "Unable to import `torchao`", "is an Enum subclass")
+
+
+def test_commands_do_not_print_what_torchao_logs_on_import():
+    """Where torchao is installed, importing the pipelines imports it (through diffusers, peft and transformers), and
+    its import logs about C extensions this torch build cannot load, older tensor types and pytree deprecations; the
+    command line keeps those lines out of its output."""
+    pytest.importorskip("torchao")
+    control = subprocess.run(
+        [sys.executable, "-c", "import diffusers_multitalk.pipelines"], capture_output=True, text=True, timeout=300
+    )
+    if not any(line in control.stderr for line in TORCHAO_IMPORT_NOISE):
+        pytest.skip("torchao imports without a word on this machine")
+    run = subprocess.run(
+        [sys.executable, "-m", "diffusers_multitalk", "info"], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    assert "attention backends" in run.stdout
+    assert not [line for line in TORCHAO_IMPORT_NOISE if line in run.stderr + run.stdout], run.stderr
+
+
 def test_generate_model_unreachable_fails_clearly(monkeypatch, capsys):
     def unreachable(model, torch_dtype=None, cls=None):
         raise OSError(f"Cannot load model {model}: the model is not fully cached locally (...)")

@@ -29,6 +29,7 @@ from typing import Sequence
 
 from ..runtime.distributed import shutdown_distributed
 from ..runtime.errors import PROG, Terminated, UserError, raise_terminated
+from ..runtime.quantization import import_torchao_quietly, torchao_available
 from .parser import build_parser
 
 
@@ -62,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the writers' cleanup runs and no part file stays behind.
     previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
+        if args.command != "download" and torchao_available():
+            # first, before diffusers, peft or transformers import it (they do whenever it is installed)
+            import_torchao_quietly()
         return int(_command(args.command)(args) or 0)
     except UserError as err:
         print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 from argparse import Namespace
 
 from .errors import UserError, note
@@ -25,6 +26,27 @@ FILES_ARE_QUANTO = (
     "the quantised files (--quant_dir / the FusionX DiT) are optimum-quanto checkpoints; drop them to quantise the "
     "float weights with torchao, or drop --quant_backend"
 )
+
+
+# What importing torchao (and diffusers' torchao quantizer) logs about optional parts this build of torch cannot use:
+# C extensions built for another CUDA, tensor types of older torchao releases, pytree deprecations. Nothing in it is
+# for a command-line user to act on, and the quantisation runs without those parts.
+TORCHAO_IMPORT_LOGGERS = ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer")
+
+
+def import_torchao_quietly() -> None:
+    """Imports torchao's quantisation API and diffusers' torchao quantizer with `TORCHAO_IMPORT_LOGGERS` at ERROR
+    level for the import only (a later import is a no-op, so their messages do not come back)."""
+    loggers = [logging.getLogger(name) for name in TORCHAO_IMPORT_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        import diffusers.quantizers.torchao.torchao_quantizer  # noqa: F401
+        import torchao.quantization  # noqa: F401
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def torchao_available() -> bool:
@@ -106,6 +128,7 @@ def quantize_on_the_fly(pipe, quant: str, backend: str, fused_loras: bool) -> No
     if backend == "torchao":
         from ..models.fp8 import enable_fp8
 
+        import_torchao_quietly()
         dtype = str(pipe.transformer.dtype).removeprefix("torch.")
         if getattr(pipe.transformer, "peft_config", None):  # a quantised linear takes no adapter afterwards
             pipe.fuse_lora(components=["transformer"])
