@@ -31,7 +31,7 @@ FILES_ARE_QUANTO = (
 # What importing torchao (and diffusers' torchao quantizer) logs about optional parts this build of torch cannot use:
 # C extensions built for another CUDA, tensor types of older torchao releases, pytree deprecations. Nothing in it is
 # for a command-line user to act on, and the quantisation runs without those parts.
-TORCHAO_IMPORT_LOGGERS = ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer")
+TORCHAO_IMPORT_LOGGERS = ("torchao", "torch.utils._pytree", "diffusers.quantizers")
 
 
 def import_torchao_quietly() -> None:
@@ -42,8 +42,8 @@ def import_torchao_quietly() -> None:
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
-        import diffusers.quantizers.torchao.torchao_quantizer  # noqa: F401
         import torchao.quantization  # noqa: F401
+        from diffusers import TorchAoConfig  # noqa: F401 - imports diffusers' torchao quantizer
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
