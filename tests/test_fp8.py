@@ -85,6 +85,52 @@ def test_fp8_mode_on_the_cpu_says_it_needs_a_gpu():
         enable_fp8(tiny_transformer(), "fp8")
 
 
+@pytest.fixture
+def fp8_on_the_cpu(monkeypatch):
+    """torchao refuses FP8 below CUDA compute capability 8.9 (or MI300, XPU), but torch's CPU `_scaled_mm` runs e4m3
+    products (slowly): with torchao's hardware check stood down, the real FP8 tensors and kernels run here."""
+    pytest.importorskip("torchao")
+    import torchao.float8.inference as float8_inference
+    import torchao.quantization.quant_api as quant_api
+
+    try:
+        a = torch.ones(16, 16).to(torch.float8_e4m3fn)
+        torch._scaled_mm(a, a.t(), scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16), out_dtype=torch.bfloat16)
+    except (RuntimeError, NotImplementedError) as err:
+        pytest.skip(f"this torch has no row-wise FP8 _scaled_mm on the CPU ({err})")
+    for module in (float8_inference, quant_api):
+        monkeypatch.setattr(module, "_check_hardware_support", lambda *args, **kwargs: None)
+
+
+def test_fp8_block_linears_run_in_float8_and_compile_into_one_graph(fp8_on_the_cpu):
+    """The FP8 path on the tiny model: every block linear holds a float8 e4m3 weight, the output stays near bf16's,
+    and compile_repeated_blocks traces one graph for all blocks (the H200's minutes of FP8 compilation were
+    torchao's Inductor tuning, not a recompilation per block)."""
+    from diffusers_multitalk.models import MultiTalkTransformer3DModel
+
+    base = tiny_transformer()
+    config = {k: v for k, v in base.config.items() if not k.startswith("_")}
+    model = MultiTalkTransformer3DModel(**dict(config, num_layers=4)).eval().to(torch.bfloat16)
+    inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tiny_inputs(model).items()}
+    with torch.no_grad():
+        expected = model(**inputs, return_dict=False)[0].float()
+        names = enable_fp8(model, "fp8")
+        eager = model(**inputs, return_dict=False)[0].float()
+    assert names == block_linear_names(model)
+    weights = [model.get_submodule(name).weight for name in names]
+    assert all(w.qdata.dtype == torch.float8_e4m3fn for w in weights)
+    rel = ((eager - expected).norm() / expected.norm()).item()
+    assert 0 < rel < 0.1
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    model.compile_repeated_blocks(fullgraph=False)
+    with torch.no_grad():
+        compiled = model(**inputs, return_dict=False)[0].float()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert ((compiled - eager).norm() / eager.norm()).item() < 0.02
+    torch._dynamo.reset()
+
+
 def test_int8_dynamic_quantises_the_block_linears_and_keeps_the_rest():
     """The same plumbing as FP8 through a torchao config that runs on the CPU (W8A8 int8)."""
     pytest.importorskip("torchao")
