@@ -10,7 +10,8 @@ SETUP: a '+'-list of
   and options: sage (SageAttention 1 Triton kernel for the video self-attention), fa3fp8 (FlashAttention-3's FP8
   forward for it: an FA3 wheel built with FA3_FP8=1 benchmarks/build_flash_attention_3.sh), eager (no
   compile_repeated_blocks), tuned (torchao's Inductor tuning, `enable_fp8(..., tune_kernels=True)`: process-wide,
-  so every set-up after it in the run is compiled with it too)
+  so every set-up after it in the run is compiled with it too), keep:NAME[/NAME...] (those block modules' linears
+  stay in bf16: `enable_fp8(..., keep_float=...)`, e.g. keep:attn2 or keep:attn2.to_out/attn2.add_k_proj)
 SHAPE: 480p1, 480p2 (81 frames at 640x640, 1 / 2 persons: 33,600 tokens), 720p1, 720p2 (960x960: 75,600 tokens),
   480p2b2 (2 persons, batch 2: the two guidance passes of a step in one forward)
 
@@ -18,6 +19,12 @@ SHAPE: 480p1, 480p2 (81 frames at 640x640, 1 / 2 persons: 33,600 tokens), 720p1,
 
 Also measures the bf16 and FP8 (row-wise scaled, torch._scaled_mm) matmul rates in the same run. Writes
 bench_fp8.json (and .md) to --out after every job.
+
+Deviation studies on the CPU (no timings worth reporting; eager): --device cpu --fp8-on-cpu stands torchao's FP8
+hardware check down (torch's CPU _scaled_mm runs e4m3 products), with fewer --layers and --frames, e.g.
+
+    python benchmarks/bench_fp8.py --device cpu --fp8-on-cpu --layers 4 --frames 9 --frames-scale 2 \
+        --jobs bf16@480p1,quanto_int8@480p1,fp8@480p1,fp8+keep:attn2@480p1
 """
 
 from __future__ import annotations
@@ -71,9 +78,9 @@ def fp8_matmul_rate(n=8192, repeats=20):
     return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
-def shape_inputs(shape, device):
+def shape_inputs(shape, device, frames=81):
     persons, height, width, batch = SHAPES[shape]
-    inputs, dims = make_inputs(persons, 81, height, width, device)
+    inputs, dims = make_inputs(persons, frames, height, width, device)
     if batch > 1:
         for key in ("hidden_states", "encoder_hidden_states", "encoder_hidden_states_image", "audio_embeds"):
             inputs[key] = torch.cat([inputs[key]] * batch)
@@ -91,8 +98,11 @@ def build_setup(setup, config, device):
     model = build_model(config, device)
     model.set_attention_backend("native")
     info = {}
+    keep_float = tuple(name for flag in flags if flag.startswith("keep:") for name in flag[5:].split("/"))
     if base in ("fp8", "fp8_tensor", "int8_dynamic"):
-        info["quantized_linears"] = len(enable_fp8(model, base, tune_kernels="tuned" in flags))
+        names = enable_fp8(model, base, tune_kernels="tuned" in flags, keep_float=keep_float)
+        info["quantized_linears"] = len(names)
+        info["kept_in_bf16"] = list(keep_float)
         info["weight_types"] = quantized_linear_count(model)
     elif base == "quanto_int8":
         from diffusers_multitalk.loaders import quantized
@@ -126,7 +136,17 @@ def main():
     parser.add_argument("--layers", type=int, default=40)
     parser.add_argument("--dim-scale", type=int, default=1, help="divide widths by this (smoke tests only)")
     parser.add_argument("--frames-scale", type=int, default=1, help="divide height/width by this (smoke tests only)")
+    parser.add_argument("--frames", type=int, default=81, help="video frames of every shape")
+    parser.add_argument(
+        "--fp8-on-cpu", action="store_true", help="stand torchao's FP8 hardware check down (CPU deviation studies)"
+    )
     args = parser.parse_args()
+    if args.fp8_on_cpu:
+        import torchao.float8.inference as float8_inference
+        import torchao.quantization.quant_api as quant_api
+
+        for module in (float8_inference, quant_api):  # torch's CPU _scaled_mm runs e4m3; torchao refuses it
+            module._check_hardware_support = lambda *a, **k: None
 
     t_start = time.perf_counter()
     device = args.device
@@ -183,7 +203,7 @@ def main():
                 current = setup
                 row["build_s"] = time.perf_counter() - t0
                 row.update(info)
-            inputs, (lt, lh, lw), persons, batch = shape_inputs(shape, device)
+            inputs, (lt, lh, lw), persons, batch = shape_inputs(shape, device, args.frames)
             if on_cuda:
                 torch.cuda.reset_peak_memory_stats()
             times = []
@@ -236,8 +256,8 @@ def main():
 
     header = (
         f"device: {result['device']}; torch {result['torch']}; torchao {result['torchao']}; 14B MultiTalk DiT, "
-        f"{args.layers} layers, random bf16 weights (seed 0, identical for every set-up), 81 frames; matmul rates "
-        f"measured in the same run (8192^3): bf16 {result['bf16_matmul_tflops']:.0f} TFLOP/s, fp8 row-wise "
+        f"{args.layers} layers, random bf16 weights (seed 0, identical for every set-up), {args.frames} frames; matmul rates "
+        f"measured in the same run ({'8192^3' if on_cuda else '256^3, CPU'}): bf16 {result['bf16_matmul_tflops']:.1f} TFLOP/s, fp8 row-wise "
         f"{(result['fp8_matmul_tflops'] or float('nan')):.0f} TFLOP/s; median of {args.repeats} after {args.warmup} "
         "warm-up forward(s) (compilation in the warm-up)"
     )

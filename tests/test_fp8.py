@@ -166,6 +166,25 @@ def test_quantising_changes_inductor_settings_only_when_asked(tune_kernels):
         assert inductor_config.coordinate_descent_check_all_directions is tune_kernels
 
 
+def test_keep_float_leaves_the_named_block_modules_in_float():
+    """keep_float keeps more linears out of quantisation by module name inside a block (whole dotted parts only);
+    a name that matches no block linear is refused."""
+    pytest.importorskip("torchao")
+    model = tiny_transformer()
+    names = enable_fp8(model, "int8_dynamic", keep_float=("attn2.to_out", "ffn"))
+    assert names and not [n for n in names if ".attn2.to_out." in n + "." or ".ffn." in n]
+    assert [n for n in names if ".attn2.to_q" in n]  # the rest of attn2 is quantised
+    assert type(model.blocks[0].attn2.to_out[0].weight) is torch.nn.Parameter
+    assert type(model.blocks[0].ffn.net[2].weight) is torch.nn.Parameter
+    assert type(model.blocks[0].attn2.to_q.weight) is not torch.nn.Parameter
+    with pytest.raises(ValueError, match="names no block linear"):
+        enable_fp8(tiny_transformer(), "int8_dynamic", keep_float=("attn9",))
+    with pytest.raises(ValueError, match="names no block linear"):
+        enable_fp8(tiny_transformer(), "int8_dynamic", keep_float=("ttn2",))  # parts, not substrings
+    config = torchao_quantization_config("fp8", keep_float=("attn2",))
+    assert config.modules_to_not_convert == [*KEEP_FLOAT_MODULES, "attn2"]
+
+
 def test_block_indices_out_of_range_are_refused():
     with pytest.raises(ValueError, match="out of range"):
         set_self_attention_kernel(tiny_transformer(), None, blocks=[7])
@@ -303,8 +322,9 @@ def test_preset_tunes_kernels_only_for_a_torchao_quantised_dit(monkeypatch, quan
 
 def test_deviation_benchmark_on_tiny_weights(tmp_path):
     """bench_fp8.py on a 1-layer narrow model on the CPU: the same seed gives the same weights in every set-up, the
-    int8 set-ups deviate from bf16 by a little, not by nothing."""
+    int8 and FP8 set-ups deviate from bf16 by a little, not by nothing, and keep: leaves the named linears in bf16."""
     pytest.importorskip("optimum.quanto")
+    pytest.importorskip("torchao")
     cmd = [
         sys.executable,
         str(ROOT / "benchmarks" / "bench_fp8.py"),
@@ -320,10 +340,13 @@ def test_deviation_benchmark_on_tiny_weights(tmp_path):
         "0",
         "--repeats",
         "1",
+        "--frames",
+        "9",
+        "--fp8-on-cpu",
         "--out",
         str(tmp_path),
         "--jobs",
-        "bf16+eager@480p1,quanto_int8@480p1,bf16+eager@480p2",
+        "bf16+eager@480p1,quanto_int8@480p1,bf16+eager@480p2,fp8+eager@480p1,fp8+eager+keep:attn2/ffn@480p1",
     ]
     subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, timeout=600)
     result = json.loads((tmp_path / "bench_fp8.json").read_text())
@@ -332,6 +355,10 @@ def test_deviation_benchmark_on_tiny_weights(tmp_path):
     assert rows[("bf16+eager", "480p1")]["checksum"] == rows[("quanto_int8", "480p1")]["checksum"]
     assert 1e-4 < rows[("quanto_int8", "480p1")]["rel_l2_vs_bf16"] < 0.1
     assert rows[("bf16+eager", "480p2")]["persons"] == 2 and rows[("bf16+eager", "480p2")]["finite"]
+    fp8, kept = rows[("fp8+eager", "480p1")], rows[("fp8+eager+keep:attn2/ffn", "480p1")]
+    assert 1e-4 < fp8["rel_l2_vs_bf16"] < 0.1 and kept["rel_l2_vs_bf16"] > 0
+    assert kept["kept_in_bf16"] == ["attn2", "ffn"] and kept["quantized_linears"] == 4  # attn1's q, k, v, out
+    assert fp8["quantized_linears"] == 12
     assert (tmp_path / "bench_fp8.md").exists()
 
 

@@ -75,7 +75,14 @@ def _selected_blocks(transformer, blocks) -> set[int]:
     return chosen
 
 
-def enable_fp8(transformer: nn.Module, mode: str = "fp8", blocks=None, tune_kernels: bool = False) -> list[str]:
+def _names_a_module(key: str, fqn: str) -> bool:
+    """Whether the dotted name `key` ("attn2", "attn2.to_out") is a whole run of `fqn`'s parts."""
+    return f".{key}." in f".{fqn}."
+
+
+def enable_fp8(
+    transformer: nn.Module, mode: str = "fp8", blocks=None, tune_kernels: bool = False, keep_float=()
+) -> list[str]:
     """Quantises the block linears of `transformer` in place (see the module docstring); returns their names.
 
     Args:
@@ -83,15 +90,29 @@ def enable_fp8(transformer: nn.Module, mode: str = "fp8", blocks=None, tune_kern
         mode: one of `QUANT_MODES` (see `torchao_config`).
         blocks: indices of the blocks to quantise (default: all).
         tune_kernels: torchao's process-wide Inductor tuning (see `torchao_config`): minutes more compilation.
+        keep_float: more modules whose linears stay in float, by (dotted) name inside a block, e.g. `("attn2",)`
+            (the text/image cross-attention) or `("attn2.to_out",)`; each must name a block linear.
     """
     from torchao.quantization import quantize_
 
+    keep_float = tuple(keep_float)
+    linears = [fqn for fqn, module in transformer.named_modules() if is_block_linear(module, fqn)]
+    unknown = [key for key in keep_float if not any(_names_a_module(key, fqn) for fqn in linears)]
+    if unknown:
+        raise ValueError(
+            f"keep_float {unknown} names no block linear; give module names inside a block such as 'attn1', "
+            "'attn2', 'ffn', 'attn2.to_out'"
+        )
     config = torchao_config(mode, tune_kernels)
     chosen = _selected_blocks(transformer, blocks)
     names = []
 
     def filter_fn(module, fqn):
-        if is_block_linear(module, fqn) and int(fqn.split(".")[1]) in chosen:
+        if (
+            is_block_linear(module, fqn)
+            and int(fqn.split(".")[1]) in chosen
+            and not any(_names_a_module(key, fqn) for key in keep_float)
+        ):
             names.append(fqn)
             return True
         return False
@@ -117,12 +138,12 @@ def enable_kernel_tuning() -> None:
     recommended_inductor_config_setter()
 
 
-def torchao_quantization_config(mode: str = "fp8", tune_kernels: bool = False):
+def torchao_quantization_config(mode: str = "fp8", tune_kernels: bool = False, keep_float=()):
     """diffusers' `TorchAoConfig` doing what `enable_fp8` does, for `from_pretrained(..., quantization_config=)`
     (or inside a `PipelineQuantizationConfig(quant_mapping={"transformer": ...})`)."""
     from diffusers import TorchAoConfig
 
-    return TorchAoConfig(torchao_config(mode, tune_kernels), modules_to_not_convert=list(KEEP_FLOAT_MODULES))
+    return TorchAoConfig(torchao_config(mode, tune_kernels), modules_to_not_convert=[*KEEP_FLOAT_MODULES, *keep_float])
 
 
 def set_self_attention_kernel(transformer: nn.Module, kernel: str | None, blocks=None) -> None:
