@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from bench_transformer import FULL_CONFIG, build_model, make_inputs  # noqa: E402
+from bench_transformer import FULL_CONFIG, build_model, make_inputs, write_report  # noqa: E402
 
 
 def main() -> None:
@@ -65,10 +65,7 @@ def main() -> None:
     ]
     for name, per_block in ratios.items():
         lines.append(f"| `{name}` | " + " | ".join(f"{per_block[b]:.2f}" for b in blocks) + " |")
-    text = "\n".join(lines)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

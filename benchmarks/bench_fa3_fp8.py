@@ -19,7 +19,10 @@ import torch
 import torch.nn.functional as F
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from bench_transformer import write_report  # noqa: E402
 
 
 def mean_seconds(fn, repeats: int = 10) -> float:
@@ -93,10 +96,7 @@ def main() -> None:
     for tokens in (int(t) for t in args.tokens.split(",")):
         lines += measure(tokens)
         torch.cuda.empty_cache()
-    text = "\n".join(lines)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -115,6 +115,14 @@ def matmul_rate(device, n=8192, repeats=20):
     return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
+def write_report(lines: list[str], out: str | None) -> None:
+    """Prints a markdown report (last, so a log's tail holds it) and writes it to `out` when given."""
+    text = "\n".join(lines)
+    if out:
+        Path(out).write_text(text + "\n")
+    print(text)
+
+
 def time_forward(model, inputs, warmup, repeats):
     times = []
     with torch.no_grad():

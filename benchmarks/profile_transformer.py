@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_fp8 import build_setup, fp8_matmul_rate  # noqa: E402
-from bench_transformer import FULL_CONFIG, forward_flops, make_inputs, matmul_rate  # noqa: E402
+from bench_transformer import FULL_CONFIG, forward_flops, make_inputs, matmul_rate, write_report  # noqa: E402
 
 
 KINDS = [
@@ -106,10 +106,7 @@ def main() -> None:
     for kind in ("attention", "matmul", "other"):
         lines.append(f"| {kind} | {per_kind[kind] / 1e3:.0f} | {per_kind[kind] / total_us:.0%} |")
     lines.append(f"| **total kernel time** | **{total_us / 1e3:.0f}** | 100% |")
-    text = "\n".join(lines)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":
