@@ -128,7 +128,6 @@ def quantize_on_the_fly(pipe, quant: str, backend: str, fused_loras: bool) -> No
     if backend == "torchao":
         from ..models.fp8 import enable_fp8
 
-        import_torchao_quietly()
         dtype = str(pipe.transformer.dtype).removeprefix("torch.")
         if getattr(pipe.transformer, "peft_config", None):  # a quantised linear takes no adapter afterwards
             pipe.fuse_lora(components=["transformer"])
