@@ -38,6 +38,7 @@ import torch._inductor.config as inductor_config
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from bench_fp8 import fp8_options  # noqa: E402
 from bench_pipeline import PhaseTimer, build_full_pipeline, speech  # noqa: E402
 
 from diffusers_multitalk.presets import preset_call_kwargs, preset_cli_flags  # noqa: E402
@@ -67,8 +68,7 @@ def apply(pipe, setup, args, device):
     transformer = fresh_transformer(args, device)
     transformer.set_attention_backend("native")
     if base in ("fp8", "fp8_tensor", "int8_dynamic"):
-        keep_float = tuple(name for flag in flags if flag.startswith("keep:") for name in flag[5:].split("/"))
-        enable_fp8(transformer, base, tune_kernels="tuned" in flags, keep_float=keep_float)
+        enable_fp8(transformer, base, **fp8_options(flags))
     elif base == "quanto_int8":
         from diffusers_multitalk.loaders import quantized
 

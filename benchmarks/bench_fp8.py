@@ -88,6 +88,12 @@ def shape_inputs(shape, device, frames=81):
     return inputs, dims, persons, batch
 
 
+def fp8_options(flags) -> dict:
+    """`enable_fp8` keywords from a set-up's options: `tuned` and `keep:NAME[/NAME...]`."""
+    keep_float = tuple(name for flag in flags if flag.startswith("keep:") for name in flag[5:].split("/"))
+    return dict(tune_kernels="tuned" in flags, keep_float=keep_float)
+
+
 def build_setup(setup, config, device):
     """A fresh model (seed 0) with the set-up applied; returns (model, description)."""
     from diffusers_multitalk.models.fp8 import enable_fp8, quantized_linear_count, set_self_attention_kernel
@@ -98,11 +104,10 @@ def build_setup(setup, config, device):
     model = build_model(config, device)
     model.set_attention_backend("native")
     info = {}
-    keep_float = tuple(name for flag in flags if flag.startswith("keep:") for name in flag[5:].split("/"))
     if base in ("fp8", "fp8_tensor", "int8_dynamic"):
-        names = enable_fp8(model, base, tune_kernels="tuned" in flags, keep_float=keep_float)
-        info["quantized_linears"] = len(names)
-        info["kept_in_bf16"] = list(keep_float)
+        options = fp8_options(flags)
+        info["quantized_linears"] = len(enable_fp8(model, base, **options))
+        info["kept_in_bf16"] = list(options["keep_float"])
         info["weight_types"] = quantized_linear_count(model)
     elif base == "quanto_int8":
         from diffusers_multitalk.loaders import quantized
@@ -256,8 +261,9 @@ def main():
 
     header = (
         f"device: {result['device']}; torch {result['torch']}; torchao {result['torchao']}; 14B MultiTalk DiT, "
-        f"{args.layers} layers, random bf16 weights (seed 0, identical for every set-up), {args.frames} frames; matmul rates "
-        f"measured in the same run ({'8192^3' if on_cuda else '256^3, CPU'}): bf16 {result['bf16_matmul_tflops']:.1f} TFLOP/s, fp8 row-wise "
+        f"{args.layers} layers, random bf16 weights (seed 0, identical for every set-up), {args.frames} frames; "
+        f"matmul rates measured in the same run ({'8192^3' if on_cuda else '256^3, CPU'}): "
+        f"bf16 {result['bf16_matmul_tflops']:.1f} TFLOP/s, fp8 row-wise "
         f"{(result['fp8_matmul_tflops'] or float('nan')):.0f} TFLOP/s; median of {args.repeats} after {args.warmup} "
         "warm-up forward(s) (compilation in the warm-up)"
     )
