@@ -8,7 +8,8 @@ Each SETUP in --setups gets a freshly built DiT from the same seed (identical ra
   wheel built with FA3_FP8=1), +eager (no compile), +vae32 (VAE in float32),
   +latents (deviation only: no warm-up call, no decode), +tuned (torchao's Inductor tuning, `enable_fp8(...,
   tune_kernels=True)`: process-wide, so every set-up after it in the run is compiled with it too),
-  +keep:NAME[/NAME...] (those block modules' linears stay in bf16: `enable_fp8(..., keep_float=...)`)
+  +all, +keep:NAME[/NAME...], +mean:NAME[/NAME...] (the FP8 linears' float parts: every block linear quantised,
+  or more of them left in bf16 / as `TokenMeanFloatLinear`; bench_fp8.py says more)
 The first set-up is the reference of the latent deviation; "total_s" reports the first one timed in full (not
 +latents), so `bf16+latents,fp8+fa3fp8` times the fast set-up against a bf16 reference. Compiled set-ups get a
 1-step warm-up call first (compilation), not counted. Also reports the VAE's bf16 decode error (the reference's
@@ -68,7 +69,7 @@ def apply(pipe, setup, args, device):
     transformer = fresh_transformer(args, device)
     transformer.set_attention_backend("native")
     if base in ("fp8", "fp8_tensor", "int8_dynamic"):
-        enable_fp8(transformer, base, **fp8_options(flags))
+        enable_fp8(transformer, base, **fp8_options(flags, base))
     elif base == "quanto_int8":
         from diffusers_multitalk.loaders import quantized
 

@@ -10,8 +10,10 @@ SETUP: a '+'-list of
   and options: sage (SageAttention 1 Triton kernel for the video self-attention), fa3fp8 (FlashAttention-3's FP8
   forward for it: an FA3 wheel built with FA3_FP8=1 benchmarks/build_flash_attention_3.sh), eager (no
   compile_repeated_blocks), tuned (torchao's Inductor tuning, `enable_fp8(..., tune_kernels=True)`: process-wide,
-  so every set-up after it in the run is compiled with it too), keep:NAME[/NAME...] (those block modules' linears
-  stay in bf16: `enable_fp8(..., keep_float=...)`, e.g. keep:attn2 or keep:attn2.to_out/attn2.add_k_proj)
+  so every set-up after it in the run is compiled with it too); the torchao modes keep `enable_fp8`'s default float
+  parts (FP8: the cross-attention's context k/v in bf16, its output projection a `TokenMeanFloatLinear`) unless
+  `all` (every block linear quantised); keep:NAME[/NAME...] and mean:NAME[/NAME...] add block modules to
+  `keep_float` (linears left in bf16) and `float_token_mean`, e.g. keep:attn2 or mean:attn1.to_out
 SHAPE: 480p1, 480p2 (81 frames at 640x640, 1 / 2 persons: 33,600 tokens), 720p1, 720p2 (960x960: 75,600 tokens),
   480p2b2 (2 persons, batch 2: the two guidance passes of a step in one forward)
 
@@ -88,10 +90,22 @@ def shape_inputs(shape, device, frames=81):
     return inputs, dims, persons, batch
 
 
-def fp8_options(flags) -> dict:
-    """`enable_fp8` keywords from a set-up's options: `tuned` and `keep:NAME[/NAME...]`."""
-    keep_float = tuple(name for flag in flags if flag.startswith("keep:") for name in flag[5:].split("/"))
-    return dict(tune_kernels="tuned" in flags, keep_float=keep_float)
+def fp8_options(flags, mode="fp8") -> dict:
+    """`enable_fp8` keywords from a set-up's options: `tuned`, `all` (no float parts: every block linear
+    quantised), `keep:NAME[/NAME...]` and `mean:NAME[/NAME...]` (added to the float parts)."""
+    from diffusers_multitalk.models.fp8 import DEFAULT_FLOAT_PARTS
+
+    def named(prefix):
+        return tuple(
+            name for flag in sorted(flags) if flag.startswith(prefix) for name in flag[len(prefix) :].split("/")
+        )
+
+    parts = {"keep_float": (), "float_token_mean": ()} if "all" in flags else DEFAULT_FLOAT_PARTS[mode]
+    return dict(
+        tune_kernels="tuned" in flags,
+        keep_float=(*parts["keep_float"], *named("keep:")),
+        float_token_mean=(*parts["float_token_mean"], *named("mean:")),
+    )
 
 
 def build_setup(setup, config, device):
@@ -105,9 +119,10 @@ def build_setup(setup, config, device):
     model.set_attention_backend("native")
     info = {}
     if base in ("fp8", "fp8_tensor", "int8_dynamic"):
-        options = fp8_options(flags)
+        options = fp8_options(flags, base)
         info["quantized_linears"] = len(enable_fp8(model, base, **options))
         info["kept_in_bf16"] = list(options["keep_float"])
+        info["float_token_mean"] = list(options["float_token_mean"])
         info["weight_types"] = quantized_linear_count(model)
     elif base == "quanto_int8":
         from diffusers_multitalk.loaders import quantized

@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from diffusers_multitalk import make_tiny_pipeline
 from diffusers_multitalk.models import attention_processor
 from diffusers_multitalk.models.fp8 import (
+    FP8_FLOAT_PARTS,
     KEEP_FLOAT_MODULES,
+    TokenMeanFloatLinear,
     enable_fp8,
     is_block_linear,
     quantized_linear_count,
@@ -116,9 +118,14 @@ def test_fp8_block_linears_run_in_float8_and_compile_into_one_graph(fp8_on_the_c
         expected = model(**inputs, return_dict=False)[0].float()
         names = enable_fp8(model, "fp8")
         eager = model(**inputs, return_dict=False)[0].float()
-    assert names == block_linear_names(model)
+    kept = [f"blocks.{i}.{part}" for i in range(4) for part in FP8_FLOAT_PARTS["keep_float"]]
+    assert names == [name for name in block_linear_names(model) if name not in kept]
+    assert all(type(model.get_submodule(name).weight) is torch.nn.Parameter for name in kept)
     weights = [model.get_submodule(name).weight for name in names]
     assert all(w.qdata.dtype == torch.float8_e4m3fn for w in weights)
+    outputs = [block.attn2.to_out[0] for block in model.blocks]
+    assert all(isinstance(m, TokenMeanFloatLinear) and m.float_weight.dtype == torch.bfloat16 for m in outputs)
+    assert "float_weight" not in " ".join(model.state_dict())  # one weight per linear is saved
     rel = ((eager - expected).norm() / expected.norm()).item()
     assert 0 < rel < 0.1
     torch._dynamo.reset()
@@ -129,6 +136,44 @@ def test_fp8_block_linears_run_in_float8_and_compile_into_one_graph(fp8_on_the_c
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     assert ((compiled - eager).norm() / eager.norm()).item() < 0.02
     torch._dynamo.reset()
+
+
+def test_token_mean_float_linear_is_exact_in_float_and_keeps_fp8_error_off_the_shared_part(fp8_on_the_cpu):
+    """TokenMeanFloatLinear computes W (x - m) + W m: the plain linear in float; in FP8, an input whose tokens share
+    a large common part (what the cross-attention's output projection sees) comes out far closer to bf16 than
+    through a plain FP8 linear, whose weight rounding error would reach every token alike."""
+    from torchao.quantization import quantize_
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 256).to(torch.bfloat16)
+    x = (torch.randn(1, 1, 256) * 4 + 0.2 * torch.randn(1, 300, 256)).to(torch.bfloat16)  # tokens share a mean
+    split = TokenMeanFloatLinear.from_linear(linear)
+    with torch.no_grad():
+        expected = linear(x).float()
+        torch.testing.assert_close(split(x).float(), expected, rtol=0.02, atol=0.05)
+        plain = torch.nn.Sequential(torch.nn.Linear(256, 256).to(torch.bfloat16))
+        plain[0].load_state_dict(linear.state_dict())
+        model = torch.nn.Sequential(split)
+        quantize_(plain, torchao_config("fp8"))
+        quantize_(model, torchao_config("fp8"))
+        assert type(model[0].weight).__name__ == type(plain[0].weight).__name__ == "Float8Tensor"
+        err_plain = ((plain(x).float() - expected).norm() / expected.norm()).item()
+        err_split = ((model(x).float() - expected).norm() / expected.norm()).item()
+    assert 0 < err_split < err_plain / 3
+
+
+def test_fp8_float_parts_can_be_named_or_dropped(fp8_on_the_cpu):
+    """keep_float / float_token_mean replace the FP8 defaults: () quantises every block linear as a plain one."""
+    model = tiny_transformer().to(torch.bfloat16)
+    names = enable_fp8(model, "fp8", keep_float=(), float_token_mean=())
+    assert names == block_linear_names(model)
+    assert not any(isinstance(m, TokenMeanFloatLinear) for m in model.modules())
+    model = tiny_transformer().to(torch.bfloat16)
+    enable_fp8(model, "fp8", keep_float=("attn2.to_out",), float_token_mean=("attn1.to_out", "attn2.to_out"))
+    assert [type(b.attn1.to_out[0]) for b in model.blocks] == [TokenMeanFloatLinear] * 2
+    assert all(type(b.attn2.to_out[0]) is torch.nn.Linear for b in model.blocks)  # kept wins: left as it was
+    with pytest.raises(ValueError, match="float_token_mean"):
+        enable_fp8(tiny_transformer(), "fp8", float_token_mean=("attn9",))
 
 
 def test_int8_dynamic_quantises_the_block_linears_and_keeps_the_rest():
@@ -198,7 +243,10 @@ def test_torchao_quantization_config_keeps_the_audio_adapter_in_float():
     config = torchao_quantization_config("fp8")
     assert isinstance(config, TorchAoConfig)
     assert isinstance(config.quant_type, Float8DynamicActivationFloat8WeightConfig)
-    assert set(config.modules_to_not_convert) == set(KEEP_FLOAT_MODULES)
+    # quantised at loading, the token-mean linears have no float weight left: they stay in float too
+    fp8_parts = {*FP8_FLOAT_PARTS["keep_float"], *FP8_FLOAT_PARTS["float_token_mean"]}
+    assert set(config.modules_to_not_convert) == {*KEEP_FLOAT_MODULES, *fp8_parts}
+    assert set(torchao_quantization_config("int8_dynamic").modules_to_not_convert) == set(KEEP_FLOAT_MODULES)
 
 
 def test_torchao_quantization_config_through_from_pretrained(tmp_path):
@@ -291,9 +339,9 @@ def test_apply_preset_sets_up_the_pipeline():
 
 @pytest.mark.parametrize("quantised", [False, True])
 def test_preset_tunes_kernels_only_for_a_torchao_quantised_dit(monkeypatch, quantised):
-    """The fast preset's tune_kernels switches on torchao's Inductor tuning just before compiling, and only when the
-    DiT holds torchao linears (the configuration the H200 FP8 numbers were measured in); a bf16 DiT compiles
-    untuned. CUDA is stood in for: the compile call is recorded, not run."""
+    """apply_setup's tune_kernels switches on torchao's Inductor tuning just before compiling, and only when the
+    DiT holds torchao linears; a bf16 DiT compiles untuned, and so does the fast preset's (its tuning is off). CUDA
+    is stood in for: the compile call is recorded, not run."""
     pytest.importorskip("torchao")
     import torch._inductor.config as inductor_config
 
@@ -317,7 +365,7 @@ def test_preset_tunes_kernels_only_for_a_torchao_quantised_dit(monkeypatch, quan
         assert chosen["tuned"] is quantised
         assert compiled == [quantised]  # tuned (or not) when compilation was asked for
         assert inductor_config.coordinate_descent_check_all_directions is quantised
-    assert FAST_PRESET["setup"]["tune_kernels"] is True
+    assert FAST_PRESET["setup"]["tune_kernels"] is False  # measured no faster on the H200, minutes more compile
 
 
 def test_deviation_benchmark_on_tiny_weights(tmp_path):
@@ -346,7 +394,8 @@ def test_deviation_benchmark_on_tiny_weights(tmp_path):
         "--out",
         str(tmp_path),
         "--jobs",
-        "bf16+eager@480p1,quanto_int8@480p1,bf16+eager@480p2,fp8+eager@480p1,fp8+eager+keep:attn2/ffn@480p1",
+        "bf16+eager@480p1,quanto_int8@480p1,bf16+eager@480p2,fp8+eager@480p1,fp8+eager+keep:attn2/ffn@480p1,"
+        "fp8+eager+all@480p1",
     ]
     subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, timeout=600)
     result = json.loads((tmp_path / "bench_fp8.json").read_text())
@@ -357,8 +406,13 @@ def test_deviation_benchmark_on_tiny_weights(tmp_path):
     assert rows[("bf16+eager", "480p2")]["persons"] == 2 and rows[("bf16+eager", "480p2")]["finite"]
     fp8, kept = rows[("fp8+eager", "480p1")], rows[("fp8+eager+keep:attn2/ffn", "480p1")]
     assert 1e-4 < fp8["rel_l2_vs_bf16"] < 0.1 and kept["rel_l2_vs_bf16"] > 0
-    assert kept["kept_in_bf16"] == ["attn2", "ffn"] and kept["quantized_linears"] == 4  # attn1's q, k, v, out
-    assert fp8["quantized_linears"] == 12
+    assert kept["kept_in_bf16"] == [*FP8_FLOAT_PARTS["keep_float"], "attn2", "ffn"]
+    assert kept["quantized_linears"] == 4  # attn1's q, k, v, out
+    # enable_fp8's defaults: the cross-attention's 4 context k/v in bf16, its output projection split by token mean
+    assert fp8["quantized_linears"] == 8 and fp8["float_token_mean"] == ["attn2.to_out"]
+    every = rows[("fp8+eager+all", "480p1")]
+    assert every["quantized_linears"] == 12 and every["kept_in_bf16"] == every["float_token_mean"] == []
+    assert every["rel_l2_vs_bf16"] > 0 and every["checksum"] == fp8["checksum"]
     assert (tmp_path / "bench_fp8.md").exists()
 
 
@@ -543,3 +597,57 @@ def test_torchao_on_the_fly_from_the_official_folders(tmp_path, model):
     }
     assert quantized == set(block_linear_names(pipe.transformer))
     assert not any("quanto" in type(m).__module__ for m in pipe.text_encoder.modules())
+
+
+def test_preset_fast_asks_for_fp8_where_it_runs_and_quant_none_opts_out(monkeypatch, capsys):
+    """--preset fast leaves --quant at auto when neither --quant nor --quant_dir is given; auto becomes fp8 through
+    torchao on a GPU with FP8 products (stood in for here) and no quantisation elsewhere, each said in one line."""
+    pytest.importorskip("torchao")
+    from diffusers_multitalk import runtime
+    from diffusers_multitalk.models import fp8
+    from diffusers_multitalk.runtime import quantization
+    from diffusers_multitalk.runtime.options import apply_preset_options
+
+    def preset_args(flags=""):
+        args = apply_preset_options(_generate_args(f"{TINY_CLI} --preset fast {flags}"))
+        runtime.check_generate_args(args)  # auto is decided on the device: nothing refused before
+        return args
+
+    cpu = torch.device("cpu")
+    args = preset_args()
+    assert args.quant == "auto" and args.sample_audio_guide_scale == 2.0  # TINY_CLI gives --sample_steps 1
+    quantization.resolve_auto_quant(args, cpu)
+    assert args.quant is None and quantization.check_quantization(args, cpu) is None
+    assert "--preset fast: --quant auto: no quantisation: cpu has no FP8 products" in capsys.readouterr().err
+
+    monkeypatch.setattr(fp8, "runs_fp8_products", lambda device: True)
+    args = preset_args()
+    quantization.resolve_auto_quant(args, cpu)
+    assert (args.quant, args.quant_backend) == ("fp8", "torchao")
+    assert "--quant auto: fp8 (torchao)" in capsys.readouterr().err
+    args = preset_args("--quant_backend quanto")
+    quantization.resolve_auto_quant(args, cpu)
+    assert args.quant is None and "no quantisation: --quant_backend quanto" in capsys.readouterr().err
+
+    assert preset_args("--quant none").quant is None  # the opt-out, kept under the preset
+    assert preset_args("--quant int8").quant == "int8"
+    assert apply_preset_options(_generate_args(f"{TINY_CLI} --quant none")).quant is None
+    with pytest.raises(runtime.UserError, match="MultiTalk's quantisations are int8 and fp8 \\(or auto, none\\)"):
+        runtime.check_generate_args(_generate_args(f"{TINY_CLI} --quant fp4"))
+
+
+def test_apply_setup_quantises_only_where_fp8_runs(monkeypatch, fp8_on_the_cpu):
+    """apply_setup(quant="auto"): nothing on the CPU; fp8 with the default float parts where FP8 runs (stood in for);
+    a DiT quantised before is not quantised again."""
+    from diffusers_multitalk.models import fp8
+    from diffusers_multitalk.presets import apply_setup
+
+    pipe = make_tiny_pipeline(seed=0)
+    assert apply_setup(pipe, quant="auto")["quant"] is None
+    assert quantized_linear_count(pipe.transformer) == {}
+    monkeypatch.setattr(fp8, "runs_fp8_products", lambda device: True)
+    pipe.transformer.to(torch.bfloat16)
+    assert apply_setup(pipe, quant="auto")["quant"] == "fp8"
+    assert quantized_linear_count(pipe.transformer) == {"Float8Tensor": 8 * len(pipe.transformer.blocks)}
+    assert apply_setup(pipe, quant="fp8")["quant"] == "fp8"  # already quantised: left as it is
+    assert quantized_linear_count(pipe.transformer) == {"Float8Tensor": 8 * len(pipe.transformer.blocks)}

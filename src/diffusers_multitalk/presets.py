@@ -4,9 +4,10 @@ plus the execution set-up that goes with them (quantisation, attention kernel, V
 The "fast" preset is MultiTalk's FusionX / lightx2v few-step setting: 8 steps, text guidance 1 (so two DiT passes
 per step: conditional and audio-dropped), audio guidance 2, shift 2. Its execution set-up is the fastest one whose
 deviation from bf16 was measured to stay within that of MultiTalk's own int8 weights (docs/performance.md): on the
-H200 that is the bf16 DiT, compiled, with FlashAttention-3's FP8 forward for the video self-attention where it runs
-("auto": a Hopper GPU and an FA3 build with FP8; diffusers' dispatcher otherwise) and the VAE in bf16. FP8 linears
-are faster still but deviate about twice as much as int8; `quant="fp8"` opts in to them anyway.
+H200 that is the DiT's block linears in FP8 with their default float parts (`models.fp8.enable_fp8`) where FP8 runs
+("auto": a GPU of compute capability 8.9+ with torchao installed; bf16 otherwise), FlashAttention-3's FP8 forward for
+the video self-attention where it runs ("auto": a Hopper GPU and an FA3 build with FP8; diffusers' dispatcher
+otherwise), compiled, and the VAE in bf16. `quant=None` keeps the DiT in bf16.
 
     from diffusers_multitalk.presets import apply_preset
     call_kwargs = apply_preset(pipe, "fast")        # sets up pipe.transformer / pipe.vae, returns pipe(...) kwargs
@@ -34,15 +35,17 @@ PRESETS = {
         },
         # execution set-up (see apply_setup)
         "setup": {
-            "quant": None,  # torchao mode of models.fp8.enable_fp8, or None for bf16
+            # torchao mode of models.fp8.enable_fp8, "auto" (fp8 where models.fp8.fp8_runs_on) or None (bf16)
+            "quant": "auto",
             # a name of attention_processor.SELF_ATTENTION_KERNELS, "auto" (models.fp8.resolve_self_attention_kernel)
             # or None (diffusers' dispatcher)
             "self_attention_kernel": "auto",
             "vae_dtype": "bfloat16",
             "compile": True,
-            # torchao's Inductor tuning when the DiT is torchao-quantised (the H200 FP8 numbers' configuration;
-            # minutes more compilation; models.fp8.enable_kernel_tuning)
-            "tune_kernels": True,
+            # torchao's Inductor tuning of a torchao-quantised DiT (models.fp8.enable_kernel_tuning): off, it was
+            # measured no faster on the H200 (2.180 s vs 2.165 s per forward) for 150-275 s of compilation instead
+            # of 7-15 s
+            "tune_kernels": False,
         },
     },
 }
@@ -87,20 +90,26 @@ def apply_setup(
     pipe, quant=None, self_attention_kernel=None, vae_dtype=None, compile=False, tune_kernels=False
 ) -> dict:
     """Applies an execution set-up to a `WanMultiTalkPipeline` in place: torchao quantisation of the DiT's block
-    linears (`models.fp8.enable_fp8`), a self-attention kernel ("auto": the FP8 FlashAttention-3 kernel where it runs
-    on the DiT's device), the VAE's dtype, and `compile_repeated_blocks` (last, after quantising). Compilation is
-    skipped off CUDA; `tune_kernels` switches on torchao's process-wide Inductor tuning before it when the DiT holds
-    torchao-quantised linears (quantised here or before), and does nothing otherwise. Returns what was chosen:
-    `{"self_attention_kernel": name or None, "why_not": reason or None, "tuned": bool}`."""
+    linears (`models.fp8.enable_fp8`; "auto": "fp8" where `models.fp8.fp8_runs_on` the DiT's device, none elsewhere), a self-attention kernel
+    ("auto": the FP8 FlashAttention-3 kernel where it runs on the DiT's device), the VAE's dtype, and
+    `compile_repeated_blocks` (last, after quantising). A DiT that already holds torchao linears is not quantised
+    again. Compilation is skipped off CUDA; `tune_kernels` switches on torchao's process-wide Inductor tuning before
+    it when the DiT holds torchao-quantised linears, and does nothing otherwise. Returns what was chosen:
+    `{"quant": mode or None, "self_attention_kernel": name or None, "why_not": reason or None, "tuned": bool}`."""
     from .models.fp8 import (
         enable_fp8,
         enable_kernel_tuning,
+        fp8_runs_on,
         is_torchao_quantized,
         resolve_self_attention_kernel,
         set_self_attention_kernel,
     )
 
-    if quant is not None:
+    if quant == "auto":
+        quant = "fp8" if fp8_runs_on(pipe.transformer.device) else None
+    if is_torchao_quantized(pipe.transformer):
+        quant = getattr(pipe.transformer, "_multitalk_quant_mode", None)
+    elif quant is not None:
         enable_fp8(pipe.transformer, quant)
     kernel, why_not = resolve_self_attention_kernel(self_attention_kernel, pipe.transformer)
     if why_not is not None:
@@ -115,7 +124,7 @@ def apply_setup(
             enable_kernel_tuning()
             tuned = True
         pipe.transformer.compile_repeated_blocks(fullgraph=False)
-    return {"self_attention_kernel": kernel, "why_not": why_not, "tuned": tuned}
+    return {"quant": quant, "self_attention_kernel": kernel, "why_not": why_not, "tuned": tuned}
 
 
 def apply_preset(pipe, name: str = "fast", setup: bool = True, **overrides) -> dict:

@@ -10,7 +10,7 @@ from ..runtime.errors import UserError, note
 from ..runtime.kernels import check_self_attention_kernel
 from ..runtime.loading import load_pipeline, resolve_device, resolve_dtype
 from ..runtime.options import apply_preset_options, check_generate_args, is_infinitetalk
-from ..runtime.quantization import check_quantization
+from ..runtime.quantization import check_quantization, resolve_auto_quant
 from ..runtime.request import (
     build_generation_kwargs,
     check_writable,
@@ -108,6 +108,7 @@ def _generate(args: Namespace) -> int:
     init_distributed(args, device)
     if seed_was_random and is_main_process():
         note(f"--base_seed was negative: using {args.base_seed}")
+    _on_every_rank(resolve_auto_quant, args, device)  # --quant auto (--preset fast): fp8 where it runs
     _on_every_rank(check_quantization, args, device)  # FP8 needs a recent GPU: said before TTS or any loading
     _on_every_rank(check_self_attention_kernel, args, device)
     input_data, path, audio_dir, kwargs = _on_every_rank(_prepare, args)

@@ -146,7 +146,8 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="int8 or fp8: MultiTalk's quantised DiT and umT5 from --quant_dir (optimum-quanto); with --lora_dir, its "
         "first file is the quantised FusionX DiT, as in MultiTalk; without --quant_dir the float weights are quantised on "
-        "the fly (--quant_backend)",
+        "the fly (--quant_backend); auto: fp8 with torchao where it runs, none elsewhere (the default of --preset "
+        "fast); none: no quantisation",
     )
     g.add_argument(
         "--quant_backend",
@@ -202,8 +203,8 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         choices=["fast"],
         help="fast: the FusionX/lightx2v few-step sampling (8 steps, text guidance 1, audio guidance 2, shift 2, for "
-        "distillation LoRAs) with the VAE in bf16, the DiT compiled on CUDA and --self_attention_kernel auto; flags you "
-        "give win",
+        "distillation LoRAs) with the VAE in bf16, the DiT compiled on CUDA, --quant auto and --self_attention_kernel "
+        "auto; flags you give win",
     )
     p.set_defaults(**GENERATE_DEFAULTS)  # the runtime holds every option's default, for all front ends
     return p

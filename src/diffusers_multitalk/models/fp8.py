@@ -7,6 +7,14 @@ products run through `torch._scaled_mm` on the tensor cores' FP8 path (Hopper, A
 diffusers keeps it: the audio adapter (`audio_proj`, every block's `audio_attn`), the norms, the modulation tables,
 the time/text/image embedders, the patch embedding and the output head.
 
+By default (`FP8_FLOAT_PARTS`) two more parts of the text/image cross-attention (`attn2`) keep float where FP8's
+error would be common to every video token: its k/v projections of the 769 context tokens stay in bf16 (they cost
+almost nothing), and its output projection, whose input is nearly the same for every video token (it averages the
+context's values), applies its float weight to that input's token mean and its FP8 weight to the rest
+(`TokenMeanFloatLinear`). On the 14B DiT (random weights, H200) that brings the FP8 forward's deviation from bf16
+within MultiTalk's int8 weights' for ~2% of its speed (docs/performance.md); `keep_float=()` and `float_token_mean=()`
+quantise every block linear.
+
     from diffusers_multitalk.models.fp8 import enable_fp8, set_self_attention_kernel
     enable_fp8(pipe.transformer)                               # "fp8" (row-wise) | "fp8_tensor" | "int8_dynamic"
     set_self_attention_kernel(pipe.transformer, "flash3_fp8")   # FlashAttention-3's FP8 video self-attention
@@ -28,6 +36,42 @@ import torch.nn as nn
 KEEP_FLOAT_MODULES = ("audio_proj", "audio_attn", "condition_embedder", "patch_embedding", "proj_out")
 
 QUANT_MODES = ("fp8", "fp8_tensor", "int8_dynamic")
+
+# What `enable_fp8` keeps in float inside each block unless told otherwise, by mode: `keep_float` (linears left in
+# float) and `float_token_mean` (linears whose input's token mean goes through their float weight). int8's 7 bits
+# need neither (measured: docs/performance.md).
+FP8_FLOAT_PARTS = {
+    "keep_float": ("attn2.to_k", "attn2.to_v", "attn2.add_k_proj", "attn2.add_v_proj"),
+    "float_token_mean": ("attn2.to_out",),
+}
+DEFAULT_FLOAT_PARTS = {
+    "fp8": FP8_FLOAT_PARTS,
+    "fp8_tensor": FP8_FLOAT_PARTS,
+    "int8_dynamic": {"keep_float": (), "float_token_mean": ()},
+}
+
+
+class TokenMeanFloatLinear(nn.Linear):
+    """A linear layer whose input is split into its mean over the tokens and the rest: the quantised weight
+    (`weight`, after `quantize_`) multiplies the rest, a float copy of the weight (`float_weight`) the mean.
+
+    Exact in real arithmetic for any mean, `W (x - m) + W m`; in FP8 it keeps the weight's rounding error off the
+    part of the input all tokens share, which would otherwise add the same error to every token. The float copy is
+    a non-persistent buffer (`state_dict` keeps the one weight)."""
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> TokenMeanFloatLinear:
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module.in_features, module.out_features = linear.in_features, linear.out_features
+        module.register_parameter("weight", linear.weight)
+        module.register_parameter("bias", linear.bias)
+        module.register_buffer("float_weight", linear.weight.detach().clone(), persistent=False)
+        return module
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        mean = hidden_states.mean(dim=-2, keepdim=True, dtype=torch.float32).to(hidden_states.dtype)
+        return super().forward(hidden_states - mean) + nn.functional.linear(mean, self.float_weight)
 
 
 def is_block_linear(module: nn.Module, fqn: str) -> bool:
@@ -81,7 +125,12 @@ def _names_a_module(key: str, fqn: str) -> bool:
 
 
 def enable_fp8(
-    transformer: nn.Module, mode: str = "fp8", blocks=None, tune_kernels: bool = False, keep_float=()
+    transformer: nn.Module,
+    mode: str = "fp8",
+    blocks=None,
+    tune_kernels: bool = False,
+    keep_float=None,
+    float_token_mean=None,
 ) -> list[str]:
     """Quantises the block linears of `transformer` in place (see the module docstring); returns their names.
 
@@ -91,20 +140,33 @@ def enable_fp8(
         blocks: indices of the blocks to quantise (default: all).
         tune_kernels: torchao's process-wide Inductor tuning (see `torchao_config`): minutes more compilation.
         keep_float: more modules whose linears stay in float, by (dotted) name inside a block, e.g. `("attn2",)`
-            (the text/image cross-attention) or `("attn2.to_out",)`; each must name a block linear.
+            (the text/image cross-attention) or `("attn2.to_out",)`; each must name a block linear. Default: the
+            mode's `DEFAULT_FLOAT_PARTS` (for FP8, the cross-attention's context k/v projections).
+        float_token_mean: block linears, by the same names, quantised as `TokenMeanFloatLinear` (their input's
+            token mean through a float copy of the weight). Default: the mode's (for FP8, `attn2.to_out`).
     """
     from torchao.quantization import quantize_
 
-    keep_float = tuple(keep_float)
+    defaults = DEFAULT_FLOAT_PARTS.get(mode, {"keep_float": (), "float_token_mean": ()})
+    keep_float = defaults["keep_float"] if keep_float is None else tuple(keep_float)
+    float_token_mean = defaults["float_token_mean"] if float_token_mean is None else tuple(float_token_mean)
     linears = [fqn for fqn, module in transformer.named_modules() if is_block_linear(module, fqn)]
-    unknown = [key for key in keep_float if not any(_names_a_module(key, fqn) for fqn in linears)]
-    if unknown:
-        raise ValueError(
-            f"keep_float {unknown} names no block linear; give module names inside a block such as 'attn1', "
-            "'attn2', 'ffn', 'attn2.to_out'"
-        )
+    for option, keys in (("keep_float", keep_float), ("float_token_mean", float_token_mean)):
+        unknown = [key for key in keys if not any(_names_a_module(key, fqn) for fqn in linears)]
+        if unknown:
+            raise ValueError(
+                f"{option} {unknown} names no block linear; give module names inside a block such as 'attn1', "
+                "'attn2', 'ffn', 'attn2.to_out'"
+            )
     config = torchao_config(mode, tune_kernels)
     chosen = _selected_blocks(transformer, blocks)
+    for fqn in linears:
+        if int(fqn.split(".")[1]) in chosen and any(_names_a_module(key, fqn) for key in float_token_mean):
+            if not any(_names_a_module(key, fqn) for key in keep_float):
+                parent, _, child = fqn.rpartition(".")
+                transformer.get_submodule(parent).register_module(
+                    child, TokenMeanFloatLinear.from_linear(transformer.get_submodule(fqn))
+                )
     names = []
 
     def filter_fn(module, fqn):
@@ -120,6 +182,19 @@ def enable_fp8(
     quantize_(transformer, config, filter_fn=filter_fn)
     transformer._multitalk_quant_mode = mode
     return names
+
+
+def runs_fp8_products(device) -> bool:
+    """Whether `device` has FP8 tensor cores (`torch._scaled_mm` in e4m3): CUDA compute capability >= 8.9."""
+    device = torch.device(device)
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def fp8_runs_on(device) -> bool:
+    """Whether `enable_fp8(..., "fp8")` runs on `device`: FP8 tensor cores and torchao installed."""
+    import importlib.util
+
+    return runs_fp8_products(device) and importlib.util.find_spec("torchao") is not None
 
 
 def is_torchao_quantized(transformer: nn.Module) -> bool:
@@ -138,11 +213,16 @@ def enable_kernel_tuning() -> None:
     recommended_inductor_config_setter()
 
 
-def torchao_quantization_config(mode: str = "fp8", tune_kernels: bool = False, keep_float=()):
+def torchao_quantization_config(mode: str = "fp8", tune_kernels: bool = False, keep_float=None):
     """diffusers' `TorchAoConfig` doing what `enable_fp8` does, for `from_pretrained(..., quantization_config=)`
-    (or inside a `PipelineQuantizationConfig(quant_mapping={"transformer": ...})`)."""
+    (or inside a `PipelineQuantizationConfig(quant_mapping={"transformer": ...})`). Quantising while loading leaves
+    no float weight for `TokenMeanFloatLinear`, so by default the mode's `float_token_mean` linears stay in float
+    too (FP8: the whole cross-attention but its q projection; `enable_fp8` on a loaded model is ~1% faster)."""
     from diffusers import TorchAoConfig
 
+    if keep_float is None:
+        defaults = DEFAULT_FLOAT_PARTS.get(mode, {"keep_float": (), "float_token_mean": ()})
+        keep_float = (*defaults["keep_float"], *defaults["float_token_mean"])
     return TorchAoConfig(torchao_config(mode, tune_kernels), modules_to_not_convert=[*KEEP_FLOAT_MODULES, *keep_float])
 
 

@@ -236,7 +236,8 @@ def load_pipeline(args: Namespace, device, dtype):
         # self-attention kernel is --self_attention_kernel's default, set above
         from ..presets import apply_setup, preset_setup
 
-        setup = dict(preset_setup(args.preset), self_attention_kernel=None)
+        # and its quantisation is --quant's (`--quant auto`, done at loading)
+        setup = dict(preset_setup(args.preset), self_attention_kernel=None, quant=None)
         if device.type == "cuda":
             chosen = apply_setup(pipe, **setup)
             compiled = "compiled" if setup["compile"] else "eager"

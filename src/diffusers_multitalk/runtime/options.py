@@ -76,10 +76,15 @@ _PRESET_OPTIONS = {
 
 def apply_preset_options(options: Namespace) -> Namespace:
     """`--preset NAME`: the preset's sampling settings (presets.py; "fast": 8 steps, text guidance 1, audio guidance
-    2, shift 2) in place of the options left at their defaults; options the user set stay."""
+    2, shift 2) in place of the options left at their defaults, and its quantisation ("auto": `--quant auto`, FP8
+    where it runs) when neither --quant nor --quant_dir is given; options the user set stay. `--quant none` is no
+    quantisation, under a preset too."""
+    quant_off = getattr(options, "quant", None) == "none"
+    if quant_off:
+        options.quant = None
     if not getattr(options, "preset", None):
         return options
-    from ..presets import preset_call_kwargs
+    from ..presets import preset_call_kwargs, preset_setup
 
     try:
         values = preset_call_kwargs(options.preset)
@@ -89,6 +94,8 @@ def apply_preset_options(options: Namespace) -> Namespace:
         name, unset = _PRESET_OPTIONS[argument]
         if getattr(options, name) == unset:
             setattr(options, name, value)
+    if not quant_off and options.quant is None and not options.quant_dir:
+        options.quant = preset_setup(options.preset)["quant"]
     return options
 
 
@@ -189,12 +196,14 @@ def unsupported_flags(args: Namespace, environ: dict | None = None) -> list[tupl
 def _quant_refusals(args: Namespace) -> list[tuple[str, str]]:
     """Why ``--quant`` cannot be honoured here (empty when it can)."""
     from ..loaders.quantized import QUANT_CHOICES, QUANT_INSTALL_HINT
-    from .quantization import asked_quant_backend, backend_problem, torchao_available
+    from .quantization import AUTO_QUANT, asked_quant_backend, backend_problem, torchao_available
 
     flag = f"--quant {args.quant}"
     backend = asked_quant_backend(args)
+    if args.quant == AUTO_QUANT:  # decided on the device (quantization.resolve_auto_quant); refuses nothing
+        return []
     if args.quant not in QUANT_CHOICES:
-        return [(flag, f"MultiTalk's quantisations are {' and '.join(QUANT_CHOICES)}")]
+        return [(flag, f"MultiTalk's quantisations are {' and '.join(QUANT_CHOICES)} (or {AUTO_QUANT}, none)")]
     problem = backend_problem(args, bool(args.quant_dir or quant_dit_path(args)))
     if problem is not None:
         return [problem]
@@ -225,7 +234,7 @@ def quanto_available() -> bool:
 def quant_dit_path(args: Namespace) -> str | None:
     """With --quant, the first --lora_dir file when it is a quantised DiT (MultiTalk's
     ``quant_model_int8_FusionX.safetensors``): MultiTalk loads it as the whole DiT, not as a LoRA."""
-    if not getattr(args, "quant", None) or not args.lora_dir:
+    if getattr(args, "quant", None) in (None, "auto") or not args.lora_dir:
         return None
     from ..loaders.quantized import is_quantized_checkpoint
 
@@ -323,7 +332,7 @@ def _quant_lora_problems(args: Namespace) -> list[str]:
     from ..loaders.quantized import is_quantized_checkpoint
 
     quantised = [path for path in args.lora_dir if is_quantized_checkpoint(path)]
-    if args.quant is None:
+    if args.quant in (None, "auto"):
         return [
             f"--lora_dir {path}: a quantised DiT (MultiTalk's quant_model_*), not a LoRA: add --quant int8 (and --quant_dir)"
             for path in quantised

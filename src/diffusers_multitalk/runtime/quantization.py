@@ -19,6 +19,8 @@ from .errors import UserError, note
 
 
 QUANT_BACKENDS = ("auto", "quanto", "torchao")
+# `--quant auto` (what `--preset fast` gives when --quant is left out): fp8 through torchao where it runs, none elsewhere
+AUTO_QUANT = "auto"
 # `--quant` -> the torchao mode of `models.fp8.enable_fp8`
 TORCHAO_MODES = {"fp8": "fp8", "int8": "int8_dynamic"}
 TORCHAO_INSTALL_HINT = 'pip install "diffusers-multitalk[fp8]"'
@@ -57,10 +59,10 @@ def torchao_available() -> bool:
 
 
 def runs_fp8_products(device) -> bool:
-    """Whether `device` has FP8 tensor cores (`torch._scaled_mm` in e4m3): CUDA compute capability >= 8.9."""
-    import torch
+    """`models.fp8.runs_fp8_products`, imported when asked (the models package loads diffusers)."""
+    from ..models.fp8 import runs_fp8_products as runs
 
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    return runs(device)
 
 
 def asked_quant_backend(args: Namespace) -> str:
@@ -114,6 +116,31 @@ def choose_quant_backend(args: Namespace, device, quant_files: bool) -> str | No
     return backend
 
 
+def resolve_auto_quant(args: Namespace, device) -> None:
+    """`--quant auto` on `device`: `--quant fp8` (torchao) where FP8 products run with torchao installed and
+    --quant_backend is auto or torchao; no quantisation elsewhere. Says which in one line."""
+    if args.quant != AUTO_QUANT:
+        return
+    from ..models.fp8 import fp8_runs_on
+
+    why_not = (
+        f"--quant_backend {asked_quant_backend(args)}"
+        if asked_quant_backend(args) not in ("auto", "torchao")
+        else None
+        if fp8_runs_on(device)
+        else f"torchao is not installed ({TORCHAO_INSTALL_HINT})"
+        if runs_fp8_products(device)
+        else f"{device} has no FP8 products (a CUDA GPU of compute capability 8.9+ has)"
+    )
+    preset = f"--preset {args.preset}: " if getattr(args, "preset", None) else ""
+    if why_not is None:
+        args.quant, args.quant_backend = "fp8", "torchao"
+        note(f"{preset}--quant auto: fp8 (torchao) on {device}; --quant none keeps the DiT in float")
+    else:
+        args.quant = None
+        note(f"{preset}--quant auto: no quantisation: {why_not}")
+
+
 def check_quantization(args: Namespace, device) -> str | None:
     """`choose_quant_backend` for the options as given (the quantised files found from `--quant_dir` and
     `--lora_dir`): what a front end calls before reading inputs or loading anything."""
@@ -126,7 +153,7 @@ def check_quantization(args: Namespace, device) -> str | None:
 def quantize_on_the_fly(pipe, quant: str, backend: str, fused_loras: bool) -> None:
     """Quantises the loaded pipeline's float weights with `backend` (any LoRA is fused into them first)."""
     if backend == "torchao":
-        from ..models.fp8 import enable_fp8
+        from ..models.fp8 import DEFAULT_FLOAT_PARTS, enable_fp8
 
         dtype = str(pipe.transformer.dtype).removeprefix("torch.")
         if getattr(pipe.transformer, "peft_config", None):  # a quantised linear takes no adapter afterwards
@@ -134,9 +161,14 @@ def quantize_on_the_fly(pipe, quant: str, backend: str, fused_loras: bool) -> No
             pipe.unload_lora_weights()
         names = enable_fp8(pipe.transformer, TORCHAO_MODES[quant])
         kind = "FP8 (e4m3, row-wise scales)" if quant == "fp8" else "int8 (weights and activations)"
+        float_parts = (
+            ", the cross-attention's context k/v and its output projection's token mean"
+            if DEFAULT_FLOAT_PARTS[TORCHAO_MODES[quant]]["float_token_mean"]
+            else ""
+        )
         note(
             f"--quant {quant} (torchao): {len(names)} DiT block linears{' (LoRAs fused first)' if fused_loras else ''} "
-            f"run in {kind}; the audio adapter, norms, head and umT5 stay in {dtype}"
+            f"run in {kind}; the audio adapter, norms, head{float_parts} and umT5 stay in {dtype}"
         )
         return
     from ..loaders.quantized import quantize_pipeline
