@@ -89,9 +89,8 @@ def torchao_config(mode: str = "fp8", tune_kernels: bool = False):
 
     `tune_kernels`: torchao's `set_inductor_config` (its default is True), which switches on Inductor's
     coordinate-descent tuning (in all directions) of every Triton kernel, for the whole process and everything
-    compiled after it. Off here, so quantising leaves global state alone. On the H200, with it on, the compiling
-    forward of the FP8 DiT took 150-275 s; all H200 FP8 numbers in docs/performance.md were measured with it on,
-    none yet with it off.
+    compiled after it. Off here, so quantising leaves global state alone. On the H200 the FP8 DiT's compiling
+    forward took 150-275 s with it on and 7-22 s with it off, for forwards as fast (docs/performance.md).
     """
     try:
         from torchao.quantization import (
