@@ -630,6 +630,16 @@ def test_preset_fast_asks_for_fp8_where_it_runs_and_quant_none_opts_out(monkeypa
     assert args.quant is None and "no quantisation: --quant_backend quanto" in capsys.readouterr().err
 
     assert preset_args("--quant none").quant is None  # the opt-out, kept under the preset
+    assert apply_preset_options(_generate_args(f"{TINY_CLI} --preset fast --ulysses_size 2")).quant is None
+    # the server and the app load through load_pipeline, which settles auto / none itself (here: on the CPU)
+    monkeypatch.undo()
+    served = _generate_args(f"{TINY_CLI} --quant none")
+    runtime.check_generate_args(served)
+    assert runtime.load_pipeline(served, cpu, torch.float32) is not None and served.quant is None
+    served = _generate_args(f"{TINY_CLI} --quant auto")
+    runtime.check_generate_args(served)
+    assert quantized_linear_count(runtime.load_pipeline(served, cpu, torch.float32).transformer) == {}
+    assert served.quant is None and "--quant auto: no quantisation" in capsys.readouterr().err
     assert preset_args("--quant int8").quant == "int8"
     assert apply_preset_options(_generate_args(f"{TINY_CLI} --quant none")).quant is None
     with pytest.raises(runtime.UserError, match="MultiTalk's quantisations are int8 and fp8 \\(or auto, none\\)"):

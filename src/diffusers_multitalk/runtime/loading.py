@@ -14,7 +14,7 @@ from .folders import inspect_wan_dir, inspect_wav2vec_dir
 from .hub import hub_error, is_hub_connection_error
 from .kernels import apply_self_attention_kernel
 from .options import is_infinitetalk, lora_specs, quant_dit_path
-from .quantization import choose_quant_backend, quantize_on_the_fly
+from .quantization import choose_quant_backend, quantize_on_the_fly, resolve_auto_quant
 
 
 _DTYPES = {
@@ -109,6 +109,7 @@ def _wan_dir_problems(ckpt_dir: Path, need_linked_multitalk: bool) -> list[str]:
 def load_pipeline(args: Namespace, device, dtype):
     """The pipeline from --tiny, --model or --ckpt_dir/--wav2vec_dir, with LoRAs, quantisation, attention backend
     and placement."""
+    resolve_auto_quant(args, device)  # `--quant auto` / `none` (the command line has settled them already)
     infinitetalk = is_infinitetalk(args)
     quant_dit = None if infinitetalk else quant_dit_path(args)
     quant_files = bool(args.quant and (args.quant_dir or quant_dit))

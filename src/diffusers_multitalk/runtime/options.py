@@ -94,7 +94,8 @@ def apply_preset_options(options: Namespace) -> Namespace:
         name, unset = _PRESET_OPTIONS[argument]
         if getattr(options, name) == unset:
             setattr(options, name, value)
-    if not quant_off and options.quant is None and not options.quant_dir:
+    # not with several GPUs, where quantised weights were not tested (unsupported_flags refuses --quant there)
+    if not quant_off and options.quant is None and not options.quant_dir and options.ulysses_size <= 1:
         options.quant = preset_setup(options.preset)["quant"]
     return options
 
@@ -184,7 +185,7 @@ def unsupported_flags(args: Namespace, environ: dict | None = None) -> list[tupl
         refused.append(
             ("--num_persistent_param_in_dit with --ulysses_size", "block streaming with several GPUs was not tested")
         )
-    if args.ulysses_size > 1 and args.quant is not None:
+    if args.ulysses_size > 1 and args.quant not in (None, "none"):
         refused.append(("--quant with --ulysses_size", "quantised weights with several GPUs were not tested"))
     if args.ulysses_size > 1 and args.offload_model:
         refused.append(
@@ -196,14 +197,14 @@ def unsupported_flags(args: Namespace, environ: dict | None = None) -> list[tupl
 def _quant_refusals(args: Namespace) -> list[tuple[str, str]]:
     """Why ``--quant`` cannot be honoured here (empty when it can)."""
     from ..loaders.quantized import QUANT_CHOICES, QUANT_INSTALL_HINT
-    from .quantization import AUTO_QUANT, asked_quant_backend, backend_problem, torchao_available
+    from .quantization import AUTO_QUANT, NO_QUANT, asked_quant_backend, backend_problem, torchao_available
 
     flag = f"--quant {args.quant}"
     backend = asked_quant_backend(args)
-    if args.quant == AUTO_QUANT:  # decided on the device (quantization.resolve_auto_quant); refuses nothing
+    if args.quant in (AUTO_QUANT, NO_QUANT):  # settled on the device (quantization.resolve_auto_quant)
         return []
     if args.quant not in QUANT_CHOICES:
-        return [(flag, f"MultiTalk's quantisations are {' and '.join(QUANT_CHOICES)} (or {AUTO_QUANT}, none)")]
+        return [(flag, f"MultiTalk's quantisations are {' and '.join(QUANT_CHOICES)} (or {AUTO_QUANT}, {NO_QUANT})")]
     problem = backend_problem(args, bool(args.quant_dir or quant_dit_path(args)))
     if problem is not None:
         return [problem]
@@ -234,7 +235,7 @@ def quanto_available() -> bool:
 def quant_dit_path(args: Namespace) -> str | None:
     """With --quant, the first --lora_dir file when it is a quantised DiT (MultiTalk's
     ``quant_model_int8_FusionX.safetensors``): MultiTalk loads it as the whole DiT, not as a LoRA."""
-    if getattr(args, "quant", None) in (None, "auto") or not args.lora_dir:
+    if getattr(args, "quant", None) in (None, "auto", "none") or not args.lora_dir:
         return None
     from ..loaders.quantized import is_quantized_checkpoint
 
@@ -296,7 +297,7 @@ def check_generate_args(args: Namespace) -> None:
             if not Path(path).exists() and not _looks_like_repo_id(path):
                 problems.append(f"--lora_dir {path}: does not exist")
         problems += _quant_lora_problems(args)
-    if args.quant_dir and args.quant is None:
+    if args.quant_dir and args.quant in (None, "none"):
         problems.append(f"--quant_dir {args.quant_dir}: only used with --quant int8 (or fp8)")
     # the model source
     if args.model and not Path(args.model).is_dir() and not _looks_like_repo_id(args.model):
@@ -332,7 +333,7 @@ def _quant_lora_problems(args: Namespace) -> list[str]:
     from ..loaders.quantized import is_quantized_checkpoint
 
     quantised = [path for path in args.lora_dir if is_quantized_checkpoint(path)]
-    if args.quant in (None, "auto"):
+    if args.quant in (None, "auto", "none"):
         return [
             f"--lora_dir {path}: a quantised DiT (MultiTalk's quant_model_*), not a LoRA: add --quant int8 (and --quant_dir)"
             for path in quantised

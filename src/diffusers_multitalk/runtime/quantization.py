@@ -19,8 +19,10 @@ from .errors import UserError, note
 
 
 QUANT_BACKENDS = ("auto", "quanto", "torchao")
-# `--quant auto` (what `--preset fast` gives when --quant is left out): fp8 through torchao where it runs, none elsewhere
+# `--quant auto` (what `--preset fast` gives when --quant is left out): fp8 through torchao where it runs, none elsewhere;
+# `--quant none`: no quantisation (under a preset too). Both are settled on the device by `resolve_auto_quant`.
 AUTO_QUANT = "auto"
+NO_QUANT = "none"
 # `--quant` -> the torchao mode of `models.fp8.enable_fp8`
 TORCHAO_MODES = {"fp8": "fp8", "int8": "int8_dynamic"}
 TORCHAO_INSTALL_HINT = 'pip install "diffusers-multitalk[fp8]"'
@@ -118,7 +120,10 @@ def choose_quant_backend(args: Namespace, device, quant_files: bool) -> str | No
 
 def resolve_auto_quant(args: Namespace, device) -> None:
     """`--quant auto` on `device`: `--quant fp8` (torchao) where FP8 products run with torchao installed and
-    --quant_backend is auto or torchao; no quantisation elsewhere. Says which in one line."""
+    --quant_backend is auto or torchao; no quantisation elsewhere. Says which in one line. `--quant none` becomes no
+    quantisation; other values stay."""
+    if args.quant == NO_QUANT:
+        args.quant = None
     if args.quant != AUTO_QUANT:
         return
     from ..models.fp8 import fp8_runs_on
