@@ -44,7 +44,7 @@ PRESETS = {
             "compile": True,
             # torchao's Inductor tuning of a torchao-quantised DiT (models.fp8.enable_kernel_tuning): off, it was
             # measured no faster on the H200 (2.180 s vs 2.165 s per forward) for 150-275 s of compilation instead
-            # of 7-15 s
+            # of 7-22 s
             "tune_kernels": False,
         },
     },
