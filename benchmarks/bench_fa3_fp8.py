@@ -36,29 +36,21 @@ def mean_seconds(fn, repeats: int = 10) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def smoothed_quantisation(q, k, v):
-    """What `flash3_fp8_attention` does before calling FA3."""
-    from diffusers_multitalk.models.attention_processor import quantize_per_head_fp8
-
-    k = k - k.float().mean(1, keepdim=True).to(k.dtype)
-    return (
-        quantize_per_head_fp8(q),
-        quantize_per_head_fp8(k),
-        quantize_per_head_fp8(v.float() - v.float().mean(1, keepdim=True)),
-    )
-
-
 def measure(tokens: int, heads: int = 40, head_dim: int = 128) -> list[str]:
     """The table rows of one sequence length."""
     from flash_attn_interface import flash_attn_func
 
-    from diffusers_multitalk.models.attention_processor import flash3_fp8_attention, quantize_per_head_fp8
+    from diffusers_multitalk.models.attention_processor import (
+        flash3_fp8_attention,
+        quantize_per_head_fp8,
+        smoothed_fp8_inputs,
+    )
 
     flops = 4 * tokens * tokens * head_dim * heads
     q, k, v = (torch.randn(1, tokens, heads, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     (q8, qd), (k8, kd), (v8, vd) = (quantize_per_head_fp8(t) for t in (q, k, v))
     compiled_path = torch.compile(flash3_fp8_attention)
-    compiled_quantisation = torch.compile(smoothed_quantisation)
+    compiled_quantisation = torch.compile(smoothed_fp8_inputs)
     entries = {
         "PyTorch SDPA, bf16 (its choice)": lambda: F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)

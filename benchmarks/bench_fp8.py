@@ -93,14 +93,14 @@ def shape_inputs(shape, device, frames=81):
 def fp8_options(flags, mode="fp8") -> dict:
     """`enable_fp8` keywords from a set-up's options: `tuned`, `all` (no float parts: every block linear
     quantised), `keep:NAME[/NAME...]` and `mean:NAME[/NAME...]` (added to the float parts)."""
-    from diffusers_multitalk.models.fp8 import DEFAULT_FLOAT_PARTS
+    from diffusers_multitalk.models.fp8 import DEFAULT_FLOAT_PARTS, NO_FLOAT_PARTS
 
     def named(prefix):
         return tuple(
             name for flag in sorted(flags) if flag.startswith(prefix) for name in flag[len(prefix) :].split("/")
         )
 
-    parts = {"keep_float": (), "float_token_mean": ()} if "all" in flags else DEFAULT_FLOAT_PARTS[mode]
+    parts = NO_FLOAT_PARTS if "all" in flags else DEFAULT_FLOAT_PARTS[mode]
     return dict(
         tune_kernels="tuned" in flags,
         keep_float=(*parts["keep_float"], *named("keep:")),

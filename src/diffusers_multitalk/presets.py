@@ -90,11 +90,12 @@ def apply_setup(
     pipe, quant=None, self_attention_kernel=None, vae_dtype=None, compile=False, tune_kernels=False
 ) -> dict:
     """Applies an execution set-up to a `WanMultiTalkPipeline` in place: torchao quantisation of the DiT's block
-    linears (`models.fp8.enable_fp8`; "auto": "fp8" where `models.fp8.fp8_runs_on` the DiT's device, none elsewhere), a self-attention kernel
-    ("auto": the FP8 FlashAttention-3 kernel where it runs on the DiT's device), the VAE's dtype, and
-    `compile_repeated_blocks` (last, after quantising). A DiT that already holds torchao linears is not quantised
-    again. Compilation is skipped off CUDA; `tune_kernels` switches on torchao's process-wide Inductor tuning before
-    it when the DiT holds torchao-quantised linears, and does nothing otherwise. Returns what was chosen:
+    linears (`models.fp8.enable_fp8`; "auto": "fp8" where `models.fp8.fp8_runs_on` the DiT's device, none
+    elsewhere), a self-attention kernel ("auto": the FP8 FlashAttention-3 kernel where it runs on the DiT's device),
+    the VAE's dtype, and `compile_repeated_blocks` (last, after quantising). A DiT that already holds torchao
+    linears is not quantised again. Compilation is skipped off CUDA; `tune_kernels` switches on torchao's
+    process-wide Inductor tuning before it when the DiT holds torchao-quantised linears, and does nothing otherwise.
+    Returns what was chosen:
     `{"quant": mode or None, "self_attention_kernel": name or None, "why_not": reason or None, "tuned": bool}`."""
     from .models.fp8 import (
         enable_fp8,

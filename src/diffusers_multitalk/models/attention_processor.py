@@ -116,13 +116,17 @@ def flash3_fp8_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
             f"flash3_fp8 runs at head size {FLASH3_FP8_HEAD_DIMS} (the Wan DiTs'), not {query.shape[-1]}; "
             "use the dispatcher (self_attention_kernel=None)"
         )
-    key = key - key.float().mean(dim=1, keepdim=True).to(key.dtype)
-    value_mean = value.float().mean(dim=1, keepdim=True)
-    (q8, q_descale), (k8, k_descale), (v8, v_descale) = (
-        quantize_per_head_fp8(t) for t in (query, key, value.float() - value_mean)
-    )
+    (q8, q_descale), (k8, k_descale), (v8, v_descale), value_mean = smoothed_fp8_inputs(query, key, value)
     out = _flash3_fp8_forward(q8, k8, v8, q_descale, k_descale, v_descale)
     return (out.float() + value_mean).to(query.dtype)
+
+
+def smoothed_fp8_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
+    """What `flash3_fp8_attention` hands FA3: K and V less their token means, then Q, K, V through
+    `quantize_per_head_fp8`; returns the three `(e4m3, descale)` pairs and V's mean (float32), to add back."""
+    key = key - key.float().mean(dim=1, keepdim=True).to(key.dtype)
+    value_mean = value.float().mean(dim=1, keepdim=True)
+    return (*(quantize_per_head_fp8(t) for t in (query, key, value.float() - value_mean)), value_mean)
 
 
 @torch.compiler.disable

@@ -8,6 +8,7 @@ from argparse import Namespace
 from pathlib import Path
 
 from .errors import UserError
+from .quantization import AUTO_QUANT, NO_QUANT
 
 
 # Every generation option with its default: MultiTalk's generate_multitalk.py flags (names and defaults, except that
@@ -79,7 +80,7 @@ def apply_preset_options(options: Namespace) -> Namespace:
     2, shift 2) in place of the options left at their defaults, and its quantisation ("auto": `--quant auto`, FP8
     where it runs) when neither --quant nor --quant_dir is given; options the user set stay. `--quant none` is no
     quantisation, under a preset too."""
-    quant_off = getattr(options, "quant", None) == "none"
+    quant_off = getattr(options, "quant", None) == NO_QUANT
     if quant_off:
         options.quant = None
     if not getattr(options, "preset", None):
@@ -185,7 +186,7 @@ def unsupported_flags(args: Namespace, environ: dict | None = None) -> list[tupl
         refused.append(
             ("--num_persistent_param_in_dit with --ulysses_size", "block streaming with several GPUs was not tested")
         )
-    if args.ulysses_size > 1 and args.quant not in (None, "none"):
+    if args.ulysses_size > 1 and args.quant not in (None, NO_QUANT):
         refused.append(("--quant with --ulysses_size", "quantised weights with several GPUs were not tested"))
     if args.ulysses_size > 1 and args.offload_model:
         refused.append(
@@ -197,7 +198,7 @@ def unsupported_flags(args: Namespace, environ: dict | None = None) -> list[tupl
 def _quant_refusals(args: Namespace) -> list[tuple[str, str]]:
     """Why ``--quant`` cannot be honoured here (empty when it can)."""
     from ..loaders.quantized import QUANT_CHOICES, QUANT_INSTALL_HINT
-    from .quantization import AUTO_QUANT, NO_QUANT, asked_quant_backend, backend_problem, torchao_available
+    from .quantization import asked_quant_backend, backend_problem, torchao_available
 
     flag = f"--quant {args.quant}"
     backend = asked_quant_backend(args)
@@ -235,7 +236,7 @@ def quanto_available() -> bool:
 def quant_dit_path(args: Namespace) -> str | None:
     """With --quant, the first --lora_dir file when it is a quantised DiT (MultiTalk's
     ``quant_model_int8_FusionX.safetensors``): MultiTalk loads it as the whole DiT, not as a LoRA."""
-    if getattr(args, "quant", None) in (None, "auto", "none") or not args.lora_dir:
+    if getattr(args, "quant", None) in (None, AUTO_QUANT, NO_QUANT) or not args.lora_dir:
         return None
     from ..loaders.quantized import is_quantized_checkpoint
 
@@ -297,7 +298,7 @@ def check_generate_args(args: Namespace) -> None:
             if not Path(path).exists() and not _looks_like_repo_id(path):
                 problems.append(f"--lora_dir {path}: does not exist")
         problems += _quant_lora_problems(args)
-    if args.quant_dir and args.quant in (None, "none"):
+    if args.quant_dir and args.quant in (None, NO_QUANT):
         problems.append(f"--quant_dir {args.quant_dir}: only used with --quant int8 (or fp8)")
     # the model source
     if args.model and not Path(args.model).is_dir() and not _looks_like_repo_id(args.model):
@@ -333,7 +334,7 @@ def _quant_lora_problems(args: Namespace) -> list[str]:
     from ..loaders.quantized import is_quantized_checkpoint
 
     quantised = [path for path in args.lora_dir if is_quantized_checkpoint(path)]
-    if args.quant in (None, "auto", "none"):
+    if args.quant in (None, AUTO_QUANT, NO_QUANT):
         return [
             f"--lora_dir {path}: a quantised DiT (MultiTalk's quant_model_*), not a LoRA: add --quant int8 (and --quant_dir)"
             for path in quantised

@@ -126,17 +126,15 @@ def resolve_auto_quant(args: Namespace, device) -> None:
         args.quant = None
     if args.quant != AUTO_QUANT:
         return
-    from ..models.fp8 import fp8_runs_on
-
-    why_not = (
-        f"--quant_backend {asked_quant_backend(args)}"
-        if asked_quant_backend(args) not in ("auto", "torchao")
-        else None
-        if fp8_runs_on(device)
-        else f"torchao is not installed ({TORCHAO_INSTALL_HINT})"
-        if runs_fp8_products(device)
-        else f"{device} has no FP8 products (a CUDA GPU of compute capability 8.9+ has)"
-    )
+    backend = asked_quant_backend(args)
+    if backend not in ("auto", "torchao"):
+        why_not = f"--quant_backend {backend}"
+    elif not runs_fp8_products(device):
+        why_not = f"{device} has no FP8 products (a CUDA GPU of compute capability 8.9+ has)"
+    elif not torchao_available():
+        why_not = f"torchao is not installed ({TORCHAO_INSTALL_HINT})"
+    else:
+        why_not = None
     preset = f"--preset {args.preset}: " if getattr(args, "preset", None) else ""
     if why_not is None:
         args.quant, args.quant_backend = "fp8", "torchao"
