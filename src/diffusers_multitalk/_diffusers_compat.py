@@ -57,7 +57,9 @@ __all__ = [
     "check_attention_backend_requirements",
     "context_parallel_input_hook_name",
     "context_parallel_process_group",
+    "exclude_from_cpu_offload",
     "hook_order",
+    "reset_stateful_cache",
     "set_prefetch_next_group",
 ]
 
@@ -96,3 +98,15 @@ def check_attention_backend_requirements(backend) -> None:
     from diffusers.models import attention_dispatch
 
     attention_dispatch._check_attention_backend_requirements(backend)
+
+
+def reset_stateful_cache(model) -> None:
+    """Resets every cache hook's state on `model` (a `CacheMixin` model's private `_reset_stateful_cache`): each chunk
+    of a long video starts its caches afresh, as the reference's TeaCache counter does."""
+    model._reset_stateful_cache()
+
+
+def exclude_from_cpu_offload(pipe, component: str) -> None:
+    """Keeps `component` out of `enable_model_cpu_offload`'s hooks (the pipeline's private
+    `_exclude_from_cpu_offload` list, which diffusers reads when it installs them)."""
+    pipe._exclude_from_cpu_offload = [*pipe._exclude_from_cpu_offload, component]

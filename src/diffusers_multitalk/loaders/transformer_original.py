@@ -55,7 +55,7 @@ _BLOCK_RENAMES = {
     "ffn.2.": "ffn.net.2.",
     "norm_x.": "audio_norm.",
     "audio_cross_attn.q_linear.": "audio_attn.to_q.",
-    "audio_cross_attn.kv_linear.": "audio_attn.to_kv.",
+    "audio_cross_attn.kv_linear.": "audio_attn.to_audio_kv.",
     "audio_cross_attn.proj.": "audio_attn.to_out.",
 }
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
@@ -426,3 +426,47 @@ def _set_tensor(model: torch.nn.Module, name: str, tensor: torch.Tensor) -> None
         setattr(module, attr, torch.nn.Parameter(tensor, requires_grad=old.requires_grad))
     else:
         module._buffers[attr] = tensor
+
+
+# Folders converted before the audio attention's key/value layer was renamed (`to_kv` is the name diffusers gives the
+# layers its `fuse_projections` creates, so a permanent one confused its tools) carry the old name.
+_LEGACY_DIFFUSERS_RENAMES = {".audio_attn.to_kv.": ".audio_attn.to_audio_kv."}
+
+
+def _diffusers_weight_files(folder: Path) -> list[Path]:
+    index_file = folder / "diffusion_pytorch_model.safetensors.index.json"
+    if index_file.exists():
+        with open(index_file) as f:
+            return sorted({folder / name for name in json.load(f)["weight_map"].values()})
+    return sorted(folder.glob("diffusion_pytorch_model*.safetensors"))
+
+
+def legacy_diffusers_files(folder) -> list[Path] | None:
+    """The weight files of a local diffusers transformer folder written before the `to_audio_kv` rename, or None when
+    the folder is current (or not a local safetensors folder: diffusers' own loader handles those)."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        return None
+    files = _diffusers_weight_files(folder)
+    if not files or not all(file.is_file() for file in files):
+        return None
+    with safe_open(str(files[0]), framework="pt") as f:
+        first_keys = list(f.keys())
+    index_file = folder / "diffusion_pytorch_model.safetensors.index.json"
+    keys = json.loads(index_file.read_text())["weight_map"] if index_file.exists() else first_keys
+    return files if any(old in key for key in keys for old in _LEGACY_DIFFUSERS_RENAMES) else None
+
+
+def load_legacy_diffusers_folder(model_cls, folder, files, torch_dtype=None, device="cpu"):
+    """Loads a transformer folder written before the `to_audio_kv` rename, renaming its keys shard by shard."""
+    folder = Path(folder)
+    config = {k: v for k, v in json.loads((folder / "config.json").read_text()).items() if not k.startswith("_")}
+    if "patch_size" in config:
+        config["patch_size"] = tuple(config["patch_size"])
+
+    def key_fn(key):
+        for old, new in _LEGACY_DIFFUSERS_RENAMES.items():
+            key = key.replace(old, new)
+        return key
+
+    return _load_shards(model_cls, config, files, key_fn, torch_dtype, device, str(folder))

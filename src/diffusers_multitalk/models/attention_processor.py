@@ -296,7 +296,7 @@ class MultiTalkAudioAttnProcessor:
             num_frames = local_frames
         query = query.reshape(batch * num_frames, query.shape[1] // num_frames, attn.heads, -1)
 
-        key, value = attn.to_kv(audio_hidden_states.flatten(0, 1)).chunk(2, dim=-1)
+        key, value = attn.to_audio_kv(audio_hidden_states.flatten(0, 1)).chunk(2, dim=-1)
         key = key.unflatten(2, (attn.heads, -1))  # [B*T, N_a, H, D]
         value = value.unflatten(2, (attn.heads, -1))
         if key_positions is not None:
@@ -309,7 +309,12 @@ class MultiTalkAudioAttnProcessor:
 
 class MultiTalkAudioAttention(nn.Module, AttentionModuleMixin):
     """The audio cross-attention MultiTalk adds to every Wan block (``audio_cross_attn`` in the original
-    checkpoints: ``q_linear`` -> ``to_q``, ``kv_linear`` -> ``to_kv``, ``proj`` -> ``to_out``)."""
+    checkpoints: ``q_linear`` -> ``to_q``, ``kv_linear`` -> ``to_audio_kv``, ``proj`` -> ``to_out``).
+
+    The key/value projection is one fused layer in MeiGen's weights. It is not called ``to_kv``: diffusers reserves
+    that name for the layer `fuse_projections` creates and removes, and its tests take a permanent ``to_kv`` for a
+    fusion that was never undone. Folders converted before the rename load through
+    `MultiTalkTransformer3DModel.from_pretrained`, which renames their ``audio_attn.to_kv`` keys."""
 
     _default_processor_cls = MultiTalkAudioAttnProcessor
     _available_processors = [MultiTalkAudioAttnProcessor]
@@ -321,7 +326,7 @@ class MultiTalkAudioAttention(nn.Module, AttentionModuleMixin):
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
         self.heads = heads
         self.to_q = nn.Linear(dim, dim)
-        self.to_kv = nn.Linear(audio_dim, 2 * dim)
+        self.to_audio_kv = nn.Linear(audio_dim, 2 * dim)
         self.to_out = nn.Linear(dim, dim)
         self.set_processor(processor if processor is not None else MultiTalkAudioAttnProcessor())
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.loaders import FromOriginalModelMixin, PeftAdapterMixin
+from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention import AttentionMixin
 from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
@@ -227,9 +228,7 @@ class LRoPE:
         return positions.gather(1, scores.argmax(dim=1, keepdim=True)).squeeze(1)
 
 
-class MultiTalkTransformer3DModel(
-    ModelMixin, ConfigMixin, PeftAdapterMixin, FromOriginalModelMixin, CacheMixin, AttentionMixin
-):
+class MultiTalkTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin):
     r"""
     The MultiTalk transformer: Wan2.1-I2V-14B's DiT with an audio adapter.
 
@@ -490,6 +489,22 @@ class MultiTalkTransformer3DModel(
 
         remove_teacache(self)
         self._teacache_state = None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """diffusers' `ModelMixin.from_pretrained`; a local folder converted before the audio attention's key/value
+        layer became `to_audio_kv` (it was `to_kv`) loads with its keys renamed."""
+        from ..loaders.transformer_original import legacy_diffusers_files, load_legacy_diffusers_folder
+
+        folder = Path(str(pretrained_model_name_or_path))
+        if kwargs.get("subfolder"):
+            folder = folder / kwargs["subfolder"]
+        files = legacy_diffusers_files(folder) if folder.is_dir() else None
+        if files is None:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        logger.info(f"{folder} names the audio key/value layer `to_kv` (written before 0.1); renaming on load.")
+        dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+        return load_legacy_diffusers_folder(cls, folder, files, torch_dtype=dtype)
 
     @classmethod
     def from_original(cls, path, torch_dtype: torch.dtype | None = None, multitalk_path=None, device="cpu"):

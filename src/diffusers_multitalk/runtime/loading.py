@@ -223,7 +223,9 @@ def load_pipeline(args: Namespace, device, dtype):
             pipe.model_cpu_offload_seq = "->".join(
                 m for m in pipe.model_cpu_offload_seq.split("->") if m != "text_encoder"
             )
-            pipe._exclude_from_cpu_offload = [*pipe._exclude_from_cpu_offload, "text_encoder"]
+            from .._diffusers_compat import exclude_from_cpu_offload
+
+            exclude_from_cpu_offload(pipe, "text_encoder")
         pipe.enable_model_cpu_offload(device=device)
         if args.t5_cpu:
             pipe.text_encoder.to("cpu")
