@@ -9,15 +9,22 @@ from pathlib import Path
 
 from ..loaders.original_folders import (
     DIT_INDEX,
+    INFINITETALK_ALLOW_PATTERNS,
+    INFINITETALK_REPO,
+    MULTITALK_ALLOW_PATTERNS,
     MULTITALK_FILE,
     MULTITALK_REPO,
+    WAN_ALLOW_PATTERNS,
     WAN_CLIP_CHECKPOINT,
     WAN_REPO,
     WAN_REPO_720,
     WAN_T5_CHECKPOINT,
     WAN_UMT5_TOKENIZER_DIR,
     WAN_VAE_CHECKPOINT,
+    WAV2VEC_ALLOW_PATTERNS,
     WAV2VEC_REPO,
+    WAV2VEC_SAFETENSORS_PATTERNS,
+    WAV2VEC_SAFETENSORS_REVISION,
 )
 from ..runtime.errors import PROG, UserError, note
 from ..runtime.folders import inspect_wan_dir, inspect_wav2vec_dir
@@ -31,8 +38,6 @@ WAN_REPOS = {
     "infinitetalk-480": WAN_REPO,
     "infinitetalk-720": WAN_REPO,
 }
-INFINITETALK_REPO = "MeiGen-AI/InfiniteTalk"
-INFINITETALK_ALLOW_PATTERNS = ["single/infinitetalk.safetensors", "multi/infinitetalk.safetensors"]
 
 
 WAN_INDEX = DIT_INDEX
@@ -48,28 +53,6 @@ WAN_VAE = WAN_VAE_CHECKPOINT
 
 
 WAN_TOKENIZER = WAN_UMT5_TOKENIZER_DIR
-
-
-WAN_ALLOW_PATTERNS = [
-    "config.json",
-    "diffusion_pytorch_model-*-of-*.safetensors",
-    WAN_T5,
-    WAN_CLIP,
-    WAN_VAE,
-    f"{WAN_TOKENIZER}/*",
-]
-
-
-MULTITALK_ALLOW_PATTERNS = [MULTITALK_FILE, WAN_INDEX]
-
-
-WAV2VEC_ALLOW_PATTERNS = ["config.json", "preprocessor_config.json"]
-
-
-WAV2VEC_SAFETENSORS_REVISION = "refs/pr/1"  # model.safetensors lives in that pull request, as MultiTalk's README says
-
-
-WAV2VEC_SAFETENSORS_PATTERNS = ["model.safetensors"]
 
 
 KOKORO_REPO = "hexgrad/Kokoro-82M"

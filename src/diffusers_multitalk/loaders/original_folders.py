@@ -1,5 +1,6 @@
-"""The official folders as users download them: their repositories, file names, and the check that names every
-missing file (with the command that downloads it) before anything heavy loads."""
+"""The official folders as users download them: their repositories, the files fetched from each (shared by
+`multitalk download` and `from_pretrained` of a Hub id), file names, how a folder is recognised, and the check that
+names every missing file (with the command that downloads it) before anything heavy loads."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 from pathlib import Path
 
 
-__all__ = ["check_original_folders"]
+__all__ = ["check_original_folders", "original_folder_kind"]
 
 WAN_REPO = "Wan-AI/Wan2.1-I2V-14B-480P"
 WAN_REPO_720 = "Wan-AI/Wan2.1-I2V-14B-720P"
@@ -20,6 +21,24 @@ WAN_CLIP_CHECKPOINT = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 WAN_VAE_CHECKPOINT = "Wan2.1_VAE.pth"
 WAN_UMT5_TOKENIZER_DIR = "google/umt5-xxl"
 WAN_CLIP_TOKENIZER_DIR = "xlm-roberta-large"
+INFINITETALK_REPO = "MeiGen-AI/InfiniteTalk"
+INFINITETALK_FILE = "infinitetalk.safetensors"
+INFINITETALK_VARIANTS = ("single", "multi")  # its subfolders: the adapter for one person, for several
+
+# What is fetched from each repository (huggingface_hub allow_patterns): only the files the loaders read.
+WAN_ALLOW_PATTERNS = [
+    "config.json",
+    "diffusion_pytorch_model-*-of-*.safetensors",
+    WAN_T5_CHECKPOINT,
+    WAN_CLIP_CHECKPOINT,
+    WAN_VAE_CHECKPOINT,
+    f"{WAN_UMT5_TOKENIZER_DIR}/*",
+]
+MULTITALK_ALLOW_PATTERNS = [MULTITALK_FILE, DIT_INDEX]
+WAV2VEC_ALLOW_PATTERNS = ["config.json", "preprocessor_config.json"]
+WAV2VEC_SAFETENSORS_REVISION = "refs/pr/1"  # model.safetensors lives in that pull request, as MultiTalk's README says
+WAV2VEC_SAFETENSORS_PATTERNS = ["model.safetensors"]
+INFINITETALK_ALLOW_PATTERNS = [f"{variant}/{INFINITETALK_FILE}" for variant in INFINITETALK_VARIANTS]
 
 
 def check_original_folders(wan_dir, multitalk_dir=None, wav2vec_dir=None) -> list[str]:
@@ -82,3 +101,31 @@ def check_original_folders(wan_dir, multitalk_dir=None, wav2vec_dir=None) -> lis
         if not any((wav2vec_dir / n).is_file() for n in ("model.safetensors", "pytorch_model.bin")):
             problems.append(f"{wav2vec_dir} has no weights (model.safetensors). {wav2vec_hint}")
     return problems
+
+
+def _is_wan_config(config) -> bool:
+    # Wan's own config.json names `WanModel`; a diffusers transformer folder's names its diffusers class.
+    try:
+        with open(config) as f:
+            return json.load(f).get("_class_name") == "WanModel"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def original_folder_kind(path) -> str | None:
+    """Which official download `path` is, from file names only: `"wan"` (Wan2.1-I2V: its T5, CLIP or VAE checkpoint,
+    or a `WanModel` config.json), `"multitalk"` (MeiGen-MultiTalk: `multitalk.safetensors`), `"infinitetalk"`
+    (InfiniteTalk: `single/` or `multi/infinitetalk.safetensors`), or None (a converted diffusers folder, anything
+    else). An incomplete Wan folder is still recognised, so that loading names its missing files."""
+    path = Path(path)
+    if not path.is_dir() or (path / "model_index.json").is_file():
+        return None
+    wan_files = (WAN_T5_CHECKPOINT, WAN_CLIP_CHECKPOINT, WAN_VAE_CHECKPOINT)
+    if any((path / name).is_file() for name in wan_files) or _is_wan_config(path / "config.json"):
+        return "wan"
+    if (path / MULTITALK_FILE).is_file():
+        return "multitalk"
+    adapters = [path / variant / INFINITETALK_FILE for variant in INFINITETALK_VARIANTS] + [path / INFINITETALK_FILE]
+    if any(adapter.is_file() for adapter in adapters):
+        return "infinitetalk"
+    return None
