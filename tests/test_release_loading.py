@@ -101,7 +101,7 @@ def hub_cache(downloads, tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(downloads):
     d = downloads
-    return MultiTalk.from_original(d["wan_dir"], d["multitalk_dir"], d["wav2vec_dir"], torch_dtype=torch.float32)
+    return MultiTalk.from_original(d["wan_dir"], d["multitalk_dir"], d["wav2vec_dir"], dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")
