@@ -33,6 +33,13 @@ from diffusers.hooks.group_offloading import (  # noqa: F401
 
 # Hook state (hooks/teacache.py keeps one TeaCache state per `cache_context`, as diffusers' own caches do):
 from diffusers.hooks.hooks import BaseState, StateManager  # noqa: F401
+
+# LoRA loading (loaders/lora.py): the reader of a LoRA file, folder or Hub repo that every diffusers LoRA loader calls,
+# and the converter of Wan LoRAs in Wan's own names (`diffusion_model.blocks.N.self_attn.q.lora_down.weight`, ...).
+from diffusers.loaders.lora_base import _fetch_state_dict
+from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_wan_lora_to_diffusers
+
+# Context-parallel plan entries (models/transformer_multitalk.py's `_cp_plan`):
 from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput  # noqa: F401
 
 # Wan's projections, reused by MultiTalk's attention processor (fused or separate q/k/v, the image key/value):
@@ -57,7 +64,9 @@ __all__ = [
     "check_attention_backend_requirements",
     "context_parallel_input_hook_name",
     "context_parallel_process_group",
+    "convert_original_wan_lora",
     "exclude_from_cpu_offload",
+    "fetch_lora_state_dict",
     "hook_order",
     "reset_stateful_cache",
     "set_prefetch_next_group",
@@ -110,3 +119,31 @@ def exclude_from_cpu_offload(pipe, component: str) -> None:
     """Keeps `component` out of `enable_model_cpu_offload`'s hooks (the pipeline's private
     `_exclude_from_cpu_offload` list, which diffusers reads when it installs them)."""
     pipe._exclude_from_cpu_offload = [*pipe._exclude_from_cpu_offload, component]
+
+def fetch_lora_state_dict(pretrained_model_name_or_path_or_dict, **kwargs) -> tuple[dict, dict | None]:
+    """A LoRA's state dict and diffusers' adapter metadata (None when there is none), read as diffusers' Wan loader
+    reads it: `_fetch_state_dict` with `weight_name`, `subfolder`, `cache_dir`, ... from `kwargs` (others are
+    ignored). Without `use_safetensors`, a pickled file may load when no safetensors file is found, as in diffusers."""
+    use_safetensors = kwargs.get("use_safetensors")
+    return _fetch_state_dict(
+        pretrained_model_name_or_path_or_dict=pretrained_model_name_or_path_or_dict,
+        weight_name=kwargs.get("weight_name"),
+        use_safetensors=True if use_safetensors is None else use_safetensors,
+        local_files_only=kwargs.get("local_files_only"),
+        cache_dir=kwargs.get("cache_dir"),
+        force_download=kwargs.get("force_download", False),
+        proxies=kwargs.get("proxies"),
+        token=kwargs.get("token"),
+        revision=kwargs.get("revision"),
+        subfolder=kwargs.get("subfolder"),
+        user_agent={"file_type": "attn_procs_weights", "framework": "pytorch"},
+        allow_pickle=use_safetensors is None,
+    )
+
+
+def convert_original_wan_lora(state_dict: dict) -> dict:
+    """diffusers' `_convert_non_diffusers_wan_lora_to_diffusers`: Wan-named LoRA keys (`diffusion_model.` prefix,
+    lora_down/lora_up, alpha, diff_b) -> `transformer.`-prefixed peft keys. It needs at least one `blocks.N` key and
+    raises a ValueError on keys it leaves over, unless they are all `diff` keys, which it drops."""
+    return _convert_non_diffusers_wan_lora_to_diffusers(state_dict)
+
