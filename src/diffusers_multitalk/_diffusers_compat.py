@@ -120,6 +120,7 @@ def exclude_from_cpu_offload(pipe, component: str) -> None:
     `_exclude_from_cpu_offload` list, which diffusers reads when it installs them)."""
     pipe._exclude_from_cpu_offload = [*pipe._exclude_from_cpu_offload, component]
 
+
 def fetch_lora_state_dict(pretrained_model_name_or_path_or_dict, **kwargs) -> tuple[dict, dict | None]:
     """A LoRA's state dict and diffusers' adapter metadata (None when there is none), read as diffusers' Wan loader
     reads it: `_fetch_state_dict` with `weight_name`, `subfolder`, `cache_dir`, ... from `kwargs` (others are
@@ -146,4 +147,3 @@ def convert_original_wan_lora(state_dict: dict) -> dict:
     lora_down/lora_up, alpha, diff_b) -> `transformer.`-prefixed peft keys. It needs at least one `blocks.N` key and
     raises a ValueError on keys it leaves over, unless they are all `diff` keys, which it drops."""
     return _convert_non_diffusers_wan_lora_to_diffusers(state_dict)
-
