@@ -166,7 +166,7 @@ def main():
             for attr, phase in [
                 ("encode_prompt", "text encoder"),
                 ("encode_image", "image encoder"),
-                ("prepare_audio_inputs", "audio load + wav2vec2"),
+                ("encode_audio", "audio load + wav2vec2"),
                 ("prepare_condition", "VAE encode"),
                 ("decode_latents", "VAE decode"),
             ]:

@@ -159,7 +159,7 @@ def main():
     timer = PhaseTimer(device)
     pipe.encode_prompt = timer.wrap(pipe.encode_prompt, "text encoder")
     pipe.encode_image = timer.wrap(pipe.encode_image, "image encoder")
-    pipe.prepare_audio_inputs = timer.wrap(pipe.prepare_audio_inputs, "audio load + wav2vec2")
+    pipe.encode_audio = timer.wrap(pipe.encode_audio, "audio load + wav2vec2")
     pipe.prepare_condition = timer.wrap(pipe.prepare_condition, "VAE encode")
     pipe.transformer.forward = timer.wrap(pipe.transformer.forward, "DiT forwards")
     pipe.decode_latents = timer.wrap(pipe.decode_latents, "VAE decode")

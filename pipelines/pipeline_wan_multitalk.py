@@ -6,7 +6,7 @@ The repository's `model_index.json` names this file (`"_class_name": ["pipeline_
     pipe = DiffusionPipeline.from_pretrained(repo, trust_remote_code=True)
 
 loads the pipeline in a process that never imported diffusers-multitalk. It holds no model code: the pipeline is the
-installed package's (`pip install diffusers-multitalk`), which, once imported, also loads the repository without
+installed package's (diffusers-multitalk, `pip install -e .` from its checkout), which, once imported, also loads the repository without
 remote code (`WanMultiTalkPipeline.from_pretrained(repo)`).
 """
 

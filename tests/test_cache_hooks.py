@@ -122,7 +122,7 @@ def test_pipeline_teacache_per_branch_and_chunk():
     assert len(calls) == 5 * 3, "three branches, each computing its 5 retention steps"
     assert not torch.equal(cached, baseline)
     calls.clear()
-    two_pass = _generate(pipe, text_guidance_scale=1.0)
+    two_pass = _generate(pipe, guidance_scale=1.0)
     assert len(calls) == 5 * 2, "two branches in two-pass guidance, each with its own state"
     pipe.transformer.disable_teacache()
     assert torch.equal(_generate(pipe), baseline)

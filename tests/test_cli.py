@@ -165,7 +165,7 @@ README_COMMANDS = [
         "--num_persistent_param_in_dit 0 --save_file single_long_lowvram_fusionx_exp --sample_shift 2",
         SINGLE,
         1,
-        {"num_inference_steps": 8, "shift": 2.0, "text_guidance_scale": 1.0, "audio_guidance_scale": 2.0},
+        {"num_inference_steps": 8, "shift": 2.0, "guidance_scale": 1.0, "audio_guidance_scale": 2.0},
         set(),
         [(FUSIONX, 1.0)],
     ),
@@ -176,7 +176,7 @@ README_COMMANDS = [
         "--num_persistent_param_in_dit 0 --save_file multi_long_lowvram_fusionx_exp",
         TWO_PARA,
         1,
-        {"audio_type": "para", "num_inference_steps": 8, "text_guidance_scale": 1.0, "audio_guidance_scale": 2.0},
+        {"audio_type": "para", "num_inference_steps": 8, "guidance_scale": 1.0, "audio_guidance_scale": 2.0},
         set(),
         [(FUSIONX, 1.0)],
     ),
@@ -202,7 +202,7 @@ README_COMMANDS = [
             "audio_type": "add",
             "num_inference_steps": 8,
             "shift": 2.0,
-            "text_guidance_scale": 1.0,
+            "guidance_scale": 1.0,
             "audio_guidance_scale": 2.0,
             "bbox": [[160, 120, 1280, 1080], [160, 1320, 1280, 2280]],
         },
@@ -232,7 +232,7 @@ DEFAULT_KWARGS = dict(
     max_frames=None,
     num_inference_steps=40,
     shift=7.0,
-    text_guidance_scale=5.0,
+    guidance_scale=5.0,
     audio_guidance_scale=4.0,
     use_apg=False,
     apg_momentum=-0.75,
@@ -983,12 +983,12 @@ def test_preset_fast_fills_the_sampling_flags_left_at_their_defaults():
     kwargs = build_generation_kwargs(apply_preset_options(parse("--preset fast")), SINGLE)
     assert (
         kwargs["num_inference_steps"],
-        kwargs["text_guidance_scale"],
+        kwargs["guidance_scale"],
         kwargs["audio_guidance_scale"],
         kwargs["shift"],
     ) == (8, 1.0, 2.0, 2.0)
     mine = build_generation_kwargs(
         apply_preset_options(parse("--preset fast --sample_steps 4 --sample_shift 3")), SINGLE
     )
-    assert (mine["num_inference_steps"], mine["shift"], mine["text_guidance_scale"]) == (4, 3.0, 1.0)
+    assert (mine["num_inference_steps"], mine["shift"], mine["guidance_scale"]) == (4, 3.0, 1.0)
     assert build_generation_kwargs(apply_preset_options(parse("")), SINGLE)["num_inference_steps"] == 40

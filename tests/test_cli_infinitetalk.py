@@ -39,14 +39,14 @@ README_COMMANDS = [
     ("FusionX LoRA, 8 steps", f"{BASE} --lora_dir weights/Wan2.1_I2V_14B_FusionX_LoRA.safetensors --input_json x.json "
      "--lora_scale 1.0 --size infinitetalk-480 --sample_text_guide_scale 1.0 --sample_audio_guide_scale 2.0 "
      "--sample_steps 8 --mode streaming --motion_frame 9 --sample_shift 2 --save_file infinitetalk_res_lora", VIDEO,
-     {"num_inference_steps": 8, "text_guidance_scale": 1.0, "audio_guidance_scale": 2.0, "shift": 2.0}, set()),
+     {"num_inference_steps": 8, "guidance_scale": 1.0, "audio_guidance_scale": 2.0, "shift": 2.0}, set()),
     ("multi-GPU (FSDP)", f"{BASE} --dit_fsdp --t5_fsdp --ulysses_size=8 --input_json x.json --size "
      "infinitetalk-480 --sample_steps 40 --mode streaming --motion_frame 9 --save_file infinitetalk_res_multigpu", VIDEO,
      {}, set()),
 ]  # fmt: skip
 
 DEFAULTS = dict(resolution="infinitetalk-480", mode="streaming", num_frames=81, motion_frames=9, max_frames=None,
-                num_inference_steps=40, shift=7.0, text_guidance_scale=5.0, audio_guidance_scale=4.0, bbox=None)  # fmt: skip
+                num_inference_steps=40, shift=7.0, guidance_scale=5.0, audio_guidance_scale=4.0, bbox=None)  # fmt: skip
 
 
 def parse(flags: str):

@@ -294,7 +294,7 @@ def test_self_attention_kernel_is_a_per_block_choice(monkeypatch):
 
 def test_fast_preset_maps_to_multitalk_flags():
     assert preset_call_kwargs("fast") == dict(
-        num_inference_steps=8, text_guidance_scale=1.0, audio_guidance_scale=2.0, shift=2.0
+        num_inference_steps=8, guidance_scale=1.0, audio_guidance_scale=2.0, shift=2.0
     )
     assert preset_cli_flags("fast") == [
         "--sample_steps",

@@ -93,7 +93,7 @@ def test_reference_frames(reference_pipe, name):
         mode=mode,
         num_inference_steps=steps,
         shift=shift,
-        text_guidance_scale=text_scale,
+        guidance_scale=text_scale,
         audio_guidance_scale=audio_scale,
         use_apg=apg,
         color_correction_strength=color,
@@ -269,12 +269,16 @@ def test_motion_latents_are_clean_before_every_forward(pipe, monkeypatch):
         return forward(hidden_states, *args, **kwargs)
 
     encoded = []
-    encode = pipe.encode_motion_frames
-    monkeypatch.setattr(
-        pipe, "encode_motion_frames", lambda frames, device: encoded.append(encode(frames, device)) or encoded[-1]
-    )
+    condition = pipe.prepare_chunk_conditioning
+
+    def record(*args, **kwargs):
+        conditioning = condition(*args, **kwargs)
+        encoded.append(conditioning.motion_latents)
+        return conditioning
+
+    monkeypatch.setattr(pipe, "prepare_chunk_conditioning", record)
     monkeypatch.setattr(pipe.transformer, "forward", spy)
-    run(pipe, [embedding(13)], video=video, mode="streaming", num_inference_steps=2, text_guidance_scale=1.0)
+    run(pipe, [embedding(13)], video=video, mode="streaming", num_inference_steps=2, guidance_scale=1.0)
     assert len(encoded) == 2 and encoded[0].shape[2] == 1 and encoded[1].shape[2] == 2  # 1 frame, then 5 frames
     # two passes per step, two steps per chunk
     for index, latent in enumerate(seen):
@@ -402,7 +406,7 @@ def test_teacache_with_infinitetalk_sizes_skips_and_restarts_every_chunk(pipe):
     calls = []
     hook = pipe.transformer.blocks[1].ffn.register_forward_pre_hook(lambda mod, args: calls.append(1))
     try:
-        kwargs = dict(video=video, num_inference_steps=8, text_guidance_scale=1.0, output_type="latent")
+        kwargs = dict(video=video, num_inference_steps=8, guidance_scale=1.0, output_type="latent")
         uncached = run(pipe, [embedding(9)], **kwargs).frames
         uncached_calls, calls[:] = len(calls), []
         pipe.transformer.enable_teacache(threshold=1e12, resolution="infinitetalk-480")

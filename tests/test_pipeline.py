@@ -144,8 +144,8 @@ def test_output_path_error_leaves_no_file(pipe, image, tmp_path, monkeypatch):
 
 
 def test_bad_values_are_named(pipe, image):
-    with pytest.raises(ValueError, match="text_guidance_scale"):
-        run(pipe, image, [(speech(0.5), SR)], text_guidance_scale=-1.0)
+    with pytest.raises(ValueError, match="guidance_scale"):
+        run(pipe, image, [(speech(0.5), SR)], guidance_scale=-1.0)
     with pytest.raises(ValueError, match="audio_guidance_scale"):
         run(pipe, image, [(speech(0.5), SR)], audio_guidance_scale=-0.5)
     with pytest.raises(ValueError, match="smaller than one 16x16-pixel patch"):
@@ -194,7 +194,7 @@ def test_seed_determinism(pipe, image):
 
 def test_latent_output_and_pil(pipe, image):
     out = run(pipe, image, [(speech(0.5), SR)], output_type="latent")
-    assert isinstance(out.frames, list) and out.frames[0].shape == (1, 16, 3, 8, 12)
+    assert isinstance(out.frames, torch.Tensor) and out.frames.shape == (1, 16, 3, 8, 12)
     out = run(pipe, image, [(speech(0.5), SR)], output_type="pil", num_inference_steps=1)
     assert len(out.frames[0]) == 9 and out.frames[0][0].size == (96, 64)
 
@@ -252,7 +252,7 @@ def test_guidance_combination_by_hand(pipe, image, monkeypatch, text_scale, use_
         prompt=None,
         prompt_embeds=prompt_embeds,
         negative_prompt_embeds=negative_embeds,
-        text_guidance_scale=text_scale,
+        guidance_scale=text_scale,
         audio_guidance_scale=audio_scale,
         use_apg=use_apg,
         apg_norm_threshold=threshold,
@@ -401,7 +401,7 @@ def test_dialogue_drives_the_persons_with_their_own_turns(pipe, image):
     ],
 )
 def test_dialogue_input_errors_come_before_any_speech(pipe, image, monkeypatch, kwargs, message):
-    import diffusers_multitalk.pipelines.pipeline_wan_multitalk as module
+    import diffusers_multitalk.pipelines.pipeline_wan_audio_base as module
 
     monkeypatch.setattr(module, "synthesize_dialogue", lambda *a, **k: pytest.fail("TTS ran before the checks"))
     audio = kwargs.pop("audio")
@@ -418,11 +418,11 @@ def test_a_silent_person_listens(pipe, image):
     speaker = speech(0.5, 200, seed=1)
     prepared = prepare_audio(speaker, sampling_rate=SR)
     # "add": the listener's silence (as long as the speech) comes first, then the speech, as the reference lays it out
-    embeddings, mixed = pipe.prepare_audio_inputs([None, (speaker, SR)], "add", "cpu")
+    embeddings, mixed = pipe.encode_audio([None, (speaker, SR)], "add", "cpu")
     assert np.allclose(mixed, np.concatenate([np.zeros_like(prepared), prepared]))
     assert len(embeddings) == 2 and embeddings[0].shape == embeddings[1].shape
     # "para": the speech and silence side by side
-    embeddings, mixed = pipe.prepare_audio_inputs([(speaker, SR), None], "para", "cpu")
+    embeddings, mixed = pipe.encode_audio([(speaker, SR), None], "para", "cpu")
     assert np.allclose(mixed, prepared)
     out = run(pipe, image, [(speaker, SR), None], audio_type="para")
     assert out.frames.shape == (1, 9, 64, 96, 3)

@@ -73,7 +73,7 @@ def _speech(seconds, pitch):
 def _call(video, seconds):
     return dict(
         video=video, audio=[(_speech(seconds, 150), 16000)], prompt="A person talks.", height=64, width=96,
-        num_inference_steps=1, text_guidance_scale=1.0, audio_guidance_scale=1.0,
+        num_inference_steps=1, guidance_scale=1.0, audio_guidance_scale=1.0,
         generator=None, color_correction_strength=0.0,
     )  # fmt: skip
 

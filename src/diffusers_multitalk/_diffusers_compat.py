@@ -69,6 +69,7 @@ __all__ = [
     "fetch_lora_state_dict",
     "hook_order",
     "reset_stateful_cache",
+    "resolve_dtype",
     "set_prefetch_next_group",
 ]
 
@@ -147,3 +148,11 @@ def convert_original_wan_lora(state_dict: dict) -> dict:
     lora_down/lora_up, alpha, diff_b) -> `transformer.`-prefixed peft keys. It needs at least one `blocks.N` key and
     raises a ValueError on keys it leaves over, unless they are all `diff` keys, which it drops."""
     return _convert_non_diffusers_wan_lora_to_diffusers(state_dict)
+
+
+def resolve_dtype(dtype, torch_dtype):
+    """`dtype`, or the deprecated `torch_dtype` with diffusers' deprecation warning (its private `_resolve_dtype`,
+    which `from_pretrained` uses, so that both loading routes say the same)."""
+    from diffusers.utils.deprecation_utils import _resolve_dtype
+
+    return _resolve_dtype(dtype, torch_dtype)

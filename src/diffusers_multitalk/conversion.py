@@ -5,13 +5,13 @@ Hub-ready).
 
     report = convert_original_to_diffusers(
         "weights/Wan2.1-I2V-14B-480P", "weights/MeiGen-MultiTalk", "weights/chinese-wav2vec2-base",
-        "weights/MultiTalk-480P-diffusers", torch_dtype=torch.bfloat16,
+        "weights/MultiTalk-480P-diffusers", dtype=torch.bfloat16,
     )
     # InfiniteTalk: its adapter file (single/ or multi/) on the Wan folder, or a full DiT checkpoint (dit_path=)
     report = convert_original_to_diffusers(
         "weights/Wan2.1-I2V-14B-480P", wav2vec_dir="weights/chinese-wav2vec2-base",
         infinitetalk_dir="weights/InfiniteTalk/single/infinitetalk.safetensors",
-        output_dir="weights/InfiniteTalk-480P-diffusers", torch_dtype=torch.bfloat16,
+        output_dir="weights/InfiniteTalk-480P-diffusers", dtype=torch.bfloat16,
     )
 
 The result is `WanMultiTalkPipeline.save_pretrained` (or `WanInfiniteTalkPipeline`'s) output (`model_index.json`, one folder per component, safetensors
@@ -35,7 +35,6 @@ import json
 import os
 import shutil
 import uuid
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -197,9 +196,7 @@ def _load_component(folder: Path, name: str, library: str, class_name: str, dtyp
     module = importlib.import_module(LIBRARY_NAME if library.split(".")[0] == LIBRARY_NAME else library)
     cls = getattr(module, class_name)
     if issubclass(cls, ModelMixin):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # diffusers >= 0.42 prefers `dtype=`; older ones lack it
-            return cls.from_pretrained(folder / name, torch_dtype=dtype)
+        return cls.from_pretrained(folder / name, dtype=dtype)
     import transformers
     from packaging import version
 
@@ -303,7 +300,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 {dtypes}
-pipe = DiffusionPipeline.from_pretrained("{where}", trust_remote_code=True, torch_dtype=dtypes).to("cuda")
+pipe = DiffusionPipeline.from_pretrained("{where}", trust_remote_code=True, dtype=dtypes).to("cuda")
 ```
 
 """
@@ -315,13 +312,15 @@ pipe = DiffusionPipeline.from_pretrained("{where}", trust_remote_code=True, torc
 # {card["name"]} ({Path(report["sources"]["wan_dir"]).name}) for diffusers
 
 {card["intro"]} The transformer and the text and image encoders are stored in {dtype}, the VAE and wav2vec2 in
-float32 (as {card["name"]} runs them); the `torch_dtype` mapping below keeps it so (without one, diffusers would load the
+float32 (as {card["name"]} runs them); the `dtype` mapping below keeps it so (without one, diffusers would load the
 transformer in float32).
 
 ## Usage
 
+diffusers-multitalk is not on PyPI yet: install it from its source checkout.
+
 ```bash
-pip install diffusers-multitalk
+pip install -e /path/to/diffusers-multitalk   # the folder of a clone of the repository
 ```
 
 {without_package}With the package imported, no remote code runs:
@@ -331,7 +330,7 @@ import torch
 from diffusers_multitalk import {pipeline}, export_to_video_with_audio
 
 {dtypes}
-pipe = {pipeline}.from_pretrained("{where}", torch_dtype=dtypes).to("cuda")
+pipe = {pipeline}.from_pretrained("{where}", dtype=dtypes).to("cuda")
 {card["call"]}
 export_to_video_with_audio(out.frames[0], out.audio, "{card["video"]}", fps=25)
 ```

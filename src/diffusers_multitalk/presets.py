@@ -29,7 +29,7 @@ PRESETS = {
         # pipeline call arguments
         "call": {
             "num_inference_steps": 8,
-            "text_guidance_scale": 1.0,
+            "guidance_scale": 1.0,
             "audio_guidance_scale": 2.0,
             "shift": 2.0,
         },
@@ -53,7 +53,7 @@ PRESETS = {
 # pipeline call argument -> `multitalk generate` flag (MultiTalk's own flag names)
 CALL_TO_FLAG = {
     "num_inference_steps": "--sample_steps",
-    "text_guidance_scale": "--sample_text_guide_scale",
+    "guidance_scale": "--sample_text_guide_scale",
     "audio_guidance_scale": "--sample_audio_guide_scale",
     "shift": "--sample_shift",
 }

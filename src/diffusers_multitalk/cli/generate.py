@@ -147,7 +147,7 @@ _FLAG_OF_ARGUMENT = {
     "max_frames": "--max_frame_num",
     "num_inference_steps": "--sample_steps",
     "shift": "--sample_shift",
-    "text_guidance_scale": "--sample_text_guide_scale",
+    "guidance_scale": "--sample_text_guide_scale",
     "audio_guidance_scale": "--sample_audio_guide_scale",
     "color_correction_strength": "--color_correction_strength",
     "height": "--height",

@@ -1,8 +1,10 @@
 from .context_parallel import enable_context_parallelism
 from .low_vram import disable_low_vram, enable_low_vram
 from .model_index import register_with_diffusers as _register_with_diffusers
+from .pipeline_output import WanMultiTalkPipelineOutput
+from .pipeline_wan_audio_base import DEFAULT_NEGATIVE_PROMPT, WanAudioPipelineBase
 from .pipeline_wan_infinitetalk import WanInfiniteTalkPipeline
-from .pipeline_wan_multitalk import DEFAULT_NEGATIVE_PROMPT, WanMultiTalkPipeline, WanMultiTalkPipelineOutput
+from .pipeline_wan_multitalk import WanMultiTalkPipeline
 from .video_io import VideoWriter, export_to_video_with_audio
 
 

@@ -12,16 +12,11 @@ import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import logging, replace_example_docstring
 
-from ..utils.defaults import DEFAULT_SHIFT
-from .chunk_loop import ChunkConditioning
+from .._diffusers_compat import resolve_dtype
+from .chunking import Chunk, ChunkConditioning, ChunkedAudio, ChunkedVideo
 from .image_processing import closest_bucket, resize_and_center_crop, resolution_buckets
-from .pipeline_wan_multitalk import (
-    FPS,
-    WanMultiTalkPipeline,
-    WanMultiTalkPipelineOutput,
-    _audio_entries,
-    _dialogue_audio,
-)
+from .pipeline_output import WanMultiTalkPipelineOutput
+from .pipeline_wan_audio_base import FPS, WanAudioPipelineBase, audio_entries
 from .video_input import SourceVideo, open_source_video
 
 
@@ -34,14 +29,22 @@ EXAMPLE_DOC_STRING = """
     Examples:
         ```py
         >>> import torch
-        >>> from diffusers_multitalk import WanInfiniteTalkPipeline, export_to_video_with_audio
+        >>> from diffusers_multitalk import WanInfiniteTalkPipeline
 
-        >>> pipe = WanInfiniteTalkPipeline.from_original(
-        ...     "weights/Wan2.1-I2V-14B-480P", "weights/InfiniteTalk/single/infinitetalk.safetensors",
-        ...     "weights/chinese-wav2vec2-base", torch_dtype=torch.bfloat16,
-        ... ).to("cuda")
-        >>> out = pipe(video="interview.mp4", audio="new_voice.wav", prompt="A man talks to the camera.")
-        >>> export_to_video_with_audio(out.frames[0], out.audio, "dubbed.mp4", fps=25)
+        >>> # The original releases as users download them (the Wan base, InfiniteTalk's single/ adapter, wav2vec2)
+        >>> pipe = WanInfiniteTalkPipeline.from_pretrained("MeiGen-AI/InfiniteTalk", dtype=torch.bfloat16)
+        >>> pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+
+        >>> output = pipe(
+        ...     video="examples/assets/source_clip.mp4",
+        ...     audio="examples/assets/single.wav",
+        ...     prompt="A person talks to the camera.",
+        ...     guidance_scale=5.0,
+        ...     audio_guidance_scale=4.0,
+        ...     output_path="dubbed.mp4",
+        ... )
+        >>> output.video_path
+        'dubbed.mp4'
         ```
 """
 
@@ -62,32 +65,30 @@ class InfiniteTalkSource:
     first_frame: torch.Tensor
 
 
-class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
+class WanInfiniteTalkPipeline(WanAudioPipelineBase):
     r"""
     InfiniteTalk (MeiGen-AI/InfiniteTalk): dubs a video, or animates an image, for as long as the audio lasts.
 
-    The components are [`WanMultiTalkPipeline`]'s (InfiniteTalk's DiT has MultiTalk's architecture and key names).
-    What differs is the conditioning of each chunk: the condition image is the source video's frame at the chunk's
-    start time (image-to-video: the image), it alone is marked known in the VAE condition, CLIP sees it, and the
-    chunk's leading latents are the clean latents of that image (first chunk) or of the last `motion_frames`
-    generated frames (later chunks), pasted back before every forward pass and after every step.
+    The components are [`WanAudioPipelineBase`]'s (InfiniteTalk's DiT has MultiTalk's architecture and key names).
+    What differs from [`WanMultiTalkPipeline`] is the conditioning of each chunk: the condition image is the source
+    video's frame at the chunk's start time (image-to-video: the image), it alone is marked known in the VAE condition,
+    CLIP sees it, and the chunk's leading latents are the clean latents of that image (first chunk) or of the last
+    `motion_frames` generated frames (later chunks), pasted back before every forward pass and after every step.
     """
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Loading
-    # ------------------------------------------------------------------------------------------------------------
     @classmethod
     def from_original(
         cls,
         wan_dir,
         infinitetalk_file=None,
         wav2vec_dir=None,
-        torch_dtype: torch.dtype | None = None,
+        dtype: torch.dtype | None = None,
         dit_path=None,
         lora_path=None,
         lora_scale: float = 1.0,
         quant: str | None = None,
         quant_path=None,
+        torch_dtype: torch.dtype | None = None,
     ) -> WanInfiniteTalkPipeline:
         """Builds the pipeline from the folders and files as users download them.
 
@@ -97,7 +98,8 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
                 `multi/infinitetalk.safetensors` (several), the reference's `--infinitetalk_dir`; or the
                 `InfiniteTalk/` folder (then `single/`). Not needed with `dit_path` or `quant_path`.
             wav2vec_dir: `chinese-wav2vec2-base/`.
-            torch_dtype: dtype of the DiT, text and image encoders (the VAE and wav2vec2 stay float32).
+            dtype: dtype of the DiT, text and image encoders (the VAE and wav2vec2 stay float32). `torch_dtype` is its
+                deprecated name.
             dit_path: a full DiT checkpoint saved with `torch.save({"state_dict": ...})` (the reference's
                 `--dit_path`), used instead of the Wan shards + adapter file.
             lora_path / lora_scale: an optional LoRA loaded into the transformer.
@@ -111,6 +113,7 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
         from ..loaders.infinitetalk import load_infinitetalk_components
         from .original_loading import assemble_original_pipeline
 
+        torch_dtype = resolve_dtype(dtype, torch_dtype)
         models, needs_quantize = load_infinitetalk_components(
             wan_dir,
             infinitetalk_file,
@@ -173,12 +176,24 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
             )
         return height, width
 
-    def encode_motion_frames(self, frames: torch.Tensor, device) -> torch.Tensor:
-        """Normalised VAE latents of pixel frames `[1, 3, F, H, W]` (the clean motion latents of a chunk)."""
-        with torch.no_grad():
-            latent = self.vae.encode(frames.to(device=device, dtype=self.vae.dtype)).latent_dist.mode()
-        mean, std = self._vae_stats(device)
-        return ((latent.float() - mean) / std).float()
+    def prepare_source(self, image, video, video_fps, resolution, height, width, allow_upscale, num_persons, bbox):
+        """Opens the source and sizes it: an [`InfiniteTalkSource`] (close its `video` when done)."""
+        video_source = self.open_source(image, video, video_fps)
+        try:
+            height, width = self.check_source_size(
+                video_source, video is not None, resolution, height, width, allow_upscale
+            )
+        except BaseException:
+            video_source.close()
+            raise
+        first_frame = self.prepare_source_frame(video_source.first_frame, height, width)
+        if video is not None and num_persons > 1 and bbox is None:
+            logger.warning(
+                f"{num_persons} persons on a video without `bbox`: each is taken to stand in an equal vertical "
+                "strip of the first frame (the reference's default); pass `bbox` (one [top, left, bottom, right] "
+                "box per person, in the first frame's pixels) when they stand elsewhere."
+            )
+        return InfiniteTalkSource(video_source, height, width, first_frame)
 
     # ------------------------------------------------------------------------------------------------------------
     # Generation
@@ -194,7 +209,7 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
         video: str | np.ndarray | Sequence[Any] | None = None,
         video_fps: float | None = None,
         audio_type: str = "add",
-        bbox: Sequence[Sequence[float]] | dict | None = None,
+        bbox: Sequence[Sequence[float]] | None = None,
         face_scale: float = 0.05,
         resolution: str = "infinitetalk-480",
         height: int | None = None,
@@ -206,13 +221,14 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
         max_frames: int | None = None,
         num_inference_steps: int = 40,
         shift: float | None = None,
-        text_guidance_scale: float = 5.0,
+        guidance_scale: float = 5.0,
         audio_guidance_scale: float = 4.0,
+        num_videos_per_prompt: int = 1,
         use_apg: bool = False,
         apg_momentum: float = -0.75,
         apg_norm_threshold: float = 55.0,
         color_correction_strength: float = 1.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
@@ -220,145 +236,196 @@ class WanInfiniteTalkPipeline(WanMultiTalkPipeline):
         output_type: str = "np",
         return_dict: bool = True,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
-        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 - diffusers' signature
         attention_kwargs: dict[str, Any] | None = None,
         dialogue: str | None = None,
         dialogue_voices: Sequence[Any] | None = None,
         tts_engine: str | Any | None = None,
         normalize_loudness: bool = True,
         output_path: str | os.PathLike | None = None,
+        text_guidance_scale: float | None = None,
     ):
         r"""
-        Dubs `video` with new audio (video-to-video), or animates `image` (image-to-video).
+        Dubs `video` with new audio (video-to-video), or animates `image` (image-to-video), for as long as the audio.
 
         Args:
-            image: a still image to animate (PIL, array, tensor or path); give it or `video`.
-            audio: one entry per person, as for [`WanMultiTalkPipeline`] (paths, `(waveform, rate)` tuples, dicts,
-                precomputed wav2vec2 embeddings, None for a silent listener).
-            prompt / negative_prompt: text; the negative prompt defaults to the reference's.
-            video: the video to dub: a path (any container/codec ffmpeg decodes, AV1 included; decoded as a
-                stream), an array `[frames, H, W, 3]` (uint8 or floats in [0, 1]) or a list of images. Each chunk is
-                conditioned on the source frame on screen at the chunk's start time (a 24 or 30 fps source stays in
-                step with the 25 fps output); when the audio outlasts the video its last frame is held (a warning
-                says so). Its first frame picks the size bucket and places the persons; later frames of another size
-                are resized/cropped to that size. Its own sound is not used: the output carries `audio`.
-            video_fps: the frame rate of an array/list `video` (25); files report their own.
-            audio_type, bbox, face_scale: as for [`WanMultiTalkPipeline`]; boxes are in the first frame's pixels.
-                Without boxes two persons get the left/right halves of the frame (the reference's default), for a
-                video too: pass `bbox` when they stand elsewhere.
-            resolution: "infinitetalk-480" or "infinitetalk-720" (MultiTalk's bucket tables; "multitalk-*" too).
-            height / width / allow_upscale: as for [`WanMultiTalkPipeline`].
-            mode: None or "auto" (the default: the whole audio, one clip when it fits in `num_frames`, else
-                streaming), "streaming" (chunks overlapping by `motion_frames` until the audio ends) or "clip" (one
-                chunk of `num_frames`; longer audio is cut, with a warning). Audio shorter than a chunk gives one chunk
-                of the shortest 4n+1 length covering it (the reference refuses such audio).
-            num_frames: frames per chunk, 4n+1 (81).
-            motion_frames: generated frames each later chunk continues from (InfiniteTalk's `--motion_frame`, 9).
-            max_frames: a cap on the video's length in frames (None: no cap; the reference's `--max_frame_num`,
-                1000 by default there); a warning says how much audio it cuts.
-            num_inference_steps, shift, text_guidance_scale, audio_guidance_scale, use_apg, apg_momentum,
-            apg_norm_threshold: as for [`WanMultiTalkPipeline`] (shift 7 at 480P, 11 at 720P).
-            color_correction_strength: LAB colour matching of every chunk to the source's first frame (0 disables).
-            generator, latents, prompt_embeds, negative_prompt_embeds, max_sequence_length, output_type,
-            return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, attention_kwargs, dialogue,
-            dialogue_voices, tts_engine, normalize_loudness: as for [`WanMultiTalkPipeline`].
-            output_path: write the dubbed video with the new audio (the source's own sound is not carried over) to
-                this mp4 as each chunk is decoded, so memory stays flat however long the video is; `frames` is then
-                None and `video_path` names the file.
-
-        Returns:
-            [`WanMultiTalkPipelineOutput`]: the frames (as long as the audio, or `max_frames`) and the mixed audio.
+            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or `str`, *optional*):
+                A still image to animate (or its path). Give `image` or `video`.
+            audio (`list` or a single entry, *optional*):
+                One entry per person, as for [`WanMultiTalkPipeline`]: paths, `(waveform, sampling_rate)` tuples,
+                dicts, precomputed wav2vec2 embeddings, or None for a silent listener.
+            prompt (`str`, *optional*) / negative_prompt (`str`, *optional*):
+                The prompt, and the prompt not to guide the video (defaults to the reference's).
+            video (`str`, `np.ndarray` or `list`, *optional*):
+                The video to dub: a path (any container/codec ffmpeg decodes; decoded as a stream), an array
+                `[frames, H, W, 3]` (uint8 or floats in [0, 1]) or a list of images. Each chunk is conditioned on the
+                source frame on screen at the chunk's start time (a 24 or 30 fps source stays in step with the 25 fps
+                output); when the audio outlasts the video its last frame is held (a warning says so). Its first frame
+                picks the size bucket and places the persons. Its own sound is not used: the output carries `audio`.
+            video_fps (`float`, *optional*):
+                The frame rate of an array or list `video` (25); files report their own.
+            audio_type (`str`, *optional*, defaults to `"add"`) / bbox (`list[list[float]]`, *optional*) /
+            face_scale (`float`, *optional*, defaults to 0.05):
+                As for [`WanMultiTalkPipeline`]; boxes are in the first frame's pixels. Without boxes two persons get
+                the left/right halves of the frame (the reference's default), for a video too.
+            resolution (`str`, *optional*, defaults to `"infinitetalk-480"`):
+                `"infinitetalk-480"` or `"infinitetalk-720"` (MultiTalk's bucket tables; `"multitalk-*"` too).
+            height (`int`, *optional*) / width (`int`, *optional*) / allow_upscale (`bool`, *optional*, defaults to
+            `False`):
+                As for [`WanMultiTalkPipeline`].
+            mode (`str`, *optional*):
+                None or `"auto"`: the whole audio, one clip when it fits in `num_frames`, else streaming;
+                `"streaming"`; or `"clip"` (one chunk of `num_frames`; longer audio is cut, with a warning). Audio
+                shorter than a chunk gives one chunk of the shortest 4n+1 length covering it.
+            num_frames (`int`, *optional*, defaults to 81):
+                Frames per chunk, 4n+1.
+            motion_frames (`int`, *optional*, defaults to 9):
+                The generated frames each later chunk continues from (InfiniteTalk's `--motion_frame`).
+            max_frames (`int`, *optional*):
+                A cap on the video's length in frames (the reference's `--max_frame_num`); a warning says how much
+                audio it cuts.
+            num_inference_steps (`int`, *optional*, defaults to 40) / shift (`float`, *optional*) / guidance_scale
+            (`float`, *optional*, defaults to 5.0) / audio_guidance_scale (`float`, *optional*, defaults to 4.0) /
+            num_videos_per_prompt (`int`, *optional*, defaults to 1) / use_apg / apg_momentum / apg_norm_threshold:
+                As for [`WanMultiTalkPipeline`] (InfiniteTalk uses shift 7 at 480P and 11 at 720P; the scheduler's own
+                shift when none is given).
+            color_correction_strength (`float`, *optional*, defaults to 1.0):
+                LAB colour matching of every chunk to the source's first frame (0 disables).
+            generator / latents / prompt_embeds / negative_prompt_embeds / max_sequence_length / output_type /
+            return_dict / callback_on_step_end / callback_on_step_end_tensor_inputs / attention_kwargs / dialogue /
+            dialogue_voices / tts_engine / normalize_loudness / text_guidance_scale:
+                As for [`WanMultiTalkPipeline`].
+            output_path (`str` or `os.PathLike`, *optional*):
+                Write the dubbed video with the new audio to this mp4 as each chunk is decoded (flat memory); `frames`
+                is then None and `video_path` names the file.
 
         Examples:
+
+        Returns:
+            [`WanMultiTalkPipelineOutput`] or `tuple`: the frames (as long as the audio, or `max_frames`) and the mixed
+            audio; with `return_dict=False` the tuple `(frames, audio)`.
         """
+        guidance_scale = self.resolve_guidance_scale(guidance_scale, text_guidance_scale)
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+
+        # 1. Check inputs. Raise error if not correct
         self.check_source_arguments(image, video)
         self.check_inputs(
-            image if image is not None else video,
-            audio,
-            prompt,
-            negative_prompt,
-            prompt_embeds,
-            negative_prompt_embeds,
-            audio_type,
-            bbox,
-            height,
-            width,
-            mode,
-            num_frames,
-            motion_frames,
-            max_frames,
-            num_inference_steps,
-            output_type,
-            callback_on_step_end_tensor_inputs,
-            dialogue,
-            dialogue_voices,
-            text_guidance_scale,
-            audio_guidance_scale,
-            output_path,
+            audio, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, audio_type=audio_type, bbox=bbox,
+            height=height, width=width, mode=mode, num_frames=num_frames, motion_frames=motion_frames,
+            max_frames=max_frames, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            audio_guidance_scale=audio_guidance_scale, num_videos_per_prompt=num_videos_per_prompt,
+            generator=generator, output_type=output_type, output_path=output_path,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, dialogue=dialogue,
+            dialogue_voices=dialogue_voices,
+        )  # fmt: skip
+        if dialogue is not None:
+            audio, audio_type, normalize_loudness = self.dialogue_audio(dialogue, dialogue_voices, tts_engine)
+        self.start_call(
+            guidance_scale, audio_guidance_scale, attention_kwargs, use_apg, apg_momentum, apg_norm_threshold
         )
-        video_source = self.open_source(image, video, video_fps)
-        try:
-            if dialogue is not None:
-                audio, audio_type, normalize_loudness = _dialogue_audio(dialogue, dialogue_voices, tts_engine)
-            shift = DEFAULT_SHIFT.get(str(resolution), 7.0) if shift is None else shift
-            self._interrupt = False
-            self._current_timestep = None
+        device = self._execution_device
 
-            # 1. Source, persons and audio (cheap checks first, then the audio encoder)
-            height, width = self.check_source_size(
-                video_source, video is not None, resolution, height, width, allow_upscale
+        source = None
+        try:
+            # 2. Open the source (the video to dub, or the image): the bucket of its first frame
+            source = self.prepare_source(
+                image, video, video_fps, resolution, height, width, allow_upscale, len(audio_entries(audio)), bbox
             )
-            first_frame = self.prepare_source_frame(video_source.first_frame, height, width)
-            source = InfiniteTalkSource(video_source, height, width, first_frame)
-            color_reference = first_frame.clone() if color_correction_strength > 0 else None
-            num_persons = len(_audio_entries(audio))
-            if video is not None and num_persons > 1 and bbox is None:
-                logger.warning(
-                    f"{num_persons} persons on a video without `bbox`: each is taken to stand in an equal vertical "
-                    "strip of the first frame (the reference's default); pass `bbox` (one [top, left, bottom, right] "
-                    "box per person, in the first frame's pixels) when they stand elsewhere."
-                )
-            frames, audio_out, video_path = self.generate_chunks(
-                source, video_source.size, (height, width), num_persons, color_reference,
-                audio=audio, audio_type=audio_type, normalize_loudness=normalize_loudness, bbox=bbox,
-                face_scale=face_scale, mode=mode, num_frames=num_frames, motion_frames=motion_frames,
-                max_frames=max_frames, prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative_prompt_embeds, max_sequence_length=max_sequence_length,
-                num_inference_steps=num_inference_steps, shift=shift, text_guidance_scale=text_guidance_scale,
-                audio_guidance_scale=audio_guidance_scale, use_apg=use_apg, apg_momentum=apg_momentum,
-                apg_norm_threshold=apg_norm_threshold, color_correction_strength=color_correction_strength,
-                output_type=output_type, callback_on_step_end=callback_on_step_end,
-                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, attention_kwargs=attention_kwargs,
-                generator=generator, latents=latents, output_path=output_path,
+            pixel_size = (source.height, source.width)
+            color_reference = source.first_frame.clone() if color_correction_strength > 0 else None
+
+            # 3. Where each person stands (boxes checked before any encoder runs), then encode the audio
+            person_masks = self.prepare_person_masks(
+                len(audio_entries(audio)), bbox, face_scale, source.video.size, pixel_size, device
+            )
+            audio_embeds, mixed_audio = self.encode_audio(
+                audio, audio_type, device, normalize_loudness=normalize_loudness
+            )
+
+            # 4. Encode input prompt
+            prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+                prompt, negative_prompt, self.do_text_guidance, 1, prompt_embeds, negative_prompt_embeds,
+                max_sequence_length, device, self.transformer.dtype,
             )  # fmt: skip
+
+            # 5. Plan the chunks and prepare timesteps
+            plan = self.plan_video(min(len(e) for e in audio_embeds), num_frames, motion_frames, max_frames, mode)
+            timesteps = self.set_chunk_timesteps(num_inference_steps, shift, device)
+            shape = self.latent_shape(plan, pixel_size)
+
+            # 6. Denoising loop: chunk after chunk, each continuing from the last frames of the one before
+            videos, audio_out = [], None
+            with self.progress_bar(total=num_videos_per_prompt * plan.num_chunks * len(timesteps)) as progress_bar:
+                for take in range(num_videos_per_prompt):
+                    take_generator = generator[take] if isinstance(generator, list) else generator
+                    take_latents = None if latents is None else latents[take : take + 1]
+                    chunked_audio = ChunkedAudio(audio_embeds, plan, motion_frames)
+                    previous_video = None
+                    with ChunkedVideo(
+                        plan, mixed_audio, output_type, output_path, FPS, self.vae_scale_factor_temporal
+                    ) as video_out:
+                        for chunk in chunked_audio:
+                            if plan.num_chunks > 1:
+                                progress_bar.set_description(f"chunk {chunk.index + 1}/{plan.num_chunks}")
+                            chunk_latents = self.prepare_latents(
+                                shape, take_generator, device, take_latents if chunk.is_first else None
+                            )
+                            conditioning = self.prepare_chunk_conditioning(
+                                source, chunk, previous_video, plan.chunk_frames, motion_frames, device
+                            )
+                            timesteps = self.set_chunk_timesteps(num_inference_steps, shift, device)
+                            chunk_latents = self.denoise_chunk(
+                                chunk_latents, conditioning, chunk, timesteps,
+                                chunked_audio.windows(chunk, device, self.transformer.dtype), prompt_embeds,
+                                negative_prompt_embeds, person_masks, take_generator, progress_bar,
+                                callback_on_step_end, callback_on_step_end_tensor_inputs,
+                            )  # fmt: skip
+                            previous_video = self.finish_chunk(
+                                chunk_latents,
+                                chunk,
+                                conditioning,
+                                video_out,
+                                color_reference,
+                                color_correction_strength,
+                            )
+                            if self.interrupt:  # the video ends with this chunk
+                                break
+                    video, audio_out = video_out.result()
+                    videos.append(video)
         finally:
-            video_source.close()
+            self.end_call()
+            if source is not None:
+                source.video.close()
+
+        # 7. Post-process
+        frames = self.postprocess(videos, output_type)
         if not return_dict:
             return (frames, audio_out)
-        return WanMultiTalkPipelineOutput(frames=frames, audio=audio_out, video_path=video_path)
+        return WanMultiTalkPipelineOutput(
+            frames=frames, audio=audio_out, video_path=output_path and os.fspath(output_path)
+        )
 
     def prepare_chunk_conditioning(
-        self, source: InfiniteTalkSource, chunk_index, audio_start, previous_video, num_frames, motion_frames, device
+        self, source: InfiniteTalkSource, chunk: Chunk, previous_video, num_frames, motion_frames, device
     ) -> ChunkConditioning:
         """InfiniteTalk's rule for a chunk: the source frame on screen at the chunk's start time (the image, for
         image-to-video) is the condition image: CLIP sees it and it alone is marked known in the VAE condition. The
         motion latents are the clean latents of that frame (first chunk) or of the last `motion_frames` generated
         frames (later chunks)."""
-        if chunk_index == 0:
+        if chunk.is_first:
             cond_image = source.first_frame
         else:
-            frame = source.video.frame_at(audio_start / FPS)
+            frame = source.video.frame_at(chunk.audio_start / FPS)
             cond_image = self.prepare_source_frame(frame, source.height, source.width)
         image_embeds = self.encode_image(cond_image, device)
         condition, _ = self.prepare_condition(cond_image, num_frames, 1, device)
-        if chunk_index == 0:
+        if chunk.is_first:
             motion_pixels, num_motion = cond_image, 1
         else:
             motion_pixels, num_motion = previous_video[:, :, -motion_frames:], motion_frames
-        return ChunkConditioning(image_embeds, condition, self.encode_motion_frames(motion_pixels, device), num_motion)
+        return ChunkConditioning(image_embeds, condition, self.encode_frames(motion_pixels, device), num_motion)
 
     def pin_motion_latents(self, latents: torch.Tensor, motion_latents: torch.Tensor) -> torch.Tensor:
         """InfiniteTalk keeps the chunk's leading latents at the clean motion latents before every forward pass and

@@ -1,4 +1,6 @@
-"""MultiTalk's sampler: its shifted flow-matching timesteps on diffusers' `FlowMatchEulerDiscreteScheduler`.
+"""Timesteps for the pipelines' chunk loop: MultiTalk's exact shifted schedule on diffusers'
+`FlowMatchEulerDiscreteScheduler` (the reference's sampler), and any other flow-matching scheduler of diffusers
+(UniPC or DPM++ with flow sigmas, FlowMatchHeun, ...) on its own schedule with the call's shift.
 
 The numbers follow the original MultiTalk implementation (MeiGen-AI/MultiTalk); the comments say where its
 conventions are unusual.
@@ -14,6 +16,10 @@ import torch
 
 
 __all__ = [
+    "check_flow_scheduler",
+    "scheduler_shift",
+    "scheduler_noise_level",
+    "set_chunk_timesteps",
     "multitalk_timesteps",
     "multitalk_sigmas",
     "make_multitalk_scheduler",
@@ -57,16 +63,16 @@ def make_multitalk_scheduler(
     device: Union[str, torch.device, None] = None,
     num_train_timesteps: int = 1000,
 ):
-    """A :class:`~diffusers.FlowMatchEulerDiscreteScheduler` configured for MultiTalk.
+    """A :class:`~diffusers.FlowMatchEulerDiscreteScheduler` configured for MultiTalk: its ``shift`` is MultiTalk's
+    (7 at 480P, 11 at 720P), used by the pipelines when a call gives none, and dynamic shifting is off.
 
-    The scheduler's own ``shift`` is 1.0 and dynamic shifting is off, so it never re-shifts the
-    sigmas; MultiTalk's ``shift`` is applied by :func:`set_multitalk_timesteps`, which is called here
-    when ``num_inference_steps`` is given (call it again per generation otherwise).
+    :func:`set_multitalk_timesteps` loads MultiTalk's exact schedule into it; it is called here when
+    ``num_inference_steps`` is given (the pipelines call it per chunk).
     """
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=num_train_timesteps, shift=1.0, use_dynamic_shifting=False
+        num_train_timesteps=num_train_timesteps, shift=float(shift), use_dynamic_shifting=False
     )
     if num_inference_steps is not None:
         set_multitalk_timesteps(scheduler, num_inference_steps, shift, device=device)
@@ -98,8 +104,8 @@ def set_multitalk_timesteps(
     ``scheduler.step(v, t, x).prev_sample == x + (sigma_next - sigma) * v``, the original's Euler
     step ``x - v * (t_i - t_{i+1}) / 1000``.
 
-    The scheduler's ``shift`` is set to 1.0 (``set_shift``) because ``set_timesteps`` applies its
-    shift to custom sigmas too. Schedulers configured with dynamic shifting, Karras/exponential/beta
+    The scheduler's ``shift`` is 1.0 (``set_shift``) while ``set_timesteps`` runs, because it applies its
+    shift to custom sigmas too; its own shift is restored afterwards. Schedulers configured with dynamic shifting, Karras/exponential/beta
     sigmas, inverted sigmas, a terminal stretch or stochastic sampling are rejected.
     """
     config = getattr(scheduler, "config", None)
@@ -115,13 +121,17 @@ def set_multitalk_timesteps(
     timesteps = multitalk_timesteps(num_inference_steps, shift, num_train_timesteps)
     sigmas = timesteps / num_train_timesteps
 
+    own_shift = scheduler.shift
     scheduler.set_shift(1.0)
     kwargs = {"sigmas": sigmas[:-1].numpy(), "device": device}
     params = inspect.signature(scheduler.set_timesteps).parameters
     pass_timesteps = "timesteps" in params
     if pass_timesteps:
         kwargs["timesteps"] = timesteps[:-1].numpy()
-    scheduler.set_timesteps(**kwargs)
+    try:
+        scheduler.set_timesteps(**kwargs)
+    finally:
+        scheduler.set_shift(own_shift)
     if not pass_timesteps:  # older diffusers: timesteps are sigmas * T there; use the original's values
         scheduler.timesteps = timesteps[:-1].to(device=scheduler.timesteps.device)
 
@@ -146,3 +156,92 @@ def add_noise_flow(x0: torch.Tensor, noise: torch.Tensor, sigma: Union[float, to
         if sigma.ndim == 1 and sigma.numel() > 1:
             sigma = sigma.view(sigma.shape + (1,) * (x0.ndim - 1))
     return (1 - sigma) * x0 + sigma * noise
+
+
+# Schedulers whose class name says flow matching; others qualify by predicting flow on flow sigmas (UniPC, DPM++).
+_FLOW_CLASS_PREFIX = "FlowMatch"
+
+
+def check_flow_scheduler(scheduler) -> None:
+    """Raises a TypeError/ValueError saying why `scheduler` cannot drive MultiTalk's DiT, if it cannot.
+
+    The DiT predicts a flow velocity, so the scheduler must be one of diffusers' flow-matching schedulers
+    (`FlowMatch*`) or a multistep solver configured for flow (`prediction_type="flow_prediction"`,
+    `use_flow_sigmas=True`: UniPC, DPM++). Dynamic shifting is refused: it needs a resolution-dependent `mu` that
+    MultiTalk does not define (give `shift` instead)."""
+    config = getattr(scheduler, "config", None)
+    if config is None or not hasattr(scheduler, "set_timesteps") or not hasattr(scheduler, "step"):
+        raise TypeError(f"expected a diffusers scheduler, got {type(scheduler).__name__}")
+    name = type(scheduler).__name__
+    is_flow = name.startswith(_FLOW_CLASS_PREFIX) or (
+        config.get("prediction_type") == "flow_prediction" and config.get("use_flow_sigmas", False)
+    )
+    if not is_flow:
+        raise TypeError(
+            f"{name} (prediction_type={config.get('prediction_type')!r}) is not a flow-matching scheduler: MultiTalk's "
+            "DiT predicts a flow velocity. Use FlowMatchEulerDiscreteScheduler (the reference's), FlowMatchHeun, or "
+            "UniPC / DPM++ with prediction_type='flow_prediction', use_flow_sigmas=True."
+        )
+    if config.get("use_dynamic_shifting", False):
+        raise ValueError(
+            f"{name} has use_dynamic_shifting=True, which needs a resolution-dependent `mu` that MultiTalk does not "
+            "define; build it with use_dynamic_shifting=False and give `shift`."
+        )
+
+
+def _shift_key(scheduler) -> str | None:
+    for key in ("flow_shift", "shift"):
+        if key in scheduler.config:
+            return key
+    return None
+
+
+def scheduler_shift(scheduler) -> float | None:
+    """The scheduler's own timestep shift (`shift` or `flow_shift`), or None if it has none."""
+    if hasattr(scheduler, "set_shift") and hasattr(scheduler, "shift"):
+        return float(scheduler.shift)
+    key = _shift_key(scheduler)
+    return None if key is None else float(scheduler.config[key])
+
+
+def _is_multitalk_euler(scheduler) -> bool:
+    """A plain FlowMatchEulerDiscreteScheduler: it runs MultiTalk's exact schedule (the parity path)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return isinstance(scheduler, FlowMatchEulerDiscreteScheduler) and not any(
+        scheduler.config.get(flag, None) for flag in _INCOMPATIBLE_SCHEDULER_FLAGS
+    )
+
+
+def set_chunk_timesteps(
+    scheduler, num_inference_steps: int, shift: float | None = None, device: Union[str, torch.device, None] = None
+) -> torch.Tensor:
+    """Sets `scheduler`'s timesteps for one chunk (and resets its step state); returns them.
+
+    A plain FlowMatchEulerDiscreteScheduler gets MultiTalk's exact schedule (`set_multitalk_timesteps`); any other
+    flow-matching scheduler its own `set_timesteps`, with `shift` as its `shift` / `flow_shift` for that call (the
+    scheduler's config is restored afterwards). `shift=None` keeps the scheduler's own shift."""
+    check_flow_scheduler(scheduler)
+    if _is_multitalk_euler(scheduler):
+        return set_multitalk_timesteps(
+            scheduler, num_inference_steps, scheduler_shift(scheduler) if shift is None else shift, device=device
+        )
+    key = _shift_key(scheduler)
+    if shift is None or key is None:
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        return scheduler.timesteps
+    own = scheduler.config[key]
+    scheduler.register_to_config(**{key: float(shift)})
+    try:
+        scheduler.set_timesteps(num_inference_steps, device=device)
+    finally:
+        scheduler.register_to_config(**{key: own})
+    return scheduler.timesteps
+
+
+def scheduler_noise_level(scheduler) -> torch.Tensor:
+    """The noise level (sigma) of the sample the scheduler holds now: `sigmas[step_index]` (the first sigma before
+    any step). After `step`, this is the level the sample moved to, for first- and second-order schedulers alike:
+    the level at which the pinned motion latents are re-noised."""
+    index = getattr(scheduler, "step_index", None)
+    return scheduler.sigmas[0 if index is None else index]

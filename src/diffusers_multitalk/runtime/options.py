@@ -69,7 +69,7 @@ GENERATE_DEFAULTS = dict(
 # The options a preset's sampling settings fill in, and the values that count as "not given".
 _PRESET_OPTIONS = {
     "num_inference_steps": ("sample_steps", None),
-    "text_guidance_scale": ("sample_text_guide_scale", 5.0),
+    "guidance_scale": ("sample_text_guide_scale", 5.0),
     "audio_guidance_scale": ("sample_audio_guide_scale", 4.0),
     "shift": ("sample_shift", None),
 }

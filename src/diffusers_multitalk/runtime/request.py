@@ -63,7 +63,7 @@ def build_generation_kwargs(args: Namespace, input_data: dict) -> dict:
         max_frames=args.max_frame_num,
         num_inference_steps=args.sample_steps if args.sample_steps is not None else DEFAULT_SAMPLE_STEPS,
         shift=float(args.sample_shift) if args.sample_shift is not None else DEFAULT_SHIFT[args.size],
-        text_guidance_scale=float(args.sample_text_guide_scale),
+        guidance_scale=float(args.sample_text_guide_scale),
         audio_guidance_scale=float(args.sample_audio_guide_scale),
         use_apg=bool(args.use_apg),
         apg_momentum=float(args.apg_momentum),
