@@ -34,8 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from . import runtime
 from .pipelines.pipeline_wan_multitalk import DEFAULT_NEGATIVE_PROMPT
 from .utils.defaults import random_seed
@@ -384,7 +382,6 @@ def generate_video(
         )
     try:
         pipe.check_inputs(
-            image=image if video is None else np.zeros((*source_size, 3), np.uint8),
             audio=audio,
             prompt=prompt,
             negative_prompt=negative_prompt,
