@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from diffusers_multitalk import cli, runtime
-from diffusers_multitalk.runtime.options import is_infinitetalk
+from diffusers_multitalk.runtime.options import variant_of_options
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ README_COMMANDS = [
     ("480P", f"{BASE} --input_json x.json --size infinitetalk-480 --sample_steps 40 --mode streaming --motion_frame 9 "
      "--save_file infinitetalk_res", VIDEO, {}, set()),
     ("720P", f"{BASE} --input_json x.json --size infinitetalk-720 --sample_steps 40 --mode streaming --motion_frame 9 "
-     "--save_file infinitetalk_res_720p", VIDEO, {"resolution": "infinitetalk-720", "shift": 11.0}, set()),
+     "--save_file infinitetalk_res_720p", VIDEO, {"resolution": "multitalk-720", "shift": 11.0}, set()),
     ("low VRAM", f"{BASE} --input_json x.json --size infinitetalk-480 --sample_steps 40 --num_persistent_param_in_dit 0 "
      "--mode streaming --motion_frame 9 --save_file infinitetalk_res_lowvram", VIDEO, {}, set()),
     ("image to video, motion frame default", f"{BASE} --input_json x.json --size infinitetalk-480 --mode streaming",
@@ -45,7 +45,8 @@ README_COMMANDS = [
      {}, set()),
 ]  # fmt: skip
 
-DEFAULTS = dict(resolution="infinitetalk-480", mode="streaming", num_frames=81, motion_frames=9, max_frames=None,
+# `resolution` is the size's bucket table (the registry's `Size.buckets`): InfiniteTalk's sizes use MultiTalk's.
+DEFAULTS = dict(resolution="multitalk-480", mode="streaming", num_frames=81, motion_frames=9, max_frames=None,
                 num_inference_steps=40, shift=7.0, guidance_scale=5.0, audio_guidance_scale=4.0, bbox=None)  # fmt: skip
 
 
@@ -60,7 +61,7 @@ def test_infinitetalk_readme_commands_map_to_pipeline_kwargs(name, flags, data, 
     from diffusers_multitalk.pipelines.pipeline_wan_infinitetalk import WanInfiniteTalkPipeline
 
     args = parse(flags)
-    assert is_infinitetalk(args, data)
+    assert variant_of_options(args, data).task == "infinitetalk-14B"
     kwargs = runtime.build_generation_kwargs(args, data)
     for key, value in {**DEFAULTS, **changed}.items():
         assert kwargs[key] == value, (name, key)
@@ -128,7 +129,7 @@ def test_tiny_dub_is_as_long_as_its_new_audio(tmp_path):
 def test_download_plan_fetches_infinitetalk_adapters(tmp_path):
     from diffusers_multitalk.cli import download
 
-    plan = download.download_plan(tmp_path, "infinitetalk-480", infinitetalk=True)
+    plan = download.download_plan(tmp_path, "infinitetalk-480")  # the size's model comes with its weights
     assert plan[0]["repo_id"] == "Wan-AI/Wan2.1-I2V-14B-480P"  # InfiniteTalk runs on the 480P base at both sizes
     step = next(s for s in plan if s["repo_id"] == "MeiGen-AI/InfiniteTalk")
     assert step["local_dir"] == tmp_path / "InfiniteTalk"

@@ -14,6 +14,7 @@ from diffusers_multitalk import WanInfiniteTalkPipeline
 from diffusers_multitalk.pipelines.video_input import frame_index_at, open_source_video
 from diffusers_multitalk.pipelines.video_io import get_ffmpeg_exe
 from diffusers_multitalk.tiny import TINY_AUDIO_CHANNELS, TINY_AUDIO_LAYERS, make_tiny_components
+from diffusers_multitalk.variants import get_size
 
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -409,7 +410,8 @@ def test_teacache_with_infinitetalk_sizes_skips_and_restarts_every_chunk(pipe):
         kwargs = dict(video=video, num_inference_steps=8, guidance_scale=1.0, output_type="latent")
         uncached = run(pipe, [embedding(9)], **kwargs).frames
         uncached_calls, calls[:] = len(calls), []
-        pipe.transformer.enable_teacache(threshold=1e12, resolution="infinitetalk-480")
+        size = get_size("infinitetalk-480")  # the registry gives the hooks a size's coefficients
+        pipe.transformer.enable_teacache(threshold=1e12, coefficients=size.teacache_coefficients)
         one_chunk = run(pipe, [embedding(9)], **kwargs).frames
         one_chunk_calls, calls[:] = len(calls), []
         run(pipe, [embedding(13)], mode="streaming", **kwargs)  # two chunks

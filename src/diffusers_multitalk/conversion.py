@@ -1,5 +1,5 @@
-"""The official MultiTalk (or InfiniteTalk) download folders -> one diffusers pipeline folder (`from_pretrained`,
-Hub-ready).
+"""The official download folders of a model (MultiTalk's, or another entry's of the variant registry) -> one diffusers
+pipeline folder (`from_pretrained`, Hub-ready).
 
     from diffusers_multitalk.conversion import convert_original_to_diffusers
 
@@ -14,14 +14,15 @@ Hub-ready).
         output_dir="weights/InfiniteTalk-480P-diffusers", dtype=torch.bfloat16,
     )
 
-The result is `WanMultiTalkPipeline.save_pretrained` (or `WanInfiniteTalkPipeline`'s) output (`model_index.json`, one folder per component, safetensors
-shards with their index) plus a model card (`README.md`), a conversion report (`conversion_report.json`) and the
-reviewed remote-code files of the repository's top-level `pipelines/` folder (installed with the package as
+The result is the model's pipeline's `save_pretrained` output (`model_index.json`, one folder per component,
+safetensors shards with their index) plus a model card (`README.md`), a conversion report (`conversion_report.json`)
+and the reviewed remote-code files of the repository's top-level `pipelines/` folder (installed with the package as
 `diffusers_multitalk/remote_code/`), so that
 `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` loads it in a process that never imported the
 package. See `diffusers_multitalk.pipelines.model_index` for how each loading route resolves the classes.
 
-This module sits above the pipelines (it builds, saves and reloads a `WanMultiTalkPipeline`), beside the runtime: the
+This module sits above the pipelines (it builds, saves and reloads a pipeline) and the variant registry (what differs
+between models: their folders' check, weights keywords, model card and report sources), beside the runtime: the
 loaders below it only read the original checkpoints.
 
 Nothing is written until everything has been checked; the folder is built next to `output_dir` under a temporary
@@ -30,6 +31,7 @@ name, verified by reloading every component and comparing its parameters, and on
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -41,12 +43,12 @@ from pathlib import Path
 import torch
 
 from .loaders.original_folders import (
-    MULTITALK_REPO,
     WAN_REPO,
     WAN_REPO_720,
     WAV2VEC_REPO,
     check_original_folders,
 )
+from .variants import DEFAULT_VARIANT, VARIANTS, WEIGHTS_OPTIONS, Variant, get_variant, variant_of_pipeline
 
 
 __all__ = [
@@ -70,52 +72,16 @@ _DTYPES = {
     "fp32": torch.float32,
     "float": torch.float32,
 }
-# What each component is made of, for the model card and the report.
+# What each component is made of, for the model card and the report: the parts every model shares (each model's
+# transformer and scheduler texts are its registry entry's, `Converter.sources`).
 _SOURCES = {
-    "transformer": "{wan}/diffusion_pytorch_model-*.safetensors (Wan2.1-I2V DiT) + {multitalk}/multitalk.safetensors "
-    "(audio adapter), keys renamed to diffusers' Wan names",
     "text_encoder": "{wan}/models_t5_umt5-xxl-enc-bf16.pth (Wan's umT5-XXL encoder) -> transformers UMT5EncoderModel",
     "image_encoder": "{wan}/models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth, vision tower (visual.*) only -> "
     "transformers CLIPVisionModel",
     "vae": "{wan}/Wan2.1_VAE.pth -> diffusers AutoencoderKLWan",
     "tokenizer": "{wan}/google/umt5-xxl",
-    "scheduler": "MultiTalk's flow-matching schedule (FlowMatchEulerDiscreteScheduler, shift applied per call)",
     "audio_encoder": "{wav2vec} (transformers Wav2Vec2Model)",
     "audio_feature_extractor": "{wav2vec} (Wav2Vec2FeatureExtractor)",
-}
-_INFINITETALK_SOURCES = {
-    "transformer": "{wan}/diffusion_pytorch_model-*.safetensors (Wan2.1-I2V DiT) + {infinitetalk} (InfiniteTalk's "
-    "audio adapter, over the Wan shards), keys renamed to diffusers' Wan names",
-    "transformer_dit_path": "{dit} (a full InfiniteTalk DiT checkpoint, its state_dict) with {wan}/config.json, keys "
-    "renamed to diffusers' Wan names",
-    "scheduler": "InfiniteTalk's flow-matching schedule (MultiTalk's: FlowMatchEulerDiscreteScheduler, shift applied "
-    "per call)",
-}
-# What differs between the model cards of the two pipelines.
-_CARDS = {
-    "WanMultiTalkPipeline": dict(
-        name="MultiTalk",
-        repo=MULTITALK_REPO,
-        tags=["multitalk"],
-        intro="""[MultiTalk](https://github.com/MeiGen-AI/MultiTalk) ("Let Them Talk": audio-driven multi-person
-conversational video, built on Wan2.1-I2V-14B) converted to the diffusers format, for the `WanMultiTalkPipeline` of
-diffusers-multitalk.""",
-        call='out = pipe(image="podcast.png", audio=["host.wav", "guest.wav"], prompt="Two people talk in a studio.")',
-        video="podcast.mp4",
-        adapter="`multitalk.safetensors`, the audio adapter (audio_proj, per-block audio cross-attention and norms)",
-    ),
-    "WanInfiniteTalkPipeline": dict(
-        name="InfiniteTalk",
-        repo=None,  # INFINITETALK_REPO, imported with the loaders
-        tags=["infinitetalk", "video-to-video", "dubbing"],
-        intro="""[InfiniteTalk](https://github.com/MeiGen-AI/InfiniteTalk) (audio-driven video dubbing and
-image-to-video of unlimited length, MultiTalk's successor on Wan2.1-I2V-14B) converted to the diffusers format, for
-the `WanInfiniteTalkPipeline` of diffusers-multitalk: it dubs a video (lips, head and body follow the new speech) or
-animates a photo for as long as the audio lasts.""",
-        call='out = pipe(video="interview.mp4", audio="new_voice.wav", prompt="A man talks to the camera.")',
-        video="dubbed.mp4",
-        adapter="the audio adapter and DiT weights InfiniteTalk trains",
-    ),
 }
 
 
@@ -251,12 +217,9 @@ def model_card(report: dict, repo_id: str | None = None) -> str:
     usage for both loading routes and what was converted from what."""
     from huggingface_hub import ModelCardData
 
-    pipeline = report.get("pipeline_class", "WanMultiTalkPipeline")
-    card = dict(_CARDS[pipeline])
-    if card["repo"] is None:
-        from .loaders.infinitetalk import INFINITETALK_REPO
-
-        card["repo"] = INFINITETALK_REPO
+    pipeline = report.get("pipeline_class", DEFAULT_VARIANT.pipeline_class_name)
+    variant = variant_of_pipeline(pipeline)
+    card = dict(dataclasses.asdict(variant.converter.card), name=variant.name)
     data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="image-to-video",
@@ -307,7 +270,7 @@ pipe = DiffusionPipeline.from_pretrained("{where}", trust_remote_code=True, dtyp
         if remote_files
         else "This folder ships no remote code: import diffusers-multitalk to load it.\n\n"
     )
-    adapter = _card_adapter_line(report, card)
+    adapter = _card_adapter_line(report, variant)
     body = f"""
 # {card["name"]} ({Path(report["sources"]["wan_dir"]).name}) for diffusers
 
@@ -355,16 +318,10 @@ Every component was reloaded after saving and compared with the converted weight
     return f"---\n{data.to_yaml()}\n---\n{body}"
 
 
-def _card_adapter_line(report: dict, card: dict) -> str:
-    """The model card's bullet for the weights over Wan's (MultiTalk's adapter, InfiniteTalk's file or full DiT)."""
-    link = f"[{card['repo']}](https://huggingface.co/{card['repo']}) (Apache-2.0)"
-    sources = report["sources"]
-    if sources.get("dit_path"):
-        return f"{link}: `{Path(sources['dit_path']).name}`, a full {card['name']} DiT checkpoint (`--dit_path`)"
-    if sources.get("infinitetalk_file"):
-        file = Path(sources["infinitetalk_file"])
-        return f"{link}: `{file.parent.name}/{file.name}`, {card['adapter']}"
-    return f"{link}: {card['adapter']}"
+def _card_adapter_line(report: dict, variant: Variant) -> str:
+    """The model card's bullet for the model's own weights (its entry's `Converter.adapter_line`)."""
+    repo = variant.converter.card.repo
+    return f"[{repo}](https://huggingface.co/{repo}) (Apache-2.0): {variant.converter.adapter_line(report['sources'])}"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -409,9 +366,7 @@ def convert_original_to_diffusers(
     remote_code: bool = True,
     private: bool | None = None,
     token: str | None = None,
-    infinitetalk_dir=None,
-    dit_path=None,
-    **aliases,
+    **weights,
 ) -> dict:
     """Converts the official folders into one diffusers pipeline folder; returns the conversion report.
 
@@ -430,38 +385,36 @@ def convert_original_to_diffusers(
             peak memory is the pipeline plus its largest component).
         remote_code: also ship the reviewed remote-code files (the top-level `pipelines/`) and name
             them in the model index (see `diffusers_multitalk.pipelines.model_index`).
-        infinitetalk_dir / dit_path: convert InfiniteTalk instead (`convert_infinitetalk_to_diffusers`): its
-            `single/` or `multi/infinitetalk.safetensors` (or the `InfiniteTalk/` folder, meaning `single/`), or a full
-            DiT checkpoint; not with `multitalk_dir`.
-        aliases: `dtype=` and `lora_dir=` (the `multitalk convert` flag names) for `torch_dtype` / `lora_path`;
-            `infinitetalk_file=` for `infinitetalk_dir`.
+        weights: another model's weights, by its flag names or its `from_original` keywords (the variant registry's
+            `Variant.weights`): converts that model instead, e.g. `infinitetalk_dir=` (InfiniteTalk's `single/` or
+            `multi/infinitetalk.safetensors`, or the `InfiniteTalk/` folder, meaning `single/`; also
+            `infinitetalk_file=`) or `dit_path=` (a full DiT checkpoint); not with `multitalk_dir`. Also `dtype=` and
+            `lora_dir=` (the `multitalk convert` flag names) for `torch_dtype` / `lora_path`.
 
     The report (also saved as `conversion_report.json`) lists, per component, its class, source, tensor count,
     parameter count, dtypes, files and bytes, plus the verification result and, after a push, the repo URL.
     """
-    from .pipelines.pipeline_wan_multitalk import WanMultiTalkPipeline
-
-    for alias, name in (("dtype", "torch_dtype"), ("lora_dir", "lora_path"), ("infinitetalk_file", "infinitetalk_dir")):
-        if alias in aliases:
-            value = aliases.pop(alias)
-            if value is not None:
-                if name == "torch_dtype":
-                    torch_dtype = value
-                elif name == "infinitetalk_dir":
-                    if infinitetalk_dir is not None:
-                        raise TypeError("Pass infinitetalk_dir or infinitetalk_file, not both.")
-                    infinitetalk_dir = value
-                elif lora_path is not None:
-                    raise TypeError("Pass lora_path or lora_dir, not both.")
-                else:
-                    lora_path = value
-    if aliases:
-        raise TypeError(f"Unexpected arguments: {sorted(aliases)}")
-    common = dict(
+    for alias, name in (("dtype", "torch_dtype"), ("lora_dir", "lora_path")):
+        value = weights.pop(alias, None)
+        if value is None:
+            continue
+        if name == "torch_dtype":
+            torch_dtype = value
+        elif lora_path is not None:
+            raise TypeError("Pass lora_path or lora_dir, not both.")
+        else:
+            lora_path = value
+    variant, given = _asked_model(multitalk_dir, weights)
+    return _convert(
+        variant,
+        wan_dir,
+        given,
+        wav2vec_dir,
         output_dir=output_dir,
         torch_dtype=torch_dtype,
         lora_path=lora_path,
         lora_scale=lora_scale,
+        force=force,
         push_to_hub=push_to_hub,
         max_shard_size=max_shard_size,
         verify=verify,
@@ -469,43 +422,34 @@ def convert_original_to_diffusers(
         private=private,
         token=token,
     )
-    if infinitetalk_dir is not None or dit_path is not None:
-        if multitalk_dir is not None:
-            given = "infinitetalk_dir (--infinitetalk_dir)" if infinitetalk_dir is not None else "dit_path (--dit_path)"
-            raise ValueError(
-                f"multitalk_dir (--multitalk_dir) and {given} exclude each other: pass --multitalk_dir to convert "
-                "MultiTalk, --infinitetalk_dir (or --dit_path) to convert InfiniteTalk."
-            )
-        return convert_infinitetalk_to_diffusers(
-            wan_dir, infinitetalk_dir, wav2vec_dir, dit_path=dit_path, force=force, **common
-        )
-    if output_dir is None:
-        raise TypeError("output_dir is required.")
-    torch_dtype = _dtype(torch_dtype)
-    output_dir = Path(output_dir).expanduser()
-    wan_dir = Path(wan_dir).expanduser()
-    sources = [p for p in (wan_dir, multitalk_dir, wav2vec_dir, lora_path) if p is not None]
-    _check_output(output_dir, force, [Path(p).expanduser() for p in sources])
-    problems = check_original_folders(wan_dir, multitalk_dir, wav2vec_dir)
-    _raise_problems(problems, lora_path)
 
-    pipe = WanMultiTalkPipeline.from_original(wan_dir, multitalk_dir, wav2vec_dir, torch_dtype=torch_dtype)
-    names = {
-        "wan": wan_dir.name,
-        "multitalk": Path(multitalk_dir).name if multitalk_dir is not None else wan_dir.name,
-        "wav2vec": Path(wav2vec_dir).name,
-    }
-    sources = {"multitalk_dir": str(Path(multitalk_dir).resolve()) if multitalk_dir is not None else None}
-    return _write_converted(
-        pipe,
-        "convert_original_to_diffusers",
-        wan_dir,
-        wav2vec_dir,
-        sources,
-        _SOURCES,
-        names,
-        **{**common, "output_dir": output_dir, "torch_dtype": torch_dtype},
-    )
+
+def _asked_model(multitalk_dir, weights: dict) -> tuple[Variant, dict]:
+    """The model whose weights `convert_original_to_diffusers` was given (the default one when none) and those
+    weights by flag name; refuses unknown keywords and two models' weights."""
+    given = {}
+    for option in WEIGHTS_OPTIONS:
+        values = {key: weights.pop(key) for key in {option.name, option.keyword} if key in weights}
+        values = {key: value for key, value in values.items() if value is not None}
+        if len(values) > 1:
+            raise TypeError(f"Pass {option.name} or {option.keyword}, not both.")
+        if values:
+            given[option.name] = next(iter(values.values()))
+    if multitalk_dir is not None:
+        given["multitalk_dir"] = multitalk_dir
+    if weights:
+        raise TypeError(f"Unexpected arguments: {sorted(weights)}")
+    asked = [variant for variant in VARIANTS if any(o.name in given for o in variant.weights)]
+    if len(asked) > 1:
+        named = " and ".join(f"{o.name} ({o.flag})" for o in WEIGHTS_OPTIONS if o.name in given)
+        ways = ", ".join(f"{_flags(v)} to convert {v.name}" for v in asked)
+        raise ValueError(f"{named} exclude each other: pass {ways}.")
+    return (asked[0] if asked else DEFAULT_VARIANT), given
+
+
+def _flags(variant: Variant) -> str:
+    first, *others = (option.flag for option in variant.weights)
+    return f"{first} (or {', '.join(others)})" if others else first
 
 
 def convert_infinitetalk_to_diffusers(
@@ -515,6 +459,30 @@ def convert_infinitetalk_to_diffusers(
     output_dir=None,
     torch_dtype: torch.dtype | str = torch.bfloat16,
     dit_path=None,
+    **kwargs,
+) -> dict:
+    """InfiniteTalk's downloads -> one diffusers `WanInfiniteTalkPipeline` folder; returns the conversion report:
+    `convert_original_to_diffusers` for the registry's InfiniteTalk entry (its other keywords are taken too).
+
+    `infinitetalk_file` is MeiGen-AI/InfiniteTalk's `single/infinitetalk.safetensors` (one person) or
+    `multi/infinitetalk.safetensors` (several), or the `InfiniteTalk/` folder (then `single/`), loaded over `wan_dir`'s
+    DiT shards; or `dit_path` is a full DiT checkpoint (the reference's `--dit_path`) used instead of both. Every
+    missing file is named before anything loads.
+    """
+    variant = get_variant("infinitetalk-14B")
+    weights = {"infinitetalk_dir": infinitetalk_file, "dit_path": dit_path}
+    weights = {name: value for name, value in weights.items() if value is not None}
+    return _convert(variant, wan_dir, weights, wav2vec_dir, output_dir=output_dir, torch_dtype=torch_dtype, **kwargs)
+
+
+def _convert(
+    variant: Variant,
+    wan_dir,
+    weights: dict,
+    wav2vec_dir,
+    *,
+    output_dir,
+    torch_dtype,
     lora_path=None,
     lora_scale: float = 1.0,
     force: bool = False,
@@ -525,54 +493,29 @@ def convert_infinitetalk_to_diffusers(
     private: bool | None = None,
     token: str | None = None,
 ) -> dict:
-    """InfiniteTalk's downloads -> one diffusers `WanInfiniteTalkPipeline` folder; returns the conversion report.
-
-    `infinitetalk_file` is MeiGen-AI/InfiniteTalk's `single/infinitetalk.safetensors` (one person) or
-    `multi/infinitetalk.safetensors` (several), or the `InfiniteTalk/` folder (then `single/`), loaded over `wan_dir`'s
-    DiT shards; or `dit_path` is a full DiT checkpoint (the reference's `--dit_path`) used instead of both. Every
-    missing file is named before anything loads (`infinitetalk_problems`). The rest is as for
-    `convert_original_to_diffusers`: written under a temporary name, verified by reloading every component and
-    comparing it with the original-layout load (`WanInfiniteTalkPipeline.from_original`), renamed into place, with a
-    model card, `conversion_report.json` and the reviewed remote code (`pipeline_wan_infinitetalk.py`).
-    """
-    from .loaders.infinitetalk import infinitetalk_problems, resolve_infinitetalk_file
-    from .pipelines.pipeline_wan_infinitetalk import WanInfiniteTalkPipeline
-
+    """One model's conversion: checks the output folder and every source file (the entry's `check_folders`)
+    before anything loads, builds the pipeline with `from_original` and writes it (`_write_converted`)."""
     if output_dir is None:
         raise TypeError("output_dir is required.")
     torch_dtype = _dtype(torch_dtype)
     output_dir = Path(output_dir).expanduser()
     wan_dir = Path(wan_dir).expanduser()
-    if dit_path is not None:
-        infinitetalk_file = None  # a full checkpoint holds every DiT weight (as in from_original)
-    sources = [p for p in (wan_dir, infinitetalk_file, dit_path, wav2vec_dir, lora_path) if p is not None]
+    sources = [p for p in (wan_dir, *weights.values(), wav2vec_dir, lora_path) if p is not None]
     _check_output(output_dir, force, [Path(p).expanduser() for p in sources])
-    _raise_problems(infinitetalk_problems(wan_dir, infinitetalk_file, wav2vec_dir, dit_path), lora_path)
+    _raise_problems(variant.check_folders(wan_dir, wav2vec_dir, weights), lora_path)
 
-    pipe = WanInfiniteTalkPipeline.from_original(
-        wan_dir, infinitetalk_file, wav2vec_dir, torch_dtype=torch_dtype, dit_path=dit_path
+    pipe = variant.pipeline_class.from_original(
+        wan_dir, wav2vec_dir=wav2vec_dir, dtype=torch_dtype, **variant.from_original_kwargs(weights)
     )
-    file = resolve_infinitetalk_file(infinitetalk_file) if infinitetalk_file is not None else None
-    names = {
-        "wan": wan_dir.name,
-        "infinitetalk": f"{file.parent.name}/{file.name}" if file is not None else None,
-        "dit": Path(dit_path).name if dit_path is not None else None,
-        "wav2vec": Path(wav2vec_dir).name,
-    }
-    texts = {**_SOURCES, **_INFINITETALK_SOURCES}
-    if dit_path is not None:
-        texts["transformer"] = texts["transformer_dit_path"]
-    sources = {
-        "infinitetalk_file": str(file.resolve()) if file is not None else None,
-        "dit_path": str(Path(dit_path).resolve()) if dit_path is not None else None,
-    }
+    described = variant.converter.sources(wan_dir, weights)
+    names = {"wan": wan_dir.name, **described.names, "wav2vec": Path(wav2vec_dir).name}
     return _write_converted(
         pipe,
-        "convert_infinitetalk_to_diffusers",
+        variant,
         wan_dir,
         wav2vec_dir,
-        sources,
-        texts,
+        described.report,
+        {**_SOURCES, **described.texts},
         names,
         output_dir=output_dir,
         torch_dtype=torch_dtype,
@@ -597,7 +540,7 @@ def _raise_problems(problems: list[str], lora_path) -> None:
 
 def _write_converted(
     pipe,
-    converter: str,
+    variant: Variant,
     wan_dir: Path,
     wav2vec_dir,
     model_sources: dict,
@@ -616,12 +559,11 @@ def _write_converted(
     token,
 ) -> dict:
     """Fuses the LoRA, writes the pipeline under a temporary name beside `output_dir`, reports, verifies, writes the
-    model card, renames it into place and pushes it: the part both conversions share."""
+    model card, renames it into place and pushes it: the part every model's conversion shares."""
     from .pipelines.model_index import package_model_index
 
     if lora_path is not None:
         _fuse_lora(pipe, Path(lora_path), lora_scale)
-    card_name = _CARDS[type(pipe).__name__]["name"]
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:8]
@@ -638,7 +580,7 @@ def _write_converted(
             "format": "diffusers-multitalk conversion report",
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "pipeline_class": type(pipe).__name__,
-            "converter": converter,
+            "converter": variant.converter.function,
             "torch_dtype": _dtype_name(torch_dtype),
             "sources": {
                 "wan_dir": str(wan_dir.resolve()),
@@ -675,7 +617,7 @@ def _write_converted(
             repo_id=repo_id,
             folder_path=str(output_dir),
             repo_type="model",
-            commit_message=f"{card_name} for diffusers ({report['torch_dtype']}), converted by diffusers-multitalk",
+            commit_message=f"{variant.name} for diffusers ({report['torch_dtype']}), converted by diffusers-multitalk",
         )
         report["hub"] = {"repo_id": repo_id, "url": str(url), "commit": str(getattr(commit, "commit_url", commit))}
     return report

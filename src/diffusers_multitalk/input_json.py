@@ -312,11 +312,13 @@ def validate_input(
         elif "tts_audio" not in data:
             problems.append((["tts_audio"], "missing (required with --audio_mode tts)"))
 
-        # --- the image, or InfiniteTalk's video (or image) to animate
+        # --- the image, or the video (or image) a dubbing model animates
         image = data.get("cond_image")
         image_size = None
         if "cond_image" in data and "cond_video" in data:
-            problems.append((["cond_video"], "give cond_image (MultiTalk) or cond_video (InfiniteTalk), not both"))
+            problems.append(
+                (["cond_video"], "give cond_image (an image to animate) or cond_video (a video to dub), not both")
+            )
         elif "cond_image" not in data and "cond_video" not in data:
             problems.append((["cond_image"], "missing: give cond_image (an image) or cond_video (a video to dub)"))
         video = data.get("cond_video")

@@ -124,8 +124,8 @@ def make_tiny_components(seed: int = 0) -> dict:
 
 
 def make_tiny_pipeline(seed: int = 0, pipeline_class=None):
-    """A `WanMultiTalkPipeline` (or `pipeline_class`, e.g. `WanInfiniteTalkPipeline`, which takes the same
-    components) with tiny random components (CPU-friendly, no downloads, noise-like output)."""
+    """A `WanMultiTalkPipeline` (or `pipeline_class`: any model's, `variants.get_variant(task).pipeline_class`,
+    which takes the same components) with tiny random components (CPU-friendly, no downloads, noise-like output)."""
     if pipeline_class is None:
         from .pipelines.pipeline_wan_multitalk import WanMultiTalkPipeline as pipeline_class
 

@@ -9,15 +9,9 @@ from pathlib import Path
 
 from ..loaders.original_folders import (
     DIT_INDEX,
-    INFINITETALK_ALLOW_PATTERNS,
-    INFINITETALK_REPO,
-    MULTITALK_ALLOW_PATTERNS,
     MULTITALK_FILE,
-    MULTITALK_REPO,
     WAN_ALLOW_PATTERNS,
     WAN_CLIP_CHECKPOINT,
-    WAN_REPO,
-    WAN_REPO_720,
     WAN_T5_CHECKPOINT,
     WAN_UMT5_TOKENIZER_DIR,
     WAN_VAE_CHECKPOINT,
@@ -29,15 +23,7 @@ from ..loaders.original_folders import (
 from ..runtime.errors import PROG, UserError, note
 from ..runtime.folders import inspect_wan_dir, inspect_wav2vec_dir
 from ..runtime.hub import hub_error
-
-
-# InfiniteTalk's README runs both of its sizes on the 480P base.
-WAN_REPOS = {
-    "multitalk-480": WAN_REPO,
-    "multitalk-720": WAN_REPO_720,
-    "infinitetalk-480": WAN_REPO,
-    "infinitetalk-720": WAN_REPO,
-}
+from ..variants import DEFAULT_VARIANT, VARIANTS, Variant, get_size, variant_for_size
 
 
 WAN_INDEX = DIT_INDEX
@@ -61,29 +47,36 @@ KOKORO_REPO = "hexgrad/Kokoro-82M"
 KOKORO_ALLOW_PATTERNS = ["config.json", "kokoro-v1_0.pth", "voices/*.pt"]
 
 
+def _variant_step(target: Path, variant: Variant) -> dict:
+    download = variant.download
+    return dict(
+        repo_id=download.repo_id,
+        local_dir=target / download.folder,
+        allow_patterns=list(download.allow_patterns),
+        revision=None,
+    )
+
+
 def download_plan(
     target: str | os.PathLike,
-    size: str = "multitalk-480",
+    size: str = DEFAULT_VARIANT.sizes[0].name,
     link: bool = True,
     tts: bool = False,
-    infinitetalk: bool = False,
+    variants: tuple[Variant, ...] = (),
 ) -> list[dict]:
-    """The snapshot_download calls ``download`` makes: ``[{repo_id, local_dir, allow_patterns, revision}, ...]``.
+    """The snapshot_download calls ``download`` makes: ``[{repo_id, local_dir, allow_patterns, revision}, ...]``:
+    the size's Wan base, MultiTalk's weights (the default model's, linked into it), wav2vec2, then the weights of the
+    size's model and of `variants` (their `Variant.download`), then Kokoro with `tts`.
 
     When MultiTalk's index is linked into the Wan folder (the default), Wan's own index is not fetched: MultiTalk's
     replaces it (the README renames Wan's away), and re-running the download must not overwrite the link.
     """
     target = Path(target)
-    wan_repo = WAN_REPOS[size]
+    wan_repo = get_size(size).wan_repo
     wan_patterns = list(WAN_ALLOW_PATTERNS) + ([] if link else [WAN_INDEX])
     plan = [
         dict(repo_id=wan_repo, local_dir=target / wan_repo.split("/")[1], allow_patterns=wan_patterns, revision=None),
-        dict(
-            repo_id=MULTITALK_REPO,
-            local_dir=target / "MeiGen-MultiTalk",
-            allow_patterns=list(MULTITALK_ALLOW_PATTERNS),
-            revision=None,
-        ),
+        _variant_step(target, DEFAULT_VARIANT),
         dict(
             repo_id=WAV2VEC_REPO,
             local_dir=target / "chinese-wav2vec2-base",
@@ -97,9 +90,7 @@ def download_plan(
             revision=WAV2VEC_SAFETENSORS_REVISION,
         ),
     ]
-    if infinitetalk:  # InfiniteTalk's adapters for one person and for several, beside MultiTalk's
-        plan.append(dict(repo_id=INFINITETALK_REPO, local_dir=target / "InfiniteTalk",
-                         allow_patterns=list(INFINITETALK_ALLOW_PATTERNS), revision=None))  # fmt: skip
+    plan += [_variant_step(target, variant) for variant in _other_variants(size, variants)]
     if tts:
         plan.append(
             dict(
@@ -110,6 +101,13 @@ def download_plan(
             )
         )
     return plan
+
+
+def _other_variants(size: str, variants: tuple[Variant, ...]) -> list[Variant]:
+    """The models besides the default one whose weights come too: the size's, and those asked for, in registry
+    order."""
+    asked = {variant_for_size(size), *variants}
+    return [variant for variant in VARIANTS if variant in asked and variant is not DEFAULT_VARIANT]
 
 
 def _link(src: Path, dst: Path, copy: bool) -> str:
@@ -152,8 +150,8 @@ def cmd_download(args: Namespace) -> int:
     import huggingface_hub
 
     link = not args.no_link
-    infinitetalk = args.infinitetalk or str(args.size).startswith("infinitetalk")
-    plan = download_plan(args.target, args.size, link=link, tts=args.tts, infinitetalk=infinitetalk)
+    asked = tuple(v for v in VARIANTS if v.download.flag is not None and getattr(args, v.download.flag, False))
+    plan = download_plan(args.target, args.size, link=link, tts=args.tts, variants=asked)
     for step in plan:
         revision = f" (revision {step['revision']})" if step["revision"] else ""
         note(f"downloading {step['repo_id']}{revision}: {', '.join(step['allow_patterns'])} -> {step['local_dir']}")
@@ -190,8 +188,7 @@ def cmd_download(args: Namespace) -> int:
         raise UserError("the download finished but files are missing:\n" + "\n".join(f"  {p}" for p in problems))
     extra = "" if link else f" --multitalk_dir {multitalk_dir}"
     print(f"{PROG} generate --ckpt_dir {wan_dir} --wav2vec_dir {wav2vec_dir}{extra} --input_json <your input>.json")
-    if infinitetalk:
-        adapter = Path(args.target) / "InfiniteTalk" / "single" / "infinitetalk.safetensors"
-        print(f"{PROG} generate --ckpt_dir {wan_dir} --wav2vec_dir {wav2vec_dir} --infinitetalk_dir {adapter} "
-              "--input_json <your cond_video input>.json")  # fmt: skip
+    for variant in _other_variants(args.size, asked):  # each other model: its weights flags
+        flags = variant.download.generate_flags.format(folder=Path(args.target) / variant.download.folder)
+        print(f"{PROG} generate --ckpt_dir {wan_dir} --wav2vec_dir {wav2vec_dir} {flags}")
     return 0

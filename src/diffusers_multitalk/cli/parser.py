@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..runtime.errors import PROG
-from ..runtime.options import DEFAULT_SAMPLE_STEPS, GENERATE_DEFAULTS, SIZES
+from ..runtime.options import DEFAULT_SAMPLE_STEPS, GENERATE_DEFAULTS
+from ..variants import DEFAULT_VARIANT, SIZES, TASKS, VARIANTS, WEIGHTS_OPTIONS
 
 
 def str2bool(value: str) -> bool:
@@ -34,16 +35,16 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("MultiTalk's flags")
     g.add_argument(
         "--task",
-        default="multitalk-14B",
-        choices=["multitalk-14B", "infinitetalk-14B"],
-        help="multitalk-14B animates an image; infinitetalk-14B dubs a video (or animates an image) with InfiniteTalk "
-        "(implied by --infinitetalk_dir, --dit_path, an infinitetalk size or a cond_video input)",
+        default=DEFAULT_VARIANT.task,
+        choices=TASKS,
+        help="; ".join(f"{v.task}: {v.name}, {v.summary}" for v in VARIANTS)
+        + " (a model's weights flags or sizes imply its task; a cond_video input, a model that dubs)",
     )
     g.add_argument(
         "--size",
-        default="multitalk-480",
+        default=DEFAULT_VARIANT.sizes[0].name,
         choices=SIZES,
-        help="resolution bucket table; the video follows the image's aspect ratio",
+        help="resolution bucket table (each model's own); the video follows the image's aspect ratio",
     )
     g.add_argument("--frame_num", type=int, default=81, help="frames per clip, 4n+1 (81)")
     g.add_argument("--ckpt_dir", default=None, help="the Wan2.1-I2V-14B folder, with MultiTalk's weights linked in")
@@ -93,7 +94,9 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
         "--motion_frame",
         type=int,
         default=None,
-        help="frames each streaming chunk continues from, 4n+1 (MultiTalk 25, InfiniteTalk 9)",
+        help="frames each streaming chunk continues from, 4n+1 ("
+        + ", ".join(f"{v.name} {v.motion_frames}" for v in VARIANTS)
+        + ")",
     )
     g.add_argument(
         "--mode",
@@ -106,7 +109,7 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
         "--max_frame_num",
         type=int,
         default=None,
-        help="cap the video at N frames (25 fps; InfiniteTalk's flag); default: as long as the audio",
+        help="cap the video at N frames (25 fps; the dubbing reference's flag); default: as long as the audio",
     )
     g.add_argument("--sample_steps", type=int, default=None, help=f"sampling steps ({DEFAULT_SAMPLE_STEPS})")
     g.add_argument("--sample_shift", type=float, default=None, help="timestep shift (7 at 480P, 11 at 720P)")
@@ -157,18 +160,15 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
         "or int8; quanto is MultiTalk's scheme (DiT and umT5 weights). auto (default): torchao for fp8 on an FP8 GPU",
     )
 
-    i = p.add_argument_group("InfiniteTalk's flags")
-    i.add_argument(
-        "--infinitetalk_dir",
-        default=None,
-        help="InfiniteTalk's adapter file: InfiniteTalk/single/infinitetalk.safetensors (one person) or "
-        "multi/infinitetalk.safetensors (several); with --ckpt_dir the Wan2.1-I2V-14B folder",
-    )
-    i.add_argument("--dit_path", default=None, help="a full InfiniteTalk DiT checkpoint (torch.save with state_dict)")
-    i.add_argument(
+    for variant in VARIANTS:  # each model's own weights flags (the variant registry)
+        weights = p.add_argument_group(f"{variant.name}'s weights")
+        for option in variant.weights:
+            weights.add_argument(option.flag, default=None, help=option.help)
+    g.add_argument(
         "--scene_seg",
         action="store_true",
-        help="split the cond_video (and the audio) at shot boundaries (PySceneDetect) and dub each shot from its own frames",
+        help="split the cond_video (and the audio) at shot boundaries (PySceneDetect) and dub each shot from its own "
+        "frames (a model that dubs)",
     )
 
     o = p.add_argument_group("diffusers-multitalk's flags")
@@ -177,7 +177,6 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
     source.add_argument(
         "--tiny", action="store_true", help="a tiny random model built locally: no downloads, noise-like video"
     )
-    o.add_argument("--multitalk_dir", default=None, help="the MeiGen-MultiTalk folder, when not linked into --ckpt_dir")
     o.add_argument("--device", default=None, help="cuda, cuda:1, cpu, ... (default: cuda if available)")
     o.add_argument(
         "--dtype",
@@ -222,9 +221,14 @@ def _add_download_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--target", default="weights", help="folder to download into (weights)")
     p.add_argument(
         "--size",
-        default="multitalk-480",
+        default=DEFAULT_VARIANT.sizes[0].name,
         choices=SIZES,
-        help="multitalk-480: Wan2.1-I2V-14B-480P; multitalk-720: -720P",
+        help="; ".join(
+            f"{size.name}: {size.wan_repo.split('/')[-1]}"
+            + ("" if variant is DEFAULT_VARIANT else f" + {variant.name}")
+            for variant in VARIANTS
+            for size in variant.sizes
+        ),
     )
     p.add_argument(
         "--no_link",
@@ -235,11 +239,9 @@ def _add_download_parser(subparsers) -> argparse.ArgumentParser:
         "--copy", action="store_true", help="copy MultiTalk's files into the Wan folder instead of symlinking"
     )
     p.add_argument("--tts", action="store_true", help="also download Kokoro-82M for --audio_mode tts")
-    p.add_argument(
-        "--infinitetalk",
-        action="store_true",
-        help="also download InfiniteTalk's adapters (MeiGen-AI/InfiniteTalk single/ and multi/) for dubbing",
-    )
+    for variant in VARIANTS:  # the other models' weights, asked for beside any size (the variant registry)
+        if variant.download.flag is not None:
+            p.add_argument(f"--{variant.download.flag}", action="store_true", help=variant.download.help)
     p.add_argument("--max_workers", type=int, default=8, help="parallel downloads per repository (8)")
     return p
 
@@ -263,24 +265,12 @@ def _add_convert_parser(subparsers) -> argparse.ArgumentParser:
         help="convert the original checkpoints into one diffusers folder",
         description=(
             "Convert Wan2.1-I2V-14B + MeiGen-MultiTalk + chinese-wav2vec2-base into a diffusers folder (from_pretrained); "
-            "with --infinitetalk_dir (or --dit_path), InfiniteTalk instead of MultiTalk."
+            "with another model's weights flags, that model instead of MultiTalk."
         ),
     )
     p.add_argument("--wan_dir", required=True, help="the Wan2.1-I2V-14B folder")
-    p.add_argument(
-        "--multitalk_dir", default=None, help="the MeiGen-MultiTalk folder (not needed if linked into --wan_dir)"
-    )
-    p.add_argument(
-        "--infinitetalk_dir",
-        default=None,
-        help="convert InfiniteTalk: InfiniteTalk/single/infinitetalk.safetensors (one person) or multi/... (several); "
-        "not with --multitalk_dir",
-    )
-    p.add_argument(
-        "--dit_path",
-        default=None,
-        help="convert InfiniteTalk from a full DiT checkpoint (instead of the Wan shards + --infinitetalk_dir)",
-    )
+    for option in WEIGHTS_OPTIONS:  # each model's own weights (the variant registry); one model's at a time
+        p.add_argument(option.flag, default=None, help=option.convert_help)
     p.add_argument("--wav2vec_dir", required=True, help="the chinese-wav2vec2-base folder")
     p.add_argument("--output_dir", required=True, help="where to write the diffusers folder")
     p.add_argument("--dtype", default="bfloat16", help="dtype of the saved DiT and encoders (bfloat16)")
@@ -294,7 +284,6 @@ def _add_convert_parser(subparsers) -> argparse.ArgumentParser:
 SERVE_MODEL_FLAGS = (
     "--ckpt_dir",
     "--wav2vec_dir",
-    "--multitalk_dir",
     "--model",
     "--tiny",
     "--lora_dir",
@@ -312,8 +301,7 @@ SERVE_MODEL_FLAGS = (
     "--use_teacache",
     "--teacache_thresh",
     "--task",
-    "--infinitetalk_dir",
-    "--dit_path",
+    *(option.flag for option in WEIGHTS_OPTIONS),  # each model's own weights (the variant registry)
 )
 
 

@@ -17,18 +17,15 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
 from .._diffusers_compat import BaseState, StateManager, context_parallel_input_hook_name, hook_order
+from ..utils.defaults import TEACACHE_COEFFICIENTS_480, TEACACHE_COEFFICIENTS_720
 
 
 TEACACHE_HOOK = "multitalk_teacache"
 
-# Polynomial coefficients (highest power first) fitted by MultiTalk for its retention-steps variant.
-TEACACHE_COEFFICIENTS = {
-    "multitalk-480": (2.57151496e05, -3.54229917e04, 1.40286849e03, -1.35890334e01, 1.32517977e-01),
-    "multitalk-720": (8.10705460e03, 2.13393892e03, -3.72934672e02, 1.66203073e01, -4.17769401e-02),
-}
-# InfiniteTalk (same DiT) keys its sizes by its own names with MultiTalk's values.
-TEACACHE_COEFFICIENTS["infinitetalk-480"] = TEACACHE_COEFFICIENTS["multitalk-480"]
-TEACACHE_COEFFICIENTS["infinitetalk-720"] = TEACACHE_COEFFICIENTS["multitalk-720"]
+# Polynomial coefficients (highest power first) fitted by MultiTalk for its retention-steps variant, by its sizes.
+# Other models' sizes take theirs from the variant registry (`variants.get_size(size).teacache_coefficients`), which
+# the callers pass as `coefficients=`: this layer knows no model.
+TEACACHE_COEFFICIENTS = {"multitalk-480": TEACACHE_COEFFICIENTS_480, "multitalk-720": TEACACHE_COEFFICIENTS_720}
 RETENTION_STEPS = 5
 
 
@@ -39,8 +36,9 @@ class TeaCacheConfig:
         threshold (`float`, defaults to 0.2): accumulated rescaled change below which the blocks are skipped
             (MultiTalk's `--teacache_thresh`; higher is faster and less faithful).
         resolution (`str`, defaults to "multitalk-480"): picks the fitted coefficients ("multitalk-480" or
-            "multitalk-720"; InfiniteTalk's "infinitetalk-480"/"infinitetalk-720" are the same).
-        coefficients (`tuple`, *optional*): explicit polynomial coefficients, highest power first.
+            "multitalk-720") when `coefficients` is not given.
+        coefficients (`tuple`, *optional*): explicit polynomial coefficients, highest power first (a size's, from
+            `diffusers_multitalk.variants.get_size(size).teacache_coefficients`).
         retention_steps (`int`, defaults to 5): first steps of every chunk that always run the blocks.
     """
 

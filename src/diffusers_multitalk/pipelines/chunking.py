@@ -1,9 +1,9 @@
 """The chunks of a talking video: which frames and audio each chunk covers, what conditions it, and how the decoded
 chunks become the output (frames gathered, streamed to an mp4, or latents joined along time).
 
-Both pipelines generate a video as chunks of `num_frames` frames, each continuing from the last `motion_frames`
-frames of the one before (MultiTalk's streaming mode, InfiniteTalk's only mode); the pipelines' `__call__` runs the
-loop, this module keeps its bookkeeping out of it.
+The pipelines generate a video as chunks of `num_frames` frames, each continuing from the last `motion_frames`
+frames of the one before (MultiTalk's streaming mode, the dubbing pipeline's only mode); the pipelines' `__call__`
+runs the loop, this module keeps its bookkeeping out of it.
 """
 
 from __future__ import annotations

@@ -52,11 +52,9 @@ RESOLUTION_BUCKETS: dict[str, dict[str, tuple[int, int]]] = {
     "multitalk-720": ASPECT_RATIO_960,
 }
 
-_RESOLUTION_ALIASES = {
-    "480": "multitalk-480", "480p": "multitalk-480", "720": "multitalk-720", "720p": "multitalk-720",
-    # InfiniteTalk names the same bucket tables after itself
-    "infinitetalk-480": "multitalk-480", "infinitetalk-720": "multitalk-720",
-}  # fmt: skip
+# Other models' sizes name their bucket table in the variant registry (`variants.Size.buckets`); their pipelines map
+# their own size names to it.
+_RESOLUTION_ALIASES = {"480": "multitalk-480", "480p": "multitalk-480", "720": "multitalk-720", "720p": "multitalk-720"}
 
 
 def resolution_buckets(resolution: Union[str, int] = "multitalk-480") -> dict[str, tuple[int, int]]:

@@ -14,7 +14,7 @@ So a folder saved with `save_pretrained(..., remote_code=True)` (what `convert_o
 the reviewed remote-code files of the repository's top-level `pipelines/` folder, which it ships:
 `_class_name: ["pipeline_wan_multitalk", "WanMultiTalkPipeline"]` with `pipeline_wan_multitalk.py`, and
 `transformer: ["transformer_multitalk", "MultiTalkTransformer3DModel"]` with `transformer/transformer_multitalk.py`
-(an InfiniteTalk folder: `["pipeline_wan_infinitetalk", "WanInfiniteTalkPipeline"]`, the same transformer).
+(another model's folder names its pipeline's file likewise, the module that defines it, with the same transformer).
 Those files only import the installed package, so `DiffusionPipeline.from_pretrained(repo, trust_remote_code=True)`
 works in a process that never imported it. This package's pipeline classes read such an index back as their own
 names (`_dict_from_json_file` below), so `WanMultiTalkPipeline.from_pretrained(repo)` runs no remote code.
@@ -50,11 +50,10 @@ LIBRARY_NAME = "diffusers_multitalk"
 # points to, so that every wheel installs them as package data (not a subpackage: nothing in the package imports
 # them).
 REMOTE_CODE_DIR = Path(__file__).resolve().parents[1] / "remote_code"
-# class -> the file stem that defines it in REMOTE_CODE_DIR (pipelines at its top, components in their folder).
-REMOTE_PIPELINES = {
-    "WanMultiTalkPipeline": "pipeline_wan_multitalk",
-    "WanInfiniteTalkPipeline": "pipeline_wan_infinitetalk",
-}
+# class -> the file stem that defines it in REMOTE_CODE_DIR (pipelines at its top, components in their folder). A
+# pipeline's file is named after the module that defines it; `register_with_diffusers` adds each pipeline class (the
+# pipelines package registers every model's when it is imported), so that a new model needs no entry here.
+REMOTE_PIPELINES: dict[str, str] = {}
 REMOTE_COMPONENTS = {"MultiTalkTransformer3DModel": "transformer_multitalk"}
 
 
@@ -172,10 +171,12 @@ def _register(owner: types.ModuleType, name: str, value) -> bool:
 def register_with_diffusers(pipeline_classes=()) -> None:
     """Lets diffusers resolve this package's names in indexes saved without remote code: `diffusers.<Pipeline>` (the
     `_class_name`) and `diffusers.pipelines.diffusers_multitalk` (the library of `["diffusers_multitalk",
-    "MultiTalkTransformer3DModel"]` entries). Idempotent; names that diffusers itself defines are never replaced."""
+    "MultiTalkTransformer3DModel"]` entries); and records each pipeline's remote-code file (`REMOTE_PIPELINES`).
+    Idempotent; names that diffusers itself defines are never replaced."""
     import diffusers
     import diffusers.pipelines
 
     for cls in pipeline_classes:
         _register(diffusers, cls.__name__, cls)
+        REMOTE_PIPELINES[cls.__name__] = cls.__module__.rpartition(".")[2]
     _register(diffusers.pipelines, LIBRARY_NAME, sys.modules[LIBRARY_NAME])

@@ -1,4 +1,4 @@
-"""The output class of the audio-driven Wan pipelines (MultiTalk, InfiniteTalk)."""
+"""The output class of the audio-driven Wan pipelines (every subclass of `WanAudioPipelineBase`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ..audio.processing import TARGET_SAMPLE_RATE
 @dataclass
 class WanMultiTalkPipelineOutput(BaseOutput):
     r"""
-    Output of [`WanMultiTalkPipeline`] and [`WanInfiniteTalkPipeline`].
+    Output of the audio-driven Wan pipelines ([`WanMultiTalkPipeline`] and its siblings on [`WanAudioPipelineBase`]).
 
     Args:
         frames (`np.ndarray`, `torch.Tensor` or `list[list[PIL.Image.Image]]`):

@@ -1,8 +1,9 @@
-"""Shot boundaries of a source video (PySceneDetect), and one shot of it as a streamed source for InfiniteTalk.
+"""Shot boundaries of a source video (PySceneDetect), and one shot of it as a streamed source for the dubbing
+pipeline.
 
-Detection follows InfiniteTalk's `--scene_seg` (`wan/utils/segvideo.py` there): one `SceneManager` with PySceneDetect's
-`ContentDetector`, `AdaptiveDetector` and `ThresholdDetector`, each with its default settings, run together over the
-whole video; the scene list it gives (the cuts of all three detectors, merged by the manager) is the shots, as
+Detection follows the dubbing reference's `--scene_seg` (`wan/utils/segvideo.py` there): one `SceneManager` with
+PySceneDetect's `ContentDetector`, `AdaptiveDetector` and `ThresholdDetector`, each with its default settings, run
+together over the whole video; the scene list it gives (the cuts of all three detectors, merged by the manager) is the shots, as
 `(start, end)` times in seconds. Where the reference then drops shots of 0.5 s or less and trims 0.05 s off both ends
 of the others (so its output is shorter than the audio), here shots shorter than `min_shot_seconds` (0.5) are merged
 into the shot before them (the first into the next) and nothing is trimmed: the shots cover the video end to end.

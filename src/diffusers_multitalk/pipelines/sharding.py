@@ -53,7 +53,7 @@ def _shard(root: torch.nn.Module, blocks, mesh) -> torch.nn.Module:
 
 
 def shard_transformer(transformer: torch.nn.Module, mesh=None) -> torch.nn.Module:
-    """Shards a `MultiTalkTransformer3DModel` (or InfiniteTalk's) in place: each of its `blocks`, then the root (patch
+    """Shards a `MultiTalkTransformer3DModel` (every model's DiT) in place: each of its `blocks`, then the root (patch
     embedding, condition embedder, audio projection, output head). Returns the same module (its class becomes an
     FSDP subclass of its own)."""
     return _shard(transformer, list(transformer.blocks), mesh)

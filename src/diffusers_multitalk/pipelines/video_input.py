@@ -1,4 +1,4 @@
-"""Source-video input of WanInfiniteTalkPipeline: frames picked by time from a file, an array or a list of images."""
+"""Source-video input of the dubbing pipelines: frames picked by time from a file, an array or a list of images."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Scene-by-scene dubbing (InfiniteTalk's `--scene_seg`): each shot of the source video is generated from its own
-frames and its slice of the audio, and the shots' mp4s are joined into one file."""
+"""Scene-by-scene dubbing (the dubbing reference's `--scene_seg`): each shot of the source video is generated from its
+own frames and its slice of the audio, and the shots' mp4s are joined into one file."""
 
 from __future__ import annotations
 
