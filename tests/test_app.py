@@ -72,11 +72,13 @@ def test_build_app_from_a_pipeline_and_from_serve_arguments(tiny_pipe, tmp_path)
 
     # from `serve`'s arguments: checked at once, loaded lazily (building loads no model)
     args = cli.build_parser().parse_args(["serve", "--tiny", "--use_teacache", "--teacache_thresh", "0.3"])
-    demo = app.build_app(args, output_dir=tmp_path)
+    demo = app.build_app(runtime.ServeOptions.from_fields(args), output_dir=tmp_path)
     components = {getattr(block, "label", None): block for block in demo.blocks.values()}
     assert components["TeaCache"].value is True and components["TeaCache threshold"].value == 0.3
     with pytest.raises(runtime.UserError, match="--wav2vec_dir: required with --ckpt_dir"):
-        app.build_app(cli.build_parser().parse_args(["serve", "--ckpt_dir", str(tmp_path)]))
+        app.build_app(
+            runtime.ServeOptions.from_fields(cli.build_parser().parse_args(["serve", "--ckpt_dir", str(tmp_path)]))
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -216,7 +218,7 @@ def test_serve_parses_flags_and_calls_launch(monkeypatch):
     assert main(["serve", "--tiny", "--host", "0.0.0.0", "--port", "0", "--share", "--dtype", "float32"]) == 0
     (args,) = launched
     assert (args.host, args.port, args.share, args.tiny, args.dtype) == ("0.0.0.0", 0, True, True, "float32")
-    assert args.command == "serve" and args.output_dir == "outputs/app"
+    assert isinstance(args, runtime.ServeOptions) and args.output_dir == "outputs/app"  # typed, not the Namespace
     # generate's model flags, with generate's defaults
     generate = cli.build_parser().parse_args(["generate"])
     for flag in cli.parser.SERVE_MODEL_FLAGS:
@@ -236,7 +238,7 @@ def test_launch_loads_then_serves_on_host_and_port(monkeypatch, tiny_pipe, tmp_p
     args = cli.build_parser().parse_args(
         ["serve", "--tiny", "--host", "127.0.0.1", "--port", "0", "--output_dir", str(tmp_path / "videos")]
     )
-    app.launch(args)
+    app.launch(runtime.ServeOptions.from_fields(args))
     assert loads == [1], "the model is loaded before the server starts"
     ((demo, kwargs),) = served
     assert isinstance(demo, gr.Blocks)

@@ -26,7 +26,6 @@ Everything the UI does goes through :func:`generate_video`, which can be called 
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import time
@@ -37,6 +36,7 @@ from typing import Any, Callable, Sequence
 from . import runtime
 from .pipelines.pipeline_wan_multitalk import DEFAULT_NEGATIVE_PROMPT
 from .utils.defaults import random_seed
+from .variants import VARIANTS, dubbing_requirement, get_size
 
 
 try:
@@ -59,7 +59,7 @@ DEFAULT_OUTPUT_DIR = Path("outputs") / "app"
 
 # Field labels: the UI shows them, and error messages name the field with them.
 IMAGE_LABEL = "Reference image"
-VIDEO_LABEL = "Video to dub (InfiniteTalk)"
+VIDEO_LABEL = f"Video to dub ({' or '.join(v.name for v in VARIANTS if v.dubs_video)})"
 PROMPT_LABEL = "Prompt"
 TTS_TEXT_LABEL = "TTS script"
 PERSONS_LABEL = "Persons"
@@ -195,7 +195,11 @@ def _configure_teacache(pipe, enabled: bool, threshold: float, resolution: str) 
         raise gr.Error(f"TeaCache threshold: must be positive (MultiTalk advises 0.2 to 0.5), got {threshold}.")
     transformer.disable_teacache()  # a no-op when it is off; it may be on from the previous request
     if enabled:
-        transformer.enable_teacache(threshold=float(threshold), resolution=resolution)
+        # the size's fitted coefficients, from the variant registry (the transformer knows no model)
+        size = get_size(resolution)
+        transformer.enable_teacache(
+            threshold=float(threshold), resolution=size.buckets, coefficients=size.teacache_coefficients
+        )
 
 
 def _video_size(video) -> tuple[int, int]:
@@ -275,8 +279,8 @@ def generate_video(
     Args:
         pipe: a [`WanMultiTalkPipeline`], or a function returning it (see :func:`pipeline_loader`).
         image: the reference image (path or PIL image); None when `video` is given.
-        video: a video to dub (any file ffmpeg decodes): needs an InfiniteTalk pipeline (`multitalk serve
-            --infinitetalk_dir ...`, or `--tiny --task infinitetalk-14B`); its lips, face and body follow the new
+        video: a video to dub (any file ffmpeg decodes): needs a pipeline that dubs (`variants.Variant.dubs_video`:
+            `multitalk serve` with that model's weights flag, or `--tiny --task` its task); its lips, face and body follow the new
             speech, the new audio replaces its own.
         prompt: what the video shows.
         audio: one recording per person (paths, or `(waveform, sampling_rate)` tuples); a None entry is a person
@@ -376,10 +380,7 @@ def generate_video(
     num_frames, motion_frames = int(num_frames), int(motion_frames)
     max_frames = int(max_frames) if max_frames else None  # 0 or empty: no cap
     if video is not None and not hasattr(pipe, "prepare_source_frame"):
-        raise gr.Error(
-            f"{VIDEO_LABEL}: dubbing needs InfiniteTalk; start the app with --infinitetalk_dir (or --tiny --task "
-            "infinitetalk-14B)."
-        )
+        raise gr.Error(f"{VIDEO_LABEL}: {dubbing_requirement()}.")
     try:
         pipe.check_inputs(
             audio=audio,
@@ -494,6 +495,140 @@ def _bundled_example() -> list | None:
     return [str(files[0]), prompt, 2, str(files[1]), str(files[2]), "add", "30, 40, 470, 392", "30, 440, 470, 792"]
 
 
+# The layout fits a 1280x800 window: the inputs on the left; Generate, the result and the settings on the right,
+# so that the button and the video are in view without scrolling (tests/test_browser.py measures it).
+RESULT_VIDEO_ID = "result-video"
+IMAGE_HEIGHT = 240
+RESULT_HEIGHT = 360
+
+
+def _can_dub(pipe) -> bool:
+    """Whether the pipeline dubs videos: a dubbing model's has `prepare_source_frame` (what `generate_video` asks; a
+    duck-typed check, since the server hands the app its pipeline wrapped)."""
+    return hasattr(pipe, "prepare_source_frame")
+
+
+def _header(title: str, tiny: bool, dubs: bool | None) -> str:
+    """The page's heading; once the model is known (`dubs` not None), a line saying what it does."""
+    text = (
+        f"# {title}\nAudio-driven talking video for one to {MAX_PERSONS} persons "
+        "([MultiTalk](https://github.com/MeiGen-AI/MultiTalk) with diffusers)."
+    )
+    if tiny:
+        text += " **Tiny random model**: the picture is noise-like, the wiring is real."
+    if dubs is not None:
+        models = "; ".join(f"**{v.name}**: {v.summary}" for v in VARIANTS if v.dubs_video == dubs)
+        text += f" Model: {models}."
+    return text
+
+
+def _input_fields(fields: dict[str, Any], dubs: bool | None):
+    """The inputs (image or video to dub, prompt, speech per person) into `fields`; returns what the speech and
+    persons controls show or hide: (person groups, audio inputs, voice inputs, the TTS group)."""
+    with gr.Row():
+        fields["image"] = gr.Image(label=IMAGE_LABEL, type="filepath", height=IMAGE_HEIGHT)
+        # Only a model that dubs shows the video upload; while that is unknown (a loader not yet called) the page's
+        # load event decides, so that building the app loads no model.
+        fields["video"] = gr.Video(label=VIDEO_LABEL, sources=["upload"], height=IMAGE_HEIGHT, visible=bool(dubs))
+    fields["prompt"] = gr.Textbox(label=PROMPT_LABEL, lines=2, placeholder="Two people talk in a studio.")
+    with gr.Row():
+        fields["speech"] = gr.Radio([SPEECH_FILES, SPEECH_TTS], value=SPEECH_FILES, label="Speech")
+        fields["num_persons"] = gr.Slider(1, MAX_PERSONS, value=DEFAULT_PERSONS, step=1, label=PERSONS_LABEL)
+    fields["audio_type"] = gr.Radio(
+        ["add", "para"],
+        value="add",
+        label="Recordings play",
+        info="add: one after the other (turns); para: at the same time",
+    )
+    with gr.Group(visible=False) as tts_group:
+        fields["tts_text"] = gr.Textbox(
+            label=TTS_TEXT_LABEL,
+            lines=3,
+            placeholder="(s1) Do you know MultiTalk? (s2) Yes, it makes people talk!",
+            info="(s1) starts person 1's turn, (s2) person 2's, ...",
+        )
+        fields["tts_engine"] = gr.Dropdown(
+            list(TTS_ENGINES),
+            value="auto",
+            label="TTS engine",
+            info="auto: Kokoro-82M when its weights are here, else espeak-ng",
+        )
+    person_groups, audio_inputs, voice_inputs = [], [], []
+    for person in range(1, MAX_PERSONS + 1):
+        with gr.Group(visible=person <= DEFAULT_PERSONS) as group:
+            fields[f"audio_{person}"] = gr.Audio(label=audio_label(person), type="filepath")
+            fields[f"voice_{person}"] = gr.Textbox(
+                label=voice_label(person),
+                value=DEFAULT_VOICES[person - 1],
+                visible=False,
+                info="a Kokoro voice (af_heart, am_adam, ...) or an espeak-ng voice (en-us+f3)",
+            )
+            fields[f"bbox_{person}"] = gr.Textbox(
+                label=bbox_label(person),
+                placeholder="optional: top, left, bottom, right (image pixels)",
+            )
+        person_groups.append(group)
+        audio_inputs.append(fields[f"audio_{person}"])
+        voice_inputs.append(fields[f"voice_{person}"])
+    return person_groups, audio_inputs, voice_inputs, tts_group
+
+
+def _generation_settings(fields: dict[str, Any]) -> None:
+    """The settings most runs touch (size, mode, length, steps, seed), open under the result."""
+    with gr.Accordion("Generation", open=True):
+        with gr.Row():
+            fields["resolution"] = gr.Radio(list(runtime.SIZES), value="multitalk-480", label="Resolution")
+            fields["mode"] = gr.Radio(
+                ["auto", "clip", "streaming"],
+                value="auto",
+                label="Mode",
+                info="auto: the whole speech; clip: one chunk; streaming: chunks until the speech ends",
+            )
+        with gr.Row():
+            fields["num_frames"] = gr.Slider(5, 201, value=81, step=4, label="Frames per chunk (4n+1)")
+            fields["max_frames"] = gr.Number(
+                value=0,
+                precision=0,
+                minimum=0,
+                label="Max frames (0: as long as the speech)",
+            )
+        with gr.Row():
+            fields["num_inference_steps"] = gr.Slider(
+                1, 100, value=runtime.DEFAULT_SAMPLE_STEPS, step=1, label="Sampling steps"
+            )
+            fields["seed"] = gr.Number(value=42, precision=0, label="Seed (-1: random)")
+
+
+def _advanced_settings(fields: dict[str, Any], tiny: bool, use_teacache: bool, teacache_threshold: float) -> None:
+    """The rest of MultiTalk's settings, collapsed: their defaults suit most runs."""
+    with gr.Accordion("Advanced", open=False):
+        fields["negative_prompt"] = gr.Textbox(label="Negative prompt", value=DEFAULT_NEGATIVE_PROMPT, lines=3)
+        with gr.Row():
+            fields["shift"] = gr.Number(value=get_size(runtime.SIZES[0]).shift, label="Shift")
+            fields["text_guidance_scale"] = gr.Slider(1, 15, value=5.0, step=0.5, label="Text guidance")
+            fields["audio_guidance_scale"] = gr.Slider(1, 15, value=4.0, step=0.5, label="Audio guidance")
+        with gr.Row():
+            fields["use_teacache"] = gr.Checkbox(value=use_teacache, label="TeaCache")
+            fields["teacache_threshold"] = gr.Slider(
+                0.05, 1.0, value=teacache_threshold, step=0.05, label="TeaCache threshold"
+            )
+            fields["use_apg"] = gr.Checkbox(value=False, label="APG")
+        with gr.Row():
+            fields["color_correction_strength"] = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Colour correction")
+            fields["motion_frames"] = gr.Slider(1, 97, value=25, step=4, label="Motion frames (streaming)")
+        with gr.Row():
+            size_hint = "0: the bucket / 8 (tiny model)" if tiny else "0: the resolution's bucket"
+            fields["height"] = gr.Number(value=0, precision=0, label="Height", info=size_hint)
+            fields["width"] = gr.Number(value=0, precision=0, label="Width", info=size_hint)
+
+
+def _bundled_examples(fields: dict[str, Any]) -> None:
+    example = _bundled_example()
+    if example is not None:
+        names = ("image", "prompt", "num_persons", "audio_1", "audio_2", "audio_type", "bbox_1", "bbox_2")
+        gr.Examples([example], inputs=[fields[name] for name in names])
+
+
 def build_app(
     source,
     *,
@@ -508,7 +643,8 @@ def build_app(
 
     Args:
         source: what :func:`pipeline_loader` takes: a pipeline, a function returning one, or ``serve``'s arguments.
-            The pipeline is loaded on the first request, unless it is loaded already (see :func:`launch`).
+            The pipeline is loaded on the first request (a page opening, which asks whether the model dubs videos,
+            or a generation), unless it is loaded already (see :func:`launch`).
         output_dir: where the videos go.
         tiny: whether the model is the tiny random one (then the video is the bucket / 8 unless a size is given);
             default: `source.tiny` for arguments, else False.
@@ -520,134 +656,29 @@ def build_app(
         status)`), to drive the form without a browser.
     """
     if tiny is None:
-        tiny = bool(getattr(source, "tiny", False)) if isinstance(source, argparse.Namespace) else False
-    if isinstance(source, argparse.Namespace):
+        tiny = bool(getattr(source, "tiny", False)) if isinstance(source, runtime.GenerateOptions) else False
+    if isinstance(source, runtime.GenerateOptions):
         use_teacache = use_teacache or bool(getattr(source, "use_teacache", False))
         teacache_threshold = getattr(source, "teacache_thresh", teacache_threshold)
     get_pipeline = pipeline_loader(source)
     fields: dict[str, Any] = {}  # name -> component: the handler receives {component: value}
+    from diffusers import DiffusionPipeline
+
+    # A given pipeline tells at once whether it dubs; a loader or flags are asked when a page opens.
+    dubs = _can_dub(source) if isinstance(source, DiffusionPipeline) else None
 
     with gr.Blocks(title=title) as demo:
-        gr.Markdown(
-            f"# {title}\nAudio-driven talking video for one to {MAX_PERSONS} persons "
-            "([MultiTalk](https://github.com/MeiGen-AI/MultiTalk) with diffusers)."
-            + (" **Tiny random model**: the picture is noise-like, the wiring is real." if tiny else "")
-        )
-        with gr.Row():
+        header = gr.Markdown(_header(title, tiny, dubs))
+        with gr.Row(equal_height=False):
             with gr.Column(scale=1):
-                fields["image"] = gr.Image(label=IMAGE_LABEL, type="filepath")
-                fields["video"] = gr.Video(label=VIDEO_LABEL, sources=["upload"])
-                fields["prompt"] = gr.Textbox(label=PROMPT_LABEL, lines=2, placeholder="Two people talk in a studio.")
-                with gr.Row():
-                    fields["speech"] = gr.Radio([SPEECH_FILES, SPEECH_TTS], value=SPEECH_FILES, label="Speech")
-                    fields["num_persons"] = gr.Slider(
-                        1, MAX_PERSONS, value=DEFAULT_PERSONS, step=1, label=PERSONS_LABEL
-                    )
-                fields["audio_type"] = gr.Radio(
-                    ["add", "para"],
-                    value="add",
-                    label="Recordings play",
-                    info="add: one after the other (turns); para: at the same time",
-                )
-                with gr.Group(visible=False) as tts_group:
-                    fields["tts_text"] = gr.Textbox(
-                        label=TTS_TEXT_LABEL,
-                        lines=3,
-                        placeholder="(s1) Do you know MultiTalk? (s2) Yes, it makes people talk!",
-                        info="(s1) starts person 1's turn, (s2) person 2's, ...",
-                    )
-                    fields["tts_engine"] = gr.Dropdown(
-                        list(TTS_ENGINES),
-                        value="auto",
-                        label="TTS engine",
-                        info="auto: Kokoro-82M when its weights are here, else espeak-ng",
-                    )
-                person_groups, audio_inputs, voice_inputs = [], [], []
-                for person in range(1, MAX_PERSONS + 1):
-                    with gr.Group(visible=person <= DEFAULT_PERSONS) as group:
-                        fields[f"audio_{person}"] = gr.Audio(label=audio_label(person), type="filepath")
-                        fields[f"voice_{person}"] = gr.Textbox(
-                            label=voice_label(person),
-                            value=DEFAULT_VOICES[person - 1],
-                            visible=False,
-                            info="a Kokoro voice (af_heart, am_adam, ...) or an espeak-ng voice (en-us+f3)",
-                        )
-                        fields[f"bbox_{person}"] = gr.Textbox(
-                            label=bbox_label(person),
-                            placeholder="optional: top, left, bottom, right (image pixels)",
-                        )
-                    person_groups.append(group)
-                    audio_inputs.append(fields[f"audio_{person}"])
-                    voice_inputs.append(fields[f"voice_{person}"])
-
-                with gr.Accordion("Generation", open=True):
-                    with gr.Row():
-                        fields["resolution"] = gr.Radio(list(runtime.SIZES), value="multitalk-480", label="Resolution")
-                        fields["mode"] = gr.Radio(
-                            ["auto", "clip", "streaming"],
-                            value="auto",
-                            label="Mode",
-                            info="auto: the whole speech; clip: one chunk; streaming: chunks until the speech ends",
-                        )
-                    with gr.Row():
-                        fields["num_frames"] = gr.Slider(5, 201, value=81, step=4, label="Frames per chunk (4n+1)")
-                        fields["max_frames"] = gr.Number(
-                            value=0,
-                            precision=0,
-                            minimum=0,
-                            label="Max frames (0: as long as the speech)",
-                        )
-                    with gr.Row():
-                        fields["num_inference_steps"] = gr.Slider(
-                            1, 100, value=runtime.DEFAULT_SAMPLE_STEPS, step=1, label="Sampling steps"
-                        )
-                        fields["seed"] = gr.Number(value=42, precision=0, label="Seed (-1: random)")
-                with gr.Accordion("Advanced", open=False):
-                    fields["negative_prompt"] = gr.Textbox(
-                        label="Negative prompt", value=DEFAULT_NEGATIVE_PROMPT, lines=3
-                    )
-                    with gr.Row():
-                        fields["shift"] = gr.Number(value=runtime.DEFAULT_SHIFT["multitalk-480"], label="Shift")
-                        fields["text_guidance_scale"] = gr.Slider(1, 15, value=5.0, step=0.5, label="Text guidance")
-                        fields["audio_guidance_scale"] = gr.Slider(1, 15, value=4.0, step=0.5, label="Audio guidance")
-                    with gr.Row():
-                        fields["use_teacache"] = gr.Checkbox(value=use_teacache, label="TeaCache")
-                        fields["teacache_threshold"] = gr.Slider(
-                            0.05, 1.0, value=teacache_threshold, step=0.05, label="TeaCache threshold"
-                        )
-                        fields["use_apg"] = gr.Checkbox(value=False, label="APG")
-                    with gr.Row():
-                        fields["color_correction_strength"] = gr.Slider(
-                            0.0, 1.0, value=1.0, step=0.05, label="Colour correction"
-                        )
-                        fields["motion_frames"] = gr.Slider(1, 97, value=25, step=4, label="Motion frames (streaming)")
-                    with gr.Row():
-                        size_hint = "0: the bucket / 8 (tiny model)" if tiny else "0: the resolution's bucket"
-                        fields["height"] = gr.Number(value=0, precision=0, label="Height", info=size_hint)
-                        fields["width"] = gr.Number(value=0, precision=0, label="Width", info=size_hint)
-                run = gr.Button("Generate", variant="primary")
+                person_groups, audio_inputs, voice_inputs, tts_group = _input_fields(fields, dubs)
             with gr.Column(scale=1):
-                video = gr.Video(label="Video")
+                run = gr.Button("Generate", variant="primary", size="lg")
+                video = gr.Video(label="Video", height=RESULT_HEIGHT, elem_id=RESULT_VIDEO_ID, interactive=False)
                 status = gr.Textbox(label="Status", interactive=False, lines=3)
-
-        example = _bundled_example()
-        if example is not None:
-            gr.Examples(
-                [example],
-                inputs=[
-                    fields[name]
-                    for name in (
-                        "image",
-                        "prompt",
-                        "num_persons",
-                        "audio_1",
-                        "audio_2",
-                        "audio_type",
-                        "bbox_1",
-                        "bbox_2",
-                    )
-                ],
-            )
+                _generation_settings(fields)
+                _advanced_settings(fields, tiny, use_teacache, teacache_threshold)
+        _bundled_examples(fields)
 
         def show_persons(count):
             return [gr.update(visible=i < int(count)) for i in range(MAX_PERSONS)]
@@ -662,13 +693,20 @@ def build_app(
             )
 
         def default_shift(resolution):
-            return runtime.DEFAULT_SHIFT[resolution]
+            return get_size(resolution).shift
 
         fields["num_persons"].change(show_persons, fields["num_persons"], person_groups)
         fields["speech"].change(
             show_speech, fields["speech"], [tts_group, *audio_inputs, *voice_inputs, fields["audio_type"]]
         )
         fields["resolution"].change(default_shift, fields["resolution"], fields["shift"])
+
+        def show_model():
+            can_dub = _can_dub(get_pipeline())
+            return gr.update(visible=can_dub), _header(title, tiny, can_dub)
+
+        if dubs is None:  # unqueued: a page opening must not wait behind a running generation
+            demo.load(show_model, None, [fields["video"], header], queue=False)
 
         names = {component: name for name, component in fields.items()}
 
@@ -717,7 +755,7 @@ def build_app(
     return demo
 
 
-def launch(args: argparse.Namespace, **launch_kwargs):
+def launch(args: runtime.ServeOptions, **launch_kwargs):
     """``multitalk serve``: checks the model flags, loads the model (so a broken folder fails now, not at the first
     click), builds the app and serves it on ``args.host``:``args.port`` (``args.share``: a public gradio.live link)."""
     output_dir = Path(getattr(args, "output_dir", None) or DEFAULT_OUTPUT_DIR)

@@ -13,6 +13,7 @@ MultiTalk consumes. The numbers follow the original MultiTalk inference script:
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import subprocess
 import tempfile
@@ -23,6 +24,7 @@ from typing import List, Sequence, Tuple, Union
 import numpy as np
 
 
+logger = logging.getLogger(__name__)
 TARGET_SAMPLE_RATE = 16000
 TARGET_LUFS = -23.0
 
@@ -102,6 +104,26 @@ def _librosa_load(path: Path) -> np.ndarray:
     return audio
 
 
+def _soundfile_format(path) -> tuple[int, int]:
+    import soundfile as sf
+
+    info = sf.info(str(path))
+    return int(info.samplerate), int(info.channels)
+
+
+def _say_conversion(what: str, rate: int, channels: int) -> None:
+    """One line when the speech is resampled or mixed down: wav2vec2 takes 16 kHz mono, and nothing is changed
+    without a word."""
+    if rate == TARGET_SAMPLE_RATE and channels == 1:
+        return
+    changes = []
+    if rate != TARGET_SAMPLE_RATE:
+        changes.append(f"resampled from {rate} Hz to {TARGET_SAMPLE_RATE} Hz")
+    if channels > 1:
+        changes.append(f"its {channels} channels averaged to mono")
+    logger.warning(f"{what}: {' and '.join(changes)} (wav2vec2 takes {TARGET_SAMPLE_RATE // 1000} kHz mono speech)")
+
+
 def load_audio_file(path: Union[str, os.PathLike]) -> np.ndarray:
     """Decode an audio or video file to a 16 kHz mono float32 waveform (no loudness normalisation).
 
@@ -124,6 +146,7 @@ def load_audio_file(path: Union[str, os.PathLike]) -> np.ndarray:
 
     ext = path.suffix.lower()
     if ext not in VIDEO_EXTENSIONS and _soundfile_can_read(path):
+        _say_conversion(str(path), *_soundfile_format(path))
         return _librosa_load(path)
 
     with tempfile.TemporaryDirectory(prefix="multitalk_audio_") as tmp:
@@ -279,6 +302,7 @@ def prepare_audio(audio: AudioInput, sampling_rate: int | None = None, normalize
         array = _pcm_to_float(array)
         _check_finite_nonempty(array, "Audio array")
         speech = np.ascontiguousarray(_to_mono(array), dtype=np.float32)
+        _say_conversion("the waveform", sampling_rate, 1 if array.ndim == 1 else min(array.shape))
         if sampling_rate != TARGET_SAMPLE_RATE:
             import librosa
 

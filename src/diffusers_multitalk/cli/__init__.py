@@ -21,7 +21,6 @@ reference's VRAM manager) is diffusers' group offloading here (pipelines/low_vra
 
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 import sys
@@ -36,21 +35,43 @@ from .parser import build_parser
 # The CLI's name for the runtime's user-facing error.
 CLIError = UserError
 
-# Each subcommand's module and function; a command imports only what it needs (`--help` imports no torch).
-COMMANDS = {
-    "generate": ("diffusers_multitalk.cli.generate", "cmd_generate"),
-    "download": ("diffusers_multitalk.cli.download", "cmd_download"),
-    "info": ("diffusers_multitalk.cli.info", "cmd_info"),
-    "convert": ("diffusers_multitalk.cli.convert", "cmd_convert"),
-    "serve": ("diffusers_multitalk.cli.serve", "cmd_serve"),
-}
+
+# Each subcommand's module is imported only when that command runs, so that `--help`, a usage error or a flag that
+# is checked before any model (`generate --frame_num 80`) answers without importing torch: start-up time. Plain
+# imports inside functions, which the import-linter contracts see.
+def _generate():
+    from .generate import cmd_generate
+
+    return cmd_generate
+
+
+def _download():
+    from .download import cmd_download
+
+    return cmd_download
+
+
+def _info():
+    from .info import cmd_info
+
+    return cmd_info
+
+
+def _convert():
+    from .convert import cmd_convert
+
+    return cmd_convert
+
+
+def _serve():
+    from .serve import cmd_serve
+
+    return cmd_serve
+
+
+COMMANDS = {"generate": _generate, "download": _download, "info": _info, "convert": _convert, "serve": _serve}
 
 __all__ = ["CLIError", "COMMANDS", "PROG", "build_parser", "main"]
-
-
-def _command(name: str):
-    module, function = COMMANDS[name]
-    return getattr(importlib.import_module(module), function)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command != "download" and torchao_available():
             # first, before diffusers, peft or transformers import it (they do whenever it is installed)
             import_torchao_quietly()
-        return int(_command(args.command)(args) or 0)
+        return int(COMMANDS[args.command]()(args) or 0)
     except UserError as err:
         print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
         return 1

@@ -9,7 +9,7 @@ from ..runtime.distributed import init_distributed, is_main_process, leave_toget
 from ..runtime.errors import UserError, note
 from ..runtime.kernels import check_self_attention_kernel
 from ..runtime.loading import load_pipeline, resolve_device, resolve_dtype
-from ..runtime.options import apply_preset_options, check_generate_args, is_infinitetalk
+from ..runtime.options import apply_preset_options, check_generate_args, variant_of_options
 from ..runtime.quantization import check_quantization, resolve_auto_quant
 from ..runtime.request import (
     build_generation_kwargs,
@@ -19,6 +19,7 @@ from ..runtime.request import (
     synthesize_tts,
     tiny_size,
 )
+from ..runtime.spec import GenerateOptions
 from ..utils.defaults import random_seed
 
 
@@ -52,8 +53,9 @@ def _on_every_rank(step, *step_args):
 
 
 def cmd_generate(args: Namespace) -> int:
+    options = GenerateOptions.from_fields(args)  # the parsed flags -> the runtime's typed options
     try:
-        status = _generate(args)
+        status = _generate(options)
     except _RankFailed as err:  # every rank stops; the first prints the one message
         leave_together()
         if is_main_process():
@@ -63,7 +65,7 @@ def cmd_generate(args: Namespace) -> int:
     return status
 
 
-def _prepare(args: Namespace):
+def _prepare(args: GenerateOptions):
     """The input, the output paths and the call arguments (may differ per rank: each reads its own files)."""
     from ..input_json import InputJSONError, load_input_json
 
@@ -71,13 +73,15 @@ def _prepare(args: Namespace):
         input_data = load_input_json(args.input_json, audio_mode=args.audio_mode)
     except (InputJSONError, ImportError) as err:
         raise UserError(str(err)) from err
-    if is_infinitetalk(args, input_data):
-        args.task = "infinitetalk-14B"  # a cond_video input (or InfiniteTalk's weights) picks InfiniteTalk
-    elif input_data.get("cond_image") is None:
-        raise UserError("the input has no cond_image (MultiTalk needs an image)")
+    variant = variant_of_options(args, input_data)
+    args.task = variant.task  # a cond_video input (or a model's weights flags or sizes) picks that model
+    if not variant.dubs_video and input_data.get("cond_image") is None:
+        raise UserError(f"the input has no cond_image ({variant.name} needs an image)")
     # Where the video goes is checked before any model loads: a 14B run must not fail at its last write.
     path = output_path(args.save_file or default_save_file(args, input_data["prompt"]))
     check_writable(path, "--save_file")
+    if path.exists():  # replaced, not refused (the reference overwrites too), and said before anything runs
+        note(f"--save_file {path}: exists; the new video replaces it once complete (until then the old file stays)")
     audio_dir = (
         Path(args.audio_save_dir) / Path(input_data.get("cond_image") or input_data["cond_video"]).stem
         if args.audio_save_dir
@@ -95,7 +99,7 @@ def _prepare(args: Namespace):
     return input_data, path, audio_dir, build_generation_kwargs(args, input_data)
 
 
-def _generate(args: Namespace) -> int:
+def _generate(args: GenerateOptions) -> int:
     apply_preset_options(args)
     check_generate_args(args)
     device = resolve_device(args.device)

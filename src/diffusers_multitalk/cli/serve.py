@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 from argparse import Namespace
 
 from ..runtime.errors import UserError
+from ..runtime.spec import ServeOptions
 
 
 def cmd_serve(args: Namespace) -> int:
@@ -19,12 +19,17 @@ def cmd_serve(args: Namespace) -> int:
         raise UserError(f"--keep_jobs {args.keep_jobs}: must be 0 or more (seconds)")
     if importlib.util.find_spec("gradio") is None:
         raise UserError('the web app needs gradio: pip install "diffusers-multitalk[app]"')
-    # The front ends are started by name, never imported by the CLI (and their packages are optional).
+    options = ServeOptions.from_fields(args)
+    # The server and the web app are imported only here: their packages (fastapi, gradio) are optional extras.
     if args.share:  # a public gradio.live link exists only for Gradio's own server: the web app alone
-        importlib.import_module("diffusers_multitalk.app").launch(args)
+        from .. import app
+
+        app.launch(options)
         return 0
     missing = [name for name in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(name) is None]
     if missing:
         raise UserError(f'the HTTP API needs {", ".join(missing)}: pip install "diffusers-multitalk[app]"')
-    importlib.import_module("diffusers_multitalk.server").serve(args)  # blocks until the server stops
+    from .. import server
+
+    server.serve(options)  # blocks until the server stops
     return 0

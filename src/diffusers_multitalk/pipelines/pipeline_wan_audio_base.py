@@ -1,9 +1,9 @@
-"""WanAudioPipelineBase: the audio-driven Wan steps that MultiTalk and InfiniteTalk share, as pipeline methods.
+"""WanAudioPipelineBase: the audio-driven Wan steps every model shares, as pipeline methods.
 
-[`WanMultiTalkPipeline`] and [`WanInfiniteTalkPipeline`] are siblings on this base: the same components, the same
-prompt, image and audio encoders, person masks, chunk plan, guided denoising of a chunk and decoding. Each sibling
-writes its own `__call__` (its source: a reference image, or a video to dub) and its conditioning of a chunk
-(`prepare_chunk_conditioning`, `pin_motion_latents`).
+[`WanMultiTalkPipeline`] and the pipelines of the other models (one per entry of `variants.py`) are siblings on this
+base: the same components, the same prompt, image and audio encoders, person masks, chunk plan, guided denoising of a
+chunk and decoding. Each sibling writes its own `__call__` (its source: a reference image, or a video to dub) and its
+conditioning of a chunk (`prepare_chunk_conditioning`, `pin_motion_latents`).
 """
 
 from __future__ import annotations
@@ -117,13 +117,13 @@ class WanAudioPipelineBase(
     MultiTalkModelIndexMixin, OriginalReleaseLoadingMixin, DiffusionPipeline, MultiTalkLoraLoaderMixin
 ):
     r"""
-    The shared base of the audio-driven Wan pipelines (MultiTalk, InfiniteTalk).
+    The shared base of the audio-driven Wan pipelines (one per model of `diffusers_multitalk.variants`).
 
     Args:
         tokenizer ([`~transformers.PreTrainedTokenizerBase`]): umT5 tokenizer (`google/umt5-xxl`).
         text_encoder ([`~transformers.UMT5EncoderModel`]): Wan's umT5-XXL encoder.
         image_encoder ([`~transformers.CLIPVisionModel`]): Wan's open-clip XLM-RoBERTa ViT-H/14 vision tower.
-        transformer ([`MultiTalkTransformer3DModel`]): the MultiTalk DiT (InfiniteTalk's has the same architecture).
+        transformer ([`MultiTalkTransformer3DModel`]): the MultiTalk DiT (every model's has its architecture).
         vae ([`~diffusers.AutoencoderKLWan`]): Wan2.1's VAE.
         scheduler ([`~diffusers.FlowMatchEulerDiscreteScheduler`]): any flow-matching scheduler of diffusers (see
             [`~pipelines.sampling.check_flow_scheduler`]); a plain FlowMatchEuler runs MultiTalk's exact schedule.
@@ -252,6 +252,7 @@ class WanAudioPipelineBase(
         audio_guidance_scale=4.0,
         num_videos_per_prompt=1,
         generator=None,
+        latents=None,
         output_type="np",
         output_path=None,
         callback_on_step_end_tensor_inputs=None,
@@ -286,6 +287,11 @@ class WanAudioPipelineBase(
         if num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be >= 1, got {num_inference_steps}.")
         self.check_output_inputs(num_videos_per_prompt, generator, output_type, output_path)
+        if latents is not None and (latents.ndim != 5 or latents.shape[0] != num_videos_per_prompt):
+            raise ValueError(
+                f"`latents` must be [num_videos_per_prompt, 16, T, h, w] (the first chunk's noise, one per video), got "
+                f"{tuple(latents.shape)} for num_videos_per_prompt={num_videos_per_prompt}."
+            )
         check_flow_scheduler(self.scheduler)
         if callback_on_step_end_tensor_inputs is not None:
             bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
@@ -415,8 +421,15 @@ class WanAudioPipelineBase(
             if len(text) != 1:
                 raise ValueError(f"One prompt per call (a video takes one prompt), got a list of {len(text)}.")
             text = text[0]
+        text = _whitespace_clean(text)
+        num_tokens = len(self.tokenizer(text, add_special_tokens=True).input_ids)
+        if num_tokens > max_sequence_length:
+            logger.warning(
+                f"The prompt is {num_tokens} tokens long; umT5 reads its first {max_sequence_length} "
+                f"(`max_sequence_length`) and the rest is cut: shorten it to keep all of it."
+            )
         inputs = self.tokenizer(
-            [_whitespace_clean(text)],
+            [text],
             padding="max_length",
             max_length=max_sequence_length,
             truncation=True,

@@ -316,7 +316,7 @@ class WanInfiniteTalkPipeline(WanAudioPipelineBase):
             height=height, width=width, mode=mode, num_frames=num_frames, motion_frames=motion_frames,
             max_frames=max_frames, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             audio_guidance_scale=audio_guidance_scale, num_videos_per_prompt=num_videos_per_prompt,
-            generator=generator, output_type=output_type, output_path=output_path,
+            generator=generator, latents=latents, output_type=output_type, output_path=output_path,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, dialogue=dialogue,
             dialogue_voices=dialogue_voices,
         )  # fmt: skip
@@ -355,7 +355,8 @@ class WanInfiniteTalkPipeline(WanAudioPipelineBase):
             timesteps = self.set_chunk_timesteps(num_inference_steps, shift, device)
             shape = self.latent_shape(plan, pixel_size)
 
-            # 6. Denoising loop: chunk after chunk, each continuing from the last frames of the one before
+            # 6. Denoising loop: chunk after chunk, each continuing from the last frames of the one before (the loop
+            # of WanMultiTalkPipeline.__call__, repeated so that each pipeline's __call__ reads whole, as in diffusers)
             videos, audio_out = [], None
             with self.progress_bar(total=num_videos_per_prompt * plan.num_chunks * len(timesteps)) as progress_bar:
                 for take in range(num_videos_per_prompt):

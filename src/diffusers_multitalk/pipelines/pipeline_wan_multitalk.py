@@ -395,7 +395,7 @@ class WanMultiTalkPipeline(WanAudioPipelineBase):
             height=height, width=width, mode=mode, num_frames=num_frames, motion_frames=motion_frames,
             max_frames=max_frames, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             audio_guidance_scale=audio_guidance_scale, num_videos_per_prompt=num_videos_per_prompt,
-            generator=generator, output_type=output_type, output_path=output_path,
+            generator=generator, latents=latents, output_type=output_type, output_path=output_path,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, dialogue=dialogue,
             dialogue_voices=dialogue_voices,
         )  # fmt: skip

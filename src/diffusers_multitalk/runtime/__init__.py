@@ -1,7 +1,6 @@
 """The runtime under every front end (the `multitalk` command, the web app, the HTTP API): model options -> one
 loaded pipeline per process, a request -> validated pipeline arguments, outputs written atomically."""
 
-from ..utils.defaults import DEFAULT_SHIFT
 from .errors import PROG, Terminated, UserError, note, raise_terminated
 from .loading import PipelineHolder, load_from_options, load_pipeline, resolve_device, resolve_dtype
 from .options import (
@@ -12,6 +11,7 @@ from .options import (
     generate_options,
     lora_specs,
     unsupported_flags,
+    variant_of_options,
 )
 from .request import (
     build_generation_kwargs,
@@ -23,11 +23,14 @@ from .request import (
     tiny_size,
     tts_tracks,
 )
+from .spec import FieldProblem, GenerateOptions, RequestError, ServeOptions
 
 
 __all__ = [
-    "DEFAULT_SAMPLE_STEPS", "DEFAULT_SHIFT", "GENERATE_DEFAULTS", "PROG", "SIZES", "PipelineHolder", "Terminated",
+    "DEFAULT_SAMPLE_STEPS", "GENERATE_DEFAULTS", "PROG", "SIZES", "FieldProblem", "GenerateOptions",
+    "PipelineHolder", "RequestError", "ServeOptions", "Terminated",
     "UserError", "build_generation_kwargs", "check_generate_args", "check_writable", "default_save_file",
     "generate_options", "load_from_options", "load_pipeline", "lora_specs", "note", "output_path", "raise_terminated",
     "resolve_device", "resolve_dtype", "speak", "synthesize_tts", "tiny_size", "tts_tracks", "unsupported_flags",
+    "variant_of_options",
 ]  # fmt: skip

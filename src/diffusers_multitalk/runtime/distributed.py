@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from argparse import Namespace
+
+from .spec import GenerateOptions
 
 
 def is_main_process() -> bool:
@@ -12,7 +13,7 @@ def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def init_distributed(args: Namespace, device) -> None:
+def init_distributed(args: GenerateOptions, device) -> None:
     """torchrun's processes for --ulysses_size: one process group, the same seed everywhere."""
     import torch
     import torch.distributed as dist

@@ -10,16 +10,15 @@ after loading (`models.fp8.set_self_attention_kernel`).
 
 from __future__ import annotations
 
-from argparse import Namespace
-
 from .errors import UserError, note
+from .spec import GenerateOptions
 
 
 SELF_ATTENTION_KERNEL_CHOICES = ("auto", "dispatcher", "flash3_fp8", "sage_triton")
 KERNEL_TITLES = {"flash3_fp8": "FlashAttention-3's FP8 forward", "sage_triton": "SageAttention 1 (Triton)"}
 
 
-def wanted_self_attention_kernel(args: Namespace) -> str | None:
+def wanted_self_attention_kernel(args: GenerateOptions) -> str | None:
     """The kernel asked for, the preset's filled in: a kernel's name, "auto", or None for the dispatcher."""
     kernel = getattr(args, "self_attention_kernel", None)
     if kernel is None and getattr(args, "preset", None):
@@ -38,7 +37,7 @@ def _refuse(kernel: str, problem: str) -> UserError:
     )
 
 
-def check_self_attention_kernel(args: Namespace, device) -> None:
+def check_self_attention_kernel(args: GenerateOptions, device) -> None:
     """Refuses a named kernel that cannot run on `device`, before inputs are read or models load ("auto" never
     refuses: it falls back, and says so when the kernel is set)."""
     kernel = wanted_self_attention_kernel(args)
@@ -51,7 +50,7 @@ def check_self_attention_kernel(args: Namespace, device) -> None:
         raise _refuse(kernel, problem)
 
 
-def apply_self_attention_kernel(args: Namespace, pipe, device) -> str | None:
+def apply_self_attention_kernel(args: GenerateOptions, pipe, device) -> str | None:
     """Sets the asked kernel on every block of the loaded DiT (probed at its head size on `device`, where it will
     run even when offloading keeps it on the CPU now); returns the kernel set, or None for the dispatcher."""
     kernel = wanted_self_attention_kernel(args)

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import os
-from argparse import Namespace
 from pathlib import Path
 
 from ..loaders.original_folders import DIT_INDEX as WAN_INDEX
 from ..loaders.original_folders import MULTITALK_FILE
+from ..variants import get_size
 from .distributed import is_main_process
 from .errors import PROG, UserError, note
 from .folders import inspect_wan_dir, inspect_wav2vec_dir
 from .hub import hub_error, is_hub_connection_error
 from .kernels import apply_self_attention_kernel
-from .options import is_infinitetalk, lora_specs, quant_dit_path
+from .options import lora_specs, quant_dit_path, variant_of_options
 from .quantization import choose_quant_backend, quantize_on_the_fly, resolve_auto_quant
+from .spec import GenerateOptions
 
 
 _DTYPES = {
@@ -51,15 +52,9 @@ def resolve_dtype(name: str, device, tiny: bool = False):
     return getattr(torch, _DTYPES[name])
 
 
-def pipeline_class(args: Namespace):
-    """WanInfiniteTalkPipeline for InfiniteTalk's task, weights or sizes; WanMultiTalkPipeline otherwise."""
-    if is_infinitetalk(args):
-        from ..pipelines.pipeline_wan_infinitetalk import WanInfiniteTalkPipeline
-
-        return WanInfiniteTalkPipeline
-    from ..pipelines.pipeline_wan_multitalk import WanMultiTalkPipeline
-
-    return WanMultiTalkPipeline
+def pipeline_class(args: GenerateOptions):
+    """The pipeline class of the model the options ask for (its task, weights or sizes: the variant registry)."""
+    return variant_of_options(args).pipeline_class
 
 
 def load_from_pretrained(model: str, torch_dtype=None, cls=None):
@@ -69,32 +64,28 @@ def load_from_pretrained(model: str, torch_dtype=None, cls=None):
     return cls.from_pretrained(model, torch_dtype=torch_dtype)
 
 
-def _load_infinitetalk_original(args: Namespace, dtype, quant: str | None):
-    """InfiniteTalk from the Wan folder and InfiniteTalk's files (--infinitetalk_dir, --dit_path, --quant_dir);
+def _load_own_weights(variant, args: GenerateOptions, dtype, quant: str | None):
+    """A model whose weights are not linked into the Wan folder: the Wan folder (--ckpt_dir) and its own weights
+    flags (`Variant.weights`; or --quant_dir, its quantised files), checked by the registry's `check_folders`;
     `quant`: what `from_original` quantises with optimum-quanto (None when torchao quantises afterwards)."""
-    from ..loaders.infinitetalk import infinitetalk_problems
-    from ..pipelines.pipeline_wan_infinitetalk import WanInfiniteTalkPipeline
-
+    weights = variant.weights_given(args)
     quant_path = args.quant_dir if quant else None
-    problems = infinitetalk_problems(
-        args.ckpt_dir, args.infinitetalk_dir, args.wav2vec_dir, args.dit_path, quant, quant_path
-    )
+    problems = variant.check_folders(args.ckpt_dir, args.wav2vec_dir, weights, quant, quant_path)
     if problems:
         lines = "\n".join(f"  {p}" for p in problems)
-        raise UserError(f"the InfiniteTalk weights are incomplete:\n{lines}")
+        raise UserError(f"the {variant.name} weights are incomplete:\n{lines}")
     specs = lora_specs(args)
     if len(specs) > 1:
-        raise UserError("--lora_dir: InfiniteTalk takes one LoRA here (fuse the others first)")
-    return WanInfiniteTalkPipeline.from_original(
+        raise UserError(f"--lora_dir: {variant.name} takes one LoRA here (fuse the others first)")
+    return variant.pipeline_class.from_original(
         args.ckpt_dir,
-        args.infinitetalk_dir,
-        args.wav2vec_dir,
-        torch_dtype=dtype,
-        dit_path=args.dit_path,
+        wav2vec_dir=args.wav2vec_dir,
+        dtype=dtype,
         lora_path=specs[0][0] if specs else None,
         lora_scale=specs[0][1] if specs else 1.0,
         quant=quant,
         quant_path=quant_path,
+        **variant.from_original_kwargs(weights),
     )
 
 
@@ -106,12 +97,14 @@ def _wan_dir_problems(ckpt_dir: Path, need_linked_multitalk: bool) -> list[str]:
     ]
 
 
-def load_pipeline(args: Namespace, device, dtype):
+def load_pipeline(args: GenerateOptions, device, dtype):
     """The pipeline from --tiny, --model or --ckpt_dir/--wav2vec_dir, with LoRAs, quantisation, attention backend
     and placement."""
     resolve_auto_quant(args, device)  # `--quant auto` / `none` (the command line has settled them already)
-    infinitetalk = is_infinitetalk(args)
-    quant_dit = None if infinitetalk else quant_dit_path(args)
+    variant = variant_of_options(args)
+    # MultiTalk's quantised FusionX DiT comes through --lora_dir: only where the weights are linked into the Wan folder
+    own_weights = not variant.weights_linked_into_wan
+    quant_dit = None if own_weights else quant_dit_path(args)
     quant_files = bool(args.quant and (args.quant_dir or quant_dit))
     # which library quantises (checked here, before any model loads: FP8 products need a recent GPU)
     quant_backend = choose_quant_backend(args, device, quant_files)
@@ -132,9 +125,9 @@ def load_pipeline(args: Namespace, device, dtype):
             if clear is None:
                 raise
             raise clear from err
-    elif infinitetalk:
+    elif own_weights:
         quanto = args.quant if quant_backend == "quanto" else None
-        pipe = _load_infinitetalk_original(args, dtype, quanto)
+        pipe = _load_own_weights(variant, args, dtype, quanto)
         quant_files = bool(quanto)  # LoRA and quanto's quantisation are applied by from_original
     else:
         from ..pipelines.pipeline_wan_multitalk import WanMultiTalkPipeline
@@ -179,7 +172,7 @@ def load_pipeline(args: Namespace, device, dtype):
             ckpt_dir, args.multitalk_dir, args.wav2vec_dir, torch_dtype=dtype, **quant_kwargs
         )
 
-    specs = [] if quant_dit or (infinitetalk and not (args.tiny or args.model)) else lora_specs(args)
+    specs = [] if quant_dit or (own_weights and not (args.tiny or args.model)) else lora_specs(args)
     if specs:
         names = []
         for index, (path, _) in enumerate(specs):
@@ -191,7 +184,11 @@ def load_pipeline(args: Namespace, device, dtype):
         quantize_on_the_fly(pipe, args.quant, quant_backend, fused_loras=bool(specs))
 
     if args.use_teacache:
-        pipe.transformer.enable_teacache(threshold=args.teacache_thresh, resolution=args.size)
+        # the size's fitted coefficients, from the variant registry (the transformer knows no model)
+        size = get_size(args.size)
+        pipe.transformer.enable_teacache(
+            threshold=args.teacache_thresh, resolution=size.buckets, coefficients=size.teacache_coefficients
+        )
 
     if args.attention_backend:
         try:
@@ -263,7 +260,7 @@ def load_pipeline(args: Namespace, device, dtype):
     return pipe
 
 
-def load_from_options(options: Namespace):
+def load_from_options(options: GenerateOptions):
     """The pipeline for the model options (`--tiny`, `--model` or `--ckpt_dir`/`--wav2vec_dir`, with `--device`,
     `--dtype` and the rest), on the device they name."""
     device = resolve_device(options.device)
@@ -288,7 +285,7 @@ class PipelineHolder:
 
         if isinstance(source, DiffusionPipeline):
             self._load = lambda: source
-        elif isinstance(source, Namespace):
+        elif isinstance(source, GenerateOptions):
             options = generate_options(source)
             check_generate_args(options)
             options.use_teacache = False

@@ -2,68 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
-from argparse import Namespace
 from pathlib import Path
 
+from ..variants import DEFAULT_VARIANT, TASKS, VARIANTS, WEIGHTS_OPTIONS, Variant, pick_variant
+from ..variants import SIZES as SIZES  # the --size choices, re-exported for the front ends
 from .errors import UserError
 from .quantization import AUTO_QUANT, NO_QUANT
+from .spec import GenerateOptions
 
 
-# Every generation option with its default: MultiTalk's generate_multitalk.py flags (names and defaults, except that
-# an unset mode covers the whole audio) and ours. The CLI's parser takes its defaults from here; the app and the
-# HTTP API build their options with `generate_options`, so every front end starts from the same values.
-GENERATE_DEFAULTS = dict(
-    task="multitalk-14B",
-    size="multitalk-480",
-    frame_num=81,
-    ckpt_dir=None,
-    quant_dir=None,
-    wav2vec_dir=None,
-    lora_dir=None,
-    lora_scale=[1.2],
-    offload_model=None,
-    ulysses_size=1,
-    ring_size=1,
-    t5_fsdp=False,
-    t5_cpu=False,
-    dit_fsdp=False,
-    save_file=None,
-    audio_save_dir=None,
-    base_seed=42,
-    input_json="examples.json",
-    motion_frame=None,
-    mode=None,
-    max_frame_num=None,
-    sample_steps=None,
-    sample_shift=None,
-    sample_text_guide_scale=5.0,
-    sample_audio_guide_scale=4.0,
-    num_persistent_param_in_dit=None,
-    audio_mode="localfile",
-    use_teacache=False,
-    teacache_thresh=0.2,
-    use_apg=False,
-    apg_momentum=-0.75,
-    apg_norm_threshold=55,
-    color_correction_strength=1.0,
-    quant=None,
-    quant_backend="auto",
-    model=None,
-    tiny=False,
-    multitalk_dir=None,
-    device=None,
-    dtype="auto",
-    height=None,
-    width=None,
-    attention_backend=None,
-    self_attention_kernel=None,
-    infinitetalk_dir=None,
-    dit_path=None,
-    scene_seg=False,
-    preset=None,
-)
+# Every generation option with its default (runtime/spec.py's GenerateOptions): the CLI's parser takes its defaults
+# from here; the app and the HTTP API build their options with `generate_options`, so every front end starts from the
+# same values.
+GENERATE_DEFAULTS = dataclasses.asdict(GenerateOptions())
 
 
 # The options a preset's sampling settings fill in, and the values that count as "not given".
@@ -75,7 +29,7 @@ _PRESET_OPTIONS = {
 }
 
 
-def apply_preset_options(options: Namespace) -> Namespace:
+def apply_preset_options(options: GenerateOptions) -> GenerateOptions:
     """`--preset NAME`: the preset's sampling settings (presets.py; "fast": 8 steps, text guidance 1, audio guidance
     2, shift 2) in place of the options left at their defaults, and its quantisation ("auto": `--quant auto`, FP8
     where it runs) when neither --quant nor --quant_dir is given; options the user set stay. `--quant none` is no
@@ -101,49 +55,39 @@ def apply_preset_options(options: Namespace) -> Namespace:
     return options
 
 
-def generate_options(source=None, **overrides) -> Namespace:
-    """The generation options: the defaults, updated with those `source` (any object with option attributes, such
-    as `multitalk serve`'s parsed model flags) shares, then with `overrides`. Unknown overrides are refused."""
+def generate_options(source=None, **overrides) -> GenerateOptions:
+    """The generation options: the defaults, updated with those `source` (a mapping or any object with option
+    attributes, such as `multitalk serve`'s model options) shares, then with `overrides`. Unknown overrides are
+    refused."""
     unknown = sorted(set(overrides) - set(GENERATE_DEFAULTS))
     if unknown:
         raise UserError(f"unknown generation option(s): {', '.join(unknown)}")
-    options = Namespace(**GENERATE_DEFAULTS)
-    if source is not None:
-        for name, value in vars(source).items():
-            if name in GENERATE_DEFAULTS:
-                setattr(options, name, value)
-    for name, value in overrides.items():
-        setattr(options, name, value)
-    return options
+    return GenerateOptions.from_fields(source, **overrides)
 
 
-DEFAULT_SAMPLE_STEPS = 40
+# The default model's sampling steps (each model's: `Variant.sample_steps` in the variant registry).
+DEFAULT_SAMPLE_STEPS = DEFAULT_VARIANT.sample_steps
 
 
-SIZES = ("multitalk-480", "multitalk-720", "infinitetalk-480", "infinitetalk-720")
-TASKS = ("multitalk-14B", "infinitetalk-14B")
-# Frames each streaming chunk continues from: MultiTalk's and InfiniteTalk's defaults.
-DEFAULT_MOTION_FRAMES = {"multitalk-14B": 25, "infinitetalk-14B": 9}
-
-
-def motion_frames(options: Namespace, input_data: dict | None = None) -> int:
-    """`--motion_frame`, or the model's default when unset (MultiTalk 25, InfiniteTalk 9)."""
-    if getattr(options, "motion_frame", None) is not None:
-        return int(options.motion_frame)
-    return DEFAULT_MOTION_FRAMES["infinitetalk-14B" if is_infinitetalk(options, input_data) else "multitalk-14B"]
-
-
-def is_infinitetalk(options: Namespace, input_data: dict | None = None) -> bool:
-    """Whether the options (or the input) ask for InfiniteTalk: its task, weights, sizes or a cond_video input."""
-    return (
-        getattr(options, "task", None) == "infinitetalk-14B"
-        or bool(getattr(options, "infinitetalk_dir", None) or getattr(options, "dit_path", None))
-        or str(getattr(options, "size", "")).startswith("infinitetalk")
-        or bool(input_data and input_data.get("cond_video"))
+def variant_of_options(options: GenerateOptions, input_data: dict | None = None) -> Variant:
+    """The model the options (and the input) ask for (`variants.pick_variant`): its task, one of its sizes or its
+    weights flags, else a cond_video input picks a model that dubs."""
+    return pick_variant(
+        getattr(options, "task", None),
+        getattr(options, "size", None),
+        tuple(option.name for option in WEIGHTS_OPTIONS if getattr(options, option.name, None)),
+        bool(input_data and input_data.get("cond_video")),
     )
 
 
-def unsupported_flags(args: Namespace, environ: dict | None = None) -> list[tuple[str, str]]:
+def motion_frames(options: GenerateOptions, input_data: dict | None = None) -> int:
+    """`--motion_frame`, or the model's default when unset (`Variant.motion_frames`)."""
+    if getattr(options, "motion_frame", None) is not None:
+        return int(options.motion_frame)
+    return variant_of_options(options, input_data).motion_frames
+
+
+def unsupported_flags(args: GenerateOptions, environ: dict | None = None) -> list[tuple[str, str]]:
     """The flags of ``args`` this build cannot honour, as ``(flag, why)``; empty when everything is supported."""
     environ = os.environ if environ is None else environ
     refused = []
@@ -195,7 +139,7 @@ def unsupported_flags(args: Namespace, environ: dict | None = None) -> list[tupl
     return refused
 
 
-def _quant_refusals(args: Namespace) -> list[tuple[str, str]]:
+def _quant_refusals(args: GenerateOptions) -> list[tuple[str, str]]:
     """Why ``--quant`` cannot be honoured here (empty when it can)."""
     from ..loaders.quantized import QUANT_CHOICES, QUANT_INSTALL_HINT
     from .quantization import asked_quant_backend, backend_problem, torchao_available
@@ -233,7 +177,7 @@ def quanto_available() -> bool:
         return False
 
 
-def quant_dit_path(args: Namespace) -> str | None:
+def quant_dit_path(args: GenerateOptions) -> str | None:
     """With --quant, the first --lora_dir file when it is a quantised DiT (MultiTalk's
     ``quant_model_int8_FusionX.safetensors``): MultiTalk loads it as the whole DiT, not as a LoRA."""
     if getattr(args, "quant", None) in (None, AUTO_QUANT, NO_QUANT) or not args.lora_dir:
@@ -243,7 +187,7 @@ def quant_dit_path(args: Namespace) -> str | None:
     return args.lora_dir[0] if is_quantized_checkpoint(args.lora_dir[0]) else None
 
 
-def check_generate_args(args: Namespace) -> None:
+def check_generate_args(args: GenerateOptions) -> None:
     """Raises UserError listing every unsupported flag, then every invalid value (before anything is loaded)."""
     refused = unsupported_flags(args)
     if refused:
@@ -258,16 +202,7 @@ def check_generate_args(args: Namespace) -> None:
             f"--motion_frame {motion}: must be 4n+1 and smaller than --frame_num ({args.frame_num})"
             + ("" if args.mode else " when the audio outlasts one chunk; or give --mode clip")
         )
-    if args.task not in TASKS:
-        problems.append(f"--task {args.task}: expected one of {', '.join(TASKS)}")
-    if args.infinitetalk_dir and args.multitalk_dir:
-        problems.append(
-            "--infinitetalk_dir, --multitalk_dir: give InfiniteTalk's or MultiTalk's audio weights, not both"
-        )
-    if args.scene_seg and not is_infinitetalk(args):
-        problems.append(
-            "--scene_seg: splits a cond_video into shots; it is for InfiniteTalk (--infinitetalk_dir, a cond_video input)"
-        )
+    problems += _variant_problems(args)
     if args.max_frame_num is not None and args.max_frame_num < 5:
         problems.append(f"--max_frame_num {args.max_frame_num}: must be at least 5 frames (0.2 s)")
     for flag in ("sample_text_guide_scale", "sample_audio_guide_scale"):
@@ -316,20 +251,35 @@ def check_generate_args(args: Namespace) -> None:
             )
         elif not args.wav2vec_dir:
             problems.append("--wav2vec_dir: required with --ckpt_dir (the chinese-wav2vec2-base folder)")
-        if (
-            args.ckpt_dir
-            and is_infinitetalk(args)
-            and not (args.infinitetalk_dir or args.dit_path or (args.quant and args.quant_dir))
-        ):
+        variant = variant_of_options(args)
+        # a model whose weights are not linked into the Wan folder needs its own weights flags (or quantised files)
+        weights = variant.weights_given(args) or (args.quant and args.quant_dir)
+        if args.ckpt_dir and not variant.weights_linked_into_wan and not weights:
             problems.append(
-                "--infinitetalk_dir: required for InfiniteTalk with --ckpt_dir (InfiniteTalk/single/infinitetalk.safetensors, "
-                "or multi/ for several persons), or --dit_path, or --quant with --quant_dir"
+                f"{variant.weights[0].flag}: required for {variant.name} with --ckpt_dir ({variant.weights_hint})"
             )
     if problems:
         raise UserError("invalid arguments:\n" + "\n".join(f"  {p}" for p in problems))
 
 
-def _quant_lora_problems(args: Namespace) -> list[str]:
+def _variant_problems(args: GenerateOptions) -> list[str]:
+    """The model asked for: a known --task, one model's weights flags, --scene_seg only for a model that dubs."""
+    problems = []
+    if args.task not in TASKS:
+        problems.append(f"--task {args.task}: expected one of {', '.join(TASKS)}")
+    given = {variant: variant.weights_given(args) for variant in VARIANTS}
+    given = {variant: weights for variant, weights in given.items() if weights}
+    if len(given) > 1:
+        flags = ", ".join(f"--{name}" for weights in given.values() for name in weights)
+        names = " or ".join(f"{variant.name}'s" for variant in given)
+        problems.append(f"{flags}: give {names} audio weights, not both")
+    if args.scene_seg and not variant_of_options(args).dubs_video:
+        dubbing = ", ".join(f"{v.name} ({v.weights[0].flag}, a cond_video input)" for v in VARIANTS if v.dubs_video)
+        problems.append(f"--scene_seg: splits a cond_video into shots; it is for a model that dubs: {dubbing}")
+    return problems
+
+
+def _quant_lora_problems(args: GenerateOptions) -> list[str]:
     """--lora_dir with (or without) --quant: MultiTalk's quantised FusionX DiT comes through --lora_dir with --quant."""
     from ..loaders.quantized import is_quantized_checkpoint
 
@@ -363,7 +313,7 @@ def _looks_like_repo_id(value: str) -> bool:
     return len(parts) == 2 and all(parts) and not weight_file and not value.startswith((".", "/", "~"))
 
 
-def lora_specs(args: Namespace) -> list[tuple[str, float]]:
+def lora_specs(args: GenerateOptions) -> list[tuple[str, float]]:
     """``[(lora path, scale), ...]``: one scale for all LoRAs, or one each."""
     if not args.lora_dir:
         return []

@@ -1,7 +1,7 @@
 """`--quant` on the fly: which library quantises the loaded DiT (`--quant_backend`), checked before any model loads.
 
 - optimum-quanto ("quanto"): MultiTalk's own scheme, weights stored in int8/FP8 and the products run in the
-  compute dtype; the DiT and umT5. The only backend for MultiTalk's and InfiniteTalk's files (`--quant_dir`).
+  compute dtype; the DiT and umT5. The only backend for the original releases' quantised files (`--quant_dir`).
 - torchao ("torchao"): the DiT's block linears executed in 8 bits (`models/fp8.py`): FP8 e4m3 with row-wise scales
   through `torch._scaled_mm` (a CUDA GPU of compute capability >= 8.9), or int8 weights and activations
   (W8A8, also on the CPU). The audio adapter, norms, modulation, embedders and head stay as they are; so does umT5.
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from argparse import Namespace
 
 from .errors import UserError, note
+from .spec import GenerateOptions
 
 
 QUANT_BACKENDS = ("auto", "quanto", "torchao")
@@ -67,12 +67,12 @@ def runs_fp8_products(device) -> bool:
     return runs(device)
 
 
-def asked_quant_backend(args: Namespace) -> str:
+def asked_quant_backend(args: GenerateOptions) -> str:
     """`--quant_backend` as given ("auto" when the options leave it out)."""
     return getattr(args, "quant_backend", "auto") or "auto"
 
 
-def backend_problem(args: Namespace, quant_files: bool) -> tuple[str, str] | None:
+def backend_problem(args: GenerateOptions, quant_files: bool) -> tuple[str, str] | None:
     """`(flag, why)` when `--quant_backend` cannot be honoured on any device (an unknown name, torchao with quanto's
     files, torchao not installed); None otherwise. `check_generate_args` reports it before anything runs."""
     backend = asked_quant_backend(args)
@@ -85,9 +85,9 @@ def backend_problem(args: Namespace, quant_files: bool) -> tuple[str, str] | Non
     return None
 
 
-def choose_quant_backend(args: Namespace, device, quant_files: bool) -> str | None:
+def choose_quant_backend(args: GenerateOptions, device, quant_files: bool) -> str | None:
     """The backend `--quant` runs with on `device` ("quanto" or "torchao"; None without `--quant`), or a UserError
-    naming the flags when the asked one cannot run here. `quant_files`: MultiTalk's or InfiniteTalk's quantised files
+    naming the flags when the asked one cannot run here. `quant_files`: an original release's quantised files
     are loaded (`--quant_dir`, the quantised FusionX DiT), which are optimum-quanto checkpoints."""
     if not args.quant:
         return None
@@ -118,7 +118,7 @@ def choose_quant_backend(args: Namespace, device, quant_files: bool) -> str | No
     return backend
 
 
-def resolve_auto_quant(args: Namespace, device) -> None:
+def resolve_auto_quant(args: GenerateOptions, device) -> None:
     """`--quant auto` on `device`: `--quant fp8` (torchao) where FP8 products run with torchao installed and
     --quant_backend is auto or torchao; no quantisation elsewhere. Says which in one line. `--quant none` becomes no
     quantisation; other values stay."""
@@ -144,12 +144,13 @@ def resolve_auto_quant(args: Namespace, device) -> None:
         note(f"{preset}--quant auto: no quantisation: {why_not}")
 
 
-def check_quantization(args: Namespace, device) -> str | None:
+def check_quantization(args: GenerateOptions, device) -> str | None:
     """`choose_quant_backend` for the options as given (the quantised files found from `--quant_dir` and
     `--lora_dir`): what a front end calls before reading inputs or loading anything."""
-    from .options import is_infinitetalk, quant_dit_path
+    from .options import quant_dit_path, variant_of_options
 
-    quant_dit = None if is_infinitetalk(args) else quant_dit_path(args)
+    # MultiTalk's quantised FusionX DiT (--lora_dir) is read only where the weights are linked into the Wan folder
+    quant_dit = quant_dit_path(args) if variant_of_options(args).weights_linked_into_wan else None
     return choose_quant_backend(args, device, bool(args.quant and (args.quant_dir or quant_dit)))
 
 

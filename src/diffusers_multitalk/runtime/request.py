@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime
 import os
 import tempfile
-from argparse import Namespace
 from pathlib import Path
 
-from ..utils.defaults import DEFAULT_SHIFT, random_seed
+from ..utils.defaults import random_seed
+from ..variants import get_size
 from .errors import UserError, note
-from .options import DEFAULT_SAMPLE_STEPS, SIZES, motion_frames
+from .options import SIZES, motion_frames, variant_of_options
+from .spec import GenerateOptions
 
 
 def _person_order(block: dict) -> list[str]:
@@ -18,7 +19,7 @@ def _person_order(block: dict) -> list[str]:
     return sorted(keys, key=lambda k: int(str(k)[6:]))
 
 
-def build_generation_kwargs(args: Namespace, input_data: dict) -> dict:
+def build_generation_kwargs(args: GenerateOptions, input_data: dict) -> dict:
     """Maps the ``generate`` flags and the input JSON to ``WanMultiTalkPipeline.__call__`` arguments.
 
     A pure function of its inputs (no model, no file access); ``input_data`` is the input JSON (paths as they are
@@ -28,7 +29,7 @@ def build_generation_kwargs(args: Namespace, input_data: dict) -> dict:
     """
     import torch
 
-    if args.size not in DEFAULT_SHIFT:
+    if args.size not in SIZES:
         raise UserError(f"--size {args.size}: expected one of {', '.join(SIZES)}")
     audio_block = input_data.get("cond_audio") or {}
     persons = _person_order(audio_block)
@@ -41,7 +42,7 @@ def build_generation_kwargs(args: Namespace, input_data: dict) -> dict:
     # TTS tracks are already laid out in time (each person silent while the other speaks): mix them as they are.
     audio_type = "para" if args.audio_mode == "tts" else input_data.get("audio_type") or "add"
     if input_data.get("cond_video") and not input_data.get("cond_video_is_image"):
-        visual = dict(video=input_data["cond_video"])  # InfiniteTalk dubs the video
+        visual = dict(video=input_data["cond_video"])  # the video to dub (a model that dubs: the registry)
     else:
         visual = dict(image=input_data.get("cond_image") or input_data.get("cond_video"))
     return dict(
@@ -53,7 +54,8 @@ def build_generation_kwargs(args: Namespace, input_data: dict) -> dict:
         # the reference loudness-normalises recordings but drives the video with TTS speech as synthesised
         normalize_loudness=args.audio_mode != "tts",
         bbox=bbox,
-        resolution=args.size,
+        # the size's bucket table (the registry's `Size.buckets`), which every pipeline takes whatever model it runs
+        resolution=get_size(args.size).buckets,
         height=getattr(args, "height", None),
         width=getattr(args, "width", None),
         allow_upscale=True,  # the reference upsamples images smaller than the bucket
@@ -61,8 +63,11 @@ def build_generation_kwargs(args: Namespace, input_data: dict) -> dict:
         num_frames=args.frame_num,
         motion_frames=motion_frames(args, input_data),
         max_frames=args.max_frame_num,
-        num_inference_steps=args.sample_steps if args.sample_steps is not None else DEFAULT_SAMPLE_STEPS,
-        shift=float(args.sample_shift) if args.sample_shift is not None else DEFAULT_SHIFT[args.size],
+        # unset: the model's defaults (the variant registry: its steps, the size's shift)
+        num_inference_steps=args.sample_steps
+        if args.sample_steps is not None
+        else variant_of_options(args, input_data).sample_steps,
+        shift=float(args.sample_shift) if args.sample_shift is not None else get_size(args.size).shift,
         guidance_scale=float(args.sample_text_guide_scale),
         audio_guidance_scale=float(args.sample_audio_guide_scale),
         use_apg=bool(args.use_apg),
@@ -73,7 +78,7 @@ def build_generation_kwargs(args: Namespace, input_data: dict) -> dict:
     )
 
 
-def default_save_file(args: Namespace, prompt: str, now: datetime.datetime | None = None) -> str:
+def default_save_file(args: GenerateOptions, prompt: str, now: datetime.datetime | None = None) -> str:
     """The reference's default output name: ``{task}_{size}_{ulysses}_{ring}_{prompt[:50]}_{YYYYmmdd_HHMMSS}``."""
     now = now or datetime.datetime.now()
     words = prompt.replace(" ", "_").replace("/", "_")[:50]
@@ -89,7 +94,7 @@ def tiny_size(image_size: tuple[int, int], size: str) -> tuple[int, int]:
     """For --tiny without --height/--width: the image's bucket divided by 8, rounded to multiples of 16."""
     from ..pipelines.image_processing import closest_bucket, resolution_buckets
 
-    bucket_h, bucket_w = closest_bucket(image_size[0], image_size[1], resolution_buckets(size))
+    bucket_h, bucket_w = closest_bucket(image_size[0], image_size[1], resolution_buckets(get_size(size).buckets))
     return tuple(max(16, int(v / 8 / 16 + 0.5) * 16) for v in (bucket_h, bucket_w))
 
 

@@ -3,10 +3,8 @@ one model for both."""
 
 from __future__ import annotations
 
-import importlib
 import secrets
 import threading
-from argparse import Namespace
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -16,9 +14,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from .. import runtime
-from ..runtime.options import is_infinitetalk
+from ..runtime.options import variant_of_options
+from ..runtime.spec import GenerateOptions
+from ..variants import variant_of_pipeline
 from .events import job_events
-from .generation import NEEDS_INFINITETALK, can_dub, parse_settings, run_job
+from .generation import NEEDS_DUBBING_MODEL, can_dub, parse_settings, run_job
 from .jobs import Job, JobManager, QueueFull, new_job_id
 from .schemas import ErrorBody, Health, JobCreated, JobInfo, JobState
 from .uploads import MB, Limits, UploadRejected, check_audio, check_image, check_video, read_limited
@@ -54,12 +54,12 @@ def create_app(
     api_key: str | None = None,
     keep_jobs: float = 3600,
     tiny: bool | None = None,
-    options: Namespace | None = None,
+    options: GenerateOptions | None = None,
     ui: bool = True,
 ) -> FastAPI:
     """
     The server's app (not started: run it with uvicorn). A `video` upload (dubbing) is refused at submission unless
-    the pipeline is InfiniteTalk's: told by the pipeline when it is given or loaded, else by the model flags; a
+    the pipeline's model dubs (the variant registry's `dubs_video`): told by the pipeline when it is given or loaded, else by the model flags; a
     function not yet called is not called for it (that would load the model in the request), so such a job is
     queued and fails at its start if the model it returns cannot dub.
 
@@ -74,14 +74,15 @@ def create_app(
         options: the model flags `source` was loaded with, when it is a pipeline (jobs start from them).
         ui: mount the Gradio web app at `/`.
     """
-    if isinstance(source, Namespace) or options is not None:
+    if isinstance(source, GenerateOptions) or options is not None:
         server_options = runtime.generate_options(options if options is not None else source)
         checks_model = True
     else:
         server_options = runtime.generate_options(tiny=bool(tiny))
         checks_model = bool(tiny)
-    if _is_pipeline(source) and can_dub(source) and not is_infinitetalk(server_options):
-        server_options.task = "infinitetalk-14B"  # a given InfiniteTalk: its defaults (9 motion frames) for the checks
+    if _is_pipeline(source):
+        # a given pipeline's model: its defaults (motion frames) for the checks
+        server_options.task = variant_of_pipeline(source).task
     tiny = bool(server_options.tiny) if tiny is None else tiny
     holder = runtime.PipelineHolder(source)
     output_dir = Path(output_dir)
@@ -108,8 +109,8 @@ def create_app(
         """Whether the served model dubs videos; None while that is unknown (a loader not yet called)."""
         if holder.loaded or _is_pipeline(source):
             return can_dub(holder())  # a given pipeline is returned as is: nothing loads
-        if isinstance(source, Namespace) or options is not None:  # the model flags pick the pipeline
-            return is_infinitetalk(server_options)
+        if isinstance(source, GenerateOptions) or options is not None:  # the model flags pick the pipeline
+            return variant_of_options(server_options).dubs_video
         return None
 
     bearer = HTTPBearer(auto_error=False, description="`--api_key`, when the server was started with one")
@@ -154,7 +155,7 @@ def create_app(
         prompt: str = Form(..., description="what the video shows"),
         image: UploadFile | None = File(None, description="the reference image (PNG, JPEG, WebP, GIF, BMP)"),
         video: UploadFile | None = File(
-            None, description="instead of image: a video to dub (MP4, MOV, WebM, MKV, AVI; an InfiniteTalk server)"
+            None, description="instead of image: a video to dub (MP4, MOV, WebM, MKV, AVI; a server whose model dubs)"
         ),
         audio: list[UploadFile] = File(
             default=[], description="one recording per person, in order (WAV, FLAC, OGG, MP3)"
@@ -177,7 +178,7 @@ def create_app(
                 422, "image: missing; send the reference picture as 'image' or a video to dub as 'video'"
             )
         if video is not None and dubs() is False:
-            raise HTTPException(422, NEEDS_INFINITETALK)
+            raise HTTPException(422, NEEDS_DUBBING_MODEL)
         if not prompt.strip():
             raise HTTPException(422, "prompt: empty; describe the scene")
         if tts is not None and audio:
@@ -312,12 +313,13 @@ def _speakers(text: str) -> int:
     return max(turn.speaker for turn in parse_dialogue(text)) + 1
 
 
-def _mount_ui(app: FastAPI, holder, gpu_lock, ui_dir: Path, tiny: bool, options: Namespace) -> None:
-    """The Gradio web app at `/`, on the same model. The UI is a front end of its own: started by name, as
-    `multitalk serve` always did, never imported by the server's modules."""
+def _mount_ui(app: FastAPI, holder, gpu_lock, ui_dir: Path, tiny: bool, options: GenerateOptions) -> None:
+    """The Gradio web app at `/`, on the same model. Imported here, when the server mounts it: the server sits above
+    the web app in the layers (pyproject.toml), and gradio loads only for a server that serves the UI."""
     import gradio as gr
 
-    web = importlib.import_module("diffusers_multitalk.app")
+    from .. import app as web
+
     demo = web.build_app(
         lambda: SharedPipeline(holder(), gpu_lock), output_dir=ui_dir, tiny=tiny,
         use_teacache=bool(options.use_teacache), teacache_threshold=options.teacache_thresh,

@@ -4,12 +4,13 @@ through the pipeline with progress and cancellation (the same flag -> argument m
 from __future__ import annotations
 
 import json
-from argparse import Namespace
 from copy import copy
 from pathlib import Path
 from typing import Callable
 
 from .. import runtime
+from ..runtime.spec import GenerateOptions
+from ..variants import dubbing_requirement, get_size, variant_of_pipeline
 
 
 # The settings a job may carry: generate's generation flags (not the model flags, fixed when the server starts) and
@@ -27,15 +28,12 @@ INPUT_FIELDS = {"audio_type": _STR, "bbox": (list, dict), "negative_prompt": _ST
 SETTINGS_FIELDS = {**GENERATION_FIELDS, **INPUT_FIELDS}
 
 
-NEEDS_INFINITETALK = (
-    "video: dubbing needs InfiniteTalk; start the server with --infinitetalk_dir DIR (InfiniteTalk's weights; or "
-    "--tiny --task infinitetalk-14B), or send a reference picture as 'image'"
-)
+NEEDS_DUBBING_MODEL = f"video: {dubbing_requirement()}, or send a reference picture as 'image'"
 
 
 def can_dub(pipe) -> bool:
-    """Whether the pipeline dubs videos: InfiniteTalk's has `prepare_source_frame` (as the web app asks)."""
-    return hasattr(pipe, "prepare_source_frame")
+    """Whether the pipeline dubs videos: its model's entry in the variant registry says so."""
+    return variant_of_pipeline(pipe).dubs_video
 
 
 class JobCancelled(Exception):
@@ -43,7 +41,9 @@ class JobCancelled(Exception):
     writer removes the part file."""
 
 
-def parse_settings(text: str | None, server_options: Namespace, *, checks_model: bool = True) -> tuple[Namespace, dict]:
+def parse_settings(
+    text: str | None, server_options: GenerateOptions, *, checks_model: bool = True
+) -> tuple[GenerateOptions, dict]:
     """The `settings` form field (a JSON object) -> (generation options, input fields). Raises UserError naming
     the field: unknown keys, model flags, wrong types, and whatever `runtime.check_generate_args` refuses."""
     if text is None or not text.strip():
@@ -114,7 +114,7 @@ def run_job(pipe, job, on_progress: Callable[[dict], None], should_stop: Callabl
     options.device = str(pipe._execution_device)
     if job.video_path is not None:
         if not can_dub(pipe):  # submit_job could not tell before the model was loaded (a lazy loader)
-            raise runtime.UserError(NEEDS_INFINITETALK)
+            raise runtime.UserError(NEEDS_DUBBING_MODEL)
         source_size = job.source_size  # from ffmpeg's header when the upload was checked
         visual = {"cond_video": str(job.video_path), "cond_video_is_image": False}
     else:
@@ -161,7 +161,10 @@ def run_job(pipe, job, on_progress: Callable[[dict], None], should_stop: Callabl
     transformer = pipe.transformer
     transformer.disable_teacache()  # per job, as the web app does
     if options.use_teacache:
-        transformer.enable_teacache(threshold=float(options.teacache_thresh), resolution=options.size)
+        size = get_size(options.size)  # the size's fitted coefficients, from the variant registry
+        transformer.enable_teacache(
+            threshold=float(options.teacache_thresh), resolution=size.buckets, coefficients=size.teacache_coefficients
+        )
     path = Path(job.folder) / "video.mp4"
     pipe(**kwargs, output_path=path, callback_on_step_end=step_end, callback_on_step_end_tensor_inputs=["latents"])
     return path

@@ -8,13 +8,13 @@ import threading
 import time
 import traceback
 import uuid
-from argparse import Namespace
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from .. import runtime
+from ..runtime.spec import GenerateOptions
 from .generation import JobCancelled
 from .schemas import FINAL_STATES, JobInfo, JobState, Progress
 
@@ -28,10 +28,10 @@ class Job:
     id: str
     folder: Path
     prompt: str
-    options: Namespace
+    options: GenerateOptions
     extras: dict
     image_path: Path | None = None  # the reference picture, or
-    video_path: Path | None = None  # the video to dub (InfiniteTalk)
+    video_path: Path | None = None  # the video to dub (a model that dubs)
     source_size: tuple[int, int] | None = None  # (height, width) of the picture or video, read when it was checked
     audio_paths: list[Path] = field(default_factory=list)
     audio_seconds: list[float] = field(default_factory=list)

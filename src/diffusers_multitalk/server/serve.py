@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from argparse import Namespace
 from pathlib import Path
 
 from .. import runtime
+from ..runtime.spec import ServeOptions
 
 
-def serve(args: Namespace) -> None:
+def serve(args: ServeOptions) -> None:
     """`multitalk serve`'s flags -> the model loaded (so a broken folder fails now, not at the first job), the API
     and the UI served on `args.host`:`args.port`. Blocks until the server stops; stopping cancels the jobs."""
     import uvicorn
