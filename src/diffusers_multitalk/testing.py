@@ -208,7 +208,7 @@ def tiny_generation_latents(pipe) -> torch.Tensor:
         mode="clip",
         output_type="latent",
         generator=torch.Generator().manual_seed(0),
-    ).frames[0]
+    ).frames  # [1, 16, T, h, w]
 
 
 def column_person_masks(persons: int, height: int, width: int, device=None) -> torch.Tensor:

@@ -19,13 +19,13 @@ from diffusers import AutoencoderKLWan, DiffusionPipeline, FlowMatchEulerDiscret
 from diffusers.utils import deprecate, logging
 from diffusers.video_processor import VideoProcessor
 from transformers import (
-    CLIPImageProcessor,
     CLIPVisionModel,
     PreTrainedTokenizerBase,
     UMT5EncoderModel,
     Wav2Vec2FeatureExtractor,
     Wav2Vec2Model,
 )
+from transformers.image_processing_utils import BaseImageProcessor
 
 from .._diffusers_compat import reset_stateful_cache
 from ..audio.encoder import encode_speech
@@ -130,9 +130,10 @@ class WanAudioPipelineBase(
             Its own shift is used when a call gives none.
         audio_encoder ([`~transformers.Wav2Vec2Model`]): chinese-wav2vec2-base.
         audio_feature_extractor ([`~transformers.Wav2Vec2FeatureExtractor`]): its feature extractor.
-        image_processor ([`~transformers.CLIPImageProcessor`], *optional*): only its `image_mean`, `image_std` and
-            crop size are used; the pixels follow the reference's tensor path (bicubic resize of the [-1, 1] frame),
-            whose numbers differ from the PIL path.
+        image_processor ([`~transformers.CLIPImageProcessor`], *optional*): any CLIP image processor (annotated as
+            their base class: transformers 5 picks a PIL or a torchvision class at run time). Only its `image_mean`,
+            `image_std` and crop size are used; the pixels follow the reference's tensor path (bicubic resize of the
+            [-1, 1] frame), whose numbers differ from the PIL path.
     """
 
     model_cpu_offload_seq = "text_encoder->image_encoder->audio_encoder->transformer->vae"
@@ -149,7 +150,7 @@ class WanAudioPipelineBase(
         scheduler: FlowMatchEulerDiscreteScheduler,
         audio_encoder: Wav2Vec2Model,
         audio_feature_extractor: Wav2Vec2FeatureExtractor,
-        image_processor: CLIPImageProcessor | None = None,
+        image_processor: BaseImageProcessor | None = None,
     ):
         super().__init__()
         self.register_modules(
