@@ -117,6 +117,10 @@ def test_job_runs_with_events_to_an_mp4_with_video_and_audio(tiny_pipe, tmp_path
         body = client.get(f"/v1/jobs/{job_id}").json()
         assert body["status"] == "succeeded" and body["error"] is None
         assert body["video_url"] == f"/v1/jobs/{job_id}/video" and body["expires_at"] > body["finished_at"]
+        # clip mode keeps 5 frames of the speech: the job says so in its status and its events, not only in a log
+        cut = [line for line in body["warnings"] if "mode='clip' makes one chunk of 5 frames" in line]
+        assert len(cut) == 1 and "are dropped" in cut[0], body["warnings"]
+        assert cut[0] in events[-1][1]["warnings"]
         video = client.get(body["video_url"])
         assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
         out = tmp_path / "got.mp4"

@@ -66,6 +66,7 @@ __all__ = [
     "context_parallel_process_group",
     "convert_original_wan_lora",
     "exclude_from_cpu_offload",
+    "execution_device",
     "fetch_lora_state_dict",
     "hook_order",
     "reset_stateful_cache",
@@ -156,3 +157,9 @@ def resolve_dtype(dtype, torch_dtype):
     from diffusers.utils.deprecation_utils import _resolve_dtype
 
     return _resolve_dtype(dtype, torch_dtype)
+
+
+def execution_device(pipe):
+    """The device a pipeline runs its models on (`DiffusionPipeline._execution_device`, which follows offload
+    hooks): for the front ends, which place their generators and options on it."""
+    return pipe._execution_device

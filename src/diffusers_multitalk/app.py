@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import runtime
+from ._diffusers_compat import execution_device
 from .pipelines.pipeline_wan_multitalk import DEFAULT_NEGATIVE_PROMPT
 from .utils.defaults import random_seed
 from .variants import VARIANTS, dubbing_requirement, get_size
@@ -430,7 +431,7 @@ def generate_video(
         color_correction_strength=float(color_correction_strength),
         base_seed=seed,
         audio_mode="tts" if use_tts else "localfile",
-        device=str(pipe._execution_device),
+        device=str(execution_device(pipe)),
         height=height,
         width=width,
     )

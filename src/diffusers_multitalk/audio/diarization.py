@@ -3,7 +3,7 @@
 :func:`diarize` answers "who speaks when": a list of :class:`Turn` (start, end in seconds, speaker numbered 1, 2, ...
 in the order the speakers are first heard). :func:`person_tracks` turns that into one waveform per person, each as
 long as the recording and silent wherever that person does not speak (overlapping speech goes to both), which is the
-``cond_audio`` layout MultiTalk and InfiniteTalk take. :func:`diarization_error_rate` scores turns against a
+``cond_audio`` layout the pipelines take. :func:`diarization_error_rate` scores turns against a
 reference.
 
 Two diarizers:

@@ -529,23 +529,25 @@ class WanAudioPipelineBase(
     # The chunk plan
     # ------------------------------------------------------------------------------------------------------------
     @staticmethod
-    def plan_video(num_audio_frames, num_frames, motion_frames, max_frames=None, mode=None) -> VideoPlan:
+    def plan_video(num_audio_frames, num_frames, motion_frames, max_frames=None, mode=None, warn=True) -> VideoPlan:
         """What to generate for audio of `num_audio_frames` video frames: the chunk length, the number of chunks and
         the frames kept. `mode` None/"auto" covers the whole audio (one clip when it fits, else streaming); "clip"
         is the reference's single chunk; audio (or a `max_frames` cap) shorter than a chunk gives one chunk of the
-        shortest 4n+1 length that covers it. Logs a warning for audio that is not used."""
+        shortest 4n+1 length that covers it. Logs a warning for audio that is not used (unless `warn` is False: an
+        estimate made before the call, which will say it)."""
         limit = num_audio_frames if max_frames is None else min(max_frames, num_audio_frames)
-        if max_frames is not None and max_frames < num_audio_frames:
+        if warn and max_frames is not None and max_frames < num_audio_frames:
             logger.warning(
                 f"max_frames={max_frames} cuts the video at {max_frames / FPS:.2f} s: the last "
                 f"{(num_audio_frames - max_frames) / FPS:.2f} s of the {num_audio_frames / FPS:.2f} s audio are not used."
             )
         if mode == "clip" and limit > num_frames:
-            logger.warning(
-                f"mode='clip' makes one chunk of {num_frames} frames ({num_frames / FPS:.2f} s): the last "
-                f"{(limit - num_frames) / FPS:.2f} s of the {limit / FPS:.2f} s audio are dropped; leave the mode "
-                "unset (or use 'streaming') for the whole audio."
-            )
+            if warn:
+                logger.warning(
+                    f"mode='clip' makes one chunk of {num_frames} frames ({num_frames / FPS:.2f} s): the last "
+                    f"{(limit - num_frames) / FPS:.2f} s of the {limit / FPS:.2f} s audio are dropped; leave the mode "
+                    "unset (or use 'streaming') for the whole audio."
+                )
             return VideoPlan(chunk_frames=num_frames, num_chunks=1, num_frames=num_frames)
         if limit <= num_frames:
             chunk_frames = max(5, 4 * math.ceil((limit - 1) / 4) + 1)

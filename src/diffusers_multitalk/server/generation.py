@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import runtime
+from .._diffusers_compat import execution_device
 from ..runtime.spec import GenerateOptions
 from ..variants import dubbing_requirement, get_size, variant_of_pipeline
 
@@ -111,7 +112,7 @@ def run_job(pipe, job, on_progress: Callable[[dict], None], should_stop: Callabl
     pipeline writes it atomically. `on_progress` gets {step, steps, chunk, chunks}; `should_stop()` True cancels at
     the next step."""
     options = copy(job.options)
-    options.device = str(pipe._execution_device)
+    options.device = str(execution_device(pipe))
     if job.video_path is not None:
         if not can_dub(pipe):  # submit_job could not tell before the model was loaded (a lazy loader)
             raise runtime.UserError(NEEDS_DUBBING_MODEL)
@@ -176,7 +177,7 @@ def _estimate_chunks(pipe, seconds: list[float], audio_type: str, kwargs: dict) 
     try:
         total = sum(seconds) if audio_type == "add" else max(seconds)
         plan = pipe.plan_video(int(round(total * 25)), kwargs["num_frames"], kwargs["motion_frames"],
-                               kwargs["max_frames"], kwargs["mode"])  # fmt: skip
+                               kwargs["max_frames"], kwargs["mode"], warn=False)  # fmt: skip
         return int(plan.num_chunks)
     except Exception:  # noqa: BLE001 - an estimate only
         return None

@@ -3,12 +3,14 @@ of finished jobs after `--keep_jobs` seconds."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
 import time
 import traceback
 import uuid
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -45,6 +47,7 @@ class Job:
     finished_at: float | None = None
     video: Path | None = None
     version: int = 0  # bumped on every change (the event stream sends one event per version)
+    warnings: list[str] = field(default_factory=list)  # what the job's run said it cut or changed
 
 
 def new_job_id() -> str:
@@ -101,7 +104,7 @@ class JobManager:
                 job.status, job.started_at = JobState.running, time.time()
                 self._touch(job)
             try:
-                with self.gpu_lock:
+                with self.gpu_lock, self._said(job):
                     video = self._run(job, lambda p, j=job: self._progress(j, p), lambda j=job: j.cancel_requested)
             except JobCancelled:
                 self._end(job, JobState.cancelled, None)
@@ -116,6 +119,28 @@ class JobManager:
                 else:
                     job.video = video
                     self._end(job, JobState.succeeded, None)
+
+    @contextmanager
+    def _said(self, job: Job):
+        """The warnings the package logs while `job` runs (a clip cut, a held last frame, resampled speech, a prompt
+        past the text length) go into the job's `warnings`, so the API's status and events carry them, not only the
+        server's log. Only this worker thread's records count."""
+        manager, worker = self, threading.get_ident()
+
+        class ToJob(logging.Handler):
+            def emit(self, record):
+                if record.thread == worker and record.levelno >= logging.WARNING:
+                    with manager._cond:
+                        job.warnings.append(record.getMessage())
+                        manager._touch(job)
+
+        handler = ToJob()
+        package = logging.getLogger(runtime.__name__.split(".")[0])
+        package.addHandler(handler)
+        try:
+            yield
+        finally:
+            package.removeHandler(handler)
 
     def _progress(self, job: Job, progress: dict) -> None:
         with self._cond:
@@ -216,4 +241,5 @@ class JobManager:
                 finished_at=job.finished_at,
                 expires_at=expires,
                 video_url=video_url if job.status == JobState.succeeded else None,
+                warnings=list(job.warnings),
             )

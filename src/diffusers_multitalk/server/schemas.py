@@ -45,6 +45,11 @@ class JobInfo(BaseModel):
     finished_at: float | None = None
     expires_at: float | None = Field(None, description="when a finished job and its files are removed (Unix time)")
     video_url: str | None = Field(None, description="the mp4, once the job succeeded")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="what the run said it cut or changed: audio dropped by clip mode or max_frame_num, a held last "
+        "frame, resampled speech, a prompt past the text length",
+    )
 
 
 class Health(BaseModel):
