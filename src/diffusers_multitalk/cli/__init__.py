@@ -84,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the writers' cleanup runs and no part file stays behind.
     previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
-        if args.command != "download" and torchao_available():
+        # `generate` checks its flags first (they need no torch) and quiets torchao itself, just before loading
+        if args.command not in ("download", "generate") and torchao_available():
             # first, before diffusers, peft or transformers import it (they do whenever it is installed)
             import_torchao_quietly()
         return int(COMMANDS[args.command]()(args) or 0)

@@ -10,7 +10,7 @@ from ..runtime.errors import UserError, note
 from ..runtime.kernels import check_self_attention_kernel
 from ..runtime.loading import load_pipeline, resolve_device, resolve_dtype
 from ..runtime.options import apply_preset_options, check_generate_args, variant_of_options
-from ..runtime.quantization import check_quantization, resolve_auto_quant
+from ..runtime.quantization import check_quantization, import_torchao_quietly, resolve_auto_quant, torchao_available
 from ..runtime.request import (
     build_generation_kwargs,
     check_writable,
@@ -101,7 +101,9 @@ def _prepare(args: GenerateOptions):
 
 def _generate(args: GenerateOptions) -> int:
     apply_preset_options(args)
-    check_generate_args(args)
+    check_generate_args(args)  # every flag checked before torch is imported: a bad value answers at once
+    if torchao_available():
+        import_torchao_quietly()  # before diffusers, peft or transformers import it (they do whenever it is installed)
     device = resolve_device(args.device)
     args.device = str(device)
     dtype = resolve_dtype(args.dtype, device, tiny=args.tiny)
