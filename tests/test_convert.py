@@ -228,7 +228,7 @@ _FRESH_PROCESS_SCRIPT = textwrap.dedent(
     pipe.set_progress_bar_config(disable=True)
     kwargs = dict(image=image, audio=[(wave, 16000)], prompt="a person talks", height=64, width=96, num_frames=5,
                   num_inference_steps=2, mode="clip")
-    latents = pipe(**kwargs, output_type="latent", generator=torch.Generator().manual_seed(0)).frames[0]
+    latents = pipe(**kwargs, output_type="latent", generator=torch.Generator().manual_seed(0)).frames
     torch.save(latents, sys.argv[2])
     frames = pipe(**kwargs, output_type="np", generator=torch.Generator().manual_seed(0)).frames
     result["frames"] = [list(frames.shape), str(frames.dtype)]

@@ -159,7 +159,7 @@ _FRESH_PROCESS_SCRIPT = textwrap.dedent(
     latents = pipe(
         image=image, audio=[(wave, 16000)], prompt="a person talks", height=64, width=96, num_frames=5,
         num_inference_steps=2, mode="clip", output_type="latent", generator=torch.Generator().manual_seed(0),
-    ).frames[0]
+    ).frames  # [1, 16, T, h, w], as tiny_generation_latents returns
     torch.save(latents, sys.argv[2])
     result["latents"] = list(latents.shape)
     print(json.dumps(result, indent=1))
