@@ -8,9 +8,13 @@ Each SETUP in --setups gets a freshly built DiT from the same seed (identical ra
   wheel built with FA3_FP8=1), +eager (no compile), +vae32 (VAE in float32),
   +latents (deviation only: no warm-up call, no decode), +tuned (torchao's Inductor tuning, `enable_fp8(...,
   tune_kernels=True)`: process-wide, so every set-up after it in the run is compiled with it too),
-  +all, +keep:NAME[/NAME...], +mean:NAME[/NAME...] (the FP8 linears' float parts: every block linear quantised,
-  or more of them left in bf16 / as `TokenMeanFloatLinear`; bench_fp8.py says more)
-The first set-up is the reference of the latent deviation; "total_s" reports the first one timed in full (not
+  +all, +keep:NAME[/NAME...], +mean:NAME[/NAME...], +audio (the FP8 linears' float parts: every block linear
+  quantised, or more of them left in bf16 / as `TokenMeanFloatLinear`, or the audio adapter's projections of the
+  video tokens quantised too; bench_fp8.py says more),
+  +unipc (diffusers' UniPCMultistepScheduler with flow sigmas and the preset's shift instead of MultiTalk's Euler
+  schedule), +steps:N (N denoising steps instead of the preset's 8)
+The first set-up is the reference of the latent deviation (and every run also reports its deviation from each
+earlier run, `latents_rel_l2_vs`, so a many-step Euler run with +latents can serve as the converged reference); "total_s" reports the first one timed in full (not
 +latents), so `bf16+latents,fp8+fa3fp8` times the fast set-up against a bf16 reference. Compiled set-ups get a
 1-step warm-up call first (compilation), not counted. Also reports the VAE's bf16 decode error (the reference's
 final latents decoded in bf16 and in float32).
@@ -56,6 +60,19 @@ def fresh_transformer(args, device):
     return build_model(FULL_CONFIG, device)
 
 
+def make_scheduler(name):
+    """MultiTalk's Euler schedule (the pipeline's default) or UniPC configured for flow matching, both with the
+    preset's shift (the call passes it too)."""
+    from diffusers import UniPCMultistepScheduler
+
+    from diffusers_multitalk.pipelines.sampling import make_multitalk_scheduler
+
+    shift = preset_call_kwargs("fast")["shift"]
+    if name == "unipc":
+        return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift)
+    return make_multitalk_scheduler(shift=shift)
+
+
 def apply(pipe, setup, args, device):
     from diffusers_multitalk.models.fp8 import enable_fp8, set_self_attention_kernel
 
@@ -84,6 +101,8 @@ def apply(pipe, setup, args, device):
     if compiled:
         transformer.compile_repeated_blocks(fullgraph=False)
     pipe.transformer = transformer
+    pipe.scheduler = make_scheduler("unipc" if "unipc" in flags else "euler")
+    steps = [int(flag.split(":", 1)[1]) for flag in flags if flag.startswith("steps:")]
     vae_dtype = torch.float32 if "vae32" in flags else torch.bfloat16
     pipe.vae.to(vae_dtype)
     return dict(
@@ -92,6 +111,8 @@ def apply(pipe, setup, args, device):
         compiled=compiled,
         vae_dtype=str(vae_dtype).replace("torch.", ""),
         latents_only="latents" in flags,
+        scheduler=type(pipe.scheduler).__name__,
+        num_inference_steps=steps[0] if steps else preset_call_kwargs("fast")["num_inference_steps"],
         inductor_coordinate_descent_tuning=bool(inductor_config.coordinate_descent_tuning),
     )
 
@@ -148,6 +169,7 @@ def main():
         skipped=[],
     )
     reference = None
+    all_latents = {}
     for setup in args.setups.split(","):
         elapsed = time.perf_counter() - t_start
         if elapsed > args.budget_s:
@@ -186,7 +208,7 @@ def main():
             timer.sync()
             t0 = time.perf_counter()
             pipe(
-                **call,
+                **dict(call, num_inference_steps=run["num_inference_steps"]),
                 generator=torch.Generator(device).manual_seed(0),
                 callback_on_step_end=keep_latents,
                 callback_on_step_end_tensor_inputs=["latents"],
@@ -208,6 +230,10 @@ def main():
             )
             latents = final["latents"].cpu()
             run["latents_finite"] = bool(torch.isfinite(latents).all())
+            run["latents_rel_l2_vs"] = {
+                earlier: float((latents - other).norm() / other.norm()) for earlier, other in all_latents.items()
+            }
+            all_latents[setup] = latents
             if reference is None:
                 reference = (setup, latents)
             else:

@@ -13,7 +13,9 @@ SETUP: a '+'-list of
   so every set-up after it in the run is compiled with it too); the torchao modes keep `enable_fp8`'s default float
   parts (FP8: the cross-attention's context k/v in bf16, its output projection a `TokenMeanFloatLinear`) unless
   `all` (every block linear quantised); keep:NAME[/NAME...] and mean:NAME[/NAME...] add block modules to
-  `keep_float` (linears left in bf16) and `float_token_mean`, e.g. keep:attn2 or mean:attn1.to_out
+  `keep_float` (linears left in bf16) and `float_token_mean`, e.g. keep:attn2 or mean:attn1.to_out; audio (the
+  audio adapter's q and output projections of the video tokens quantised too, `enable_fp8(audio_projections=True)`;
+  with mean:audio_attn.to_out its output projection as a `TokenMeanFloatLinear`)
 SHAPE: 480p1, 480p2 (81 frames at 640x640, 1 / 2 persons: 33,600 tokens), 720p1, 720p2 (960x960: 75,600 tokens),
   480p2b2 (2 persons, batch 2: the two guidance passes of a step in one forward)
 
@@ -92,7 +94,8 @@ def shape_inputs(shape, device, frames=81):
 
 def fp8_options(flags, mode="fp8") -> dict:
     """`enable_fp8` keywords from a set-up's options: `tuned`, `all` (no float parts: every block linear
-    quantised), `keep:NAME[/NAME...]` and `mean:NAME[/NAME...]` (added to the float parts)."""
+    quantised), `keep:NAME[/NAME...]` and `mean:NAME[/NAME...]` (added to the float parts), `audio` (the audio
+    adapter's q and output projections in FP8 too)."""
     from diffusers_multitalk.models.fp8 import DEFAULT_FLOAT_PARTS, NO_FLOAT_PARTS
 
     def named(prefix):
@@ -105,6 +108,7 @@ def fp8_options(flags, mode="fp8") -> dict:
         tune_kernels="tuned" in flags,
         keep_float=(*parts["keep_float"], *named("keep:")),
         float_token_mean=(*parts["float_token_mean"], *named("mean:")),
+        audio_projections="audio" in flags,
     )
 
 

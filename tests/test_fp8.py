@@ -195,6 +195,27 @@ def test_int8_dynamic_quantises_the_block_linears_and_keeps_the_rest():
     assert 0 < rel < 0.05
 
 
+def test_audio_projections_of_the_video_tokens_are_quantised_only_when_asked():
+    """`audio_projections=True` adds the audio adapter's q and output projections (the video tokens' side) to the
+    quantised linears; its projection of the audio tokens and `audio_proj` stay in float."""
+    pytest.importorskip("torchao")
+    model = tiny_transformer()
+    inputs = tiny_inputs(model)
+    with torch.no_grad():
+        expected = model(**inputs, return_dict=False)[0]
+        names = enable_fp8(model, "int8_dynamic", audio_projections=True, float_token_mean=("audio_attn.to_out",))
+        out = model(**inputs, return_dict=False)[0]
+    audio = sorted({name.split(".", 2)[2] for name in names if ".audio_attn." in name})
+    assert audio == ["audio_attn.to_out", "audio_attn.to_q"]
+    assert len(names) == 14 * len(model.blocks)
+    block = model.blocks[0].audio_attn
+    assert type(block.to_audio_kv.weight) is torch.nn.Parameter
+    assert isinstance(block.to_out, TokenMeanFloatLinear) and type(block.to_q.weight) is not torch.nn.Parameter
+    assert all(type(p) is torch.nn.Parameter for p in model.audio_proj.parameters())
+    rel = ((out - expected).norm() / expected.norm()).item()
+    assert 0 < rel < 0.05
+
+
 @pytest.mark.parametrize("tune_kernels", [False, True])
 def test_quantising_changes_inductor_settings_only_when_asked(tune_kernels):
     """torchao's configs switch on Inductor's coordinate-descent tuning for the whole process by default (minutes of

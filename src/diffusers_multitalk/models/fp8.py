@@ -45,6 +45,11 @@ FP8_FLOAT_PARTS = {
     "float_token_mean": ("attn2.to_out",),
 }
 NO_FLOAT_PARTS = {"keep_float": (), "float_token_mean": ()}
+
+# The audio adapter's two projections of the video tokens (33,600 tokens x 5120^2 each at 480P, ~9% of a block's
+# linear FLOPs), which `enable_fp8(..., audio_projections=True)` quantises too; its projection of the audio tokens
+# (`to_audio_kv`, a few hundred tokens) and `audio_proj` stay in float either way.
+AUDIO_VIDEO_PROJECTIONS = ("audio_attn.to_q", "audio_attn.to_out")
 DEFAULT_FLOAT_PARTS = {"fp8": FP8_FLOAT_PARTS, "fp8_tensor": FP8_FLOAT_PARTS, "int8_dynamic": NO_FLOAT_PARTS}
 
 
@@ -71,10 +76,15 @@ class TokenMeanFloatLinear(nn.Linear):
         return super().forward(hidden_states - mean) + nn.functional.linear(mean, self.float_weight)
 
 
-def is_block_linear(module: nn.Module, fqn: str) -> bool:
-    """The filter of `enable_fp8`: a linear layer inside `blocks.N` that is not part of the audio adapter."""
+def is_block_linear(module: nn.Module, fqn: str, audio_projections: bool = False) -> bool:
+    """The filter of `enable_fp8`: a linear layer inside `blocks.N` that is not part of the audio adapter (with
+    `audio_projections`, the adapter's projections of the video tokens, `AUDIO_VIDEO_PROJECTIONS`, count too)."""
     parts = fqn.split(".")
-    return isinstance(module, nn.Linear) and parts[0] == "blocks" and not any(k in parts for k in KEEP_FLOAT_MODULES)
+    if not (isinstance(module, nn.Linear) and parts[0] == "blocks"):
+        return False
+    if audio_projections and any(_names_a_module(key, fqn) for key in AUDIO_VIDEO_PROJECTIONS):
+        return True
+    return not any(k in parts for k in KEEP_FLOAT_MODULES)
 
 
 def torchao_config(mode: str = "fp8", tune_kernels: bool = False):
@@ -127,6 +137,7 @@ def enable_fp8(
     tune_kernels: bool = False,
     keep_float=None,
     float_token_mean=None,
+    audio_projections: bool = False,
 ) -> list[str]:
     """Quantises the block linears of `transformer` in place (see the module docstring); returns their names.
 
@@ -140,13 +151,15 @@ def enable_fp8(
             mode's `DEFAULT_FLOAT_PARTS` (for FP8, the cross-attention's context k/v projections).
         float_token_mean: block linears, by the same names, quantised as `TokenMeanFloatLinear` (their input's
             token mean through a float copy of the weight). Default: the mode's (for FP8, `attn2.to_out`).
+        audio_projections: quantise the audio adapter's q and output projections of the video tokens as well
+            (`AUDIO_VIDEO_PROJECTIONS`; off by default: measured in docs/performance.md).
     """
     from torchao.quantization import quantize_
 
     defaults = DEFAULT_FLOAT_PARTS.get(mode, NO_FLOAT_PARTS)  # an unknown mode is refused by torchao_config
     keep_float = defaults["keep_float"] if keep_float is None else tuple(keep_float)
     float_token_mean = defaults["float_token_mean"] if float_token_mean is None else tuple(float_token_mean)
-    linears = [fqn for fqn, module in transformer.named_modules() if is_block_linear(module, fqn)]
+    linears = [fqn for fqn, module in transformer.named_modules() if is_block_linear(module, fqn, audio_projections)]
     for option, keys in (("keep_float", keep_float), ("float_token_mean", float_token_mean)):
         unknown = [key for key in keys if not any(_names_a_module(key, fqn) for fqn in linears)]
         if unknown:
@@ -167,7 +180,7 @@ def enable_fp8(
 
     def filter_fn(module, fqn):
         if (
-            is_block_linear(module, fqn)
+            is_block_linear(module, fqn, audio_projections)
             and int(fqn.split(".")[1]) in chosen
             and not any(_names_a_module(key, fqn) for key in keep_float)
         ):
