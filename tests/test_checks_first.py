@@ -37,7 +37,7 @@ def test_a_bad_flag_is_refused_before_torch_is_imported(flags, named, tmp_path):
         cwd=REPO,
         timeout=900,  # generous for a loaded machine; the answer itself takes no model
     )
-    assert run.returncode == 1, run.stderr[-2000:]
+    assert run.returncode == 2, run.stderr[-2000:]  # a bad request: argparse's usage status
     assert named in run.stderr, run.stderr[-2000:]
     assert "Traceback" not in run.stderr
     assert "IMPORTED False False" in run.stdout, (run.stdout, run.stderr[-2000:])  # no torch, no pipeline code

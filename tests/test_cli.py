@@ -262,7 +262,7 @@ def test_readme_commands_map_to_pipeline_kwargs(name, flags, data, world_size, c
     from diffusers_multitalk import WanMultiTalkPipeline
 
     assert set(kwargs) <= set(inspect.signature(WanMultiTalkPipeline.__call__).parameters)
-    assert {flag for flag, _ in runtime.unsupported_flags(args, environ={"WORLD_SIZE": str(world_size)})} == refused
+    assert {p.field for p in runtime.unsupported_flags(args, environ={"WORLD_SIZE": str(world_size)})} == refused
     assert runtime.lora_specs(args) == loras
     if "--save_file" in flags:
         assert args.save_file == flags.split("--save_file ")[1].split()[0]
@@ -325,13 +325,13 @@ def test_default_save_file_and_output_path():
     [
         ("--quant int8 --quant_dir weights/MeiGen-MultiTalk", ["--quant int8"]),
         ("--ulysses_size 2 --ring_size 2 --dit_fsdp --t5_fsdp", ["--ulysses_size 2", "--ring_size 2"]),
-        ("--dit_fsdp --t5_fsdp --t5_cpu", ["--dit_fsdp", "--t5_fsdp", "--t5_fsdp with --t5_cpu"]),
+        ("--dit_fsdp --t5_fsdp --t5_cpu", ["--dit_fsdp", "--t5_fsdp", "--t5_fsdp: with --t5_cpu"]),
         (
             "--ulysses_size 2 --quant int8 --offload_model True --num_persistent_param_in_dit 0",
             [
-                "--quant with --ulysses_size",
-                "--offload_model True with --ulysses_size",
-                "--num_persistent_param_in_dit with",
+                "--quant int8: with --ulysses_size",
+                "--offload_model True: with --ulysses_size",
+                "--num_persistent_param_in_dit 0: with --ulysses_size",
             ],
         ),
     ],
@@ -340,7 +340,7 @@ def test_unsupported_flags_fail_clearly(flags, named, capsys):
     # refused before any input or model is looked at (the input file does not even exist)
     status = main(["generate", "--tiny", "--input_json", "missing.json", *shlex.split(flags)])
     err = capsys.readouterr().err
-    assert status == 1
+    assert status == 2  # a bad request: argparse's usage status
     assert "cannot honour" in err
     for flag in named:
         assert flag in err
@@ -354,18 +354,18 @@ def test_teacache_is_honoured():
     pipe = runtime.load_pipeline(args, torch.device("cpu"), torch.float32)
     head = pipe.transformer.blocks[0]._diffusers_hook.get_hook(TEACACHE_HOOK)
     assert head is not None and head.config.threshold == 0.3 and head.config.resolution == "multitalk-720"
-    with pytest.raises(CLIError, match="--teacache_thresh 0.0"):
+    with pytest.raises(CLIError, match="teacache_thresh 0.0"):
         runtime.check_generate_args(parse("--tiny --use_teacache --teacache_thresh 0"))
 
 
 def test_invalid_arguments_reported_together(capsys):
     status = main(["generate", "--frame_num", "80", "--height", "64", "--input_json", "x.json"])
     err = capsys.readouterr().err
-    assert status == 1
-    assert "--frame_num 80" in err and "--height/--width: give both" in err and "no model" in err
-    assert main(["generate", "--tiny", "--ckpt_dir", "w", "--input_json", "x.json"]) == 1
+    assert status == 2  # a bad request: argparse's usage status
+    assert "--frame_num 80" in err and "--height: give --width too, or neither" in err and "no model" in err
+    assert main(["generate", "--tiny", "--ckpt_dir", "w", "--input_json", "x.json"]) == 2
     assert "not used with --tiny" in capsys.readouterr().err
-    assert main(["generate", "--tiny", "--lora_dir", "weights/missing_lora.safetensors", "--input_json", "x.json"]) == 1
+    assert main(["generate", "--tiny", "--lora_dir", "weights/missing_lora.safetensors", "--input_json", "x.json"]) == 2
     assert "--lora_dir weights/missing_lora.safetensors: does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: --tiny and --model exclude each other
         main(["generate", "--tiny", "--model", "x"])
@@ -411,12 +411,13 @@ def test_every_problem_reported_at_once_with_paths(tmp_path):
     assert "$.audio_type: expected 'add' or 'para', got 'both'" in problems
     assert "$.cond_audio.person2: 'x.wav' does not exist" in text
     assert "$.bbox.person1: expected 4 numbers" in text and "$.bbox.person2: expected 4 numbers" in text
-    assert len(problems) == 7, text
+    assert "$.cond_audio.person1: 'a.wav': cannot be decoded as audio" in text  # 4 bytes, not a sound
+    assert len(problems) == 8, text
 
 
 def test_cli_prints_all_json_problems(tmp_path, capsys):
     bad = _write(tmp_path / "bad.json", {"cond_image": "nope.png", "cond_audio": {"person1": 5}})
-    assert main(["generate", "--tiny", "--input_json", str(bad)]) == 1
+    assert main(["generate", "--tiny", "--input_json", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "3 problems" in err
     assert "$.prompt: missing (required)" in err
@@ -451,7 +452,7 @@ def test_persons_boxes_and_keys(tmp_path):
     text = "\n".join(info.value.problems)
     assert "$.cond_audio: person2 is missing" in text
     assert "$.cond_audio[\"Person 4\"]: persons are named person1, person2, ...; did you mean 'person4'?" in text
-    assert "$.bbox.person1: [0, 0, 481, 100] is outside the 832x480 image" in text
+    assert "$.bbox.person1: [0, 0, 481, 100] is outside the 832x480 (WxH) image" in text
     assert "$.bbox.person3: [10, 50, 5, 60] is empty" in text
     assert "$.bbox.person5: no such person in cond_audio" in text
 
@@ -522,7 +523,7 @@ def test_relative_paths_json_folder_first_then_cwd(tmp_path, monkeypatch):
     image = (EXAMPLES / "assets" / "two_people.png").read_bytes()
     (json_dir / "assets" / "img.png").write_bytes(image)  # next to the JSON
     (cwd / "assets" / "img.png").write_bytes(image)  # and in the working directory: the JSON's folder wins
-    (cwd / "assets" / "a.wav").write_bytes(b"x")  # only in the working directory (the reference's convention)
+    (cwd / "assets" / "a.wav").write_bytes((EXAMPLES / "assets" / "speaker1.wav").read_bytes())  # only in the cwd
     path = _write(
         json_dir / "in.json", {"prompt": "p", "cond_image": "assets/img.png", "cond_audio": {"person1": "assets/a.wav"}}
     )
@@ -857,7 +858,7 @@ def test_generate_model_unreachable_fails_clearly(monkeypatch, capsys):
     )
     assert status == 1
     assert "--model someone/multitalk-diffusers: Cannot load model" in capsys.readouterr().err
-    assert main(["generate", "--model", "./no/such/folder", "--input_json", "x.json"]) == 1
+    assert main(["generate", "--model", "./no/such/folder", "--input_json", "x.json"]) == 2
     assert "neither a folder here nor a Hub repo id" in capsys.readouterr().err
 
 

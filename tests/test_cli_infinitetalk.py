@@ -71,7 +71,7 @@ def test_infinitetalk_readme_commands_map_to_pipeline_kwargs(name, flags, data, 
         assert kwargs["video"] == data["cond_video"] and "image" not in kwargs
     assert set(kwargs) <= set(inspect.signature(WanInfiniteTalkPipeline.__call__).parameters)
     assert {
-        flag for flag, _ in runtime.unsupported_flags(args, environ={"WORLD_SIZE": "8" if "ulysses" in flags else "1"})
+        p.field for p in runtime.unsupported_flags(args, environ={"WORLD_SIZE": "8" if "ulysses" in flags else "1"})
     } == refused
 
 
@@ -83,9 +83,9 @@ def test_motion_frame_defaults_follow_the_model():
 
 def test_infinitetalk_needs_its_weights_before_loading():
     args = parse("--ckpt_dir w --wav2vec_dir a --task infinitetalk-14B --input_json x.json")
-    with pytest.raises(runtime.UserError, match="--infinitetalk_dir: required"):
+    with pytest.raises(runtime.UserError, match="infinitetalk_dir: required"):
         runtime.check_generate_args(args)
-    with pytest.raises(runtime.UserError, match="--scene_seg"):
+    with pytest.raises(runtime.UserError, match="scene_seg"):
         runtime.check_generate_args(parse("--tiny --scene_seg --input_json x.json"))
 
 

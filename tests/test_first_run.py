@@ -134,7 +134,7 @@ def test_unwritable_output_fails_before_any_model_code_in_one_line(tmp_path):
          str(EXAMPLES / "two_person_tiny.json"), "--save_file", str(blocker / "video")],
         capture_output=True, text=True, cwd=ROOT, timeout=1800,
     )  # fmt: skip
-    assert run.returncode == 1, run.stderr[-3000:]
+    assert run.returncode == 2, run.stderr[-3000:]
     assert run.stdout.strip().splitlines()[-1] == "[]", f"model code imported before the error: {run.stdout}"
     assert "Traceback" not in run.stderr
     assert (

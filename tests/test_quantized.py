@@ -504,10 +504,10 @@ def test_cli_quant_flags_reach_from_original(quant_folders, recorded_from_origin
 @pytest.mark.parametrize(
     "flags, match",
     [
-        ("--quant int4 --quant_dir {m}", r"--quant int4: MultiTalk's quantisations are int8 and fp8"),
-        ("--quant_dir {m}", r"--quant_dir .*: only used with --quant"),
+        ("--quant int4 --quant_dir {m}", r"quant int4: MultiTalk's quantisations are int8 and fp8"),
+        ("--quant_dir {m}", r"quant_dir .*: only used with quant int8"),
         ("--quant int8 --quant_dir {m} --lora_dir {lora}", r"a float LoRA cannot be applied to the quantised"),
-        ("--lora_dir {fusionx}", r"a quantised DiT .* not a LoRA: add --quant int8"),
+        ("--lora_dir {fusionx}", r"a quantised DiT .* not a LoRA: add quant int8"),
         ("--quant int8 --lora_dir {fusionx} {lora}", r"a LoRA cannot be applied to the quantised DiT"),
     ],
     ids=["int4", "quant_dir-alone", "float-lora-with-files", "fusionx-without-quant", "fusionx-plus-lora"],
@@ -528,11 +528,11 @@ def test_cli_refuses_quant_without_optimum_quanto_and_quant_dir_with_tiny(monkey
     assert runtime.unsupported_flags(args, environ={}) == []
     monkeypatch.setattr(runtime.options, "quanto_available", lambda: False)
     with pytest.raises(
-        CLIError, match=r'--quant int8: optimum-quanto is not installed: pip install "diffusers-multitalk\[quant\]"'
+        CLIError, match=r'quant int8: optimum-quanto is not installed: pip install "diffusers-multitalk\[quant\]"'
     ):
         runtime.check_generate_args(args)
     monkeypatch.undo()
-    with pytest.raises(CLIError, match=r"--quant int8 --quant_dir q: .*load only with --ckpt_dir"):
+    with pytest.raises(CLIError, match=r"quant int8: with quant_dir q: .*load only with ckpt_dir"):
         runtime.check_generate_args(_args("--tiny --quant int8 --quant_dir q --input_json x.json"))
 
 

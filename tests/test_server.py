@@ -148,16 +148,16 @@ def test_bad_uploads_are_refused_before_anything_is_written(tiny_pipe, tmp_path)
     try:
         cases = {
             "text as the image": (dict(image=b"just some text, not a picture\n"), 415, "image: not an image"),
-            "text as the audio": (dict(audio=[b"RIFF? no, plain text"]), 415, "audio[0]: not audio"),
-            "oversize image": (dict(image=b"\x89PNG\r\n\x1a\n" + b"\0" * (1024 * 1024 + 10)), 413, "--max_upload_mb"),
+            "text as the audio": (dict(audio=[b"RIFF? no, plain text"]), 415, "audio[0] (person1): not audio"),
+            "oversize image": (dict(image=b"\x89PNG\r\n\x1a\n" + b"\0" * (1024 * 1024 + 10)), 413, "max_upload_mb"),
             # two hours of silence at 100 Hz, 8-bit: 720 kB, refused from its header's duration
             "2-hour audio": (dict(audio=[_wav(7200, rate=100, subtype="PCM_U8")]), 422, "7200.0 s of audio"),
-            "too many pixels": (dict(image=_png(1200, 1000)), 422, "--max_pixels"),
+            "too many pixels": (dict(image=_png(1200, 1000)), 422, "max_pixels"),
             "broken png": (dict(image=b"\x89PNG\r\n\x1a\n" + b"garbage" * 10), 415, "cannot be decoded"),
             "unknown setting": (dict(settings={**FAST, "steps": 3}), 422, "unknown field(s) steps"),
             "model flag": (dict(settings={"ckpt_dir": "/weights"}), 422, "ckpt_dir: fixed when the server starts"),
-            "wrong type": (dict(settings={"frame_num": "five"}), 422, "frame_num: expected int"),
-            "invalid value": (dict(settings={"frame_num": 6}), 422, "--frame_num 6: must be 4n+1"),
+            "wrong type": (dict(settings={"frame_num": "five"}), 422, "settings.frame_num: expected int"),
+            "invalid value": (dict(settings={"frame_num": 6}), 422, "settings.frame_num 6: must be 4n+1"),
             "a video to MultiTalk": (dict(image=None, video=SOURCE_CLIP), 422, "dubbing needs InfiniteTalk"),
             "image and video": (dict(video=SOURCE_CLIP), 422, "image / video: give a reference picture or a video"),
             "neither": (dict(image=None), 422, "image: missing"),
@@ -167,6 +167,7 @@ def test_bad_uploads_are_refused_before_anything_is_written(tiny_pipe, tmp_path)
             answer = _submit(client, **change)
             assert answer.status_code == status, (name, answer.status_code, answer.text)
             assert message in answer.json()["detail"], (name, answer.json())
+            assert "--" not in answer.json()["detail"], (name, "the API names JSON fields, not flags")
         # a whole request far past the limits is refused from its length alone
         answer = client.post(
             "/v1/jobs", content=b"x" * (7 * 1024 * 1024), headers={"content-type": "multipart/form-data; boundary=x"}
@@ -269,7 +270,7 @@ def test_queue_full_answers_429_and_queued_and_running_jobs_cancel(tiny_pipe, tm
             third = _submit(client).json()
             assert (second["position"], third["position"]) == (1, 2)
             full = _submit(client)
-            assert full.status_code == 429 and "--max_queue" in full.json()["detail"], full.text
+            assert full.status_code == 429 and "max_queue" in full.json()["detail"], full.text
             assert len(list((tmp_path / "jobs").iterdir())) == 3, "the refused job left a folder"
             # cancel the queued one: at once, its folder gone
             cancelled = client.delete(f"/v1/jobs/{second['id']}")

@@ -177,7 +177,7 @@ def test_runtime_defaults_and_checks_come_from_the_registry():
         assert kwargs["num_inference_steps"] == variant.sample_steps
         assert kwargs["shift"] == get_size(args.size).shift and kwargs["resolution"] == get_size(args.size).buckets
     both = build_parser().parse_args(["generate", "--tiny", "--multitalk_dir", "m", "--infinitetalk_dir", "i"])
-    with pytest.raises(runtime.UserError, match="--multitalk_dir, --infinitetalk_dir: give MultiTalk's or "):
+    with pytest.raises(runtime.UserError, match="multitalk_dir: with infinitetalk_dir: give MultiTalk's or "):
         runtime.check_generate_args(both)
 
 

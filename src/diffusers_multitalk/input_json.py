@@ -29,15 +29,19 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import logging
+import math
 import os
 import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from diffusers.utils import logging
+from .utils.input_checks import audio_problem, box_problem, image_problem, prompt_warning
 
 
-logger = logging.get_logger(__name__)
+# The standard library's logger (diffusers' `get_logger` gives the same one, but importing diffusers imports torch:
+# the command line checks its input before that).
+logger = logging.getLogger(__name__)
 
 
 __all__ = ["InputJSONError", "format_json_path", "load_input_json", "load_input_schema", "validate_input"]
@@ -48,6 +52,8 @@ PERSON_KEY = re.compile(r"^person([1-9][0-9]*)$")
 VOICE_KEY = re.compile(r"^human([1-9][0-9]*)_voice$")
 TURN_MARK = re.compile(r"\(s(\d+)\)")
 AUDIO_MODES = ("localfile", "tts")
+# How the input JSON makes a person who only listens (the reference's convention).
+_LISTENER = '; for a person who only listens, write "None" as that person\'s cond_audio entry'
 
 _TYPE_WORDS = {
     "string": "a string",
@@ -243,6 +249,9 @@ def _kokoro_folder_of(voice: str, base_dir: Path | None, cwd: Path) -> Path | No
 
 
 def _missing_message(value: str, tried: list[Path]) -> str:
+    folder = next((t for t in tried if t.is_dir()), None)
+    if folder is not None:
+        return f"{value!r} is a directory ({folder}); give a file"
     if len(tried) <= 1:
         return f"{value!r} does not exist"
     return f"{value!r} does not exist (looked in {' and '.join(str(t.parent) for t in tried)})"
@@ -339,13 +348,11 @@ def validate_input(
             if found is None:
                 problems.append((["cond_image"], _missing_message(image, tried)))
             else:
-                try:
-                    import PIL.Image
-
-                    with PIL.Image.open(found) as img:
-                        image_size = (img.height, img.width)
-                except Exception as err:  # noqa: BLE001 - any reader failure is the user's file
-                    problems.append((["cond_image"], f"{image!r} is not an image PIL can read ({err})"))
+                why, size = image_problem(found)
+                if why is not None:
+                    problems.append((["cond_image"], f"{image!r}: {why}"))
+                if size is not None:
+                    image_size = (size[1], size[0])
                 result["cond_image"] = str(found)
 
         # --- persons and their audio
@@ -365,8 +372,11 @@ def validate_input(
                 found, tried = _resolve(value, base_dir, cwd)
                 if found is None:
                     problems.append((["cond_audio", key], _missing_message(value, tried)))
-                else:
-                    cond_audio[key] = str(found)
+                    continue
+                why = audio_problem(found)
+                if why is not None:
+                    problems.append((["cond_audio", key], f"{value!r}: {why}{_LISTENER if 'silent' in why else ''}"))
+                cond_audio[key] = str(found)
             if persons and all(str(block.get(key)).strip() == "None" for key in persons.values()):
                 problems.append((["cond_audio"], "every person is 'None' (silent): give at least one person's audio"))
 
@@ -431,26 +441,15 @@ def validate_input(
                 box = block[key]
                 if not (isinstance(box, list) and len(box) == 4 and all(_json_type(v) == "number" for v in box)):
                     continue  # reported by the schema
-                top, left, bottom, right = box
-                if min(box) < 0:
-                    problems.append((["bbox", key], f"{box} has negative coordinates"))
-                elif bottom <= top or right <= left:
-                    problems.append(
-                        (
-                            ["bbox", key],
-                            f"{box} is empty: need x_max > x_min and y_max > y_min "
-                            "([x_min, y_min, x_max, y_max], the first pair indexing rows)",
-                        )
-                    )
-                elif image_size is not None and (bottom > image_size[0] or right > image_size[1]):
-                    problems.append(
-                        (
-                            ["bbox", key],
-                            f"{box} is outside the {image_size[1]}x{image_size[0]} image: x indexes rows "
-                            f"(x_max <= {image_size[0]}), y columns (y_max <= {image_size[1]}), as in the reference",
-                        )
-                    )
+                # the image's size as (width, height); a box is checked against it once it is known
+                why = box_problem(box, (image_size[1], image_size[0]) if image_size else (math.inf, math.inf))
+                if why is not None:
+                    problems.append((["bbox", key], why))
                 bbox[key] = [float(v) for v in box]
+
+        warning = prompt_warning(data.get("prompt"))
+        if warning is not None:
+            logger.warning("$.prompt: %s", warning)
 
         if not problems:
             result.update(

@@ -453,10 +453,13 @@ def pick_variant(
     return asked
 
 
-def dubbing_requirement() -> str:
-    """What a request to dub needs when the loaded model cannot: for the front ends' errors."""
+def dubbing_requirement(words=None) -> str:
+    """What a request to dub needs when the loaded model cannot: for the front ends' errors. `words(name)` says a
+    model option in the front end's words (the command line: its flag); by default its name (the server's settings,
+    as the HTTP API and the web app say them)."""
+    words = words or (lambda name: name)
     dubbing = [variant for variant in VARIANTS if variant.dubs_video]
     names = " or ".join(variant.name for variant in dubbing)
-    starts = "; or ".join(f"{variant.weights[0].flag} DIR ({variant.name}'s weights)" for variant in dubbing)
-    tiny = " or ".join(f"--tiny --task {variant.task}" for variant in dubbing)
-    return f"dubbing needs {names}; start with {starts}, or {tiny}"
+    starts = "; or ".join(f"{words(variant.weights[0].name)} ({variant.name}'s weights)" for variant in dubbing)
+    tiny = " or ".join(f"{words('tiny')} with {words('task')} {variant.task}" for variant in dubbing)
+    return f"dubbing needs {names}: a server started with {starts}, or {tiny}"

@@ -26,10 +26,12 @@ import signal
 import sys
 from typing import Sequence
 
+from ..input_json import InputJSONError
 from ..runtime.distributed import shutdown_distributed
 from ..runtime.errors import PROG, Terminated, UserError, raise_terminated
 from ..runtime.quantization import import_torchao_quietly, torchao_available
-from .parser import build_parser
+from ..runtime.spec import RequestError
+from .parser import build_parser, flag_words
 
 
 # The CLI's name for the runtime's user-facing error.
@@ -75,7 +77,9 @@ __all__ = ["CLIError", "COMMANDS", "PROG", "build_parser", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``multitalk`` console script; returns the exit status (argparse exits with 2 on bad usage)."""
+    """The ``multitalk`` console script; returns the exit status: 2 for a bad request (argparse's usage errors, and
+    the runtime's checks of the flags and the input, each naming a flag or the input JSON's field), 1 for a run that
+    failed."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -89,6 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             # first, before diffusers, peft or transformers import it (they do whenever it is installed)
             import_torchao_quietly()
         return int(COMMANDS[args.command]()(args) or 0)
+    except RequestError as err:  # a bad value, in the command line's words; nothing was loaded or written
+        print(f"{PROG} {args.command}: error: {err.render(flag_words)}", file=sys.stderr)
+        return 2
+    except InputJSONError as err:  # a bad input, by its JSON paths; nothing was loaded or written
+        print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
+        return 2
     except UserError as err:
         print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
         return 1

@@ -19,8 +19,9 @@ from ..runtime.request import (
     synthesize_tts,
     tiny_size,
 )
-from ..runtime.spec import GenerateOptions
+from ..runtime.spec import GenerateOptions, RequestError
 from ..utils.defaults import random_seed
+from .parser import FLAG_OF_ARGUMENT, flag_words
 
 
 class _RankFailed(Exception):
@@ -41,7 +42,10 @@ def _on_every_rank(step, *step_args):
     except Exception as err:  # noqa: BLE001 - shared with the other ranks, then raised on every one
         error = err
     messages = [None] * dist.get_world_size()
-    line = None if error is None else (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if isinstance(error, RequestError):  # every problem, in the command line's words
+        line = "; ".join(problem.render(flag_words) for problem in error.problems)
+    else:
+        line = None if error is None else (str(error).strip().splitlines() or [type(error).__name__])[0]
     if error is not None and not isinstance(error, UserError):
         line = f"{type(error).__name__}: {line}"
     dist.all_gather_object(messages, line)
@@ -65,13 +69,15 @@ def cmd_generate(args: Namespace) -> int:
     return status
 
 
-def _prepare(args: GenerateOptions):
-    """The input, the output paths and the call arguments (may differ per rank: each reads its own files)."""
-    from ..input_json import InputJSONError, load_input_json
+def _read_input(args: GenerateOptions):
+    """The input JSON checked (its files exist and decode, no speech is silent, the image is large enough, the boxes
+    are inside it) and where the outputs go, before torch is imported: a bad input answers at once. Every process
+    reads the same files, so each refuses alike. Returns (input, video path, audio folder)."""
+    from ..input_json import load_input_json
 
-    try:
+    try:  # an InputJSONError lists every problem by its JSON path (cli.main: exit status 2)
         input_data = load_input_json(args.input_json, audio_mode=args.audio_mode)
-    except (InputJSONError, ImportError) as err:
+    except ImportError as err:
         raise UserError(str(err)) from err
     variant = variant_of_options(args, input_data)
     args.task = variant.task  # a cond_video input (or a model's weights flags or sizes) picks that model
@@ -79,29 +85,37 @@ def _prepare(args: GenerateOptions):
         raise UserError(f"the input has no cond_image ({variant.name} needs an image)")
     # Where the video goes is checked before any model loads: a 14B run must not fail at its last write.
     path = output_path(args.save_file or default_save_file(args, input_data["prompt"]))
-    check_writable(path, "--save_file")
+    check_writable(path, "save_file")
     if path.exists():  # replaced, not refused (the reference overwrites too), and said before anything runs
-        note(f"--save_file {path}: exists; the new video replaces it once complete (until then the old file stays)")
+        note(
+            f"{flag_words('save_file')} {path}: exists; the new video replaces it once complete (until then the old "
+            "file stays)"
+        )
     audio_dir = (
         Path(args.audio_save_dir) / Path(input_data.get("cond_image") or input_data["cond_video"]).stem
         if args.audio_save_dir
         else None
     )
     if audio_dir is not None:
-        check_writable(audio_dir / "sum.wav", "--audio_save_dir")
+        check_writable(audio_dir / "sum.wav", "audio_save_dir")
+    return input_data, path, audio_dir
 
+
+def _prepare(args: GenerateOptions, input_data: dict):
+    """TTS speech, the --tiny size and the call arguments (may differ per rank)."""
     if args.audio_mode == "tts":
         input_data = dict(input_data, cond_audio=synthesize_tts(input_data["tts_audio"]))
 
     if args.tiny and args.height is None and input_data.get("image_size"):
         args.height, args.width = tiny_size(input_data["image_size"], args.size)
-        note(f"--tiny: generating at {args.height}x{args.width} (the bucket / 8); --height/--width override it")
-    return input_data, path, audio_dir, build_generation_kwargs(args, input_data)
+        note(f"--tiny: generating at {args.width}x{args.height} (WxH, the bucket / 8); --height/--width override it")
+    return input_data, build_generation_kwargs(args, input_data)
 
 
 def _generate(args: GenerateOptions) -> int:
     apply_preset_options(args)
     check_generate_args(args)  # every flag checked before torch is imported: a bad value answers at once
+    input_data, path, audio_dir = _read_input(args)  # and the input, before torch too
     if torchao_available():
         import_torchao_quietly()  # before diffusers, peft or transformers import it (they do whenever it is installed)
     device = resolve_device(args.device)
@@ -117,7 +131,7 @@ def _generate(args: GenerateOptions) -> int:
     _on_every_rank(resolve_auto_quant, args, device)  # --quant auto (--preset fast): fp8 where it runs
     _on_every_rank(check_quantization, args, device)  # FP8 needs a recent GPU: said before TTS or any loading
     _on_every_rank(check_self_attention_kernel, args, device)
-    input_data, path, audio_dir, kwargs = _on_every_rank(_prepare, args)
+    input_data, kwargs = _on_every_rank(_prepare, args, input_data)
     pipe = _on_every_rank(load_pipeline, args, device, dtype)
     # Every process makes the same video; the first one writes it, chunk by chunk as they are decoded.
     if is_main_process():
@@ -147,24 +161,8 @@ def _generate(args: GenerateOptions) -> int:
     return 0
 
 
-_FLAG_OF_ARGUMENT = {
-    "num_frames": "--frame_num",
-    "motion_frames": "--motion_frame",
-    "max_frames": "--max_frame_num",
-    "num_inference_steps": "--sample_steps",
-    "shift": "--sample_shift",
-    "guidance_scale": "--sample_text_guide_scale",
-    "audio_guidance_scale": "--sample_audio_guide_scale",
-    "color_correction_strength": "--color_correction_strength",
-    "height": "--height",
-    "width": "--width",
-    "resolution": "--size",
-    "mode": "--mode",
-}
-
-
 def flag_names(message: str) -> str:
     """Names the command line's flags where the pipeline's message names its arguments (`num_frames`, ...)."""
-    for argument, flag in _FLAG_OF_ARGUMENT.items():
+    for argument, flag in FLAG_OF_ARGUMENT.items():
         message = message.replace(f"`{argument}`", flag).replace(f"{argument}=", f"{flag} ")
     return message

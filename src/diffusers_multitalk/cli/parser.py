@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 
 from ..runtime.errors import PROG
 from ..runtime.options import DEFAULT_SAMPLE_STEPS, GENERATE_DEFAULTS
@@ -370,3 +371,48 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert_parser(subparsers)
     _add_serve_parser(subparsers)
     return parser
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The command line's words for a request's fields: the one place that knows flag names
+# ----------------------------------------------------------------------------------------------------------------
+@functools.cache
+def _flags() -> dict[str, str]:
+    """`{field: flag}` for every flag of every subcommand (`frame_num` -> `--frame_num`)."""
+    flags = {}
+    for subparser in build_parser()._subparsers._group_actions[0].choices.values():
+        for action in subparser._actions:
+            if action.option_strings and action.dest != "help":
+                flags.setdefault(action.dest, action.option_strings[0])
+    return flags
+
+
+def flag_words(field: str) -> str:
+    """A request field as the command line says it: its flag (`--frame_num`); a field of the input JSON as its JSON
+    path (`$.cond_audio.person2`)."""
+    flag = _flags().get(field)
+    if flag is not None:
+        return flag
+    return "$." + field
+
+
+def flag_text(problem) -> str:
+    """A `FieldProblem` as one line of the command line (`--frame_num 80: must be 4n+1 ...`)."""
+    return problem.render(flag_words)
+
+
+# The pipeline's argument names, as the command line's flags (for a pipeline's own ValueError, which names them).
+FLAG_OF_ARGUMENT = {
+    "num_frames": "--frame_num",
+    "motion_frames": "--motion_frame",
+    "max_frames": "--max_frame_num",
+    "num_inference_steps": "--sample_steps",
+    "shift": "--sample_shift",
+    "guidance_scale": "--sample_text_guide_scale",
+    "audio_guidance_scale": "--sample_audio_guide_scale",
+    "color_correction_strength": "--color_correction_strength",
+    "height": "--height",
+    "width": "--width",
+    "resolution": "--size",
+    "mode": "--mode",
+}

@@ -15,7 +15,7 @@ import importlib.util
 import logging
 
 from .errors import UserError, note
-from .spec import GenerateOptions
+from .spec import FieldProblem, GenerateOptions, RequestError
 
 
 QUANT_BACKENDS = ("auto", "quanto", "torchao")
@@ -27,8 +27,8 @@ NO_QUANT = "none"
 TORCHAO_MODES = {"fp8": "fp8", "int8": "int8_dynamic"}
 TORCHAO_INSTALL_HINT = 'pip install "diffusers-multitalk[fp8]"'
 FILES_ARE_QUANTO = (
-    "the quantised files (--quant_dir / the FusionX DiT) are optimum-quanto checkpoints; drop them to quantise the "
-    "float weights with torchao, or drop --quant_backend"
+    "the quantised files ({quant_dir} / the FusionX DiT) are optimum-quanto checkpoints; drop them to quantise the "
+    "float weights with torchao, or drop {quant_backend}"
 )
 
 
@@ -72,16 +72,16 @@ def asked_quant_backend(args: GenerateOptions) -> str:
     return getattr(args, "quant_backend", "auto") or "auto"
 
 
-def backend_problem(args: GenerateOptions, quant_files: bool) -> tuple[str, str] | None:
-    """`(flag, why)` when `--quant_backend` cannot be honoured on any device (an unknown name, torchao with quanto's
+def backend_problem(args: GenerateOptions, quant_files: bool) -> FieldProblem | None:
+    """The `quant_backend` problem when `--quant_backend` cannot be honoured on any device (an unknown name, torchao with quanto's
     files, torchao not installed); None otherwise. `check_generate_args` reports it before anything runs."""
     backend = asked_quant_backend(args)
     if backend not in QUANT_BACKENDS:
-        return f"--quant_backend {backend}", f"expected one of {', '.join(QUANT_BACKENDS)}"
+        return FieldProblem("quant_backend", f"expected one of {', '.join(QUANT_BACKENDS)}", backend)
     if backend == "torchao" and quant_files:
-        return "--quant_backend torchao", FILES_ARE_QUANTO
+        return FieldProblem("quant_backend", FILES_ARE_QUANTO, backend)
     if backend == "torchao" and not torchao_available():
-        return "--quant_backend torchao", f"torchao is not installed: {TORCHAO_INSTALL_HINT}"
+        return FieldProblem("quant_backend", f"torchao is not installed: {TORCHAO_INSTALL_HINT}", backend)
     return None
 
 
@@ -93,7 +93,7 @@ def choose_quant_backend(args: GenerateOptions, device, quant_files: bool) -> st
         return None
     problem = backend_problem(args, quant_files)
     if problem is not None:
-        raise UserError(": ".join(problem))
+        raise RequestError([problem])
     backend = asked_quant_backend(args)
     if quant_files:
         return "quanto"

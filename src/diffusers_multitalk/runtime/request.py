@@ -11,7 +11,7 @@ from ..utils.defaults import random_seed
 from ..variants import get_size
 from .errors import UserError, note
 from .options import SIZES, motion_frames, variant_of_options
-from .spec import GenerateOptions
+from .spec import FieldProblem, GenerateOptions, RequestError
 
 
 def _person_order(block: dict) -> list[str]:
@@ -30,11 +30,12 @@ def build_generation_kwargs(args: GenerateOptions, input_data: dict) -> dict:
     import torch
 
     if args.size not in SIZES:
-        raise UserError(f"--size {args.size}: expected one of {', '.join(SIZES)}")
+        raise RequestError([FieldProblem("size", f"expected one of {', '.join(SIZES)}", args.size)])
     audio_block = input_data.get("cond_audio") or {}
     persons = _person_order(audio_block)
     if not persons:
-        raise UserError("the input has no audio: cond_audio needs person1 (and person2, ...), or use --audio_mode tts")
+        why = "the input has no audio: give person1 (and person2, ...), or set {audio_mode} to tts"
+        raise RequestError([FieldProblem("cond_audio", why)])
     bbox_block = input_data.get("bbox") or None
     bbox = [list(bbox_block[k]) for k in persons] if bbox_block else None
     seed = args.base_seed if args.base_seed >= 0 else random_seed()
@@ -112,14 +113,15 @@ def speak(tts_block: dict, engine: str | None = None):
 
 
 def synthesize_tts(tts_block: dict) -> dict:
-    """`--audio_mode tts`: :func:`speak`, naming the flag in errors and the engine on stderr."""
+    """Speech from a TTS script (`audio_mode` tts): :func:`speak`, naming the script in errors and the engine on
+    stderr."""
     try:
         tracks, result = speak(tts_block)
     except UserError as err:
-        raise UserError(f"--audio_mode tts: {err}") from err
+        raise RequestError([FieldProblem("tts_audio.text", str(err))]) from err
     engine = getattr(result, "engine", None)
     if engine:
-        note(f"--audio_mode tts: speech synthesised with {engine}")
+        note(f"TTS: speech synthesised with {engine}")
     return tracks
 
 
@@ -128,26 +130,30 @@ def tts_tracks(result) -> dict:
     import numpy as np
 
     if not result.tracks:
-        raise UserError("--audio_mode tts: the TTS returned no audio")
+        raise UserError("TTS: the engine returned no audio")
     return {
         f"person{index + 1}": (np.asarray(track, dtype=np.float32), int(result.sampling_rate))
         for index, track in enumerate(result.tracks)
     }
 
 
-def check_writable(path: Path, flag: str) -> None:
-    """Fails at once, naming the flag, if `path` could not be created (read-only folder, a parent that is a file)."""
+def check_writable(path: Path, field: str) -> None:
+    """Fails at once, naming the field, if `path` could not be created (read-only folder, a parent that is a file)."""
     path = Path(path)
+
+    def refuse(why: str):
+        return RequestError([FieldProblem(field, why, path)])
+
     if path.is_dir():
-        raise UserError(f"{flag} {path}: is a folder; give a file name")
+        raise refuse("is a folder; give a file name")
     parent = path.parent.absolute()
     ancestor = next(folder for folder in [parent, *parent.parents] if folder.exists())
     if not ancestor.is_dir():
-        raise UserError(f"{flag} {path}: {ancestor} is a file, not a folder")
+        raise refuse(f"{ancestor} is a file, not a folder")
     try:  # a real probe: permission bits say nothing for root, read-only mounts or /proc
         with tempfile.TemporaryFile(dir=ancestor):
             pass
     except OSError as err:
-        raise UserError(f"{flag} {path}: cannot write in {ancestor} ({err.strerror or err})") from None
+        raise refuse(f"cannot write in {ancestor} ({err.strerror or err})") from None
     if path.exists() and not os.access(path, os.W_OK):
-        raise UserError(f"{flag} {path}: exists and is not writable")
+        raise refuse("exists and is not writable")

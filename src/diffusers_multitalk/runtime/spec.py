@@ -10,10 +10,12 @@ line as a flag (`cli/parser.py` holds the map), the web app as its label. The de
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..variants import DEFAULT_VARIANT
+from .errors import UserError
 
 
 __all__ = [
@@ -28,25 +30,52 @@ __all__ = [
 ]
 
 
+_PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*)\}")
+_NO_VALUE = object()
+
+
 @dataclass(frozen=True)
 class FieldProblem:
-    """One problem with one field of a request: `field` is the field's name (a front end says it in its words)."""
+    """One problem with one field of a request. `field` is the field's name (`frame_num`, `cond_audio.person2`); a
+    front end says it in its words. `message` may name other fields as `{name}` placeholders, said in the same words
+    (`"must be 4n+1 and smaller than {frame_num}"`). `value`, when given, is the value that was refused; `warning`
+    marks a problem that does not stop the request (it is said, and the run goes on)."""
 
     field: str
     message: str
+    value: Any = _NO_VALUE
+    warning: bool = False
+
+    def render(self, words=None, given: str = "{name} {value}") -> str:
+        """`"<name> <value>: <message>"` with the names in `words(field)` (the field's own name by default);
+        `given` lays out a field and its value (the command line: `--frame_num 80`)."""
+        words = words or (lambda name: name)
+        name = words(self.field)
+        head = name if self.value is _NO_VALUE else given.format(name=name, value=_shown(self.value))
+        return f"{head}: {_PLACEHOLDER.sub(lambda m: words(m.group(1)), self.message)}"
 
 
-class RequestError(ValueError):
+def _shown(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+class RequestError(UserError):
     """Problems with a request, each naming its field; `render(words)` says them in a front end's words (a flag, a
-    JSON field, a label): `words(field)` gives the name to show."""
+    JSON field, a label): `words(field)` gives the name to show. One problem is one line; several are listed under
+    `title` ("invalid values" by default; "this build cannot honour" for refusals, which also heads a single one)."""
 
-    def __init__(self, problems: list[FieldProblem]):
+    def __init__(self, problems: list[FieldProblem], title: str | None = None):
         self.problems = list(problems)
+        self.title = title
         super().__init__(self.render())
 
-    def render(self, words=None) -> str:
-        words = words or (lambda name: name)
-        return "\n".join(f"{words(p.field)}: {p.message}" for p in self.problems)
+    def render(self, words=None, given: str = "{name} {value}") -> str:
+        lines = [problem.render(words, given) for problem in self.problems]
+        if len(lines) == 1:  # one line
+            return lines[0] if self.title is None else f"{self.title}: {lines[0]}"
+        return f"{self.title or 'invalid values'}:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 @dataclass

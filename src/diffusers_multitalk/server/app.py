@@ -18,7 +18,7 @@ from ..runtime.options import variant_of_options
 from ..runtime.spec import GenerateOptions
 from ..variants import variant_of_pipeline
 from .events import job_events
-from .generation import NEEDS_DUBBING_MODEL, can_dub, parse_settings, run_job
+from .generation import NEEDS_DUBBING_MODEL, api_words, bbox_block, can_dub, parse_settings, refusal, run_job
 from .jobs import Job, JobManager, QueueFull, new_job_id
 from .schemas import ErrorBody, Health, JobCreated, JobInfo, JobState
 from .uploads import MB, Limits, UploadRejected, check_audio, check_image, check_video, read_limited
@@ -76,10 +76,8 @@ def create_app(
     """
     if isinstance(source, GenerateOptions) or options is not None:
         server_options = runtime.generate_options(options if options is not None else source)
-        checks_model = True
     else:
         server_options = runtime.generate_options(tiny=bool(tiny))
-        checks_model = bool(tiny)
     if _is_pipeline(source):
         # a given pipeline's model: its defaults (motion frames) for the checks
         server_options.task = variant_of_pipeline(source).task
@@ -133,7 +131,7 @@ def create_app(
             if int(length) > request_limit:
                 return JSONResponse(
                     {"detail": f"the request is {int(length) / MB:.1f} MB, more than this server takes "
-                     f"({request_limit / MB:g} MB: {limits.max_upload_bytes / MB:g} MB a file, --max_upload_mb)"},
+                     f"({request_limit / MB:g} MB: {limits.max_upload_bytes / MB:g} MB a file: the server's max_upload_mb)"},
                     status_code=413,
                 )  # fmt: skip
         return await call_next(request)
@@ -143,7 +141,9 @@ def create_app(
     def job_or_404(job_id: str) -> Job:
         job = manager.get(job_id)
         if job is None:
-            raise HTTPException(404, f"no job {job_id} (finished jobs are removed after {keep_jobs:g} s, --keep_jobs)")
+            raise HTTPException(
+                404, f"no job {job_id} (finished jobs are removed after {keep_jobs:g} s: the server's keep_jobs)"
+            )
         return job
 
     def video_url(request: Request, job: Job) -> str:
@@ -166,9 +166,13 @@ def create_app(
         ),
     ):
         if manager.queue_full():
-            raise HTTPException(429, f"the queue is full ({manager.max_queue} jobs waiting, --max_queue); retry later")
+            raise HTTPException(
+                429, f"the queue is full ({manager.max_queue} jobs waiting: the server's max_queue); retry later"
+            )
         try:
-            options, extras = parse_settings(settings, server_options, checks_model=checks_model)
+            options, extras = parse_settings(settings, server_options)
+        except runtime.RequestError as err:
+            raise HTTPException(422, refusal(err)) from None
         except runtime.UserError as err:
             raise HTTPException(422, str(err)) from None
         if image is not None and video is not None:
@@ -195,19 +199,14 @@ def create_app(
                 checked = await run_in_threadpool(check_video, data, "video", limits)  # ffmpeg, off the event loop
             else:
                 checked = check_image(await read_limited(image, "image", limits), "image", limits)
-            speech = [
-                check_audio(await read_limited(f, f"audio[{i}]", limits), f"audio[{i}]", limits)
-                for i, f in enumerate(audio)
-            ]
+            speech = []
+            for i, upload in enumerate(audio):
+                field = api_words(f"cond_audio.person{i + 1}")
+                speech.append(check_audio(await read_limited(upload, field, limits), field, limits))
         except UploadRejected as err:
             raise HTTPException(err.status_code, err.detail) from None
-        if "bbox" in extras and extras["bbox"] is not None:
-            try:
-                from .generation import bbox_block
-
-                bbox_block(extras["bbox"], len(speech) if speech else _speakers(tts))
-            except runtime.UserError as err:
-                raise HTTPException(422, str(err)) from None
+        # the runtime's checks of the inputs (speech not silent, image size, boxes), before anything is queued
+        warnings = await run_in_threadpool(_check_inputs, checked, video is not None, speech, extras, tts, prompt)
 
         # Checked: now the job gets its folder.
         job_id = new_job_id()
@@ -225,7 +224,7 @@ def create_app(
         job = Job(
             id=job_id, folder=folder, prompt=prompt, options=options, extras=extras,
             image_path=image_path, video_path=video_path, source_size=(checked.height, checked.width),
-            audio_paths=audio_paths, audio_seconds=[c.seconds for c in speech], tts=tts,
+            audio_paths=audio_paths, audio_seconds=[c.seconds for c in speech], tts=tts, warnings=warnings,
         )  # fmt: skip
         try:
             position = manager.submit(job)
@@ -234,7 +233,7 @@ def create_app(
 
             shutil.rmtree(folder, ignore_errors=True)
             raise HTTPException(
-                429, f"the queue is full ({manager.max_queue} jobs waiting, --max_queue); retry later"
+                429, f"the queue is full ({manager.max_queue} jobs waiting: the server's max_queue); retry later"
             ) from None
         return JobCreated(id=job_id, status=JobState.queued, position=position)
 
@@ -292,6 +291,29 @@ def _is_pipeline(source) -> bool:
     from diffusers import DiffusionPipeline
 
     return isinstance(source, DiffusionPipeline)
+
+
+# How a person who only listens is made: not through the API, where every person speaks.
+LISTENER = 'a person who only listens is an input JSON\'s "None" entry (multitalk generate); here every person speaks'
+
+
+def _check_inputs(checked, is_video: bool, speech, extras: dict, tts: str | None, prompt: str) -> list[str]:
+    """The runtime's checks of a job's inputs (the image's size, each person's speech, the boxes inside the image),
+    answered 422 naming the API's fields; returns the warnings the job starts with (a prompt the text encoder cuts)."""
+    problems = [] if is_video else runtime.image_problems(checked.data, "cond_image")[0]
+    tracks = {f"person{i}": clip.data for i, clip in enumerate(speech, start=1)}
+    problems += runtime.speech_problems(tracks, LISTENER)
+    if extras.get("bbox") is not None:
+        try:
+            boxes = bbox_block(extras["bbox"], len(speech) if speech else _speakers(tts))
+        except runtime.RequestError as err:
+            problems += err.problems
+        else:
+            problems += runtime.box_problems(boxes, (checked.width, checked.height))
+    if problems:
+        raise HTTPException(422, refusal(runtime.RequestError(problems)))
+    warning = runtime.prompt_problem(prompt)
+    return [] if warning is None else [warning.render(api_words)]
 
 
 def _check_script(text: str) -> None:

@@ -4,6 +4,7 @@ through the pipeline with progress and cancellation (the same flag -> argument m
 from __future__ import annotations
 
 import json
+import re
 from copy import copy
 from pathlib import Path
 from typing import Callable
@@ -42,11 +43,28 @@ class JobCancelled(Exception):
     writer removes the part file."""
 
 
-def parse_settings(
-    text: str | None, server_options: GenerateOptions, *, checks_model: bool = True
-) -> tuple[GenerateOptions, dict]:
+def api_words(field: str) -> str:
+    """A request field as the HTTP API says it: a setting as `settings.<name>`, a person's speech as the `audio` upload
+    it came in (`audio[1] (person2)`), a box as `settings.bbox (person2)`, the reference as `image` or `video`."""
+    found = re.fullmatch(r"(cond_audio|bbox)\.person([1-9][0-9]*)", field)
+    if found and found.group(1) == "cond_audio":
+        return f"audio[{int(found.group(2)) - 1}] (person{found.group(2)})"
+    if found:
+        return f"settings.bbox (person{found.group(2)})"
+    named = {"cond_image": "image", "cond_video": "video", "prompt": "prompt", "tts_audio.text": "tts",
+             "cond_audio": "audio"}  # fmt: skip
+    return named.get(field, f"settings.{field}")
+
+
+def refusal(err: runtime.RequestError) -> str:
+    """A RequestError's problems as the API's error body says them (JSON field names, never a command-line flag)."""
+    return err.render(api_words)
+
+
+def parse_settings(text: str | None, server_options: GenerateOptions) -> tuple[GenerateOptions, dict]:
     """The `settings` form field (a JSON object) -> (generation options, input fields). Raises UserError naming
-    the field: unknown keys, model flags, wrong types, and whatever `runtime.check_generate_args` refuses."""
+    the field: unknown keys, model options, wrong types, and (a RequestError) whatever the runtime's one check of the
+    generation settings (`runtime.settings_problems`) refuses."""
     if text is None or not text.strip():
         settings = {}
     else:
@@ -56,10 +74,10 @@ def parse_settings(
             raise runtime.UserError(f'settings: not JSON ({err}); send an object such as {{"mode": "clip"}}') from None
     if not isinstance(settings, dict):
         raise runtime.UserError(f"settings: expected a JSON object of generation fields, got {type(settings).__name__}")
-    model_flags = sorted(k for k in settings if k not in SETTINGS_FIELDS and k in runtime.GENERATE_DEFAULTS)
-    if model_flags:
+    model_fields = sorted(k for k in settings if k not in SETTINGS_FIELDS and k in runtime.GENERATE_DEFAULTS)
+    if model_fields:
         raise runtime.UserError(
-            f"settings: {', '.join(model_flags)}: fixed when the server starts (multitalk serve's flags), not per job"
+            f"settings: {', '.join(model_fields)}: fixed when the server starts (the model it serves), not per job"
         )
     unknown = sorted(k for k in settings if k not in SETTINGS_FIELDS)
     if unknown:
@@ -73,22 +91,16 @@ def parse_settings(
         wrong = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
         if wrong and not (value is None and nullable):
             expected = "/".join("number" if t is float else t.__name__ for t in types)
-            raise runtime.UserError(f"settings: {name}: expected {expected}, got {json.dumps(value)}")
+            raise runtime.UserError(f"settings.{name}: expected {expected}, got {json.dumps(value)}")
     generation = {k: v for k, v in settings.items() if k in GENERATION_FIELDS}
     options = runtime.generate_options(server_options, **generation)
-    if options.size not in runtime.SIZES:
-        raise runtime.UserError(f"settings: size {options.size!r}: expected one of {', '.join(runtime.SIZES)}")
-    if options.mode not in (None, "clip", "streaming"):
-        raise runtime.UserError(f"settings: mode {options.mode!r}: expected clip, streaming or null (the whole audio)")
-    if checks_model:
-        runtime.check_generate_args(options)
-    else:  # the server holds a given pipeline: check the generation fields only
-        runtime.check_generate_args(runtime.generate_options(options, tiny=True, model=None, ckpt_dir=None))
+    problems = runtime.settings_problems(options)  # the same check as the command line's and the web app's
     extras = {k: v for k, v in settings.items() if k in INPUT_FIELDS}
     if extras.get("audio_type", "add") not in ("add", "para"):
-        raise runtime.UserError(
-            f"settings: audio_type {extras['audio_type']!r}: expected add (turns) or para (together)"
-        )
+        why = "expected add (turns) or para (together)"
+        problems.append(runtime.FieldProblem("audio_type", why, extras["audio_type"]))
+    if problems:
+        raise runtime.RequestError(problems)
     return options, extras
 
 
@@ -98,11 +110,9 @@ def bbox_block(bbox, num_persons: int) -> dict | None:
     if bbox is None:
         return None
     boxes = list(bbox.values()) if isinstance(bbox, dict) else list(bbox)
-    if len(boxes) != num_persons or not all(
-        isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b) for b in boxes
-    ):
-        raise runtime.UserError(
-            f"settings: bbox: expected {num_persons} boxes [top, left, bottom, right] (image pixels), one per person"
+    if len(boxes) != num_persons:
+        raise runtime.RequestError(
+            [runtime.FieldProblem("bbox", f"{len(boxes)} boxes for {num_persons} persons: give one per person")]
         )
     return {f"person{i}": box for i, box in enumerate(boxes, start=1)}
 

@@ -16,7 +16,7 @@ def serve(args: ServeOptions) -> None:
     from .app import create_app
 
     output_dir = Path(args.output_dir)
-    runtime.check_writable(output_dir / "jobs" / ".probe", "--output_dir")
+    runtime.check_writable(output_dir / "jobs" / ".probe", "output_dir")
     holder = runtime.PipelineHolder(args)
     runtime.note("loading the model" + (" (--tiny)" if args.tiny else ""))
     pipe = holder()

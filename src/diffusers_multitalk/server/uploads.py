@@ -70,7 +70,8 @@ async def read_limited(upload, field: str, limits: Limits) -> bytes:
         size += len(chunk)
         if size > limits.max_upload_bytes:
             raise UploadRejected(
-                413, f"{field}: larger than the server's limit of {limits.max_upload_bytes / MB:g} MB (--max_upload_mb)"
+                413,
+                f"{field}: larger than the server's limit of {limits.max_upload_bytes / MB:g} MB (its max_upload_mb)",
             )
         chunks.append(chunk)
     data = b"".join(chunks)
@@ -114,7 +115,7 @@ def _check_pixels(field: str, width: int, height: int, limits: Limits) -> None:
     raise UploadRejected(
         422,
         f"{field}: {width}x{height} is {width * height} pixels, more than the server's limit of "
-        f"{limits.max_pixels} (--max_pixels); downscale it (the model works at 480P or 720P)",
+        f"{limits.max_pixels} (its max_pixels); downscale it (the model works at 480P or 720P)",
     )
 
 
@@ -178,7 +179,7 @@ def check_audio(data: bytes, field: str, limits: Limits) -> CheckedAudio:
         raise UploadRejected(
             422,
             f"{field}: {seconds:.1f} s of audio, more than the server's limit of {limits.max_audio_seconds:g} s "
-            "(--max_audio_seconds); cut it into shorter jobs",
+            "(its max_audio_seconds); cut it into shorter jobs",
         )
     if seconds <= 0:
         raise UploadRejected(422, f"{field}: the audio holds no samples")
