@@ -75,7 +75,7 @@ def test_build_app_from_a_pipeline_and_from_serve_arguments(tiny_pipe, tmp_path)
     demo = app.build_app(runtime.ServeOptions.from_fields(args), output_dir=tmp_path)
     components = {getattr(block, "label", None): block for block in demo.blocks.values()}
     assert components["TeaCache"].value is True and components["TeaCache threshold"].value == 0.3
-    with pytest.raises(runtime.UserError, match="--wav2vec_dir: required with --ckpt_dir"):
+    with pytest.raises(runtime.UserError, match="wav2vec_dir: required with ckpt_dir"):
         app.build_app(
             runtime.ServeOptions.from_fields(cli.build_parser().parse_args(["serve", "--ckpt_dir", str(tmp_path)]))
         )
@@ -187,11 +187,11 @@ def test_pipeline_errors_are_gr_errors_and_leave_no_file(tiny_pipe, tmp_path):
     silent = tmp_path / "silent.wav"
     sf.write(silent, np.zeros(32000, np.float32), 16000)
     out = tmp_path / "videos"
-    with pytest.raises(gr.Error, match="audio of person 2 is silent"):
+    with pytest.raises(gr.Error, match="Person 2 speech: the track is silent"):
         app.generate_video(
             tiny_pipe, str(IMAGE), "Two friends chat.", audio=[SPEAKERS[0], str(silent)], output_dir=out, **FAST
         )
-    with pytest.raises(gr.Error, match=r"`num_frames` must be 4n\+1"):
+    with pytest.raises(gr.Error, match=r"Frames per chunk \(4n\+1\) = 6: must be 4n\+1"):
         app.generate_video(
             tiny_pipe, str(IMAGE), "Two friends chat.", audio=SPEAKERS, output_dir=out, **{**FAST, "num_frames": 6}
         )

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,48 @@ VIDEO_LABEL = f"Video to dub ({' or '.join(v.name for v in VARIANTS if v.dubs_vi
 PROMPT_LABEL = "Prompt"
 TTS_TEXT_LABEL = "TTS script"
 PERSONS_LABEL = "Persons"
+
+
+# The settings' labels, by the runtime's field names (runtime/spec.py): the form shows them, and a problem the
+# runtime's checks find names the field with them.
+FIELD_LABELS = {
+    "cond_image": IMAGE_LABEL,
+    "cond_video": VIDEO_LABEL,
+    "prompt": PROMPT_LABEL,
+    "tts_audio.text": TTS_TEXT_LABEL,
+    "audio_type": "Recordings play",
+    "size": "Resolution",
+    "mode": "Mode",
+    "frame_num": "Frames per chunk (4n+1)",
+    "max_frame_num": "Max frames (0: as long as the speech)",
+    "sample_steps": "Sampling steps",
+    "base_seed": "Seed (-1: random)",
+    "sample_shift": "Shift",
+    "sample_text_guide_scale": "Text guidance",
+    "sample_audio_guide_scale": "Audio guidance",
+    "use_teacache": "TeaCache",
+    "teacache_thresh": "TeaCache threshold",
+    "use_apg": "APG",
+    "color_correction_strength": "Colour correction",
+    "motion_frame": "Motion frames (streaming)",
+    "height": "Height",
+    "width": "Width",
+}
+# How a person who only listens is made: not in this app, where every person speaks.
+LISTENER = 'a person who only listens is an input JSON\'s "None" entry (multitalk generate); here every person speaks'
+
+
+def label_words(field: str) -> str:
+    """A request field as the form says it: its label (`Person 2 speech` for `cond_audio.person2`)."""
+    found = re.fullmatch(r"(cond_audio|bbox)\.person([1-9][0-9]*)", field)
+    if found:
+        return (audio_label if found.group(1) == "cond_audio" else bbox_label)(int(found.group(2)))
+    return FIELD_LABELS.get(field, field)
+
+
+def _refuse(problems) -> gr.Error:
+    """The runtime's problems as one `gr.Error`, each naming its field by the form's label."""
+    return gr.Error(runtime.RequestError(problems).render(label_words, given="{name} = {value}"))
 
 
 def audio_label(person: int) -> str:
@@ -119,14 +162,14 @@ def _is_empty(value) -> bool:
 
 
 def _parse_bboxes(bboxes: Sequence | None, num_persons: int, image_size: tuple[int, int]) -> list[list[float]] | None:
-    """Per-person boxes from the UI ("top, left, bottom, right" text or 4 numbers) -> the pipeline's `bbox`."""
+    """Per-person boxes from the UI ("top, left, bottom, right" text or 4 numbers) -> the pipeline's `bbox`, checked
+    inside the image (`image_size`: (height, width)) by the runtime's one check."""
     entries = list(bboxes or [])[:num_persons]
     entries += [None] * (num_persons - len(entries))
     given = [not _is_empty(entry) for entry in entries]
     if not any(given):
         return None
-    height, width = image_size
-    boxes = []
+    boxes = {}
     for person, entry in enumerate(entries, start=1):
         label = bbox_label(person)
         if _is_empty(entry):
@@ -140,14 +183,11 @@ def _parse_bboxes(bboxes: Sequence | None, num_persons: int, image_size: tuple[i
             ) from None
         if len(box) != 4:
             raise gr.Error(f"{label}: expected four numbers 'top, left, bottom, right' (image pixels), got {len(box)}.")
-        top, left, bottom, right = box
-        if not (0 <= top < bottom <= height and 0 <= left < right <= width):
-            raise gr.Error(
-                f"{label}: {box} must satisfy 0 <= top < bottom <= {height} and 0 <= left < right <= {width} "
-                f"(the image is {width}x{height}, w x h)."
-            )
-        boxes.append(box)
-    return boxes
+        boxes[f"person{person}"] = box
+    problems = runtime.box_problems(boxes, (image_size[1], image_size[0]))
+    if problems:
+        raise _refuse(problems)
+    return list(boxes.values())
 
 
 def _check_script(text: str | None, num_persons: int) -> None:
@@ -191,9 +231,7 @@ def _synthesize(text: str, voices: Sequence[str], engine: str | None):
 
 
 def _configure_teacache(pipe, enabled: bool, threshold: float, resolution: str) -> None:
-    transformer = pipe.transformer
-    if enabled and not threshold > 0:
-        raise gr.Error(f"TeaCache threshold: must be positive (MultiTalk advises 0.2 to 0.5), got {threshold}.")
+    transformer = pipe.transformer  # the threshold was checked with the settings (runtime.settings_problems)
     transformer.disable_teacache()  # a no-op when it is off; it may be on from the previous request
     if enabled:
         # the size's fitted coefficients, from the variant registry (the transformer knows no model)
@@ -237,6 +275,67 @@ def _video_path(output_dir: Path, seed: int) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S_%f")
     return output_dir / f"multitalk_{stamp}_seed{seed}.mp4"
+
+
+def _checked_source(image, video):
+    """The reference image (loaded, at least `MIN_IMAGE_SIDE` a side) or the video to dub, and its (height, width)."""
+    from .pipelines.image_processing import load_image_any
+
+    if _is_empty(video):
+        video = None
+    if image is None and video is None:
+        raise gr.Error(f"{IMAGE_LABEL}: missing; upload the picture of the person(s), or a {VIDEO_LABEL}.")
+    if image is not None and video is not None:
+        raise gr.Error(f"{VIDEO_LABEL}: give a video to dub or a {IMAGE_LABEL}, not both.")
+    if video is not None:
+        return None, video, _video_size(video)
+    if isinstance(image, (str, os.PathLike)):  # a folder, or a file that does not decode: said by the runtime
+        problems, _ = runtime.image_problems(image)
+        if problems:
+            raise _refuse(problems)
+    try:
+        image = load_image_any(image)
+    except (OSError, ValueError, TypeError) as err:
+        raise gr.Error(f"{IMAGE_LABEL}: cannot be read ({err}).") from err
+    problems, _ = runtime.image_problems(image)  # too small
+    if problems:
+        raise _refuse(problems)
+    return image, None, (image.height, image.width)
+
+
+def _checked_speech(audio, tts_text, tts_voices, num_persons):
+    """(persons, recordings or None, voices or None): one recording per person, each decoding and not silent, or a
+    TTS script with a turn for every person."""
+    use_tts = tts_text is not None
+    if use_tts and audio:
+        raise gr.Error(f"Speech: give recordings or a {TTS_TEXT_LABEL}, not both.")
+    if num_persons is None:
+        num_persons = len(tts_voices or [None]) if use_tts else len(audio or [])
+    num_persons = int(num_persons)
+    if not 1 <= num_persons <= MAX_PERSONS:
+        raise gr.Error(f"{PERSONS_LABEL}: {num_persons}; this app takes 1 to {MAX_PERSONS} persons.")
+    if use_tts:
+        voices = list(tts_voices or [])[:num_persons]
+        voices += [None] * (num_persons - len(voices))
+        voices = [DEFAULT_VOICES[i] if _is_empty(v) else str(v).strip() for i, v in enumerate(voices)]
+        _check_script(tts_text, num_persons)
+        return num_persons, None, voices
+    audio = list(audio or [])
+    if len(audio) > num_persons:
+        raise gr.Error(
+            f"{PERSONS_LABEL}: {len(audio)} recordings for {num_persons} persons; raise {PERSONS_LABEL} or remove one."
+        )
+    audio += [None] * (num_persons - len(audio))
+    for person, entry in enumerate(audio, start=1):
+        if entry is None or (isinstance(entry, str) and not entry.strip()):
+            raise gr.Error(
+                f"{audio_label(person)}: no audio; upload person {person}'s speech"
+                + (f", or lower {PERSONS_LABEL} to {person - 1}." if person > 1 else ".")
+            )
+    problems = runtime.speech_problems({f"person{i}": e for i, e in enumerate(audio, start=1)}, LISTENER)
+    if problems:
+        raise _refuse(problems)
+    return num_persons, audio, None
 
 
 def generate_video(
@@ -313,73 +412,54 @@ def generate_video(
     from diffusers import DiffusionPipeline
 
     from .audio.processing import TARGET_SAMPLE_RATE
-    from .pipelines.image_processing import load_image_any
 
     started = time.perf_counter()
     report = progress if progress is not None else (lambda *args, **kwargs: None)
 
-    # 1. Cheap checks of every field, before the model loads or any speech is synthesised
-    if _is_empty(video):
-        video = None
-    if image is None and video is None:
-        raise gr.Error(f"{IMAGE_LABEL}: missing; upload the picture of the person(s), or a {VIDEO_LABEL}.")
-    if image is not None and video is not None:
-        raise gr.Error(f"{VIDEO_LABEL}: give a video to dub or a {IMAGE_LABEL}, not both.")
-    if video is not None:
-        source_size = _video_size(video)
-    else:
-        try:
-            image = load_image_any(image)
-        except (OSError, ValueError, TypeError) as err:
-            raise gr.Error(f"{IMAGE_LABEL}: cannot be read ({err}).") from err
-        source_size = (image.height, image.width)
+    # 1. Cheap checks of every field (the runtime's, named by the form's labels), before the model loads or any speech
+    # is synthesised
+    image, video, source_size = _checked_source(image, video)
     if _is_empty(prompt):
         raise gr.Error(f"{PROMPT_LABEL}: empty; describe the scene, e.g. 'Two friends chat in a studio.'.")
     use_tts = tts_text is not None
-    if use_tts and audio:
-        raise gr.Error(f"Speech: give recordings or a {TTS_TEXT_LABEL}, not both.")
-    if num_persons is None:
-        num_persons = len(tts_voices or [None]) if use_tts else len(audio or [])
-    num_persons = int(num_persons)
-    if not 1 <= num_persons <= MAX_PERSONS:
-        raise gr.Error(f"{PERSONS_LABEL}: {num_persons}; this app takes 1 to {MAX_PERSONS} persons.")
-    if use_tts:
-        voices = list(tts_voices or [])[:num_persons]
-        voices += [None] * (num_persons - len(voices))
-        voices = [DEFAULT_VOICES[i] if _is_empty(v) else str(v).strip() for i, v in enumerate(voices)]
-        _check_script(tts_text, num_persons)
-        audio = None
-    else:
-        audio = list(audio or [])
-        if len(audio) > num_persons:
-            raise gr.Error(
-                f"{PERSONS_LABEL}: {len(audio)} recordings for {num_persons} persons; raise {PERSONS_LABEL} or "
-                "remove one."
-            )
-        audio += [None] * (num_persons - len(audio))
-        for person, entry in enumerate(audio, start=1):
-            if entry is None or (isinstance(entry, str) and not entry.strip()):
-                raise gr.Error(
-                    f"{audio_label(person)}: no audio; upload person {person}'s speech"
-                    + (f", or lower {PERSONS_LABEL} to {person - 1}." if person > 1 else ".")
-                )
+    num_persons, audio, voices = _checked_speech(audio, tts_text, tts_voices, num_persons)
     bbox = _parse_bboxes(bboxes, num_persons, source_size)
-    height = int(height) if height else None
-    width = int(width) if width else None
-    if (height is None) != (width is None):
-        raise gr.Error("Height / Width: give both, or 0 for both (the resolution's bucket).")
-    if height is None and tiny:
-        height, width = runtime.tiny_size(source_size, resolution)
     seed = int(seed)
     if seed < 0:
         seed = random_seed()
+    mode = None if mode in (None, "", "auto") else mode
+    max_frames = int(max_frames) if max_frames else None  # 0 or empty: no cap
+    args = runtime.generate_options(
+        size=resolution,
+        mode=mode,
+        frame_num=int(num_frames),
+        motion_frame=int(motion_frames),
+        max_frame_num=max_frames,
+        sample_steps=int(num_inference_steps),
+        sample_shift=None if shift in (None, "") else float(shift),
+        sample_text_guide_scale=float(text_guidance_scale),
+        sample_audio_guide_scale=float(audio_guidance_scale),
+        use_teacache=bool(use_teacache),
+        teacache_thresh=float(teacache_threshold),
+        use_apg=bool(use_apg),
+        color_correction_strength=float(color_correction_strength),
+        base_seed=seed,
+        audio_mode="tts" if use_tts else "localfile",
+        height=int(height) if height else None,  # 0 or empty: the bucket's
+        width=int(width) if width else None,
+    )
+    problems = runtime.settings_problems(args)  # the one check of the settings, as the command line's and the API's
+    if problems:
+        raise _refuse(problems)
+    if args.height is None and tiny:
+        args.height, args.width = runtime.tiny_size(source_size, resolution)
+    warning = runtime.prompt_problem(prompt)
+    if warning is not None:
+        gr.Warning(warning.render(label_words))
 
-    # 2. The model, and the pipeline's own checks (frames, mode, number of persons, boxes) before any heavy work
+    # 2. The model, and the pipeline's own checks (the number of persons, boxes, the script) before any heavy work
     report(0.0, desc="Loading the model")
     pipe = pipe if isinstance(pipe, DiffusionPipeline) else pipe()
-    mode = None if mode in (None, "", "auto") else mode
-    num_frames, motion_frames = int(num_frames), int(motion_frames)
-    max_frames = int(max_frames) if max_frames else None  # 0 or empty: no cap
     if video is not None and not hasattr(pipe, "prepare_source_frame"):
         raise gr.Error(f"{VIDEO_LABEL}: {dubbing_requirement()}.")
     try:
@@ -391,13 +471,13 @@ def generate_video(
             negative_prompt_embeds=None,
             audio_type=audio_type,
             bbox=bbox,
-            height=height,
-            width=width,
+            height=args.height,
+            width=args.width,
             mode=mode,
-            num_frames=num_frames,
-            motion_frames=motion_frames,
+            num_frames=args.frame_num,
+            motion_frames=args.motion_frame,
             max_frames=max_frames,
-            num_inference_steps=int(num_inference_steps),
+            num_inference_steps=args.sample_steps,
             output_type="np",
             callback_on_step_end_tensor_inputs=None,
             dialogue=tts_text if use_tts else None,
@@ -405,8 +485,6 @@ def generate_video(
         )
     except ValueError as err:
         raise gr.Error(str(err)) from err
-    if not 0.0 <= float(color_correction_strength) <= 1.0:
-        raise gr.Error(f"Colour correction: must be in [0, 1], got {color_correction_strength}.")
     _configure_teacache(pipe, bool(use_teacache), float(teacache_threshold), resolution)
 
     # 3. Speech
@@ -418,23 +496,7 @@ def generate_video(
         cond_audio = {f"person{i}": entry for i, entry in enumerate(audio, start=1)}
 
     # 4. The video: the same flag -> argument mapping as `multitalk generate`
-    args = runtime.generate_options(
-        size=resolution,
-        mode=mode,
-        frame_num=num_frames,
-        motion_frame=motion_frames,
-        sample_steps=int(num_inference_steps),
-        sample_shift=None if shift in (None, "") else float(shift),
-        sample_text_guide_scale=float(text_guidance_scale),
-        sample_audio_guide_scale=float(audio_guidance_scale),
-        use_apg=bool(use_apg),
-        color_correction_strength=float(color_correction_strength),
-        base_seed=seed,
-        audio_mode="tts" if use_tts else "localfile",
-        device=str(execution_device(pipe)),
-        height=height,
-        width=width,
-    )
+    args.device = str(execution_device(pipe))
     visual = {"cond_image": image} if video is None else {"cond_video": str(video), "cond_video_is_image": False}
     input_data = {"prompt": prompt, "negative_prompt": negative_prompt, **visual, "cond_audio": cond_audio,
                   "audio_type": audio_type}  # fmt: skip
@@ -538,7 +600,7 @@ def _input_fields(fields: dict[str, Any], dubs: bool | None):
     fields["audio_type"] = gr.Radio(
         ["add", "para"],
         value="add",
-        label="Recordings play",
+        label=FIELD_LABELS["audio_type"],
         info="add: one after the other (turns); para: at the same time",
     )
     with gr.Group(visible=False) as tts_group:
@@ -578,26 +640,26 @@ def _generation_settings(fields: dict[str, Any]) -> None:
     """The settings most runs touch (size, mode, length, steps, seed), open under the result."""
     with gr.Accordion("Generation", open=True):
         with gr.Row():
-            fields["resolution"] = gr.Radio(list(runtime.SIZES), value="multitalk-480", label="Resolution")
+            fields["resolution"] = gr.Radio(list(runtime.SIZES), value="multitalk-480", label=FIELD_LABELS["size"])
             fields["mode"] = gr.Radio(
                 ["auto", "clip", "streaming"],
                 value="auto",
-                label="Mode",
+                label=FIELD_LABELS["mode"],
                 info="auto: the whole speech; clip: one chunk; streaming: chunks until the speech ends",
             )
         with gr.Row():
-            fields["num_frames"] = gr.Slider(5, 201, value=81, step=4, label="Frames per chunk (4n+1)")
+            fields["num_frames"] = gr.Slider(5, 201, value=81, step=4, label=FIELD_LABELS["frame_num"])
             fields["max_frames"] = gr.Number(
                 value=0,
                 precision=0,
                 minimum=0,
-                label="Max frames (0: as long as the speech)",
+                label=FIELD_LABELS["max_frame_num"],
             )
         with gr.Row():
             fields["num_inference_steps"] = gr.Slider(
-                1, 100, value=runtime.DEFAULT_SAMPLE_STEPS, step=1, label="Sampling steps"
+                1, 100, value=runtime.DEFAULT_SAMPLE_STEPS, step=1, label=FIELD_LABELS["sample_steps"]
             )
-            fields["seed"] = gr.Number(value=42, precision=0, label="Seed (-1: random)")
+            fields["seed"] = gr.Number(value=42, precision=0, label=FIELD_LABELS["base_seed"])
 
 
 def _advanced_settings(fields: dict[str, Any], tiny: bool, use_teacache: bool, teacache_threshold: float) -> None:
@@ -605,22 +667,28 @@ def _advanced_settings(fields: dict[str, Any], tiny: bool, use_teacache: bool, t
     with gr.Accordion("Advanced", open=False):
         fields["negative_prompt"] = gr.Textbox(label="Negative prompt", value=DEFAULT_NEGATIVE_PROMPT, lines=3)
         with gr.Row():
-            fields["shift"] = gr.Number(value=get_size(runtime.SIZES[0]).shift, label="Shift")
-            fields["text_guidance_scale"] = gr.Slider(1, 15, value=5.0, step=0.5, label="Text guidance")
-            fields["audio_guidance_scale"] = gr.Slider(1, 15, value=4.0, step=0.5, label="Audio guidance")
+            fields["shift"] = gr.Number(value=get_size(runtime.SIZES[0]).shift, label=FIELD_LABELS["sample_shift"])
+            fields["text_guidance_scale"] = gr.Slider(
+                1, 15, value=5.0, step=0.5, label=FIELD_LABELS["sample_text_guide_scale"]
+            )
+            fields["audio_guidance_scale"] = gr.Slider(
+                1, 15, value=4.0, step=0.5, label=FIELD_LABELS["sample_audio_guide_scale"]
+            )
         with gr.Row():
             fields["use_teacache"] = gr.Checkbox(value=use_teacache, label="TeaCache")
             fields["teacache_threshold"] = gr.Slider(
-                0.05, 1.0, value=teacache_threshold, step=0.05, label="TeaCache threshold"
+                0.05, 1.0, value=teacache_threshold, step=0.05, label=FIELD_LABELS["teacache_thresh"]
             )
             fields["use_apg"] = gr.Checkbox(value=False, label="APG")
         with gr.Row():
-            fields["color_correction_strength"] = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Colour correction")
-            fields["motion_frames"] = gr.Slider(1, 97, value=25, step=4, label="Motion frames (streaming)")
+            fields["color_correction_strength"] = gr.Slider(
+                0.0, 1.0, value=1.0, step=0.05, label=FIELD_LABELS["color_correction_strength"]
+            )
+            fields["motion_frames"] = gr.Slider(1, 97, value=25, step=4, label=FIELD_LABELS["motion_frame"])
         with gr.Row():
             size_hint = "0: the bucket / 8 (tiny model)" if tiny else "0: the resolution's bucket"
-            fields["height"] = gr.Number(value=0, precision=0, label="Height", info=size_hint)
-            fields["width"] = gr.Number(value=0, precision=0, label="Width", info=size_hint)
+            fields["height"] = gr.Number(value=0, precision=0, label=FIELD_LABELS["height"], info=size_hint)
+            fields["width"] = gr.Number(value=0, precision=0, label=FIELD_LABELS["width"], info=size_hint)
 
 
 def _bundled_examples(fields: dict[str, Any]) -> None:

@@ -73,8 +73,11 @@ class InputJSONError(ValueError):
         self.source = source
         self.problems = list(problems)
         count = len(self.problems)
+        if count == 1:  # one line
+            super().__init__(f"{source}: {self.problems[0]}")
+            return
         lines = "\n".join(f"  {p}" for p in self.problems)
-        super().__init__(f"{source}: {count} problem{'s' if count != 1 else ''} in the input JSON:\n{lines}")
+        super().__init__(f"{source}: {count} problems in the input JSON:\n{lines}")
 
 
 @functools.lru_cache(maxsize=1)
