@@ -340,6 +340,53 @@ def test_api_key_and_openapi(tiny_pipe, tmp_path):
         app.state.jobs.stop()
 
 
+def _schema_value(prop: dict, key: str):
+    """A keyword of a property's schema, looked for in its `anyOf` members too (a field that may be null)."""
+    found = [prop.get(key)] + [member.get(key) for member in prop.get("anyOf", [])]
+    return next((value for value in found if value is not None), None)
+
+
+def test_the_openapi_settings_are_the_runtimes(tmp_path):
+    """The `settings` a job carries are documented by JobSettings, built from the runtime's GenerationSettings: the
+    same names, defaults, limits and choices as the runtime checks (settings_problems reads the same metadata)."""
+    import dataclasses
+
+    from openapi_spec_validator import validate
+
+    from diffusers_multitalk import runtime
+    from diffusers_multitalk.runtime.spec import GenerationSettings
+    from diffusers_multitalk.server.schemas import NOT_PER_JOB
+
+    app = server.create_app(runtime.generate_options(tiny=True), output_dir=tmp_path, ui=False)
+    document = TestClient(app).get("/openapi.json").json()
+    validate(document)
+    properties = document["components"]["schemas"]["JobSettings"]["properties"]
+    defaults = GenerationSettings()
+    per_job = [f for f in dataclasses.fields(GenerationSettings) if f.name not in NOT_PER_JOB]
+    assert {f.name for f in per_job} == set(properties) - {
+        "audio_type", "bbox", "negative_prompt", "human1_voice", "human2_voice", "human3_voice", "human4_voice"
+    }  # fmt: skip
+    for setting in per_job:
+        prop = properties[setting.name]
+        assert prop["default"] == getattr(defaults, setting.name), setting.name
+        assert prop["description"] == setting.metadata["description"], setting.name
+        for key, keyword in (
+            ("ge", "minimum"),
+            ("gt", "exclusiveMinimum"),
+            ("le", "maximum"),
+            ("multiple_of", "multipleOf"),
+        ):
+            assert _schema_value(prop, keyword) == setting.metadata.get(key), (setting.name, key)
+        assert _schema_value(prop, "enum") == (
+            list(setting.metadata["choices"]) if "choices" in setting.metadata else None
+        )
+    assert properties["frame_num"]["minimum"] == 5 and properties["color_correction_strength"]["maximum"] == 1
+    # the form's `settings` field points at it
+    form = document["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    body = document["components"]["schemas"][form.split("/")[-1]]
+    assert body["properties"]["settings"]["contentSchema"] == {"$ref": "#/components/schemas/JobSettings"}
+
+
 def test_ui_is_mounted_beside_the_api(tiny_pipe, tmp_path):
     app = server.create_app(tiny_pipe, output_dir=tmp_path, tiny=True)
     with TestClient(app) as client:

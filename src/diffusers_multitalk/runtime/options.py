@@ -11,7 +11,7 @@ from ..variants import DEFAULT_VARIANT, TASKS, VARIANTS, WEIGHTS_OPTIONS, Varian
 from ..variants import SIZES as SIZES  # the --size choices, re-exported for the front ends
 from .errors import UserError
 from .quantization import AUTO_QUANT, NO_QUANT
-from .spec import FieldProblem, GenerateOptions, RequestError
+from .spec import FieldProblem, GenerateOptions, GenerationSettings, RequestError
 
 
 # Every generation option with its default (runtime/spec.py's GenerateOptions): the CLI's parser takes its defaults
@@ -214,16 +214,22 @@ def check_generate_args(args: GenerateOptions) -> None:
 
 def settings_problems(args) -> list[FieldProblem]:
     """The generation settings' problems (size, mode, frames, sampling, guidance, output size): the one check every
-    front end runs on a request before any model, whatever model serves it."""
+    front end runs on a request before any model, whatever model serves it. The limits are the settings' own
+    (runtime/spec.py's `GenerationSettings` metadata, which the HTTP API's schema states too)."""
     problems = []
-    if args.size not in SIZES:
-        problems.append(FieldProblem("size", f"expected one of {', '.join(SIZES)}", args.size))
-    if args.mode not in (None, "clip", "streaming"):
-        problems.append(FieldProblem("mode", "expected clip, streaming or none (the whole audio)", args.mode))
-    if args.frame_num < 5 or (args.frame_num - 1) % 4:
+    for setting in dataclasses.fields(GenerationSettings):
+        name, value = setting.name, getattr(args, setting.name)
+        if name == "teacache_thresh" and not args.use_teacache:
+            continue  # only read with TeaCache on
+        why = limit_problem(value, setting.metadata)
+        if why is not None:
+            problems.append(FieldProblem(name, why, value))
+    if args.frame_num < 5 or (args.frame_num - 1) % 4:  # frames come in 4n+1 (the VAE's 4x time compression)
+        problems = [p for p in problems if p.field != "frame_num"]
         problems.append(FieldProblem("frame_num", "must be 4n+1 and at least 5 (e.g. 81)", args.frame_num))
     motion = motion_frames(args)
     if args.mode != "clip" and (motion < 1 or (motion - 1) % 4 or motion >= args.frame_num):
+        problems = [p for p in problems if p.field != "motion_frame"]
         problems.append(
             FieldProblem(
                 "motion_frame",
@@ -232,26 +238,40 @@ def settings_problems(args) -> list[FieldProblem]:
                 motion,
             )
         )
-    if args.max_frame_num is not None and args.max_frame_num < 5:
-        problems.append(FieldProblem("max_frame_num", "must be at least 5 frames (0.2 s)", args.max_frame_num))
-    for name in ("sample_text_guide_scale", "sample_audio_guide_scale"):
-        if getattr(args, name) < 0:
-            problems.append(FieldProblem(name, "must be 0 or more (1 turns that guidance off)", getattr(args, name)))
-    if args.sample_steps is not None and args.sample_steps < 1:
-        problems.append(FieldProblem("sample_steps", "must be at least 1", args.sample_steps))
-    if not 0.0 <= args.color_correction_strength <= 1.0:
-        problems.append(FieldProblem("color_correction_strength", "must be in [0, 1]", args.color_correction_strength))
-    if args.use_teacache and args.teacache_thresh <= 0:
-        why = "must be positive (MultiTalk advises 0.2 to 0.5)"
-        problems.append(FieldProblem("teacache_thresh", why, args.teacache_thresh))
     if (args.height is None) != (args.width is None):
         given, missing = ("height", "width") if args.width is None else ("width", "height")
         problems.append(FieldProblem(given, f"give {{{missing}}} too, or neither (the size's bucket)"))
-    for name in ("height", "width"):
-        value = getattr(args, name)
-        if value is not None and (value <= 0 or value % 16):
-            problems.append(FieldProblem(name, "must be a positive multiple of 16", value))
     return problems
+
+
+def limit_problem(value, limits) -> str | None:
+    """Why `value` breaks a setting's `limits` (`choices`, `ge`, `gt`, `le`, `multiple_of`, said with `hint`);
+    None when it keeps them or is unset."""
+    if value is None:
+        return None
+    choices = limits.get("choices")
+    if choices is not None:
+        return None if value in choices else f"expected one of {', '.join(choices)}"
+    ge, gt, le, multiple = (limits.get(k) for k in ("ge", "gt", "le", "multiple_of"))
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    broken = (
+        (ge is not None and value < ge)
+        or (gt is not None and value <= gt)
+        or (le is not None and value > le)
+        or (multiple is not None and value % multiple)
+    )
+    if not broken:
+        return None
+    if multiple is not None:
+        why = f"must be a positive multiple of {multiple}"
+    elif ge is not None and le is not None:
+        why = f"must be in [{ge:g}, {le:g}]"
+    elif gt is not None:
+        why = "must be positive" if gt == 0 else f"must be more than {gt:g}"
+    else:
+        why = "must be 0 or more" if ge == 0 else f"must be at least {ge:g}"
+    return why + (f" ({limits['hint']})" if limits.get("hint") else "")
 
 
 def model_problems(args: GenerateOptions) -> list[FieldProblem]:

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..variants import DEFAULT_VARIANT
+from ..variants import DEFAULT_VARIANT, SIZES
 from .errors import UserError
 
 
@@ -27,9 +27,13 @@ __all__ = [
     "RequestError",
     "ServeOptions",
     "option_fields",
+    "setting_limits",
 ]
 
 
+SIZE_NAMES = tuple(SIZES)
+MODES = ("clip", "streaming")
+AUDIO_MODES = ("localfile", "tts")
 _PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*)\}")
 _NO_VALUE = object()
 
@@ -110,30 +114,48 @@ class ModelSpec:
     preset: str | None = None
 
 
+def _setting(default, description: str, **limits):
+    """A generation setting's default, what it does, and its limits, read by the runtime's checks
+    (`options.settings_problems`) and by the HTTP API's schema (server/schemas.py): `choices`, `ge`, `gt`, `le`,
+    `multiple_of`, `hint` (said after a refusal)."""
+    return field(default=default, metadata={"description": description, **limits})
+
+
 @dataclass
 class GenerationSettings:
-    """How one video is made: size, length, sampling, guidance, seed (MultiTalk's flag names and defaults)."""
+    """How one video is made: size, length, sampling, guidance, seed (MultiTalk's flag names and defaults). Each
+    field's metadata holds what it does and its limits (`setting_limits`)."""
 
-    size: str = DEFAULT_VARIANT.sizes[0].name
-    mode: str | None = None
-    frame_num: int = 81
-    motion_frame: int | None = None
-    max_frame_num: int | None = None
-    sample_steps: int | None = None
-    sample_shift: float | None = None
-    sample_text_guide_scale: float = 5.0
-    sample_audio_guide_scale: float = 4.0
-    use_teacache: bool = False
-    teacache_thresh: float = 0.2
-    use_apg: bool = False
-    apg_momentum: float = -0.75
-    apg_norm_threshold: float = 55.0
-    color_correction_strength: float = 1.0
-    base_seed: int = 42
-    height: int | None = None
-    width: int | None = None
-    audio_mode: str = "localfile"
-    scene_seg: bool = False
+    size: str = _setting(
+        DEFAULT_VARIANT.sizes[0].name, "the resolution bucket table (each model's own)", choices=SIZE_NAMES
+    )
+    mode: str | None = _setting(
+        None, "clip: one chunk; streaming: chunks until the audio ends; none: the whole audio", choices=MODES
+    )
+    frame_num: int = _setting(81, "frames per chunk, 4n+1", ge=5)
+    motion_frame: int | None = _setting(None, "frames each chunk continues from, 4n+1 (none: the model's)", ge=1)
+    max_frame_num: int | None = _setting(None, "cap the video at N frames (25 fps)", ge=5, hint="0.2 s")
+    sample_steps: int | None = _setting(None, "sampling steps (none: the model's)", ge=1)
+    sample_shift: float | None = _setting(None, "timestep shift (none: the size's)")
+    sample_text_guide_scale: float = _setting(5.0, "text guidance", ge=0, hint="1 turns that guidance off")
+    sample_audio_guide_scale: float = _setting(4.0, "audio guidance", ge=0, hint="1 turns that guidance off")
+    use_teacache: bool = _setting(False, "TeaCache: skip the DiT on steps whose timestep changed little")
+    teacache_thresh: float = _setting(0.2, "TeaCache threshold", gt=0, hint="MultiTalk advises 0.2 to 0.5")
+    use_apg: bool = _setting(False, "adaptive projected guidance")
+    apg_momentum: float = _setting(-0.75, "APG momentum")
+    apg_norm_threshold: float = _setting(55.0, "APG norm threshold")
+    color_correction_strength: float = _setting(1.0, "colour matching to the reference", ge=0, le=1)
+    base_seed: int = _setting(42, "seed; negative picks a random one")
+    height: int | None = _setting(None, "output height instead of the bucket's", gt=0, multiple_of=16)
+    width: int | None = _setting(None, "output width instead of the bucket's", gt=0, multiple_of=16)
+    audio_mode: str = _setting("localfile", "speech from files or from a TTS script", choices=AUDIO_MODES)
+    scene_seg: bool = _setting(False, "dub each shot of the source video from its own frames")
+
+
+def setting_limits(name: str) -> dict:
+    """A generation setting's limits and description (its dataclass metadata)."""
+    found = {f.name: f for f in dataclasses.fields(GenerationSettings)}[name]
+    return dict(found.metadata)
 
 
 @dataclass

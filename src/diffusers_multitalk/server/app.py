@@ -20,11 +20,10 @@ from ..variants import variant_of_pipeline
 from .events import job_events
 from .generation import NEEDS_DUBBING_MODEL, api_words, bbox_block, can_dub, parse_settings, refusal, run_job
 from .jobs import Job, JobManager, QueueFull, new_job_id
-from .schemas import ErrorBody, Health, JobCreated, JobInfo, JobState
+from .schemas import MAX_PERSONS, ErrorBody, Health, JobCreated, JobInfo, JobSettings, JobState
 from .uploads import MB, Limits, UploadRejected, check_audio, check_image, check_video, read_limited
 
 
-MAX_PERSONS = 4
 _ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 409, 413, 415, 422, 429)}
 
 
@@ -162,7 +161,10 @@ def create_app(
         ),
         tts: str | None = Form(None, description="instead of audio: a script '(s1) Hi! (s2) Hello.' spoken by TTS"),
         settings: str | None = Form(
-            None, description='generation fields as a JSON object, e.g. {"mode": "clip", "sample_steps": 8}'
+            None,
+            description='a JobSettings JSON object, e.g. {"mode": "clip", "sample_steps": 8}; unset fields keep their '
+            "defaults",
+            json_schema_extra=SETTINGS_SCHEMA,
         ),
     ):
         if manager.queue_full():
@@ -276,6 +278,7 @@ def create_app(
         return JSONResponse(info.model_dump(mode="json"), status_code=202 if job.status == JobState.running else 200)
 
     app.include_router(api)
+    _document_settings(app)
 
     @app.get("/healthz", response_model=Health, summary="Liveness, and what the server is doing")
     def healthz():
@@ -285,6 +288,27 @@ def create_app(
     if ui:
         _mount_ui(app, holder, gpu_lock, output_dir / "ui", tiny, server_options)
     return app
+
+
+# The `settings` form field holds JSON: its schema is JobSettings (built from the runtime's GenerationSettings).
+SETTINGS_SCHEMA = {
+    "contentMediaType": "application/json",
+    "contentSchema": {"$ref": "#/components/schemas/JobSettings"},
+}
+
+
+def _document_settings(app: FastAPI) -> None:
+    """Puts JobSettings into `/openapi.json`'s components, where the `settings` field's content schema points."""
+    default_openapi = app.openapi
+
+    def openapi():
+        if app.openapi_schema is None:
+            document = default_openapi()
+            schema = JobSettings.model_json_schema(ref_template="#/components/schemas/{model}")
+            document.setdefault("components", {}).setdefault("schemas", {})["JobSettings"] = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def _is_pipeline(source) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import types
+import typing
 from copy import copy
 from pathlib import Path
 from typing import Callable
@@ -13,21 +15,31 @@ from .. import runtime
 from .._diffusers_compat import execution_device
 from ..runtime.spec import GenerateOptions
 from ..variants import dubbing_requirement, get_size, variant_of_pipeline
+from .schemas import JobSettings
 
 
-# The settings a job may carry: generate's generation flags (not the model flags, fixed when the server starts) and
-# the input JSON's fields besides the prompt, image and audio (which are the form's).
-_INT, _FLOAT, _BOOL, _STR = (int,), (int, float), (bool,), (str,)
-GENERATION_FIELDS = {
-    "size": _STR, "mode": _STR, "frame_num": _INT, "motion_frame": _INT, "max_frame_num": _INT, "base_seed": _INT,
-    "sample_steps": _INT, "sample_shift": _FLOAT, "sample_text_guide_scale": _FLOAT,
-    "sample_audio_guide_scale": _FLOAT, "use_teacache": _BOOL, "teacache_thresh": _FLOAT, "use_apg": _BOOL,
-    "apg_momentum": _FLOAT, "apg_norm_threshold": _FLOAT, "color_correction_strength": _FLOAT, "height": _INT,
-    "width": _INT,
-}  # fmt: skip
-INPUT_FIELDS = {"audio_type": _STR, "bbox": (list, dict), "negative_prompt": _STR,
-                **{f"human{i}_voice": _STR for i in range(1, 5)}}  # fmt: skip
+# The settings a job may carry (schemas.JobSettings, built from the runtime's GenerationSettings): the generation
+# settings (not the model's, fixed when the server starts) and the input JSON's fields besides the prompt, image and
+# audio (which are the form's); each with the JSON types it takes and whether it may be null.
+_JSON_TYPES = {int: (int,), float: (int, float), bool: (bool,), str: (str,), list: (list, dict), dict: (list, dict)}
+
+
+def _json_types(annotation) -> tuple[tuple, bool]:
+    """(the JSON types a field takes, whether it may be null) from its annotation."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    members = typing.get_args(annotation) if union else (annotation,)
+    first = next(a for a in members if a is not type(None))
+    base = typing.get_origin(first) or first
+    if base is typing.Literal:
+        base = type(typing.get_args(first)[0])
+    return _JSON_TYPES[base], type(None) in members
+
+
+_FIELDS = {name: _json_types(info.annotation) for name, info in JobSettings.model_fields.items()}
+GENERATION_FIELDS = {name: types for name, (types, _) in _FIELDS.items() if name in runtime.GENERATE_DEFAULTS}
+INPUT_FIELDS = {name: types for name, (types, _) in _FIELDS.items() if name not in GENERATION_FIELDS}
 SETTINGS_FIELDS = {**GENERATION_FIELDS, **INPUT_FIELDS}
+_NULLABLE = {name for name, (_, nullable) in _FIELDS.items() if nullable}
 
 
 NEEDS_DUBBING_MODEL = f"video: {dubbing_requirement()}, or send a reference picture as 'image'"
@@ -86,8 +98,7 @@ def parse_settings(text: str | None, server_options: GenerateOptions) -> tuple[G
         )
     for name, value in settings.items():
         types = SETTINGS_FIELDS[name]
-        nullable = name in ("mode", "max_frame_num", "sample_steps", "sample_shift", "height", "width", "bbox",
-                            "negative_prompt")  # fmt: skip
+        nullable = name in _NULLABLE
         wrong = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
         if wrong and not (value is None and nullable):
             expected = "/".join("number" if t is float else t.__name__ for t in types)

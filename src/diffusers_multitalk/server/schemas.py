@@ -1,10 +1,66 @@
-"""The HTTP API's request and answer models (pydantic): they make `/openapi.json`."""
+"""The HTTP API's request and answer models (pydantic): they make `/openapi.json`. A job's `settings` model is built
+from the runtime's own `GenerationSettings` (runtime/spec.py): the same names, defaults, limits and descriptions."""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from enum import Enum
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from ..runtime.spec import GenerationSettings
+
+
+# Generation settings a job does not carry: its speech comes from the form (`audio` files or a `tts` script), and
+# splitting a video into shots is the command line's.
+NOT_PER_JOB = ("audio_mode", "scene_seg")
+MAX_PERSONS = 4
+_LIMITS = ("ge", "gt", "le", "multiple_of")
+
+
+def _settings_fields() -> dict:
+    """`{name: (annotation, Field)}` for each generation setting a job may carry, from `GenerationSettings`."""
+    hints = typing.get_type_hints(GenerationSettings)
+    fields = {}
+    for setting in dataclasses.fields(GenerationSettings):
+        if setting.name in NOT_PER_JOB:
+            continue
+        meta = setting.metadata
+        annotation = hints[setting.name]
+        if meta.get("choices"):
+            annotation = Literal[tuple(meta["choices"])]
+            annotation = annotation | None if setting.default is None else annotation
+        limits = {key: meta[key] for key in _LIMITS if key in meta}
+        fields[setting.name] = (annotation, Field(setting.default, description=meta.get("description"), **limits))
+    return fields
+
+
+def _input_fields() -> dict:
+    """The input JSON's fields a job may carry besides the prompt, the image and the speech (the form's)."""
+    voices = {
+        f"human{i}_voice": (str | None, Field(None, description=f"person {i}'s TTS voice (a Kokoro or espeak-ng name)"))
+        for i in range(1, MAX_PERSONS + 1)
+    }
+    return dict(
+        audio_type=(Literal["add", "para"], Field("add", description="add: recordings in turns; para: together")),
+        bbox=(
+            list[list[float]] | dict[str, list[float]] | None,
+            Field(None, description="one box [top, left, bottom, right] per person, in image pixels"),
+        ),
+        negative_prompt=(str | None, Field(None, description="what the video should not show (none: MultiTalk's)")),
+        **voices,
+    )
+
+
+JobSettings = create_model(
+    "JobSettings",
+    __config__=ConfigDict(extra="forbid"),
+    __doc__="A job's `settings` (a JSON object in the form): the runtime's generation settings and input fields.",
+    **_settings_fields(),
+    **_input_fields(),
+)
 
 
 class JobState(str, Enum):
