@@ -223,8 +223,10 @@ def test_web_app_and_api_name_the_models_that_dub():
     from diffusers_multitalk.variants import dubbing_requirement
 
     dubbing = [v for v in VARIANTS if v.dubs_video]
-    text = dubbing_requirement()
-    assert all(v.name in text and v.weights[0].flag in text and v.task in text for v in dubbing)
+    text = dubbing_requirement()  # in the server's words: its settings' names, no command-line flag
+    assert all(v.name in text and v.weights[0].name in text and v.task in text for v in dubbing) and "--" not in text
+    flags = dubbing_requirement(lambda name: "--" + name)  # in the command line's
+    assert all(v.weights[0].flag in flags for v in dubbing)
     pytest.importorskip("fastapi")
     from diffusers_multitalk.server.generation import NEEDS_DUBBING_MODEL, can_dub
 
