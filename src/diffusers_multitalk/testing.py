@@ -38,6 +38,7 @@ __all__ = [
     "WAV2VEC_DIR_NAME",
     "write_tiny_original_folders",
     "write_tiny_infinitetalk_folders",
+    "write_tiny_flashtalk_folders",
     "wan_original_config",
 ]
 
@@ -129,7 +130,9 @@ def _write_index(path: Path, weight_map: dict[str, str], tensors: dict[str, torc
         json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, f, indent=2)
 
 
-def write_tiny_original_folders(root: str | os.PathLike, seed: int = 0) -> dict[str, Path]:
+def write_tiny_original_folders(
+    root: str | os.PathLike, seed: int = 0, reference_widths: bool = False
+) -> dict[str, Path]:
     """Writes `make_tiny_components(seed)` as the three official folders, in their original layouts.
 
     * `Wan2.1-I2V-14B-480P/`: Wan's `config.json`, the DiT's base weights in Wan's names split over
@@ -142,12 +145,13 @@ def write_tiny_original_folders(root: str | os.PathLike, seed: int = 0) -> dict[
     * `chinese-wav2vec2-base/`: `save_pretrained` of the wav2vec2 model and its feature extractor.
 
     Everything is stored in float32 (the real T5 is bfloat16), so the reloaded components equal the tiny ones bit for
-    bit. Returns `dict(wan_dir=..., multitalk_dir=..., wav2vec_dir=...)`.
+    bit. `reference_widths`: `make_tiny_components(seed, reference_widths=True)`. Returns `dict(wan_dir=...,
+    multitalk_dir=..., wav2vec_dir=...)`.
     """
     from .tiny import make_tiny_components
 
     root = Path(root)
-    components = make_tiny_components(seed)
+    components = make_tiny_components(seed, reference_widths=reference_widths)
     wan_dir, multitalk_dir, wav2vec_dir = root / WAN_DIR_NAME, root / MULTITALK_DIR_NAME, root / WAV2VEC_DIR_NAME
     for folder in (wan_dir, multitalk_dir, wav2vec_dir):
         folder.mkdir(parents=True, exist_ok=True)
@@ -159,32 +163,100 @@ def write_tiny_original_folders(root: str | os.PathLike, seed: int = 0) -> dict[
     audio = {k: v for k, v in dit.items() if _is_audio_key(k)}
     with open(wan_dir / "config.json", "w") as f:
         json.dump(wan_original_config(transformer.config), f, indent=2)
-    names = sorted(base)
-    shard_names = [
-        f"diffusion_pytorch_model-{i + 1:05d}-of-{NUM_DIT_SHARDS:05d}.safetensors" for i in range(NUM_DIT_SHARDS)
-    ]
-    per_shard = -(-len(names) // NUM_DIT_SHARDS)
-    base_map = {}
-    for i, shard in enumerate(shard_names):
-        keys = names[i * per_shard : (i + 1) * per_shard]
-        save_file({k: base[k] for k in keys}, str(wan_dir / shard), metadata={"format": "pt"})
-        base_map.update(dict.fromkeys(keys, shard))
+    base_map = _write_shards(wan_dir, base)
     _write_index(wan_dir / DIT_INDEX, base_map, base)
     save_file(audio, str(multitalk_dir / MULTITALK_FILE), metadata={"format": "pt"})
     _write_index(multitalk_dir / DIT_INDEX, {**base_map, **dict.fromkeys(audio, MULTITALK_FILE)}, dit)
 
-    # Text encoder, CLIP, VAE: Wan's own module layouts, as plain torch.save state dicts.
+    _write_wan_encoders(wan_dir, components, seed)
+    _write_wav2vec(wav2vec_dir, components)
+    return dict(wan_dir=wan_dir, multitalk_dir=multitalk_dir, wav2vec_dir=wav2vec_dir)
+
+
+def _write_wan_encoders(folder: Path, components: dict, seed: int) -> None:
+    """umT5, CLIP, VAE and the umT5 tokenizer in Wan's own module layouts, as plain torch.save state dicts."""
     t5 = convert_umt5_encoder_to_original(components["text_encoder"].state_dict())
-    torch.save(_contiguous(t5), wan_dir / WAN_T5_CHECKPOINT)
+    torch.save(_contiguous(t5), folder / WAN_T5_CHECKPOINT)
     clip = convert_clip_vision_to_original(components["image_encoder"].state_dict())
     clip.update(_clip_extras(components["image_encoder"].config.hidden_size, seed))
-    torch.save(_contiguous(clip), wan_dir / WAN_CLIP_CHECKPOINT)
-    torch.save(_contiguous(convert_vae_to_original(components["vae"].state_dict())), wan_dir / WAN_VAE_CHECKPOINT)
-    components["tokenizer"].save_pretrained(wan_dir / WAN_UMT5_TOKENIZER_DIR)
+    torch.save(_contiguous(clip), folder / WAN_CLIP_CHECKPOINT)
+    torch.save(_contiguous(convert_vae_to_original(components["vae"].state_dict())), folder / WAN_VAE_CHECKPOINT)
+    components["tokenizer"].save_pretrained(folder / WAN_UMT5_TOKENIZER_DIR)
 
-    components["audio_encoder"].save_pretrained(wav2vec_dir, safe_serialization=True)
-    components["audio_feature_extractor"].save_pretrained(wav2vec_dir)
-    return dict(wan_dir=wan_dir, multitalk_dir=multitalk_dir, wav2vec_dir=wav2vec_dir)
+
+def _write_wav2vec(folder: Path, components: dict) -> None:
+    components["audio_encoder"].save_pretrained(folder, safe_serialization=True)
+    components["audio_feature_extractor"].save_pretrained(folder)
+
+
+def _write_shards(folder: Path, tensors: dict[str, torch.Tensor], num_shards: int = NUM_DIT_SHARDS) -> dict[str, str]:
+    """`tensors` split in key order over `diffusion_pytorch_model-0000N-of-0000M.safetensors`; returns the weight
+    map (key -> shard)."""
+    names = sorted(tensors)
+    shard_names = [f"diffusion_pytorch_model-{i + 1:05d}-of-{num_shards:05d}.safetensors" for i in range(num_shards)]
+    per_shard = -(-len(names) // num_shards)
+    weight_map = {}
+    for i, shard in enumerate(shard_names):
+        keys = names[i * per_shard : (i + 1) * per_shard]
+        save_file({k: tensors[k] for k in keys}, str(folder / shard), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(keys, shard))
+    return weight_map
+
+
+FLASHTALK_DIR_NAME = "SoulX-FlashTalk-14B"
+
+
+def flashtalk_original_config(transformer_config) -> dict:
+    """The `config.json` of SoulX-FlashTalk-14B's merged DiT for a `MultiTalkTransformer3DModel` config: Wan's fields
+    plus the audio adapter's, as the reference's `WanModel` (a diffusers `ModelMixin`) saves them."""
+    c = dict(transformer_config)
+    config = wan_original_config(c)
+    for name in ("audio_layers", "audio_channels", "class_range", "class_interval"):
+        config.pop(name, None)  # the reference's WanModel takes none of them (its audio projection is 12 x 768)
+    config.update(
+        audio_window=c["audio_window"],
+        intermediate_dim=c["intermediate_dim"],
+        output_dim=c["output_dim"],
+        context_tokens=c["context_tokens"],
+        vae_scale=c["vae_scale"],
+        norm_input_visual=c["norm_input_visual"],
+        norm_output_audio=c["norm_output_audio"],
+        weight_init=True,
+    )
+    return config
+
+
+def write_tiny_flashtalk_folders(
+    root: str | os.PathLike, seed: int = 0, reference_widths: bool = True, dtype: torch.dtype = torch.float32
+) -> dict[str, Path]:
+    """`make_tiny_components(seed, reference_widths)` as the two folders SoulX-FlashTalk's README downloads:
+
+    * `SoulX-FlashTalk-14B/`: the merged DiT (Wan's base keys and the audio adapter's together) split over
+      `diffusion_pytorch_model-0000N-of-00002.safetensors` with its index and a `config.json` holding the adapter's
+      fields (what `WanModel.from_pretrained` reads), in `dtype` (the real one is bfloat16); Wan's
+      `models_t5_umt5-xxl-enc-bf16.pth`, CLIP and `Wan2.1_VAE.pth` beside it, with the tokenizers in
+      `google/umt5-xxl/` and `xlm-roberta-large/` (the reference's CLIP wrapper loads one; a tiny stand-in here).
+    * `chinese-wav2vec2-base/`.
+
+    Returns `dict(flashtalk_dir=..., wav2vec_dir=...)`."""
+    from .loaders.original_folders import WAN_CLIP_TOKENIZER_DIR
+    from .tiny import make_tiny_components
+
+    root = Path(root)
+    components = make_tiny_components(seed, reference_widths=reference_widths)
+    flashtalk_dir, wav2vec_dir = root / FLASHTALK_DIR_NAME, root / WAV2VEC_DIR_NAME
+    for folder in (flashtalk_dir, wav2vec_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    transformer = components["transformer"]
+    dit = _contiguous(convert_multitalk_transformer_to_original(transformer.state_dict()))
+    dit = {k: v.to(dtype) for k, v in dit.items()}
+    _write_index(flashtalk_dir / DIT_INDEX, _write_shards(flashtalk_dir, dit), dit)
+    with open(flashtalk_dir / "config.json", "w") as f:
+        json.dump(flashtalk_original_config(transformer.config), f, indent=2)
+    _write_wan_encoders(flashtalk_dir, components, seed)
+    components["tokenizer"].save_pretrained(flashtalk_dir / WAN_CLIP_TOKENIZER_DIR)
+    _write_wav2vec(wav2vec_dir, components)
+    return dict(flashtalk_dir=flashtalk_dir, wav2vec_dir=wav2vec_dir)
 
 
 def tiny_generation_latents(pipe) -> torch.Tensor:

@@ -12,6 +12,16 @@ TINY_TEXT_DIM = 32
 TINY_IMAGE_DIM = 32
 TINY_AUDIO_LAYERS = 2
 TINY_AUDIO_CHANNELS = 32
+# The widths the references hard-code (umT5-XXL's 4096-wide states, Wan's CLIP ViT-H 1280 wide, the audio
+# projection's wav2vec2-base input of 12 layers x 768 channels): `make_tiny_components(seed, reference_widths=True)`
+# keeps them, so that the reference's own code runs on the tiny weights (its `WanModel.from_pretrained` ignores a
+# config's `text_dim`, and it builds `MLPProj(1280, dim)` and `AudioProjModel(blocks=12, channels=768)` whatever the
+# config says).
+REFERENCE_TEXT_DIM = 4096
+REFERENCE_IMAGE_DIM = 1280
+REFERENCE_IMAGE_HEADS = 16
+REFERENCE_AUDIO_LAYERS = 12
+REFERENCE_AUDIO_CHANNELS = 768
 
 
 def make_tiny_tokenizer():
@@ -31,8 +41,10 @@ def make_tiny_tokenizer():
     )
 
 
-def make_tiny_components(seed: int = 0) -> dict:
-    """The components of `WanMultiTalkPipeline` at toy sizes, randomly initialised with `seed`."""
+def make_tiny_components(seed: int = 0, reference_widths: bool = False) -> dict:
+    """The components of `WanMultiTalkPipeline` at toy sizes, randomly initialised with `seed`. With
+    `reference_widths`, umT5's states are 4096 wide, the CLIP tower is 1280 wide (16 heads, 2 layers) and wav2vec2 has
+    12 layers of 768 channels (everything else as small as ever): the widths the reference code hard-codes (FlashTalk's parity harness)."""
     from diffusers import AutoencoderKLWan
     from transformers import (
         CLIPVisionConfig,
@@ -47,11 +59,21 @@ def make_tiny_components(seed: int = 0) -> dict:
     from .models.transformer_multitalk import MultiTalkTransformer3DModel
     from .pipelines.sampling import make_multitalk_scheduler
 
+    text_dim, image_dim, image_heads, image_layers = TINY_TEXT_DIM, TINY_IMAGE_DIM, 2, 3
+    audio_layers, audio_channels, pos_groups = TINY_AUDIO_LAYERS, TINY_AUDIO_CHANNELS, 2
+    if reference_widths:
+        text_dim, image_dim, image_heads, image_layers = (
+            REFERENCE_TEXT_DIM,
+            REFERENCE_IMAGE_DIM,
+            REFERENCE_IMAGE_HEADS,
+            2,
+        )
+        audio_layers, audio_channels, pos_groups = REFERENCE_AUDIO_LAYERS, REFERENCE_AUDIO_CHANNELS, 16
     torch.manual_seed(seed)
     text_encoder = UMT5EncoderModel(
         UMT5Config(
             vocab_size=64,
-            d_model=TINY_TEXT_DIM,
+            d_model=text_dim,
             d_kv=8,
             d_ff=48,
             num_layers=2,
@@ -63,10 +85,10 @@ def make_tiny_components(seed: int = 0) -> dict:
     ).eval()
     image_encoder = CLIPVisionModel(
         CLIPVisionConfig(
-            hidden_size=TINY_IMAGE_DIM,
+            hidden_size=image_dim,
             intermediate_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=2,
+            num_hidden_layers=image_layers,
+            num_attention_heads=image_heads,
             image_size=224,
             patch_size=14,
             hidden_act="gelu",
@@ -82,13 +104,13 @@ def make_tiny_components(seed: int = 0) -> dict:
     ).eval()
     audio_encoder = Wav2Vec2Model(
         Wav2Vec2Config(
-            hidden_size=TINY_AUDIO_CHANNELS,
-            num_hidden_layers=TINY_AUDIO_LAYERS,
+            hidden_size=audio_channels,
+            num_hidden_layers=audio_layers,
             num_attention_heads=2,
             intermediate_size=64,
             conv_dim=(32,) * 7,
             num_conv_pos_embeddings=16,
-            num_conv_pos_embedding_groups=2,
+            num_conv_pos_embedding_groups=pos_groups,
             feat_extract_norm="group",
             do_stable_layer_norm=False,
         )
@@ -98,13 +120,13 @@ def make_tiny_components(seed: int = 0) -> dict:
         attention_head_dim=24,
         in_channels=36,
         out_channels=16,
-        text_dim=TINY_TEXT_DIM,
+        text_dim=text_dim,
         ffn_dim=64,
         num_layers=2,
-        image_dim=TINY_IMAGE_DIM,
+        image_dim=image_dim,
         added_kv_proj_dim=48,
-        audio_layers=TINY_AUDIO_LAYERS,
-        audio_channels=TINY_AUDIO_CHANNELS,
+        audio_layers=audio_layers,
+        audio_channels=audio_channels,
         intermediate_dim=16,
         output_dim=16,
         context_tokens=4,
