@@ -116,6 +116,8 @@ def test_tiny_dub_is_as_long_as_its_new_audio(tmp_path):
         capture_output=True, text=True, cwd=REPO, timeout=900,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
+    held = [line for line in run.stderr.splitlines() if "last frame is held" in line]
+    assert len(held) == 1 and "the dub runs 3.20 s, the video 1.92 s" in held[0], run.stderr[-3000:]  # one line
     from diffusers_multitalk.pipelines.video_io import get_ffmpeg_exe
     from diffusers_multitalk.testing import stream_seconds
 

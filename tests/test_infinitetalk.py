@@ -174,6 +174,15 @@ def test_the_last_frame_is_held_with_a_warning(caplog):
     assert caplog.text.count("last frame is held") == 1
 
 
+def test_a_dub_longer_than_its_video_is_said_once_before_the_chunks(caplog):
+    source = open_source_video(_numbered_frames(3))  # 0.12 s at 25 fps
+    _with_propagation(caplog, lambda: source.warn_if_outlasted(0.12))  # as long as the video: nothing to say
+    assert "last frame is held" not in caplog.text
+    _with_propagation(caplog, lambda: [source.warn_if_outlasted(0.5), *(source.frame_at(k / 25) for k in range(6))])
+    assert "the dub runs 0.50 s, the video 0.12 s, so its last frame is held from 0.12 s on" in caplog.text
+    assert caplog.text.count("last frame is held") == 1  # the chunks that read past the end say nothing more
+
+
 def test_array_float_and_list_sources_agree():
     frames = _numbered_frames(4)
     as_list = open_source_video([f for f in frames])

@@ -211,6 +211,20 @@ def test_dub_job_on_infinitetalk_runs_to_an_mp4_with_the_new_speech(dub_pipe, tm
         app.state.jobs.stop()
 
 
+def test_a_dub_longer_than_its_video_says_so_in_the_job(dub_pipe, tmp_path):
+    app, client = _client(dub_pipe, tmp_path)
+    try:  # 3.2 s of speech over the 1.92 s clip, in one chunk
+        settings = {"mode": "clip", "frame_num": 81, "sample_steps": 1, "sample_text_guide_scale": 1.0}
+        answer = _submit(client, settings=settings, image=None, video=SOURCE_CLIP, audio=[SPEAKER])
+        assert answer.status_code == 202, answer.text
+        body = _wait(client, answer.json()["id"])
+        assert body["status"] == "succeeded", body
+        held = [line for line in body["warnings"] if "last frame is held" in line]
+        assert len(held) == 1 and "the dub runs 3.20 s, the video 1.92 s" in held[0], body["warnings"]
+    finally:
+        app.state.jobs.stop()
+
+
 def test_a_dub_on_a_model_not_loaded_yet(tiny_pipe, tmp_path):
     from diffusers_multitalk import runtime
 

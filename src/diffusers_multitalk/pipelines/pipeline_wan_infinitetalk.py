@@ -352,6 +352,7 @@ class WanInfiniteTalkPipeline(WanAudioPipelineBase):
 
             # 5. Plan the chunks and prepare timesteps
             plan = self.plan_video(min(len(e) for e in audio_embeds), num_frames, motion_frames, max_frames, mode)
+            source.video.warn_if_outlasted(plan.num_frames / FPS)  # said once, before the chunks
             timesteps = self.set_chunk_timesteps(num_inference_steps, shift, device)
             shape = self.latent_shape(plan, pixel_size)
 

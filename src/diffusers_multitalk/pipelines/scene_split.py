@@ -86,7 +86,7 @@ def open_shot(video_path: str | os.PathLike, start_s: float, end_s: float | None
     takes as `video=`: decoded as a stream by ffmpeg (the frames before the shot are read and dropped), so memory
     does not grow with the shot's length. Its time 0 is the shot's first frame."""
     path = os.fspath(video_path)
-    frames, fps = _ffmpeg_frames(path)
+    frames, fps, duration = _ffmpeg_frames(path)
     first = frame_index_at(start_s, fps)
     last = None if end_s is None else max(first + 1, frame_index_at(end_s, fps))
 
@@ -96,4 +96,9 @@ def open_shot(video_path: str | os.PathLike, start_s: float, end_s: float | None
         finally:
             frames.close()
 
-    return SourceVideo(shot_frames(), fps, f"{path!r} ({start_s:.2f}-{'end' if end_s is None else f'{end_s:.2f}'} s)")
+    shot = SourceVideo(shot_frames(), fps, f"{path!r} ({start_s:.2f}-{'end' if end_s is None else f'{end_s:.2f}'} s)")
+    if last is not None:
+        shot.duration = (last - first) / fps
+    elif duration is not None:
+        shot.duration = max(0.0, duration - first / fps)
+    return shot

@@ -63,6 +63,7 @@ class SourceVideo:
         self._current: np.ndarray | None = None
         self._exhausted = False
         self.held_last_frame = False
+        self.duration = None if num_frames is None else num_frames / self.fps  # seconds, when known up front
         self._advance_to(0)
         if self._current is None:
             raise ValueError(
@@ -102,6 +103,18 @@ class SourceVideo:
             )
         return self._current
 
+    def warn_if_outlasted(self, seconds: float) -> None:
+        """Before a dub of `seconds`: one warning when it outlasts the source (its duration known up front), said
+        once for the whole call (`frame_at` then holds the last frame without another)."""
+        if self.still or self.held_last_frame or self.duration is None or seconds <= self.duration + 0.5 / self.fps:
+            return
+        self.held_last_frame = True
+        logger.warning(
+            f"The audio outlasts the source video {self.description}: the dub runs {seconds:.2f} s, the video "
+            f"{self.duration:.2f} s, so its last frame is held from {self.duration:.2f} s on. Trim the audio or give a "
+            "longer video to avoid a frozen background."
+        )
+
     def close(self) -> None:
         close = getattr(self._frames, "close", None)
         if close is not None:
@@ -124,8 +137,9 @@ def _list_frames(frames: Sequence[Any]) -> Iterator[np.ndarray]:
         yield _as_uint8_frame(frame, index)
 
 
-def _ffmpeg_frames(path: str) -> tuple[Iterator[np.ndarray], float]:
-    """Streams the RGB frames of a video file through ffmpeg; returns the frame iterator and the frame rate."""
+def _ffmpeg_frames(path: str) -> tuple[Iterator[np.ndarray], float, float | None]:
+    """Streams the RGB frames of a video file through ffmpeg; returns the frame iterator, the frame rate and the
+    duration in seconds its header gives (None when it gives none)."""
     import imageio_ffmpeg
 
     reader = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24")
@@ -140,6 +154,7 @@ def _ffmpeg_frames(path: str) -> tuple[Iterator[np.ndarray], float]:
         ) from error
     width, height = meta["size"]
     fps = float(meta.get("fps") or 0)
+    duration = float(meta["duration"]) if meta.get("duration") else None
 
     def frames() -> Iterator[np.ndarray]:
         try:
@@ -150,7 +165,7 @@ def _ffmpeg_frames(path: str) -> tuple[Iterator[np.ndarray], float]:
         finally:
             reader.close()
 
-    return frames(), fps
+    return frames(), fps, duration
 
 
 def open_source_video(video: Any, fps: float | None = None) -> SourceVideo:
@@ -167,8 +182,10 @@ def open_source_video(video: Any, fps: float | None = None) -> SourceVideo:
         if path.lower().endswith(IMAGE_EXTENSIONS):
             frame = _as_uint8_frame(path, 0)
             return SourceVideo(iter([frame]), fps or 25.0, repr(path), num_frames=1, still=True)
-        frames, file_fps = _ffmpeg_frames(path)
-        return SourceVideo(frames, fps or file_fps, repr(path))
+        frames, file_fps, duration = _ffmpeg_frames(path)
+        source = SourceVideo(frames, fps or file_fps, repr(path))
+        source.duration = duration  # from the container's header (None when it does not say)
+        return source
     if isinstance(video, torch.Tensor):
         video = video.detach().cpu().numpy()
     if isinstance(video, np.ndarray):
