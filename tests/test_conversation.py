@@ -1,0 +1,122 @@
+"""One mixed recording and one photo (or a video to dub) make the talking video (pipelines.conversation): the
+tracks, boxes and binding `prepare_conversation` gives, and the tiny MultiTalk and InfiniteTalk pipelines run end to
+end on them. The recording is a 2-speaker conversation spoken by espeak-ng voices at known turn times
+(benchmarks/bench_diarization.synthesize_conversation); the photo is scikit-image's astronaut twice, side by side."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+
+pytest.importorskip("skimage", reason="face finding needs scikit-image (pip install -e '.[conversation]')")
+if not all(importlib.util.find_spec(m) for m in ("silero_vad", "resemblyzer")) or not shutil.which("espeak-ng"):
+    pytest.skip("needs the conversation extra and espeak-ng", allow_module_level=True)
+
+from skimage import data
+
+from diffusers_multitalk import WanInfiniteTalkPipeline, make_tiny_pipeline
+from diffusers_multitalk.pipelines.conversation import conversation_picture, prepare_conversation
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def recording():
+    from bench_diarization import synthesize_conversation
+
+    wave, turns = synthesize_conversation(2, 16, seed=5)
+    return wave, turns
+
+
+@pytest.fixture(scope="module")
+def photo():
+    face = data.astronaut()
+    return np.concatenate([face, face[:, ::-1]], axis=1)  # two people, 1024 x 512
+
+
+def test_two_voices_go_to_two_faces_first_heard_on_the_left(recording, photo):
+    wave, reference = recording
+    talk = prepare_conversation(wave, photo, sample_rate=SR)
+    assert talk.num_persons == 2 and talk.boxes.source == "faces"
+    assert [len(track) for track in talk.tracks] == [len(wave)] * 2
+    lefts = [box[1] for box in talk.boxes.boxes]
+    assert lefts == sorted(lefts) and lefts[1] >= photo.shape[1] // 2
+    # person 1 (left) is the first voice heard: loud during the reference's first turn, silent in the second
+    first, second = reference[0], next(t for t in reference if t.speaker != reference[0].speaker)
+
+    def rms(track, turn):
+        middle = (turn.start + turn.end) / 2
+        piece = track[int((middle - 0.2) * SR) : int((middle + 0.2) * SR)]
+        return float(np.sqrt(np.mean(piece**2)))
+
+    if second.start >= first.end:  # the turns do not overlap
+        assert rms(talk.tracks[0], first) > 10 * rms(talk.tracks[0], second) + 1e-6
+        assert rms(talk.tracks[1], second) > 10 * rms(talk.tracks[1], first) + 1e-6
+    lines = talk.lines()
+    assert lines[0].startswith("2 speaker(s)") and lines[-2].startswith("speaker 1") and "person 1" in lines[-2]
+    kwargs = talk.pipeline_kwargs()
+    assert kwargs["audio_type"] == "para" and kwargs["bbox"] == talk.boxes.boxes
+
+    swapped = prepare_conversation(wave, photo, num_persons=2, binding=[2, 1], sample_rate=SR)
+    np.testing.assert_array_equal(swapped.tracks[0], talk.tracks[1])
+    assert any("speaker 1" in line and "-> person 2" in line for line in swapped.lines())
+
+
+def test_binding_preview_is_a_png_of_the_photo(recording, photo, tmp_path):
+    talk = prepare_conversation(recording[0], photo, num_persons=2, sample_rate=SR)
+    picture = talk.preview(tmp_path / "binding.png")
+    assert (tmp_path / "binding.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert picture.size == (photo.shape[1], photo.shape[0])
+
+
+def test_recording_and_photo_make_a_video_as_long_as_the_recording(recording, photo):
+    wave = recording[0][: 6 * SR]
+    talk = prepare_conversation(wave, photo, num_persons=2, sample_rate=SR)
+    pipe = make_tiny_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    frames = pipe(
+        image=photo,
+        prompt="two astronauts talk",
+        height=32,
+        width=64,
+        num_frames=41,
+        motion_frames=5,
+        num_inference_steps=1,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+        **talk.pipeline_kwargs(),
+    ).frames[0]
+    assert abs(len(frames) - len(wave) / SR * 25) <= 1
+    assert np.isfinite(frames).all()
+
+
+def test_a_dub_finds_the_faces_on_the_source_video(recording, photo, tmp_path):
+    video = np.stack([photo] * 6)  # a 2-person video: faces are looked for on its first frame
+    np.testing.assert_array_equal(conversation_picture(video), photo)
+    with pytest.raises(ValueError, match="is a directory"):
+        conversation_picture(tmp_path)
+    wave, _ = recording
+    talk = prepare_conversation(wave[: 3 * SR], video, num_persons=2, sample_rate=SR)
+    assert talk.boxes.source == "faces" and len(talk.bbox) == 2
+    pipe = make_tiny_pipeline(seed=0, pipeline_class=WanInfiniteTalkPipeline)
+    pipe.set_progress_bar_config(disable=True)
+    frames = pipe(
+        video=video,
+        prompt="two astronauts talk",
+        height=32,
+        width=64,
+        num_inference_steps=1,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+        **talk.pipeline_kwargs(),
+    ).frames[0]
+    assert abs(len(frames) - 3 * 25) <= 1
