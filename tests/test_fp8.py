@@ -516,7 +516,10 @@ def test_fp8_with_torchao_on_the_cpu_is_refused_before_anything_loads(monkeypatc
     monkeypatch.setattr(tiny, "make_tiny_pipeline", lambda *a, **k: pytest.fail("a model loaded"))
     assert cli.main(["generate", *TINY_CLI.split(), "--quant", "fp8", "--quant_backend", "torchao"]) == 1
     err = capsys.readouterr().err
-    assert "error: --quant fp8 --quant_backend torchao: FP8 products need a CUDA GPU of compute capability 8.9" in err
+    assert (
+        "error: --quant_backend torchao: with --quant fp8: FP8 products need a CUDA GPU of compute capability 8.9"
+        in err
+    )
     assert "--quant int8 --quant_backend torchao" in err and "Traceback" not in err
 
 
@@ -552,7 +555,7 @@ def test_torchao_backend_needs_torchao_and_not_quanto(monkeypatch):
     runtime.check_generate_args(_generate_args(f"{TINY_CLI} --quant int8 --quant_backend torchao"))  # no quanto needed
     with pytest.raises(runtime.UserError, match="optimum-quanto is not installed"):
         runtime.check_generate_args(_generate_args(f"{TINY_CLI} --quant int8"))
-    with pytest.raises(runtime.UserError, match="--quant fp8 on cpu runs with optimum-quanto, which is not installed"):
+    with pytest.raises(runtime.UserError, match="quant fp8: on cpu runs with optimum-quanto, which is not installed"):
         quantization.check_quantization(_generate_args(f"{TINY_CLI} --quant fp8"), torch.device("cpu"))
 
 
@@ -639,16 +642,21 @@ def test_preset_fast_asks_for_fp8_where_it_runs_and_quant_none_opts_out(monkeypa
     assert args.quant == "auto" and args.sample_audio_guide_scale == 2.0  # TINY_CLI gives --sample_steps 1
     quantization.resolve_auto_quant(args, cpu)
     assert args.quant is None and quantization.check_quantization(args, cpu) is None
-    assert "--preset fast: --quant auto: no quantisation: cpu has no FP8 products" in capsys.readouterr().err
+    assert (
+        "quant auto: no quantisation (the default of preset fast): cpu has no FP8 products" in capsys.readouterr().err
+    )
 
     monkeypatch.setattr(fp8, "runs_fp8_products", lambda device: True)
     args = preset_args()
     quantization.resolve_auto_quant(args, cpu)
     assert (args.quant, args.quant_backend) == ("fp8", "torchao")
-    assert "--quant auto: fp8 (torchao)" in capsys.readouterr().err
+    assert "quant auto: fp8 (torchao)" in capsys.readouterr().err
     args = preset_args("--quant_backend quanto")
     quantization.resolve_auto_quant(args, cpu)
-    assert args.quant is None and "no quantisation: --quant_backend quanto" in capsys.readouterr().err
+    assert (
+        args.quant is None
+        and "no quantisation (the default of preset fast): quant_backend quanto" in capsys.readouterr().err
+    )
 
     assert preset_args("--quant none").quant is None  # the opt-out, kept under the preset
     assert apply_preset_options(_generate_args(f"{TINY_CLI} --preset fast --ulysses_size 2")).quant is None
@@ -660,7 +668,7 @@ def test_preset_fast_asks_for_fp8_where_it_runs_and_quant_none_opts_out(monkeypa
     served = _generate_args(f"{TINY_CLI} --quant auto")
     runtime.check_generate_args(served)
     assert quantized_linear_count(runtime.load_pipeline(served, cpu, torch.float32).transformer) == {}
-    assert served.quant is None and "--quant auto: no quantisation" in capsys.readouterr().err
+    assert served.quant is None and "quant auto: no quantisation" in capsys.readouterr().err
     assert preset_args("--quant int8").quant == "int8"
     assert apply_preset_options(_generate_args(f"{TINY_CLI} --quant none")).quant is None
     with pytest.raises(runtime.UserError, match="MultiTalk's quantisations are int8 and fp8 \\(or auto, none\\)"):

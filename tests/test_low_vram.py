@@ -300,7 +300,7 @@ def test_cli_flag_is_a_noop_on_the_cpu(monkeypatch, capsys):
     monkeypatch.setattr(low_vram, "enable_low_vram", recorder)
     pipe = runtime.load_pipeline(parse("--tiny --num_persistent_param_in_dit 0"), torch.device("cpu"), torch.float32)
     assert recorder.calls == [] and _hooked(pipe.transformer) == []
-    assert "--num_persistent_param_in_dit has no effect on the CPU" in capsys.readouterr().err
+    assert "num_persistent_param_in_dit: has no effect on the CPU" in capsys.readouterr().err
 
 
 def test_cli_rejects_a_negative_budget(capsys):

@@ -125,7 +125,7 @@ def test_the_flag_sets_the_kernel_and_says_so(monkeypatch, capsys):
 
     pipe = runtime.load_pipeline(_generate_args(f"{TINY_CLI} --preset fast"), torch.device("cpu"), torch.float32)
     assert {b.attn1.processor.self_attention_kernel for b in pipe.transformer.blocks} == {None}
-    assert "self-attention through diffusers' dispatcher (--self_attention_kernel auto: it runs on CUDA" in (
+    assert "self_attention_kernel auto: self-attention through diffusers' dispatcher (it runs on CUDA" in (
         capsys.readouterr().err
     )
 

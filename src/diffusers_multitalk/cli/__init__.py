@@ -28,7 +28,7 @@ from typing import Sequence
 
 from ..input_json import InputJSONError
 from ..runtime.distributed import shutdown_distributed
-from ..runtime.errors import PROG, Terminated, UserError, raise_terminated
+from ..runtime.errors import PROG, Terminated, UserError, raise_terminated, speak_with
 from ..runtime.quantization import import_torchao_quietly, torchao_available
 from ..runtime.spec import RequestError
 from .parser import build_parser, flag_words
@@ -85,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    words = speak_with(flag_words)  # the runtime's notes name its fields as flags, while the command runs
     # SIGTERM unwinds like Ctrl-C, so the writers' cleanup runs and no part file stays behind.
     previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
@@ -93,9 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # first, before diffusers, peft or transformers import it (they do whenever it is installed)
             import_torchao_quietly()
         return int(COMMANDS[args.command]()(args) or 0)
-    except RequestError as err:  # a bad value, in the command line's words; nothing was loaded or written
+    except RequestError as err:  # in the command line's words; a bad value: nothing was loaded or written
         print(f"{PROG} {args.command}: error: {err.render(flag_words)}", file=sys.stderr)
-        return 2
+        return 2 if err.usage else 1
     except InputJSONError as err:  # a bad input, by its JSON paths; nothing was loaded or written
         print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -119,4 +120,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+        speak_with(words)
         shutdown_distributed()

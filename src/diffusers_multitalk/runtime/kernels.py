@@ -10,8 +10,8 @@ after loading (`models.fp8.set_self_attention_kernel`).
 
 from __future__ import annotations
 
-from .errors import UserError, note
-from .spec import GenerateOptions
+from .errors import note
+from .spec import FieldProblem, GenerateOptions, RequestError, note_about
 
 
 SELF_ATTENTION_KERNEL_CHOICES = ("auto", "dispatcher", "flash3_fp8", "sage_triton")
@@ -26,15 +26,14 @@ def wanted_self_attention_kernel(args: GenerateOptions) -> str | None:
 
         kernel = preset_setup(args.preset)["self_attention_kernel"]
     if kernel is not None and kernel not in SELF_ATTENTION_KERNEL_CHOICES:
-        raise UserError(f"--self_attention_kernel {kernel}: expected one of {', '.join(SELF_ATTENTION_KERNEL_CHOICES)}")
+        why = f"expected one of {', '.join(SELF_ATTENTION_KERNEL_CHOICES)}"
+        raise RequestError([FieldProblem("self_attention_kernel", why, kernel)])
     return None if kernel == "dispatcher" else kernel
 
 
-def _refuse(kernel: str, problem: str) -> UserError:
-    return UserError(
-        f"--self_attention_kernel {kernel}: {problem}; or leave the flag out (or give 'dispatcher') for diffusers' "
-        "attention backend"
-    )
+def _refuse(kernel: str, problem: str) -> RequestError:
+    why = f"{problem}; or leave {{self_attention_kernel}} out (or give 'dispatcher') for diffusers' attention backend"
+    return RequestError([FieldProblem("self_attention_kernel", why, kernel)], usage=False)  # not on this machine
 
 
 def check_self_attention_kernel(args: GenerateOptions, device) -> None:
@@ -62,7 +61,7 @@ def apply_self_attention_kernel(args: GenerateOptions, pipe, device) -> str | No
     if kernel == "auto":
         kernel, why_not = resolve_self_attention_kernel("auto", transformer, device)
         if kernel is None:
-            note(f"self-attention through diffusers' dispatcher (--self_attention_kernel auto: {why_not})")
+            note_about("self_attention_kernel", f"self-attention through diffusers' dispatcher ({why_not})", "auto")
             return None
     else:
         problem = self_attention_kernel_problem(kernel, device, transformer.config.attention_head_dim)

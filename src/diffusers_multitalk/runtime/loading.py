@@ -15,7 +15,7 @@ from .hub import hub_error, is_hub_connection_error
 from .kernels import apply_self_attention_kernel
 from .options import lora_specs, quant_dit_path, variant_of_options
 from .quantization import choose_quant_backend, quantize_on_the_fly, resolve_auto_quant
-from .spec import GenerateOptions
+from .spec import FieldProblem, GenerateOptions, RequestError, note_about
 
 
 _DTYPES = {
@@ -38,9 +38,10 @@ def resolve_device(name: str | None):
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise UserError(f"--device {name}: {err}") from err
+        raise RequestError([FieldProblem("device", str(err), name)]) from err
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+        why = f"CUDA is not available here (torch {torch.__version__}); use {{device}} cpu"
+        raise RequestError([FieldProblem("device", why, name)], usage=False)
     return device
 
 
@@ -76,7 +77,7 @@ def _load_own_weights(variant, args: GenerateOptions, dtype, quant: str | None):
         raise UserError(f"the {variant.name} weights are incomplete:\n{lines}")
     specs = lora_specs(args)
     if len(specs) > 1:
-        raise UserError(f"--lora_dir: {variant.name} takes one LoRA here (fuse the others first)")
+        raise RequestError([FieldProblem("lora_dir", f"{variant.name} takes one LoRA here (fuse the others first)")])
     return variant.pipeline_class.from_original(
         args.ckpt_dir,
         wav2vec_dir=args.wav2vec_dir,
@@ -120,7 +121,8 @@ def load_pipeline(args: GenerateOptions, device, dtype):
         except Exception as err:  # noqa: BLE001 - the Hub's connection/access errors get a clear message
             if isinstance(err, OSError) and not is_hub_connection_error(err):
                 # diffusers wraps the Hub's error: "Cannot load model ...: the model is not fully cached locally ..."
-                raise UserError(f"--model {args.model}: {str(err).splitlines()[0]}") from err
+                why = str(err).splitlines()[0]
+                raise RequestError([FieldProblem("model", why, args.model)], usage=False) from err
             clear = hub_error(err, args.model)
             if clear is None:
                 raise
@@ -134,7 +136,8 @@ def load_pipeline(args: GenerateOptions, device, dtype):
 
         ckpt_dir = Path(args.ckpt_dir)
         if not ckpt_dir.is_dir():
-            raise UserError(f"--ckpt_dir {ckpt_dir}: no such folder (`{PROG} download --target weights` fetches it)")
+            why = f"no such folder (`{PROG} download --target weights` fetches it)"
+            raise RequestError([FieldProblem("ckpt_dir", why, ckpt_dir)], usage=False)
         if quant_files:
             from ..loaders.quantized import quant_folder_problems
 
@@ -150,24 +153,24 @@ def load_pipeline(args: GenerateOptions, device, dtype):
             problems = _wan_dir_problems(ckpt_dir, need_linked_multitalk=args.multitalk_dir is None)
         if problems:
             lines = "\n".join(f"  {p}" for p in problems)
-            raise UserError(
-                f"--ckpt_dir {ckpt_dir} is incomplete:\n{lines}\n"
-                f"`{PROG} download --target <folder>` fetches and links everything; or link MeiGen-MultiTalk's "
-                f"{MULTITALK_FILE} and {WAN_INDEX} into it as MultiTalk's README does, or pass --multitalk_dir."
+            why = (
+                f"is incomplete:\n{lines}\n`{PROG} download --target <folder>` fetches and links everything; or link "
+                f"MeiGen-MultiTalk's {MULTITALK_FILE} and {WAN_INDEX} into it as MultiTalk's README does, or give "
+                "{multitalk_dir}."
             )
+            raise RequestError([FieldProblem("ckpt_dir", why, ckpt_dir)], usage=False)
         wav2vec_problems = [
             f"{label}: {detail}" if detail else label
             for label, ok, detail in inspect_wav2vec_dir(Path(args.wav2vec_dir))
             if not ok
         ]
         if wav2vec_problems:
-            raise UserError(
-                f"--wav2vec_dir {args.wav2vec_dir} is incomplete:\n" + "\n".join(f"  {p}" for p in wav2vec_problems)
-            )
+            why = "is incomplete:\n" + "\n".join(f"  {p}" for p in wav2vec_problems)
+            raise RequestError([FieldProblem("wav2vec_dir", why, args.wav2vec_dir)], usage=False)
         quant_kwargs = {}
         if quant_files:
             quant_kwargs = dict(quant=args.quant, quant_dir=args.quant_dir, quant_dit_path=quant_dit)
-            note(f"--quant {args.quant}: the quantised DiT {quant_dit or 'from ' + str(args.quant_dir)}")
+            note_about("quant", f"the quantised DiT {quant_dit or 'from ' + str(args.quant_dir)}", args.quant)
         pipe = WanMultiTalkPipeline.from_original(
             ckpt_dir, args.multitalk_dir, args.wav2vec_dir, torch_dtype=dtype, **quant_kwargs
         )
@@ -194,17 +197,17 @@ def load_pipeline(args: GenerateOptions, device, dtype):
         try:
             pipe.transformer.set_attention_backend(args.attention_backend)
         except (ValueError, RuntimeError) as err:
-            raise UserError(f"--attention_backend {args.attention_backend}: {err}") from err
+            raise RequestError([FieldProblem("attention_backend", str(err), args.attention_backend)]) from err
 
     offload = args.offload_model
     if offload is None:
         offload = device.type == "cuda" and args.ulysses_size == 1  # as the reference: offload on one GPU only
     low_vram = args.num_persistent_param_in_dit
     if low_vram is not None and device.type == "cpu":
-        note("--num_persistent_param_in_dit has no effect on the CPU (everything already lives there)")
+        note_about("num_persistent_param_in_dit", "has no effect on the CPU (everything already lives there)")
         low_vram = None
     if offload and device.type == "cpu":
-        note("--offload_model True has no effect on the CPU (everything already lives there)")
+        note_about("offload_model", "has no effect on the CPU (everything already lives there)", True)
         offload = False
     if low_vram is not None:
         # The DiT blocks that fit in N parameters stay on the GPU, the others stream in block by block (diffusers'
@@ -242,9 +245,10 @@ def load_pipeline(args: GenerateOptions, device, dtype):
             chosen = apply_setup(pipe, **setup)
             compiled = "compiled" if setup["compile"] else "eager"
             tuned = " with torchao's Inductor tuning (minutes of compilation)" if chosen["tuned"] else ""
-            note(f"--preset {args.preset}: VAE in {setup['vae_dtype']}, DiT {compiled}{tuned}")
+            note_about("preset", f"VAE in {setup['vae_dtype']}, DiT {compiled}{tuned}", args.preset)
         else:
-            note(f"--preset {args.preset}: its sampling settings only (the bf16 VAE and compilation are for GPUs)")
+            why = "its sampling settings only (the bf16 VAE and compilation are for GPUs)"
+            note_about("preset", why, args.preset)
     if args.ulysses_size > 1:
         from ..pipelines.context_parallel import enable_context_parallelism
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 
-from .errors import UserError, note
-from .spec import FieldProblem, GenerateOptions, RequestError
+from .spec import FieldProblem, GenerateOptions, RequestError, note_about
 
 
 QUANT_BACKENDS = ("auto", "quanto", "torchao")
@@ -101,20 +100,19 @@ def choose_quant_backend(args: GenerateOptions, device, quant_files: bool) -> st
         fp8_here = args.quant == "fp8" and torchao_available() and runs_fp8_products(device)
         backend = "torchao" if fp8_here else "quanto"
     if backend == "torchao" and args.quant == "fp8" and not runs_fp8_products(device):
-        raise UserError(
-            f"--quant fp8 --quant_backend torchao: FP8 products need a CUDA GPU of compute capability 8.9 or more "
-            f"(Ada, Hopper), not {device}; use --quant int8 --quant_backend torchao (int8 products, also on the "
-            "CPU) or --quant_backend quanto (FP8 weights, products in the compute dtype)"
+        why = (
+            f"with {{quant}} fp8: FP8 products need a CUDA GPU of compute capability 8.9 or more (Ada, Hopper), not "
+            f"{device}; use {{quant}} int8 {{quant_backend}} torchao (int8 products, also on the CPU) or "
+            "{quant_backend} quanto (FP8 weights, products in the compute dtype)"
         )
+        raise RequestError([FieldProblem("quant_backend", why, "torchao")], usage=False)
     if backend == "quanto":
         from ..loaders.quantized import QUANT_INSTALL_HINT
         from .options import quanto_available
 
         if not quanto_available():
-            raise UserError(
-                f"--quant {args.quant} on {device} runs with optimum-quanto, which is not installed: "
-                f"{QUANT_INSTALL_HINT}"
-            )
+            why = f"on {device} runs with optimum-quanto, which is not installed: {QUANT_INSTALL_HINT}"
+            raise RequestError([FieldProblem("quant", why, args.quant)], usage=False)
     return backend
 
 
@@ -128,20 +126,20 @@ def resolve_auto_quant(args: GenerateOptions, device) -> None:
         return
     backend = asked_quant_backend(args)
     if backend not in ("auto", "torchao"):
-        why_not = f"--quant_backend {backend}"
+        why_not = f"{{quant_backend}} {backend}"
     elif not runs_fp8_products(device):
         why_not = f"{device} has no FP8 products (a CUDA GPU of compute capability 8.9+ has)"
     elif not torchao_available():
         why_not = f"torchao is not installed ({TORCHAO_INSTALL_HINT})"
     else:
         why_not = None
-    preset = f"--preset {args.preset}: " if getattr(args, "preset", None) else ""
+    preset = f" (the default of {{preset}} {args.preset})" if getattr(args, "preset", None) else ""
     if why_not is None:
         args.quant, args.quant_backend = "fp8", "torchao"
-        note(f"{preset}--quant auto: fp8 (torchao) on {device}; --quant none keeps the DiT in float")
+        note_about("quant", f"fp8 (torchao) on {device}{preset}; {{quant}} none keeps the DiT in float", AUTO_QUANT)
     else:
         args.quant = None
-        note(f"{preset}--quant auto: no quantisation: {why_not}")
+        note_about("quant", f"no quantisation{preset}: {why_not}", AUTO_QUANT)
 
 
 def check_quantization(args: GenerateOptions, device) -> str | None:
@@ -170,15 +168,15 @@ def quantize_on_the_fly(pipe, quant: str, backend: str, fused_loras: bool) -> No
             if DEFAULT_FLOAT_PARTS[TORCHAO_MODES[quant]]["float_token_mean"]
             else ""
         )
-        note(
-            f"--quant {quant} (torchao): {len(names)} DiT block linears{' (LoRAs fused first)' if fused_loras else ''} "
-            f"run in {kind}; the audio adapter, norms, head{float_parts} and umT5 stay in {dtype}"
+        fused = " (LoRAs fused first)" if fused_loras else ""
+        why = (
+            f"torchao: {len(names)} DiT block linears{fused} run in {kind}; the audio adapter, norms, "
+            f"head{float_parts} and umT5 stay in {dtype}"
         )
+        note_about("quant", why, quant)
         return
     from ..loaders.quantized import quantize_pipeline
 
-    note(
-        f"--quant {quant} (optimum-quanto, without --quant_dir): quantising the DiT"
-        f"{' (LoRAs fused first)' if fused_loras else ''} and umT5 on the fly"
-    )
+    fused = " (LoRAs fused first)" if fused_loras else ""
+    note_about("quant", f"optimum-quanto (no {{quant_dir}}): quantising the DiT{fused} and umT5 on the fly", quant)
     quantize_pipeline(pipe, quant)

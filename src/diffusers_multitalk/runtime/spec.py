@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..variants import DEFAULT_VARIANT, SIZES
-from .errors import UserError
+from .errors import UserError, note, note_words
 
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "OutputOptions",
     "RequestError",
     "ServeOptions",
+    "note_about",
     "option_fields",
     "setting_limits",
 ]
@@ -65,14 +66,20 @@ def _shown(value) -> str:
     return str(value)
 
 
+def note_about(field: str, message: str, value: Any = _NO_VALUE) -> None:
+    """A note on stderr about one field, named in the words of the front end that prints it (`errors.speak_with`)."""
+    note(FieldProblem(field, message, value).render(note_words()))
+
+
 class RequestError(UserError):
     """Problems with a request, each naming its field; `render(words)` says them in a front end's words (a flag, a
     JSON field, a label): `words(field)` gives the name to show. One problem is one line; several are listed under
     `title` ("invalid values" by default; "this build cannot honour" for refusals, which also heads a single one)."""
 
-    def __init__(self, problems: list[FieldProblem], title: str | None = None):
+    def __init__(self, problems: list[FieldProblem], title: str | None = None, usage: bool = True):
         self.problems = list(problems)
         self.title = title
+        self.usage = usage  # a bad value (the command line's exit status 2); False: it cannot run here (1)
         super().__init__(self.render())
 
     def render(self, words=None, given: str = "{name} {value}") -> str:
