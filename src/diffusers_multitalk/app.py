@@ -512,8 +512,8 @@ def generate_video(
         raise gr.Error(str(err)) from err
     except torch.cuda.OutOfMemoryError as err:
         raise gr.Error(
-            f"Out of memory ({str(err).splitlines()[0]}); try fewer frames, multitalk-480, or serve with "
-            "--offload_model True."
+            f"Out of memory ({str(err).splitlines()[0]}); try fewer frames, multitalk-480, or a server that offloads "
+            "its models (offload_model)."
         ) from err
 
     # 5. The mp4
@@ -829,7 +829,7 @@ def launch(args: runtime.ServeOptions, **launch_kwargs):
     click), builds the app and serves it on ``args.host``:``args.port`` (``args.share``: a public gradio.live link)."""
     output_dir = Path(getattr(args, "output_dir", None) or DEFAULT_OUTPUT_DIR)
     get_pipeline = pipeline_loader(args)
-    runtime.note("loading the model" + (" (--tiny)" if getattr(args, "tiny", False) else ""))
+    runtime.note("loading the model" + (" (the tiny random one)" if getattr(args, "tiny", False) else ""))
     get_pipeline()
     demo = build_app(
         get_pipeline,

@@ -177,24 +177,9 @@ def create_app(
             raise HTTPException(422, refusal(err)) from None
         except runtime.UserError as err:
             raise HTTPException(422, str(err)) from None
-        if image is not None and video is not None:
-            raise HTTPException(422, "image / video: give a reference picture or a video to dub, not both")
-        if image is None and video is None:
-            raise HTTPException(
-                422, "image: missing; send the reference picture as 'image' or a video to dub as 'video'"
-            )
+        _check_form(image is not None, video is not None, prompt, len(audio), tts)
         if video is not None and dubs() is False:
             raise HTTPException(422, NEEDS_DUBBING_MODEL)
-        if not prompt.strip():
-            raise HTTPException(422, "prompt: empty; describe the scene")
-        if tts is not None and audio:
-            raise HTTPException(422, "audio / tts: give recordings or a TTS script, not both")
-        if tts is None and not audio:
-            raise HTTPException(422, "audio: missing; send one 'audio' file per person, or a 'tts' script")
-        if len(audio) > MAX_PERSONS:
-            raise HTTPException(422, f"audio: {len(audio)} files; at most {MAX_PERSONS} persons")
-        if tts is not None:
-            _check_script(tts)
         try:
             if video is not None:
                 data = await read_limited(video, "video", limits)
@@ -338,6 +323,24 @@ def _check_inputs(checked, is_video: bool, speech, extras: dict, tts: str | None
         raise HTTPException(422, refusal(runtime.RequestError(problems)))
     warning = runtime.prompt_problem(prompt)
     return [] if warning is None else [warning.render(api_words)]
+
+
+def _check_form(image: bool, video: bool, prompt: str, recordings: int, tts: str | None) -> None:
+    """422 for a form without a picture (or with two), a prompt, or speech (or with both kinds)."""
+    if image and video:
+        raise HTTPException(422, "image / video: give a reference picture or a video to dub, not both")
+    if not image and not video:
+        raise HTTPException(422, "image: missing; send the reference picture as 'image' or a video to dub as 'video'")
+    if not prompt.strip():
+        raise HTTPException(422, "prompt: empty; describe the scene")
+    if tts is not None and recordings:
+        raise HTTPException(422, "audio / tts: give recordings or a TTS script, not both")
+    if tts is None and not recordings:
+        raise HTTPException(422, "audio: missing; send one 'audio' file per person, or a 'tts' script")
+    if recordings > MAX_PERSONS:
+        raise HTTPException(422, f"audio: {recordings} files; at most {MAX_PERSONS} persons")
+    if tts is not None:
+        _check_script(tts)
 
 
 def _check_script(text: str) -> None:

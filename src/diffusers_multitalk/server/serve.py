@@ -18,7 +18,7 @@ def serve(args: ServeOptions) -> None:
     output_dir = Path(args.output_dir)
     runtime.check_writable(output_dir / "jobs" / ".probe", "output_dir")
     holder = runtime.PipelineHolder(args)
-    runtime.note("loading the model" + (" (--tiny)" if args.tiny else ""))
+    runtime.note("loading the model" + (" (the tiny random one)" if args.tiny else ""))
     pipe = holder()
     app = create_app(
         pipe, output_dir=output_dir, max_queue=args.max_queue, max_upload_mb=args.max_upload_mb,
