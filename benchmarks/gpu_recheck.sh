@@ -38,7 +38,7 @@ A)
   FA3_FP8=1 bash benchmarks/build_flash_attention_3.sh .whl/fa3-src.tgz /tmp/fa3 && cp /tmp/fa3/*.whl "$OUT"/ \
     && python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/fa3/*.whl
   step new_fp8 200 python3 benchmarks/bench_fp8.py --jobs bf16@480p1,fp8+fa3fp8@480p1,fp8+fa3fp8+audio@480p1,\
-fp8+fa3fp8+audio+mean:audio_attn.to_out@480p1,bf16@480p2,fp8+fa3fp8@480p2 --budget-s 170
+bf16@480p2,fp8+fa3fp8@480p2,fp8+fa3fp8+audio+mean:audio_attn.to_out@480p1 --budget-s 170
   [ -n "$OLD" ] && step old_fp8 90 python3 .old/benchmarks/bench_fp8.py --jobs bf16@480p1,fp8+fa3fp8@480p1
   mkdir -p "$RES/test_cuda"
   timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py -rs --junitxml "$RES/test_cuda/junit.xml" \
@@ -48,9 +48,9 @@ fp8+fa3fp8+audio+mean:audio_attn.to_out@480p1,bf16@480p2,fp8+fa3fp8@480p2 --budg
     --repeats 2
   ;;
 B)
-  step new_fast_preset 290 python3 benchmarks/bench_fast_preset.py --budget-s 200 --setups bf16+latents,\
+  step new_fast_preset 250 python3 benchmarks/bench_fast_preset.py --budget-s 190 --setups bf16+latents,\
 fp8+fa3fp8,fp8+fa3fp8+unipc+steps:6,fp8+fa3fp8+latents+steps:16
-  step low_vram_pipeline 270 python3 benchmarks/bench_low_vram_pipeline.py --setups resident,low+tiled
+  step low_vram_pipeline 250 python3 benchmarks/bench_low_vram_pipeline.py --setups resident,low+tiled
   [ -n "$OLD" ] && step old_fast_preset 150 python3 .old/benchmarks/bench_fast_preset.py --setups fp8+fa3fp8
   ;;
 esac
