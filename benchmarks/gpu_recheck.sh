@@ -50,8 +50,8 @@ bf16@480p2,fp8+fa3fp8@480p2,fp8+fa3fp8+audio+mean:audio_attn.to_out@480p1 --budg
 B)
   step new_fast_preset 250 python3 benchmarks/bench_fast_preset.py --budget-s 190 --setups bf16+latents,\
 fp8+fa3fp8,fp8+fa3fp8+unipc+steps:6,fp8+fa3fp8+latents+steps:16
-  step low_vram_pipeline 250 python3 benchmarks/bench_low_vram_pipeline.py --setups resident,low+tiled
-  [ -n "$OLD" ] && step old_fast_preset 150 python3 .old/benchmarks/bench_fast_preset.py --setups fp8+fa3fp8
+  [ -n "$OLD" ] && step old_fast_preset 110 python3 .old/benchmarks/bench_fast_preset.py --setups fp8+fa3fp8
+  step low_vram_pipeline 230 python3 benchmarks/bench_low_vram_pipeline.py --setups resident,low+tiled
   ;;
 esac
 echo "=== done $(date +%T)"
