@@ -271,7 +271,7 @@ class WanAudioPipelineBase(
         if (height is None) != (width is None):
             raise ValueError("Give both `height` and `width`, or neither (then `resolution` picks the bucket).")
         if height is not None and (height % 16 or width % 16 or height <= 0 or width <= 0):
-            raise ValueError(f"`height` and `width` must be positive multiples of 16, got {height}x{width} (h x w).")
+            raise ValueError(f"`height` and `width` must be positive multiples of 16, got {width}x{height} (WxH).")
         if mode not in (None, "auto", "clip", "streaming"):
             raise ValueError(
                 f"`mode` must be None/'auto' (the whole audio), 'clip' (one chunk) or 'streaming', got {mode!r}."
