@@ -128,6 +128,21 @@ def test_the_command_line_warns_of_a_prompt_the_text_encoder_cuts(tmp_path, monk
                     "cuts the rest: shorten it"]  # fmt: skip
 
 
+def test_a_cut_prompt_is_said_once_through_a_whole_run(tmp_path, caplog):
+    """The run goes on with the prompt cut: the input's check says so, and the pipeline's own line is left out."""
+    from diffusers_multitalk import cli
+
+    data = {"prompt": "a person talks " * 200, "cond_image": str(IMAGE), "cond_audio": {"person1": str(SPEAKERS[0])}}
+    (tmp_path / "in.json").write_text(json.dumps(data))
+    with caplog.at_level("WARNING", logger="diffusers_multitalk"):
+        status = cli.main(["generate", "--tiny", "--input_json", str(tmp_path / "in.json"), "--save_file",
+                           str(tmp_path / "video"), "--mode", "clip", "--frame_num", "5", "--sample_steps", "1",
+                           "--height", "32", "--width", "48"])  # fmt: skip
+    assert status == 0 and (tmp_path / "video.mp4").is_file()
+    said = [r.getMessage() for r in caplog.records if "tokens long" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("$.prompt: the prompt is at least 601 tokens long"), said
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the HTTP API
 # ----------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..runtime.distributed import init_distributed, is_main_process, leave_together
 from ..runtime.errors import UserError, note
+from ..runtime.inputs import prompt_said
 from ..runtime.kernels import check_self_attention_kernel
 from ..runtime.loading import load_pipeline, resolve_device, resolve_dtype
 from ..runtime.options import apply_preset_options, check_generate_args, variant_of_options
@@ -137,12 +138,13 @@ def _generate(args: GenerateOptions) -> int:
     if is_main_process():
         kwargs["output_path"] = path
     try:
-        if args.scene_seg:
-            from ..runtime.scenes import generate_by_scene
+        with prompt_said(kwargs["prompt"]):  # the input's check said a cut prompt already: once is enough
+            if args.scene_seg:
+                from ..runtime.scenes import generate_by_scene
 
-            output = generate_by_scene(pipe, kwargs, kwargs.pop("output_path", None))
-        else:
-            output = pipe(**kwargs)
+                output = generate_by_scene(pipe, kwargs, kwargs.pop("output_path", None))
+            else:
+                output = pipe(**kwargs)
     except (ValueError, FileNotFoundError) as err:
         raise UserError(flag_names(str(err))) from err
     if not is_main_process():

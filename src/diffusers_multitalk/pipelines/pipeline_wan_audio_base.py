@@ -423,7 +423,7 @@ class WanAudioPipelineBase(
                 raise ValueError(f"One prompt per call (a video takes one prompt), got a list of {len(text)}.")
             text = text[0]
         text = _whitespace_clean(text)
-        num_tokens = len(self.tokenizer(text, add_special_tokens=True).input_ids)
+        num_tokens = len(self.tokenizer(text, add_special_tokens=True, verbose=False).input_ids)  # said below
         if num_tokens > max_sequence_length:
             logger.warning(
                 f"The prompt is {num_tokens} tokens long; umT5 reads its first {max_sequence_length} "

@@ -5,11 +5,14 @@ warning (`prompt`). The checks themselves are `utils/input_checks.py`'s (the inp
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 from ..utils.input_checks import audio_problem, box_problem, image_problem, prompt_warning
 from .spec import FieldProblem
 
 
-__all__ = ["box_problems", "image_problems", "prompt_problem", "speech_problems"]
+__all__ = ["box_problems", "image_problems", "prompt_problem", "prompt_said", "speech_problems"]
 
 
 def speech_problems(tracks: dict, listener: str) -> list[FieldProblem]:
@@ -47,3 +50,27 @@ def prompt_problem(prompt: str) -> FieldProblem | None:
     """A warning (not a refusal) when the text encoder will cut the prompt."""
     why = prompt_warning(prompt)
     return None if why is None else FieldProblem("prompt", why, warning=True)
+
+
+# The logger whose "The prompt is N tokens long" warning repeats what `prompt_problem` said before the model.
+_PROMPT_LOGGER = "diffusers_multitalk.pipelines.pipeline_wan_audio_base"
+
+
+class _PromptCutSaid(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "tokens long" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def prompt_said(prompt: str):
+    """While the pipeline runs a request whose prompt was already said to be cut (`prompt_problem`, before the model):
+    its own warning of the same cut is left out, so that the cut is said in one line."""
+    if prompt_problem(prompt) is None:
+        yield
+        return
+    logger, said = logging.getLogger(_PROMPT_LOGGER), _PromptCutSaid()
+    logger.addFilter(said)
+    try:
+        yield
+    finally:
+        logger.removeFilter(said)

@@ -188,7 +188,8 @@ def run_job(pipe, job, on_progress: Callable[[dict], None], should_stop: Callabl
             threshold=float(options.teacache_thresh), resolution=size.buckets, coefficients=size.teacache_coefficients
         )
     path = Path(job.folder) / "video.mp4"
-    pipe(**kwargs, output_path=path, callback_on_step_end=step_end, callback_on_step_end_tensor_inputs=["latents"])
+    with runtime.prompt_said(job.prompt):  # the job's warnings have it from the submission
+        pipe(**kwargs, output_path=path, callback_on_step_end=step_end, callback_on_step_end_tensor_inputs=["latents"])
     return path
 
 
