@@ -22,6 +22,7 @@ _LAZY_NAMES = {
     "tts_from_json_block": ".audio",
     "MultiTalkTransformer3DModel": ".models",
     "DEFAULT_NEGATIVE_PROMPT": ".pipelines",
+    "WanFlashTalkPipeline": ".pipelines",
     "WanInfiniteTalkPipeline": ".pipelines",
     "WanMultiTalkPipeline": ".pipelines",
     "WanMultiTalkPipelineOutput": ".pipelines",

@@ -1,4 +1,5 @@
-"""The model-variant registry: one typed entry per model this package runs (MultiTalk, InfiniteTalk), and the lookups.
+"""The model-variant registry: one typed entry per model this package runs (MultiTalk, InfiniteTalk, SoulX-FlashTalk),
+and the lookups.
 
 Everything that differs between the models is an entry's field: its task and pipeline class, its sizes (shift,
 bucket table, Wan base, TeaCache coefficients), its motion-frame and step defaults, whether it dubs video, the flags
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .loaders.flashtalk import FLASHTALK_ALLOW_PATTERNS, FLASHTALK_REPO
 from .loaders.original_folders import (
     INFINITETALK_ALLOW_PATTERNS,
     INFINITETALK_REPO,
@@ -50,6 +52,7 @@ __all__ = [
     "Size",
     "Variant",
     "WeightsOption",
+    "describe_variants",
     "dubbing_requirement",
     "get_size",
     "get_variant",
@@ -166,6 +169,11 @@ class Variant:
     converter: Converter
     load_pipeline_class: Callable[[], type] = field(repr=False, compare=False)
     check_folders: Callable[..., list[str]] = field(repr=False, compare=False)
+    # The model's own generation defaults where they differ from MultiTalk's (the pipeline's `__call__` defaults):
+    # frames per chunk and the two guidance scales (1 and 1: no classifier-free guidance, one pass per step).
+    frame_num: int = 81
+    guidance_scale: float = 5.0
+    audio_guidance_scale: float = 4.0
 
     @property
     def pipeline_class(self) -> type:
@@ -386,9 +394,94 @@ animates a photo for as long as the audio lasts.""",
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# SoulX-FlashTalk
+# --------------------------------------------------------------------------------------------------------------------
+def _flashtalk_pipeline() -> type:
+    from .pipelines.pipeline_wan_flashtalk import WanFlashTalkPipeline
+
+    return WanFlashTalkPipeline
+
+
+def _flashtalk_folders(wan_dir, wav2vec_dir, weights: Mapping[str, Any], quant=None, quant_path=None) -> list[str]:
+    from .loaders.flashtalk import flashtalk_problems
+
+    flashtalk_dir = weights.get("flashtalk_dir")
+    problems = flashtalk_problems(flashtalk_dir or wan_dir, wav2vec_dir, wan_dir=wan_dir if flashtalk_dir else None)
+    if quant_path is not None:
+        problems.append(f"SoulX-FlashTalk ships no quantised DiT ({quant_path}): --quant quantises it on the fly.")
+    return problems
+
+
+def _flashtalk_sources(wan_dir: Path, weights: Mapping[str, Any]) -> ConversionSources:
+    folder = Path(weights.get("flashtalk_dir") or wan_dir)
+    return ConversionSources(
+        report={"flashtalk_dir": str(folder.resolve())},
+        names={"flashtalk": folder.name},
+        texts={
+            "transformer": "{flashtalk}/diffusion_pytorch_model-*.safetensors (SoulX-FlashTalk's merged DiT: Wan2.1-I2V "
+            "base + audio adapter), keys renamed to diffusers' Wan names",
+            "scheduler": "SoulX-FlashTalk's sampler: FlowMatchEulerDiscreteScheduler(stochastic_sampling=True, "
+            "shift=5), its fixed timesteps loaded per chunk",
+        },
+    )
+
+
+FLASHTALK = Variant(
+    name="SoulX-FlashTalk",
+    task="flashtalk-14B",
+    summary="animates an image in real time (4 steps, no guidance)",
+    pipeline_class_name="WanFlashTalkPipeline",
+    # One size, the reference's 768 x 448 (infer_params.yaml), shift 5. No TeaCache fit exists for this DiT at 4
+    # steps; the 480P fit is listed for the hooks' table (TeaCache is of little use at 4 steps).
+    sizes=(Size("flashtalk-448", 5.0, "flashtalk-448", WAN_REPO, TEACACHE_COEFFICIENTS_480),),
+    motion_frames=5,
+    sample_steps=4,
+    dubs_video=False,
+    weights=(
+        WeightsOption(
+            "flashtalk_dir",
+            "flashtalk_dir",
+            help="the SoulX-FlashTalk-14B folder (its merged DiT; its T5, CLIP and VAE too, so --ckpt_dir may name it)",
+            convert_help="convert SoulX-FlashTalk: the SoulX-FlashTalk-14B folder",
+        ),
+    ),
+    weights_hint="the SoulX-FlashTalk-14B folder (--flashtalk_dir; --ckpt_dir may name the same folder)",
+    weights_linked_into_wan=False,
+    folder_kind="flashtalk",
+    download=Download(
+        FLASHTALK_REPO,
+        tuple(FLASHTALK_ALLOW_PATTERNS),
+        flag="flashtalk",
+        help="also download SoulX-FlashTalk-14B (Soul-AILab), the real-time model (4 steps, no guidance)",
+        generate_flags="--task flashtalk-14B --size flashtalk-448 --ckpt_dir {folder} --flashtalk_dir {folder}",
+    ),
+    converter=Converter(
+        function="convert_original_to_diffusers",
+        card=ModelCard(
+            repo=FLASHTALK_REPO,
+            tags=("flashtalk", "real-time"),
+            intro="""[SoulX-FlashTalk](https://github.com/Soul-AILab/SoulX-FlashTalk) (real-time audio-driven avatars:
+InfiniteTalk's DiT on Wan2.1-I2V-14B distilled to 4 steps without classifier-free guidance) converted to the diffusers
+format, for the `WanFlashTalkPipeline` of diffusers-multitalk.""",
+            call='out = pipe(image="man.png", audio="speech.wav", output_path="talk.mp4")',
+            video="talk.mp4",
+            adapter="the merged DiT (Wan2.1-I2V base and audio adapter, distilled)",
+        ),
+        sources=_flashtalk_sources,
+        adapter_line=lambda sources: FLASHTALK.converter.card.adapter,
+    ),
+    load_pipeline_class=_flashtalk_pipeline,
+    check_folders=_flashtalk_folders,
+    frame_num=33,
+    guidance_scale=1.0,
+    audio_guidance_scale=1.0,
+)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # the registry and its lookups
 # --------------------------------------------------------------------------------------------------------------------
-VARIANTS: tuple[Variant, ...] = (MULTITALK, INFINITETALK)
+VARIANTS: tuple[Variant, ...] = (MULTITALK, INFINITETALK, FLASHTALK)
 # What an option left unset means (the reference's --task default).
 DEFAULT_VARIANT = MULTITALK
 
@@ -403,7 +496,7 @@ _BY_PIPELINE = {variant.pipeline_class_name: variant for variant in VARIANTS}
 
 
 def get_variant(task: str) -> Variant:
-    """The entry of `task` (`--task`: "multitalk-14B", "infinitetalk-14B")."""
+    """The entry of `task` (`--task`: "multitalk-14B", "infinitetalk-14B", "flashtalk-14B")."""
     if task not in _BY_TASK:
         raise ValueError(f"unknown task {task!r}; the known tasks are {', '.join(TASKS)}")
     return _BY_TASK[task]
@@ -463,3 +556,15 @@ def dubbing_requirement(words=None) -> str:
     starts = "; or ".join(f"{words(variant.weights[0].name)} ({variant.name}'s weights)" for variant in dubbing)
     tiny = " or ".join(f"{words('tiny')} with {words('task')} {variant.task}" for variant in dubbing)
     return f"dubbing needs {names}: a server started with {starts}, or {tiny}"
+
+
+def describe_variants() -> list[str]:
+    """One line per model (`multitalk info`): its task, name, what it does, sizes, steps and weights flags."""
+    lines = []
+    for variant in VARIANTS:
+        flags = ", ".join(option.flag for option in variant.weights) or "in --ckpt_dir"
+        lines.append(
+            f"{variant.task:18s} {variant.name}: {variant.summary}; --size {' / '.join(variant.size_names)}; "
+            f"{variant.sample_steps} steps; weights {flags}"
+        )
+    return lines

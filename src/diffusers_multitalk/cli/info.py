@@ -107,6 +107,10 @@ def cmd_info(args: Namespace) -> int:
             else "not installed (pip install 'diffusers-multitalk[app]')"
         )
     )
+    from ..variants import describe_variants
+
+    out.append("models (--task; the variant registry):")
+    out.extend(f"  {line}" for line in describe_variants())
     out.append("attention backends (diffusers):")
     for name, status in attention_backends(cuda):
         out.append(f"  {name:32s} {status}")

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 
-__all__ = ["check_original_folders", "original_folder_kind"]
+__all__ = ["check_original_folders", "original_folder_kind", "wav2vec_problems"]
 
 WAN_REPO = "Wan-AI/Wan2.1-I2V-14B-480P"
 WAN_REPO_720 = "Wan-AI/Wan2.1-I2V-14B-720P"
@@ -45,8 +45,6 @@ def check_original_folders(wan_dir, multitalk_dir=None, wav2vec_dir=None) -> lis
     """Every problem with the three official folders, each naming the missing file and the command that downloads
     it; empty when a conversion (or `WanMultiTalkPipeline.from_original`) can start. Reads only file names and the
     DiT index."""
-    from ..audio.encoder import WAV2VEC_DOWNLOAD_HINT
-
     wan_dir = Path(wan_dir)
     wan_repo = WAN_REPO_720 if "720" in wan_dir.name else WAN_REPO
     wan_hint = f"`huggingface-cli download {wan_repo} --local-dir {wan_dir}`"
@@ -90,6 +88,14 @@ def check_original_folders(wan_dir, multitalk_dir=None, wav2vec_dir=None) -> lis
             elif not (Path(multitalk_dir) / MULTITALK_FILE).is_file():
                 missing = Path(multitalk_dir) / MULTITALK_FILE
                 problems.append(f"{missing} is missing. Download it with {multitalk_hint}.")
+    return problems + wav2vec_problems(wav2vec_dir)
+
+
+def wav2vec_problems(wav2vec_dir) -> list[str]:
+    """Every problem with the chinese-wav2vec2-base folder, each with the command that downloads it."""
+    from ..audio.encoder import WAV2VEC_DOWNLOAD_HINT
+
+    problems = []
     wav2vec_hint = WAV2VEC_DOWNLOAD_HINT.replace("{dir}", str(wav2vec_dir or "<wav2vec_dir>"))
     if wav2vec_dir is None or not Path(wav2vec_dir).is_dir():
         problems.append(f"The wav2vec2 folder {wav2vec_dir!r} does not exist. {wav2vec_hint}")
@@ -114,13 +120,18 @@ def _is_wan_config(config) -> bool:
 
 def original_folder_kind(path) -> str | None:
     """Which official download `path` is, from file names only: `"wan"` (Wan2.1-I2V: its T5, CLIP or VAE checkpoint,
-    or a `WanModel` config.json), `"multitalk"` (MeiGen-MultiTalk: `multitalk.safetensors`), `"infinitetalk"`
+    or a `WanModel` config.json), `"flashtalk"` (SoulX-FlashTalk-14B: a Wan-layout folder with the merged DiT, `loaders.flashtalk.is_flashtalk_folder`),
+    `"multitalk"` (MeiGen-MultiTalk: `multitalk.safetensors`), `"infinitetalk"`
     (InfiniteTalk: `single/` or `multi/infinitetalk.safetensors`), or None (a converted diffusers folder, anything
     else). An incomplete Wan folder is still recognised, so that loading names its missing files."""
     path = Path(path)
     if not path.is_dir() or (path / "model_index.json").is_file():
         return None
+    from .flashtalk import is_flashtalk_folder
+
     wan_files = (WAN_T5_CHECKPOINT, WAN_CLIP_CHECKPOINT, WAN_VAE_CHECKPOINT)
+    if is_flashtalk_folder(path):  # a Wan-layout folder too: its merged DiT tells it apart
+        return "flashtalk"
     if any((path / name).is_file() for name in wan_files) or _is_wan_config(path / "config.json"):
         return "wan"
     if (path / MULTITALK_FILE).is_file():

@@ -125,9 +125,13 @@ class ChunkedVideo:
         """Keeps a chunk's latents, less the leading frames that repeat the previous chunk's."""
         self.latents.append(latents if chunk.is_first else latents[:, :, num_motion_latents:])
 
-    def add_frames(self, video: torch.Tensor, chunk: Chunk, num_motion_frames: int, postprocess) -> None:
-        """Keeps (or writes) a decoded chunk's new frames, up to the plan's length."""
-        new_frames = video if chunk.is_first else video[:, :, num_motion_frames:]
+    def add_frames(self, video: torch.Tensor, chunk: Chunk, num_motion_frames: int, postprocess, skip=None) -> None:
+        """Keeps (or writes) a decoded chunk's new frames, up to the plan's length: all but the leading
+        `num_motion_frames` (the first chunk's all), or all but the first `skip` when given (SoulX-FlashTalk drops
+        them from every chunk, the first too)."""
+        if skip is None:
+            skip = 0 if chunk.is_first else num_motion_frames
+        new_frames = video[:, :, skip:]
         new_frames = new_frames[:, :, : self.plan.num_frames - self.frames_done]
         self.frames_done += new_frames.shape[2]
         if self.writer is not None:

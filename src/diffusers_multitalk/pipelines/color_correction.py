@@ -1,4 +1,5 @@
-"""LAB colour correction of generated chunks towards the conditioning image, as MultiTalk does it."""
+"""LAB colour correction of generated chunks towards the conditioning image, as MultiTalk does it (scikit-image's
+conversions), and as SoulX-FlashTalk does it (its own torch conversion, other constants: `match_color_lab_flashtalk`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ __all__ = [
     "rgb_to_lab",
     "lab_to_rgb",
     "match_color_lab",
+    "match_color_lab_flashtalk",
 ]
 
 
@@ -174,3 +176,64 @@ def match_color_lab(frames, reference, strength: float = 1.0, value_range: tuple
     if not np.issubdtype(out_dtype, np.floating):
         out_dtype = np.float64
     return out.astype(out_dtype)
+
+
+# SoulX-FlashTalk's constants: the sRGB matrices to more digits, and the CIE kappa (903.3) form of the LAB curve.
+_FT_XYZ_FROM_RGB = (
+    (0.4124564, 0.3575761, 0.1804375),
+    (0.2126729, 0.7151522, 0.0721750),
+    (0.0193339, 0.1191920, 0.9503041),
+)
+_FT_RGB_FROM_XYZ = (
+    (3.2404542, -1.5371385, -0.4985314),
+    (-0.9692660, 1.8760108, 0.0415560),
+    (0.0556434, -0.2040259, 1.0572252),
+)
+_FT_EPS, _FT_KAPPA = 0.008856, 903.3
+
+
+def _flashtalk_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """[..., 3] RGB in [0, 1] -> LAB, as SoulX-FlashTalk converts (normalised XYZ clamped to [1e-8, 1])."""
+    matrix = torch.tensor(_FT_XYZ_FROM_RGB, dtype=rgb.dtype, device=rgb.device)
+    white = torch.tensor(_D65_WHITE.tolist(), dtype=rgb.dtype, device=rgb.device)
+    linear = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz = (linear.reshape(-1, 3) @ matrix.T).reshape(rgb.shape)
+    xyz = (xyz / white).clamp(1e-8, 1.0)
+    f = torch.where(xyz > _FT_EPS, xyz ** (1 / 3), (_FT_KAPPA * xyz + 16) / 116)
+    return torch.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], dim=-1)
+
+
+def _flashtalk_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`_flashtalk_lab` (lightness through its own branch), clipped to [0, 1]."""
+    lightness = lab[..., 0]
+    fy = (lightness + 16) / 116
+    fx, fz = lab[..., 1] / 500 + fy, fy - lab[..., 2] / 200
+    x = torch.where(fx**3 > _FT_EPS, fx**3, (116 * fx - 16) / _FT_KAPPA)
+    y = torch.where(lightness > _FT_KAPPA * _FT_EPS, fy**3, lightness / _FT_KAPPA)
+    z = torch.where(fz**3 > _FT_EPS, fz**3, (116 * fz - 16) / _FT_KAPPA)
+    white = torch.tensor(_D65_WHITE.tolist(), dtype=lab.dtype, device=lab.device)
+    xyz = torch.stack([x, y, z], dim=-1) * white
+    matrix = torch.tensor(_FT_RGB_FROM_XYZ, dtype=lab.dtype, device=lab.device)
+    linear = (xyz.reshape(-1, 3) @ matrix.T).reshape(xyz.shape)
+    rgb = torch.where(linear > 0.0031308, 1.055 * linear ** (1 / 2.4) - 0.055, 12.92 * linear)
+    return rgb.clamp(0.0, 1.0)
+
+
+def match_color_lab_flashtalk(frames: torch.Tensor, reference: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+    """SoulX-FlashTalk's colour correction: `frames` `[B, 3, T, H, W]` and `reference` `[B, 3, 1, H, W]` in [-1, 1];
+    each frame's LAB mean and population std per channel moved to the reference's (a channel whose std is below 1e-8
+    keeps its spread), back to RGB, blended with the frame by `strength`. Computed in the frames' dtype, as the
+    reference does; `strength == 0` returns `frames`."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be between 0.0 and 1.0, got {strength}")
+    if strength == 0.0:
+        return frames
+    source = ((frames + 1) / 2).permute(0, 2, 3, 4, 1)  # [B, T, H, W, 3]
+    ref = ((reference.to(frames) + 1) / 2).permute(0, 2, 3, 4, 1)
+    source_lab, ref_lab = _flashtalk_lab(source), _flashtalk_lab(ref)
+    ref_mean, ref_std = ref_lab.mean(dim=[2, 3], keepdim=True), ref_lab.std(dim=[2, 3], keepdim=True, unbiased=False)
+    mean, std = source_lab.mean(dim=[2, 3], keepdim=True), source_lab.std(dim=[2, 3], keepdim=True, unbiased=False)
+    std = torch.where(std < 1e-8, torch.ones_like(std), std)
+    corrected = _flashtalk_rgb((source_lab - mean) * (ref_std / std) + ref_mean)
+    blended = (1 - strength) * source + strength * corrected
+    return (blended.permute(0, 4, 1, 2, 3) * 2 - 1).contiguous()

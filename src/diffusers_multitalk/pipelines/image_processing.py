@@ -47,9 +47,14 @@ ASPECT_RATIO_960: dict[str, tuple[int, int]] = {
     "3.75": (1920, 512),
 }  # fmt: skip
 
+# SoulX-FlashTalk generates at one size, 768 x 448 (h x w, portrait), whatever the image's aspect (its
+# infer_params.yaml; the reference has no bucket table): every image is resized and centre-cropped to it.
+FLASHTALK_448: dict[str, tuple[int, int]] = {"1.71": (768, 448)}
+
 RESOLUTION_BUCKETS: dict[str, dict[str, tuple[int, int]]] = {
     "multitalk-480": ASPECT_RATIO_627,
     "multitalk-720": ASPECT_RATIO_960,
+    "flashtalk-448": FLASHTALK_448,
 }
 
 # Other models' sizes name their bucket table in the variant registry (`variants.Size.buckets`); their pipelines map

@@ -20,15 +20,16 @@ def assemble_original_pipeline(
     lora_scale: float = 1.0,
     adapter_name: str = "lora",
     quantize: str | None = None,
+    scheduler=None,
 ):
-    """`cls(...)` from the loaded DiT and umT5 and the folders' other components; `quantize` ("int8"/"fp8") runs
-    optimum-quanto on the float weights after the LoRA."""
+    """`cls(...)` from the loaded DiT and umT5 and the folders' other components (`scheduler`: MultiTalk's unless
+    given); `quantize` ("int8"/"fp8") runs optimum-quanto on the float weights after the LoRA."""
     from ..loaders.wan_original import load_wan_original_components
 
     pipe = cls(
         transformer=transformer,
         text_encoder=text_encoder,
-        scheduler=make_multitalk_scheduler(),
+        scheduler=scheduler if scheduler is not None else make_multitalk_scheduler(),
         **load_wan_original_components(wan_dir, wav2vec_dir, torch_dtype=torch_dtype),
     )
     if lora_path is not None:

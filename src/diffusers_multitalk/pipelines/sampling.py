@@ -25,6 +25,9 @@ __all__ = [
     "make_multitalk_scheduler",
     "set_multitalk_timesteps",
     "add_noise_flow",
+    "flashtalk_timesteps",
+    "make_flashtalk_scheduler",
+    "set_flashtalk_timesteps",
 ]
 
 
@@ -55,6 +58,46 @@ def multitalk_sigmas(num_inference_steps: int, shift: float, num_train_timesteps
     (``timestep / 1000``), i.e. ``x_sigma = (1 - sigma) * x0 + sigma * noise``.
     """
     return multitalk_timesteps(num_inference_steps, shift, num_train_timesteps) / num_train_timesteps
+
+
+def flashtalk_timesteps(num_inference_steps: int, shift: float, num_train_timesteps: int = 1000) -> torch.Tensor:
+    """SoulX-FlashTalk's timesteps in ``[0, num_train_timesteps]``, terminal ``0`` included: the fixed ``[T, T/2]``
+    for 2 steps and ``[T, 3T/4, T/2, T/4]`` for 4 (the steps it was distilled for), MultiTalk's ``linspace(T, 1,
+    steps)`` otherwise; then ``0``, every value shifted as :func:`multitalk_timesteps` does (``shift * s / (1 +
+    (shift - 1) * s)`` on ``s = t / T``, float32). With shift 5 and 4 steps: 1000, 937.5, 833.33, 625, 0."""
+    if int(num_inference_steps) != num_inference_steps or num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+    if not (shift > 0):
+        raise ValueError(f"shift must be > 0, got {shift!r}")
+    steps, total = int(num_inference_steps), num_train_timesteps
+    fixed = {2: [total, total // 2], 4: [total, total * 3 // 4, total // 2, total // 4]}
+    base = (
+        np.array(fixed[steps], dtype=np.float32) if steps in fixed else np.linspace(total, 1, steps, dtype=np.float32)
+    )
+    s = torch.from_numpy(np.concatenate([base, np.zeros(1, dtype=np.float32)])) / total
+    s = shift * s / (1 + (shift - 1) * s)
+    return s * total
+
+
+def make_flashtalk_scheduler(shift: float = 5.0, num_train_timesteps: int = 1000):
+    """SoulX-FlashTalk's sampler as diffusers' `FlowMatchEulerDiscreteScheduler(stochastic_sampling=True)`: each step
+    predicts ``x0 = x - sigma * v`` and re-noises it to the next level with fresh noise, ``(1 - sigma_next) * x0 +
+    sigma_next * noise`` (drawn from the call's generator), which is the reference's update exactly.
+    :func:`set_flashtalk_timesteps` loads its fixed timesteps per chunk."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=num_train_timesteps,
+        shift=float(shift),
+        use_dynamic_shifting=False,
+        stochastic_sampling=True,
+    )
+
+
+def set_flashtalk_timesteps(scheduler, num_inference_steps: int, shift: float, device=None) -> torch.Tensor:
+    """Loads :func:`flashtalk_timesteps` into a ``FlowMatchEulerDiscreteScheduler`` (stochastic or not; the other
+    options of `set_multitalk_timesteps` refused); returns its timesteps."""
+    return _load_timesteps(scheduler, flashtalk_timesteps, num_inference_steps, shift, device, ("stochastic_sampling",))
 
 
 def make_multitalk_scheduler(
@@ -108,17 +151,23 @@ def set_multitalk_timesteps(
     shift to custom sigmas too; its own shift is restored afterwards. Schedulers configured with dynamic shifting, Karras/exponential/beta
     sigmas, inverted sigmas, a terminal stretch or stochastic sampling are rejected.
     """
+    return _load_timesteps(scheduler, multitalk_timesteps, num_inference_steps, shift, device)
+
+
+def _load_timesteps(scheduler, schedule, num_inference_steps, shift, device, allowed=()) -> torch.Tensor:
+    """`schedule(steps, shift, T)` (timesteps with the terminal 0) loaded into a FlowMatchEulerDiscreteScheduler as
+    its exact sigmas and timesteps; config options of `_INCOMPATIBLE_SCHEDULER_FLAGS` not in `allowed` refused."""
     config = getattr(scheduler, "config", None)
     if config is None or not hasattr(scheduler, "set_timesteps") or not hasattr(scheduler, "set_shift"):
         raise TypeError(f"expected a diffusers FlowMatchEulerDiscreteScheduler, got {type(scheduler).__name__}")
-    bad = [flag for flag in _INCOMPATIBLE_SCHEDULER_FLAGS if config.get(flag, None)]
+    bad = [flag for flag in _INCOMPATIBLE_SCHEDULER_FLAGS if config.get(flag, None) and flag not in allowed]
     if bad:
         raise ValueError(
-            "MultiTalk's schedule needs a plain FlowMatchEulerDiscreteScheduler; these config options are set: "
+            "this model's schedule needs a plain FlowMatchEulerDiscreteScheduler; these config options are set: "
             + ", ".join(bad)
         )
     num_train_timesteps = int(config.get("num_train_timesteps", 1000))
-    timesteps = multitalk_timesteps(num_inference_steps, shift, num_train_timesteps)
+    timesteps = schedule(num_inference_steps, shift, num_train_timesteps)
     sigmas = timesteps / num_train_timesteps
 
     own_shift = scheduler.shift
@@ -139,7 +188,7 @@ def set_multitalk_timesteps(
     if got.shape != sigmas.shape or not torch.equal(got, sigmas):
         raise RuntimeError(
             "FlowMatchEulerDiscreteScheduler.set_timesteps changed the sigmas it was given; "
-            "this diffusers version is not supported by set_multitalk_timesteps"
+            "this diffusers version is not supported by set_multitalk_timesteps / set_flashtalk_timesteps"
         )
     return scheduler.timesteps
 

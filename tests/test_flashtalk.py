@@ -1,0 +1,225 @@
+"""WanFlashTalkPipeline (SoulX-FlashTalk): the reference's own frames on tiny weights (tests/fixtures/flashtalk_fullgen,
+made by scripts/flashtalk_parity.py), its loader and folder check, its sampler and its registry entry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from safetensors.torch import load_file
+
+from diffusers_multitalk.pipelines.pipeline_wan_flashtalk import WanFlashTalkPipeline
+from diffusers_multitalk.testing import write_tiny_flashtalk_folders
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "flashtalk_fullgen"
+SLICE = 17920  # one chunk's new audio: 28 frames at 25 fps, 16 kHz
+PROMPT = "a person is talking to the camera"  # the harness's
+TOLERANCE = 2e-3  # max abs, frames in [0, 1]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    return write_tiny_flashtalk_folders(tmp_path_factory.mktemp("flashtalk"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def pipe(folders):
+    pipe = WanFlashTalkPipeline.from_original(folders["flashtalk_dir"], wav2vec_dir=folders["wav2vec_dir"])
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def expected():
+    return load_file(FIXTURE / "outputs.safetensors")["frames"].numpy() / 255.0  # [56, 64, 32, 3]
+
+
+def _generate(pipe, audio, **kwargs):
+    return pipe(
+        image=str(FIXTURE / "image.png"),
+        audio=audio,
+        prompt=PROMPT,
+        height=64,
+        width=32,
+        generator=torch.Generator().manual_seed(4242),
+        **kwargs,
+    ).frames[0]
+
+
+def test_two_chunks_match_the_reference(pipe, expected):
+    frames = _generate(pipe, str(FIXTURE / "speech.wav"))
+    assert frames.shape == expected.shape
+    error = float(np.abs(frames - expected).max())
+    print(f"flashtalk parity, 2 chunks: max abs {error:.2e}")
+    assert error < TOLERANCE
+
+
+def test_one_chunk_matches_the_reference(pipe, expected):
+    wave, rate = soundfile.read(FIXTURE / "speech.wav", dtype="float32")
+    frames = _generate(pipe, (wave[:SLICE], rate))
+    assert frames.shape == (28, 64, 32, 3)
+    error = float(np.abs(frames - expected[:28]).max())
+    print(f"flashtalk parity, 1 chunk: max abs {error:.2e}")
+    assert error < TOLERANCE
+
+
+def test_a_partial_last_slice_is_generated_and_cut(pipe, expected):
+    """The reference drops audio past the last whole slice; here it is padded with silence, generated and cut, and
+    the chunks before it are the reference's."""
+    wave, rate = soundfile.read(FIXTURE / "speech.wav", dtype="float32")
+    longer = np.concatenate([wave, wave[: SLICE // 2]])  # 2.5 slices: 70 frames
+    frames = _generate(pipe, (longer, rate))
+    assert frames.shape == (70, 64, 32, 3)
+    assert float(np.abs(frames[:56] - expected).max()) < TOLERANCE
+
+
+def test_output_path_writes_the_video_with_its_audio(pipe, tmp_path):
+    from diffusers_multitalk.testing import stream_seconds
+
+    wave, rate = soundfile.read(FIXTURE / "speech.wav", dtype="float32")
+    out = pipe(
+        image=str(FIXTURE / "image.png"), audio=(wave[:SLICE], rate), height=64, width=32,
+        output_path=tmp_path / "talk.mp4", generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert out.frames is None and out.video_path == str(tmp_path / "talk.mp4")
+    assert stream_seconds(out.video_path, "v") == pytest.approx(28 / 25, abs=0.05)
+    assert stream_seconds(out.video_path, "a") == pytest.approx(28 / 25, abs=0.05)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the sampler, the chunks and the audio
+# ----------------------------------------------------------------------------------------------------------------------
+def test_timesteps_are_the_reference_fixed_ones_shifted():
+    from diffusers_multitalk.pipelines.sampling import flashtalk_timesteps
+
+    expected = [1000.0, 937.5, 2500 / 3, 625.0, 0.0]  # 5t / (1 + 4t) on t = 1, .75, .5, .25, 0
+    assert torch.allclose(flashtalk_timesteps(4, 5.0), torch.tensor(expected), rtol=0, atol=1e-4)
+    assert torch.allclose(flashtalk_timesteps(2, 5.0), torch.tensor([1000.0, 2500 / 3, 0.0]), rtol=0, atol=1e-4)
+    assert len(flashtalk_timesteps(6, 5.0)) == 7 and flashtalk_timesteps(6, 5.0)[0] == 1000
+
+
+def test_the_stochastic_euler_step_is_the_reference_update():
+    """diffusers' FlowMatchEulerDiscreteScheduler(stochastic_sampling=True): x0 = x - sigma * v, then
+    (1 - sigma') * x0 + sigma' * noise with the noise drawn from the call's generator, down to sigma' = 0 (where the
+    noise is still drawn, as the reference's, so the next chunk's noise is the reference's)."""
+    from diffusers_multitalk.pipelines.sampling import make_flashtalk_scheduler, set_flashtalk_timesteps
+
+    scheduler = make_flashtalk_scheduler()
+    timesteps = set_flashtalk_timesteps(scheduler, 4, 5.0)
+    x = torch.randn(1, 16, 3, 4, 2, generator=torch.Generator().manual_seed(1))
+    ours, theirs = x.clone(), x.clone()
+    g_ours, g_theirs = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    sigmas = [*(t / 1000 for t in timesteps.tolist()), 0.0]
+    for i, t in enumerate(timesteps):
+        v = torch.sin(ours * (i + 1))  # any model output
+        ours = scheduler.step(v, t, ours, generator=g_ours, return_dict=False)[0]
+        x0 = theirs - sigmas[i] * torch.sin(theirs * (i + 1))
+        theirs = (1 - sigmas[i + 1]) * x0 + sigmas[i + 1] * torch.randn(x0.shape, generator=g_theirs)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    assert torch.equal(g_ours.get_state(), g_theirs.get_state())
+
+
+def test_the_plan_covers_the_audio():
+    plan = WanFlashTalkPipeline.plan_stream
+    assert plan(2 * SLICE, 33, 5) == (33, 2, 56)
+    assert plan(2 * SLICE + 1000, 33, 5) == (33, 3, 57)  # a partial slice: one more chunk, cut
+    assert plan(100, 33, 5) == (33, 1, 1)
+    assert plan(5 * SLICE, 33, 5, max_frames=30) == (33, 2, 30)
+    assert plan(5 * SLICE, 33, 5, mode="clip") == (33, 1, 28)
+
+
+def test_the_rolling_window_is_the_last_8_seconds():
+    from diffusers_multitalk.pipelines.pipeline_wan_flashtalk import RollingAudio
+
+    speech = np.arange(1, 2 * SLICE + 1, dtype=np.float32)
+    rolling = RollingAudio(speech, 33, 28, 8.0)
+    first, second = rolling.samples(0), rolling.samples(1)
+    assert len(first) == len(second) == 128000
+    assert not first[: 128000 - SLICE].any() and np.array_equal(first[-SLICE:], speech[:SLICE])
+    assert np.array_equal(second[-2 * SLICE :], speech)
+    tail = RollingAudio(speech[: SLICE + 10], 33, 28, 8.0).samples(1)
+    assert np.array_equal(tail[-SLICE:][:10], speech[SLICE : SLICE + 10]) and not tail[-SLICE + 10 :].any()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# inputs refused
+# ----------------------------------------------------------------------------------------------------------------------
+def test_a_video_or_two_persons_are_refused(pipe):
+    wave = (0.1 * np.sin(np.arange(SLICE) / 10)).astype(np.float32)
+    with pytest.raises(ValueError, match="SoulX-FlashTalk animates an image: it takes no `video`"):
+        pipe(video=str(FIXTURE / "image.png"), audio=(wave, 16000))
+    with pytest.raises(ValueError, match="animates one person: give one audio track, got 2"):
+        pipe(image=str(FIXTURE / "image.png"), audio=[(wave, 16000), (wave, 16000)])
+    with pytest.raises(ValueError, match="`motion_frames` must be 4n\\+1"):
+        pipe(image=str(FIXTURE / "image.png"), audio=(wave, 16000), motion_frames=4)
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['colour'\\]"):
+        pipe(image=str(FIXTURE / "image.png"), audio=(wave, 16000), colour=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the folder as users download it
+# ----------------------------------------------------------------------------------------------------------------------
+def test_the_merged_checkpoint_loads_the_tiny_weights(pipe):
+    from diffusers_multitalk.tiny import make_tiny_components
+
+    tiny = make_tiny_components(0, reference_widths=True)
+    for name in ("transformer", "text_encoder", "image_encoder", "vae"):
+        ours, theirs = getattr(pipe, name).state_dict(), tiny[name].state_dict()
+        assert ours.keys() == theirs.keys(), name
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    assert type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
+    assert pipe.scheduler.config.stochastic_sampling and pipe.scheduler.config.shift == 5.0
+
+
+def test_a_bfloat16_checkpoint_and_encoders_from_another_folder(tmp_path, folders):
+    """The release is bfloat16; the encoders may come from a Wan2.1-I2V folder (`wan_dir`) with `flashtalk_dir`."""
+    bf16 = write_tiny_flashtalk_folders(tmp_path, seed=0, dtype=torch.bfloat16)
+    pipe = WanFlashTalkPipeline.from_original(
+        folders["flashtalk_dir"], flashtalk_dir=bf16["flashtalk_dir"], wav2vec_dir=folders["wav2vec_dir"],
+        dtype=torch.float32,
+    )  # fmt: skip
+    from diffusers_multitalk.tiny import make_tiny_components
+
+    weight = make_tiny_components(0, reference_widths=True)["transformer"].proj_out.weight
+    assert pipe.transformer.dtype == torch.float32
+    assert torch.equal(pipe.transformer.proj_out.weight, weight.to(torch.bfloat16).float())
+
+
+@pytest.mark.parametrize(
+    "remove, named",
+    [
+        ("diffusion_pytorch_model-00002-of-00002.safetensors", "named by diffusion_pytorch_model.safetensors.index"),
+        ("models_t5_umt5-xxl-enc-bf16.pth", "models_t5_umt5-xxl-enc-bf16.pth is missing"),
+        ("Wan2.1_VAE.pth", "Wan2.1_VAE.pth is missing"),
+        ("config.json", "config.json is missing"),
+    ],
+)
+def test_a_bad_folder_names_the_missing_file(tmp_path, remove, named):
+    import shutil
+
+    from diffusers_multitalk.variants import get_variant
+
+    folders = write_tiny_flashtalk_folders(tmp_path, seed=0)
+    (folders["flashtalk_dir"] / remove).unlink()
+    problems = get_variant("flashtalk-14B").check_folders(folders["flashtalk_dir"], folders["wav2vec_dir"], {})
+    assert len(problems) == 1 and named in problems[0] and str(folders["flashtalk_dir"] / remove) in problems[0]
+    assert "huggingface-cli download Soul-AILab/SoulX-FlashTalk-14B" in problems[0]
+    with pytest.raises(FileNotFoundError, match=named.replace(".", "\\.")):
+        WanFlashTalkPipeline.from_original(folders["flashtalk_dir"], wav2vec_dir=folders["wav2vec_dir"])
+    shutil.rmtree(folders["wav2vec_dir"])  # the wav2vec2 folder is checked too
+    problems = get_variant("flashtalk-14B").check_folders(folders["flashtalk_dir"], folders["wav2vec_dir"], {})
+    assert len(problems) == 2 and "wav2vec2 folder" in problems[1]
+
+
+def test_the_folder_is_recognised_as_flashtalk(tmp_path, folders):
+    from diffusers_multitalk.loaders.original_folders import original_folder_kind
+    from diffusers_multitalk.testing import write_tiny_original_folders
+
+    assert original_folder_kind(folders["flashtalk_dir"]) == "flashtalk"
+    wan = write_tiny_original_folders(tmp_path)
+    assert original_folder_kind(wan["wan_dir"]) == "wan" and original_folder_kind(wan["multitalk_dir"]) == "multitalk"
+    assert original_folder_kind(folders["wav2vec_dir"]) is None
