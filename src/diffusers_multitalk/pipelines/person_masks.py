@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..utils.input_checks import box_problem
 from .image_processing import resize_and_center_crop_masks
 
 
@@ -54,15 +55,11 @@ def person_masks_from_bboxes(bboxes, height: int, width: int, num_persons: Optio
     masks = torch.zeros(len(boxes) + 1, height, width)
     for i, box in enumerate(boxes):
         box = list(box)
-        if len(box) != 4:
-            raise ValueError(f"bbox {i} must have 4 numbers [top, left, bottom, right], got {box}")
+        # the front ends' one box check (persons named from 1), on the pixel rows and columns the mask covers
+        problem = box_problem([int(v) for v in box] if len(box) == 4 else box, (width, height))
+        if problem is not None:
+            raise ValueError(f"person {i + 1}'s bbox: {problem}")
         top, left, bottom, right = (int(v) for v in box)
-        if top < 0 or left < 0 or bottom > height or right > width:
-            raise ValueError(
-                f"bbox {i} [top, left, bottom, right] = {box} is outside the {height}x{width} (rows x cols) image"
-            )
-        if bottom <= top or right <= left:
-            raise ValueError(f"bbox {i} [top, left, bottom, right] = {box} is empty")
         masks[i, top:bottom, left:right] = 1
     masks[-1] = (masks[:-1].sum(0) == 0).float()
     return masks

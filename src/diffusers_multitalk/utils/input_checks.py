@@ -154,7 +154,7 @@ def box_problem(box, image_size: tuple[int, int]) -> str | None:
     top, left, bottom, right = values
     shown = "[" + ", ".join(f"{v:g}" for v in values) + "]"
     if min(values) < 0:
-        return f"{shown} has negative coordinates"
+        return f"{shown} has negative coordinates (outside the image)"
     if bottom <= top or right <= left:
         return f"{shown} is empty: need bottom > top and right > left ([top, left, bottom, right])"
     if bottom > height or right > width:
