@@ -92,7 +92,8 @@ class RequestError(UserError):
 @dataclass
 class ModelSpec:
     """Which model runs, and how: weights, quantisation, offloading, kernels and parallelism. A model's own weights
-    fields (`multitalk_dir`, `infinitetalk_dir`, `dit_path`) are the registry's `WEIGHTS_OPTIONS` (variants.py)."""
+    fields (`multitalk_dir`, `infinitetalk_dir`, `dit_path`, `flashtalk_dir`) are the registry's `WEIGHTS_OPTIONS`
+    (variants.py)."""
 
     task: str = DEFAULT_VARIANT.task
     ckpt_dir: str | None = None
@@ -100,6 +101,7 @@ class ModelSpec:
     multitalk_dir: str | None = None
     infinitetalk_dir: str | None = None
     dit_path: str | None = None
+    flashtalk_dir: str | None = None
     model: str | None = None
     tiny: bool = False
     quant: str | None = None
