@@ -3,6 +3,7 @@ made by scripts/flashtalk_parity.py), its loader and folder check, its sampler a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -223,3 +224,38 @@ def test_the_folder_is_recognised_as_flashtalk(tmp_path, folders):
     wan = write_tiny_original_folders(tmp_path)
     assert original_folder_kind(wan["wan_dir"]) == "wan" and original_folder_kind(wan["multitalk_dir"]) == "multitalk"
     assert original_folder_kind(folders["wav2vec_dir"]) is None
+
+
+def test_from_pretrained_reads_the_downloaded_folder(folders):
+    from diffusers_multitalk import WanMultiTalkPipeline
+
+    pipe = WanFlashTalkPipeline.from_pretrained(folders["flashtalk_dir"])  # wav2vec2: the folder beside it
+    assert isinstance(pipe, WanFlashTalkPipeline) and pipe.scheduler.config.stochastic_sampling
+    with pytest.raises(ValueError, match="SoulX-FlashTalk-14B's folder; load it with WanFlashTalkPipeline"):
+        WanMultiTalkPipeline.from_pretrained(folders["flashtalk_dir"])
+
+
+def test_conversion_reloads_equal(tmp_path):
+    """`multitalk convert` (convert_original_to_diffusers with the registry's flashtalk_dir) writes a diffusers folder
+    with the stochastic scheduler; WanFlashTalkPipeline.from_pretrained reloads the same components."""
+    from diffusers_multitalk.conversion import convert_original_to_diffusers
+
+    small = write_tiny_flashtalk_folders(tmp_path / "in", seed=0, reference_widths=False)
+    convert_original_to_diffusers(
+        small["flashtalk_dir"],
+        None,
+        small["wav2vec_dir"],
+        tmp_path / "out",
+        flashtalk_dir=small["flashtalk_dir"],
+        torch_dtype=torch.float32,
+    )
+    report = json.loads((tmp_path / "out" / "conversion_report.json").read_text())
+    assert report["pipeline_class"] == "WanFlashTalkPipeline"
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "SoulX-FlashTalk" in card and "Soul-AILab/SoulX-FlashTalk-14B" in card
+    loaded = WanFlashTalkPipeline.from_pretrained(tmp_path / "out")
+    direct = WanFlashTalkPipeline.from_original(small["flashtalk_dir"], wav2vec_dir=small["wav2vec_dir"])
+    assert loaded.scheduler.config.stochastic_sampling and loaded.scheduler.config.shift == 5.0
+    for name in ("transformer", "text_encoder", "vae", "image_encoder"):
+        a, b = getattr(loaded, name).state_dict(), getattr(direct, name).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

@@ -211,8 +211,8 @@ def flashtalk_original_config(transformer_config) -> dict:
     plus the audio adapter's, as the reference's `WanModel` (a diffusers `ModelMixin`) saves them."""
     c = dict(transformer_config)
     config = wan_original_config(c)
-    for name in ("audio_layers", "audio_channels", "class_range", "class_interval"):
-        config.pop(name, None)  # the reference's WanModel takes none of them (its audio projection is 12 x 768)
+    # (`audio_layers` / `audio_channels` appear only for a wav2vec2 other than 12 x 768, which the reference cannot
+    # run: its audio projection is fixed; the loader reads them.)
     config.update(
         audio_window=c["audio_window"],
         intermediate_dim=c["intermediate_dim"],

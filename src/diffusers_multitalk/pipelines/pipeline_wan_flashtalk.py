@@ -159,6 +159,24 @@ class WanFlashTalkPipeline(WanAudioPipelineBase):
             scheduler=make_flashtalk_scheduler(),
         )  # fmt: skip
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """A converted folder or repository as for the other pipelines; and SoulX-FlashTalk-14B's folder as
+        downloaded, through `from_original` (`wav2vec_dir=`, or the `chinese-wav2vec2-base/` folder beside it;
+        `dtype=` / `torch_dtype=`)."""
+        from ..loaders.original_folders import original_folder_kind
+
+        path = Path(os.fspath(pretrained_model_name_or_path))
+        if path.is_dir() and not (path / "model_index.json").is_file() and original_folder_kind(path) == "flashtalk":
+            wav2vec_dir = kwargs.pop("wav2vec_dir", None) or path.parent / "chinese-wav2vec2-base"
+            dtype = resolve_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
+            if kwargs:
+                raise TypeError(
+                    f"{cls.__name__}.from_pretrained of {path} takes wav2vec_dir and dtype, not {sorted(kwargs)}"
+                )
+            return cls.from_original(path, wav2vec_dir=wav2vec_dir, dtype=dtype)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
     # ------------------------------------------------------------------------------------------------------------
     # Inputs
     # ------------------------------------------------------------------------------------------------------------

@@ -195,6 +195,10 @@ class OriginalReleaseLoadingMixin:
     @classmethod
     def _from_original_folder(cls, path: Path, kind: str, request: _OriginalRequest):
         expected = "infinitetalk" if request.infinitetalk else "multitalk"
+        if kind == "flashtalk":  # its own class reads it (WanFlashTalkPipeline.from_pretrained)
+            raise ValueError(
+                f"{path} is SoulX-FlashTalk-14B's folder; load it with WanFlashTalkPipeline.from_pretrained."
+            )
         if kind not in ("wan", expected):
             raise ValueError(_wrong_class(cls, f"{path} ({kind})", not request.infinitetalk))
         folders = dict(request.folders)
