@@ -12,6 +12,10 @@ if [ ! -x "$VENV/bin/python" ]; then python3 -m venv "$VENV"; fi
 if ! command -v espeak-ng >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq espeak-ng) >/dev/null 2>&1 || echo "warning: espeak-ng could not be installed"
 fi
+# redis-server for the job queue's tests (tests/test_queue.py, test_job_store.py start one on a loopback port).
+if ! command -v redis-server >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null 2>&1 || echo "warning: redis-server could not be installed; the queue tests are skipped"
+fi
 # Debian's chromium for tests/test_browser.py (Playwright drives it; Playwright's own browser download is not used).
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || echo "warning: chromium could not be installed; the browser test is skipped"

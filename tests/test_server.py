@@ -133,7 +133,10 @@ def test_job_runs_with_events_to_an_mp4_with_video_and_audio(tiny_pipe, tmp_path
             [f"{job_id}/image.png", f"{job_id}/person1.wav", f"{job_id}/video.mp4"]
         )
         health = client.get("/healthz").json()
-        assert health == {"status": "ok", "model_loaded": True, "queued": 0, "running": None, "max_queue": 8}
+        assert {k: health[k] for k in ("status", "model_loaded", "queued", "running", "max_queue")} == {
+            "status": "ok", "model_loaded": True, "queued": 0, "running": 0, "max_queue": 8
+        }  # fmt: skip
+        assert health["queue"] == "embedded" and [w["kind"] for w in health["workers"]] == ["embedded"]
         # a finished job is removed with its files on DELETE
         assert client.delete(f"/v1/jobs/{job_id}").status_code == 200
         assert client.get(f"/v1/jobs/{job_id}").status_code == 404 and _files(tmp_path / "jobs") == []

@@ -7,6 +7,8 @@
     multitalk info --ckpt_dir weights/Wan2.1-I2V-14B-480P --wav2vec_dir weights/chinese-wav2vec2-base
     multitalk convert --wan_dir ... --multitalk_dir ... --wav2vec_dir ... --output_dir ...
     multitalk serve --tiny                       # the web app (Gradio); takes generate's model flags
+    multitalk serve --queue redis://localhost:6379/0 --workers 0   # the API only; jobs run on:
+    multitalk worker --queue redis://localhost:6379/0 --tiny        # a worker (any number, docs/service.md)
     torchrun --nproc_per_node 2 -m diffusers_multitalk generate ... --ulysses_size 2   # one video on 2 GPUs
 
 ``generate`` takes MultiTalk's ``generate_multitalk.py`` flags with the same names and defaults, and its input
@@ -71,7 +73,14 @@ def _serve():
     return cmd_serve
 
 
-COMMANDS = {"generate": _generate, "download": _download, "info": _info, "convert": _convert, "serve": _serve}
+def _worker():
+    from .worker import cmd_worker
+
+    return cmd_worker
+
+
+COMMANDS = {"generate": _generate, "download": _download, "info": _info, "convert": _convert, "serve": _serve,
+            "worker": _worker}  # fmt: skip
 
 __all__ = ["CLIError", "COMMANDS", "PROG", "build_parser", "main"]
 

@@ -356,6 +356,57 @@ def _add_serve_parser(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="serve the web app alone through a public gradio.live link (Gradio's own server: no /v1 API)",
     )
+    q = p.add_argument_group("service (docs/service.md)")
+    q.add_argument(
+        "--queue",
+        default=None,
+        metavar="redis://HOST:PORT/DB",
+        help="keep the jobs in Redis and run them on `multitalk worker` processes (with --workers 0); default: the "
+        "jobs are kept in OUTPUT_DIR/jobs.sqlite3 and run by this server",
+    )
+    q.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker threads in this server, one model each (cuda:0..N-1 on a GPU machine); 0: the API only (1)",
+    )
+    q.add_argument(
+        "--max_attempts",
+        type=int,
+        default=3,
+        help="runs a job may start: one cut short by a restart or a lost worker runs again, up to this (3)",
+    )
+    return p
+
+
+def _add_worker_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "worker",
+        help="run the jobs of a `multitalk serve --queue` API (one at a time, on this machine's model)",
+        description=(
+            "A worker of the job queue: takes the jobs the API (multitalk serve --queue URL --workers 0) queued and "
+            "runs them on its model (the flags of generate), reading and writing the jobs folder the API shares "
+            "(--output_dir). Start any number, on any machines that reach Redis and share the folder. SIGTERM hands "
+            "the running job back to the queue. See docs/service.md."
+        ),
+    )
+    generate = _add_generate_parser(argparse.ArgumentParser(prog=PROG).add_subparsers())
+    exclusive = {action for group in generate._mutually_exclusive_groups for action in group._group_actions}
+    model = p.add_argument_group("model (the flags of generate)")
+    source = model.add_mutually_exclusive_group()
+    for action in generate._actions:
+        if set(action.option_strings) & set(SERVE_MODEL_FLAGS):
+            (source if action in exclusive else model)._add_action(action)
+    w = p.add_argument_group("worker")
+    w.add_argument("--queue", required=True, metavar="redis://HOST:PORT/DB", help="the API's --queue")
+    w.add_argument("--output_dir", default="outputs/app", help="the API's --output_dir (the shared jobs folder)")
+    w.add_argument("--max_attempts", type=int, default=3, help="the API's --max_attempts (3)")
+    w.add_argument(
+        "--heartbeat_timeout",
+        type=float,
+        default=60,
+        help="seconds after which a silent worker (killed, its machine lost) is dead and its job runs elsewhere (60)",
+    )
     return p
 
 
@@ -364,12 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="MultiTalk (audio-driven multi-person talking video) with diffusers.",
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="{generate,download,info,convert,serve}")
+    subparsers = parser.add_subparsers(dest="command", metavar="{generate,download,info,convert,serve,worker}")
     _add_generate_parser(subparsers)
     _add_download_parser(subparsers)
     _add_info_parser(subparsers)
     _add_convert_parser(subparsers)
     _add_serve_parser(subparsers)
+    _add_worker_parser(subparsers)
     return parser
 
 

@@ -2,7 +2,7 @@
 model for both. A front end on the runtime layer, like the CLI and the web app."""
 
 from .app import SharedPipeline, create_app
-from .serve import serve
+from .serve import ServiceOptions, serve
 
 
-__all__ = ["SharedPipeline", "create_app", "serve"]
+__all__ = ["ServiceOptions", "SharedPipeline", "create_app", "serve"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from .. import runtime
@@ -20,11 +20,12 @@ from ..variants import variant_of_pipeline
 from .events import job_events
 from .generation import NEEDS_DUBBING_MODEL, api_words, bbox_block, can_dub, parse_settings, refusal, run_job
 from .jobs import Job, JobManager, QueueFull, new_job_id
+from .metrics import JOB_ID, add_metrics, health
 from .schemas import MAX_PERSONS, ErrorBody, Health, JobCreated, JobInfo, JobSettings, JobState
 from .uploads import MB, Limits, UploadRejected, check_audio, check_image, check_video, read_limited
 
 
-_ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 409, 413, 415, 422, 429)}
+_ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 404, 409, 413, 415, 422, 429)}
 
 
 class SharedPipeline:
@@ -55,6 +56,7 @@ def create_app(
     tiny: bool | None = None,
     options: GenerateOptions | None = None,
     ui: bool = True,
+    job_options: dict | None = None,
 ) -> FastAPI:
     """
     The server's app (not started: run it with uvicorn). A `video` upload (dubbing) is refused at submission unless
@@ -72,6 +74,8 @@ def create_app(
         tiny: the model is the tiny random one (default: `source.tiny` for flags).
         options: the model flags `source` was loaded with, when it is a pipeline (jobs start from them).
         ui: mount the Gradio web app at `/`.
+        job_options: more JobManager arguments (jobs.py): the job store (default: in memory; `multitalk serve`
+            keeps it in a file under `output_dir`), the number of worker threads, a queue to send jobs to, ...
     """
     if isinstance(source, GenerateOptions) or options is not None:
         server_options = runtime.generate_options(options if options is not None else source)
@@ -87,7 +91,7 @@ def create_app(
     limits = Limits(int(max_upload_mb * MB), float(max_audio_seconds), int(max_pixels))
     gpu_lock = threading.RLock()
     manager = JobManager(lambda job, *a: run_job(holder(), job, *a), max_queue=max_queue, keep_seconds=keep_jobs,
-                         gpu_lock=gpu_lock)  # fmt: skip
+                         gpu_lock=gpu_lock, jobs_dir=jobs_dir, **(job_options or {}))  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(app):
@@ -111,13 +115,15 @@ def create_app(
         return None
 
     bearer = HTTPBearer(auto_error=False, description="`--api_key`, when the server was started with one")
+    header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="`--api_key`, instead of Bearer")
 
-    def check_key(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)):
+    def check_key(credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+                  x_api_key: str | None = Depends(header_key)):  # fmt: skip
         if api_key is None:
             return
-        given = credentials.credentials if credentials is not None else ""
+        given = credentials.credentials if credentials is not None else (x_api_key or "")
         if not secrets.compare_digest(given.encode(), api_key.encode()):
-            raise HTTPException(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+            raise HTTPException(401, "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
                                 headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
 
     # A whole request past what the largest job could upload is refused before its body is read.
@@ -138,7 +144,7 @@ def create_app(
     api = APIRouter(prefix="/v1", dependencies=[Depends(check_key)], responses=_ERRORS)
 
     def job_or_404(job_id: str) -> Job:
-        job = manager.get(job_id)
+        job = manager.get(job_id) if JOB_ID.fullmatch(job_id) else None
         if job is None:
             raise HTTPException(
                 404, f"no job {job_id} (finished jobs are removed after {keep_jobs:g} s: the server's keep_jobs)"
@@ -235,9 +241,22 @@ def create_app(
     )  # fmt: skip
     def get_video(job_id: str):
         job = job_or_404(job_id)
-        if job.status != JobState.succeeded or job.video is None or not Path(job.video).is_file():
+        if job.status != JobState.succeeded or job.video is None or not confined(job.video).is_file():
             raise HTTPException(409, f"job {job_id} is {job.status.value}: the video exists once it has succeeded")
-        return FileResponse(job.video, media_type="video/mp4", filename=f"multitalk_{job_id}.mp4")
+        return FileResponse(confined(job.video), media_type="video/mp4", filename=f"multitalk_{job_id}.mp4")
+
+    def confined(path: Path) -> Path:
+        """A job's file, only inside the jobs folder (a record naming another path is refused)."""
+        path = Path(path).resolve()
+        if not path.is_relative_to(jobs_dir.resolve()):
+            raise HTTPException(404, "no such file")
+        return path
+
+    @api.get("/jobs", response_model=list[JobInfo], summary="The newest jobs (a server with an api_key)")
+    def list_jobs(request: Request, limit: int = 100):
+        if api_key is None:  # without a key a job's id is its only key: a list would hand them out
+            raise HTTPException(403, "listing jobs needs a server started with an api_key; ask for a job by its id")
+        return [manager.info(job, video_url(request, job)) for job in manager.recent(max(1, min(limit, 1000)))]
 
     @api.get(
         "/jobs/{job_id}/events", summary="The job's progress as server-sent events",
@@ -265,10 +284,11 @@ def create_app(
     app.include_router(api)
     _document_settings(app)
 
-    @app.get("/healthz", response_model=Health, summary="Liveness, and what the server is doing")
+    @app.get("/healthz", response_model=Health, summary="Liveness, the queue and the live workers")
     def healthz():
-        queued, running = manager.counts()
-        return Health(model_loaded=holder.loaded, queued=queued, running=running, max_queue=manager.max_queue)
+        return health(manager, holder.loaded)
+
+    add_metrics(app, manager)
 
     if ui:
         _mount_ui(app, holder, gpu_lock, output_dir / "ui", tiny, server_options)

@@ -1,4 +1,5 @@
-"""Server-sent events of a job's progress: one `progress` event per change, a final `done` event, heartbeats."""
+"""Server-sent events of a job's progress: one `progress` event per change, a final `done` event, heartbeats. The
+job is read from the store at each change, so the events follow a job run by another process as well."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ def format_event(name: str, data: dict) -> str:
 
 
 async def job_events(manager, job, video_url: str, heartbeat: float = 15.0):
-    """Yields the job's state as it changes until it is finished (then a `done` event, and the stream ends)."""
+    """Yields the job's state as it changes until it is finished (then a `done` event, and the stream ends; a job
+    removed meanwhile ends it too)."""
     loop = asyncio.get_running_loop()
     version, quiet = -1, 0.0
     while True:
@@ -25,10 +27,14 @@ async def job_events(manager, job, video_url: str, heartbeat: float = 15.0):
             if finished:
                 return
             quiet = 0.0
-        # wait for the next change in a thread (the worker notifies), a second at a time
+        # wait for the next change in a thread (the store wakes it, or polls), a second at a time
         new = await loop.run_in_executor(None, manager.wait_for_change, job, version, 1.0)
+        if new == -1:  # removed (cancelled and deleted, or expired)
+            return
         if new == version:
             quiet += 1.0
             if quiet >= heartbeat:
                 quiet = 0.0
                 yield ": keep-alive\n\n"
+        else:
+            job = manager.get(job.id) or job

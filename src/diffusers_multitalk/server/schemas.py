@@ -106,14 +106,25 @@ class JobInfo(BaseModel):
         description="what the run said it cut or changed: audio dropped by clip mode or max_frame_num, a held last "
         "frame, resampled speech, a prompt past the text length",
     )
+    attempts: int = Field(0, description="runs started: more than 1 when a restart or a lost worker cut one short")
+
+
+class WorkerHealth(BaseModel):
+    id: str = Field(description="host-pid-kind-tag")
+    kind: str = Field(description="embedded (a thread of the server) or queue (a `multitalk worker` process)")
+    busy: bool = Field(description="whether it runs a job now")
+    device: str | None = None
 
 
 class Health(BaseModel):
     status: str = "ok"
     model_loaded: bool
     queued: int
-    running: str | None = Field(None, description="the id of the job on the GPU")
+    running: int = Field(0, description="jobs running now (on any worker)")
     max_queue: int
+    queue: str = Field("embedded", description="embedded (this server's workers) or the queue's redis URL, no password")
+    store: str = Field("", description="where the jobs are kept (sqlite file, or redis)")
+    workers: list[WorkerHealth] = Field(default_factory=list, description="the live workers")
 
 
 class ErrorBody(BaseModel):
