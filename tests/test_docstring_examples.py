@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from diffusers_multitalk import WanInfiniteTalkPipeline, WanMultiTalkPipeline, make_tiny_pipeline
-from diffusers_multitalk.pipelines import pipeline_wan_infinitetalk, pipeline_wan_multitalk
+from diffusers_multitalk import WanFlashTalkPipeline, WanInfiniteTalkPipeline, WanMultiTalkPipeline, make_tiny_pipeline
+from diffusers_multitalk.pipelines import pipeline_wan_flashtalk, pipeline_wan_infinitetalk, pipeline_wan_multitalk
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,8 +24,12 @@ def example_code(docstring: str) -> str:
 
 @pytest.mark.parametrize(
     "cls, module",
-    [(WanMultiTalkPipeline, pipeline_wan_multitalk), (WanInfiniteTalkPipeline, pipeline_wan_infinitetalk)],
-    ids=["multitalk", "infinitetalk"],
+    [
+        (WanMultiTalkPipeline, pipeline_wan_multitalk),
+        (WanInfiniteTalkPipeline, pipeline_wan_infinitetalk),
+        (WanFlashTalkPipeline, pipeline_wan_flashtalk),
+    ],
+    ids=["multitalk", "infinitetalk", "flashtalk"],
 )
 def test_example_runs_on_the_tiny_model(cls, module, tmp_path, monkeypatch):
     code = example_code(module.EXAMPLE_DOC_STRING)

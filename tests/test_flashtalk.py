@@ -259,3 +259,11 @@ def test_conversion_reloads_equal(tmp_path):
     for name in ("transformer", "text_encoder", "vae", "image_encoder"):
         a, b = getattr(loaded, name).state_dict(), getattr(direct, name).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_the_tiny_pipeline_and_from_original_take_flashtalks_sampler():
+    from diffusers_multitalk.tiny import make_tiny_pipeline
+
+    pipe = make_tiny_pipeline(0, pipeline_class=WanFlashTalkPipeline)
+    assert pipe.scheduler.config.stochastic_sampling and pipe.scheduler.config.shift == 5.0
+    assert not WanFlashTalkPipeline.__mro__[1].default_scheduler().config.stochastic_sampling  # the others' Euler

@@ -151,4 +151,6 @@ def make_tiny_pipeline(seed: int = 0, pipeline_class=None):
     if pipeline_class is None:
         from .pipelines.pipeline_wan_multitalk import WanMultiTalkPipeline as pipeline_class
 
-    return pipeline_class(**make_tiny_components(seed))
+    components = make_tiny_components(seed)
+    components["scheduler"] = pipeline_class.default_scheduler()  # the model's own sampler
+    return pipeline_class(**components)

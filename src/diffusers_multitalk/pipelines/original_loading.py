@@ -1,12 +1,10 @@
-"""What both pipelines' `from_original` do once their DiT and umT5 are loaded: the other official components,
-MultiTalk's flow-matching scheduler, then an optional LoRA and quantisation on the fly (after the LoRA, which
+"""What the pipelines' `from_original` do once their DiT and umT5 are loaded: the other official components, the
+model's own scheduler, then an optional LoRA and quantisation on the fly (after the LoRA, which
 `quantize_pipeline` fuses first: a quantised layer takes no adapter)."""
 
 from __future__ import annotations
 
 import torch
-
-from .sampling import make_multitalk_scheduler
 
 
 def assemble_original_pipeline(
@@ -20,16 +18,16 @@ def assemble_original_pipeline(
     lora_scale: float = 1.0,
     adapter_name: str = "lora",
     quantize: str | None = None,
-    scheduler=None,
 ):
-    """`cls(...)` from the loaded DiT and umT5 and the folders' other components (`scheduler`: MultiTalk's unless
-    given); `quantize` ("int8"/"fp8") runs optimum-quanto on the float weights after the LoRA."""
+    """`cls(...)` from the loaded DiT and umT5, the folders' other components and the class's own sampler
+    (`cls.default_scheduler()`); `quantize` ("int8"/"fp8") runs optimum-quanto on the float weights after the
+    LoRA."""
     from ..loaders.wan_original import load_wan_original_components
 
     pipe = cls(
         transformer=transformer,
         text_encoder=text_encoder,
-        scheduler=scheduler if scheduler is not None else make_multitalk_scheduler(),
+        scheduler=cls.default_scheduler(),
         **load_wan_original_components(wan_dir, wav2vec_dir, torch_dtype=torch_dtype),
     )
     if lora_path is not None:

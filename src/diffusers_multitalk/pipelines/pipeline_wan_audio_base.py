@@ -41,7 +41,13 @@ from .guidance import APGState, combine_guidance, combine_guidance_two_pass
 from .model_index import MultiTalkModelIndexMixin
 from .person_masks import default_person_masks, latent_person_masks, person_masks_from_bboxes
 from .release_loading import OriginalReleaseLoadingMixin
-from .sampling import add_noise_flow, check_flow_scheduler, scheduler_noise_level, set_chunk_timesteps
+from .sampling import (
+    add_noise_flow,
+    check_flow_scheduler,
+    make_multitalk_scheduler,
+    scheduler_noise_level,
+    set_chunk_timesteps,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -167,6 +173,12 @@ class WanAudioPipelineBase(
         self.vae_scale_factor_temporal = self.vae.config.scale_factor_temporal if getattr(self, "vae", None) else 4
         self.vae_scale_factor_spatial = self.vae.config.scale_factor_spatial if getattr(self, "vae", None) else 8
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
+
+    @staticmethod
+    def default_scheduler():
+        """The model's own sampler, which `from_original` and the tiny pipeline build: MultiTalk's flow-matching Euler
+        (a sibling whose model samples otherwise overrides it)."""
+        return make_multitalk_scheduler()
 
     # ------------------------------------------------------------------------------------------------------------
     # Inputs

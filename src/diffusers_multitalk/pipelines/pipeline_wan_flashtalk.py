@@ -38,16 +38,15 @@ EXAMPLE_DOC_STRING = """
         >>> import torch
         >>> from diffusers_multitalk import WanFlashTalkPipeline
 
-        >>> # SoulX-FlashTalk-14B (the merged DiT, Wan's T5/CLIP/VAE beside it) and chinese-wav2vec2-base, as downloaded
-        >>> pipe = WanFlashTalkPipeline.from_original(
-        ...     "models/SoulX-FlashTalk-14B", wav2vec_dir="models/chinese-wav2vec2-base", dtype=torch.bfloat16
-        ... )
+        >>> # SoulX-FlashTalk-14B as downloaded (the merged DiT, Wan's T5/CLIP/VAE), chinese-wav2vec2-base beside it
+        >>> pipe = WanFlashTalkPipeline.from_pretrained("weights/SoulX-FlashTalk-14B", dtype=torch.bfloat16)
         >>> pipe.to("cuda" if torch.cuda.is_available() else "cpu")
 
         >>> output = pipe(
-        ...     image="examples/man.png",
-        ...     audio="examples/cantonese_16k.wav",
+        ...     image="examples/assets/one_person.png",
+        ...     audio="examples/assets/single.wav",
         ...     prompt="A person is talking. Only the foreground characters are moving, the background remains static.",
+        ...     guidance_scale=1.0,  # the reference's: no classifier-free guidance, one DiT pass per step
         ...     generator=torch.Generator().manual_seed(9999),
         ...     output_path="flashtalk.mp4",
         ... )
@@ -156,8 +155,12 @@ class WanFlashTalkPipeline(WanAudioPipelineBase):
         return assemble_original_pipeline(
             cls, encoders, wav2vec_dir, models["transformer"], models["text_encoder"], torch_dtype=torch_dtype,
             lora_path=lora_path, lora_scale=lora_scale, adapter_name="flashtalk_lora", quantize=quant,
-            scheduler=make_flashtalk_scheduler(),
         )  # fmt: skip
+
+    @staticmethod
+    def default_scheduler():
+        """SoulX-FlashTalk's sampler: `FlowMatchEulerDiscreteScheduler(stochastic_sampling=True, shift=5)`."""
+        return make_flashtalk_scheduler()
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -405,7 +408,7 @@ class WanFlashTalkPipeline(WanAudioPipelineBase):
                     rolling = RollingAudio(
                         speech, num_frames, num_frames - motion_frames, audio_window_seconds, normalize_loudness
                     )
-                    motion = self.encode_frames(source, device)  # the image's latent; later, the last frames'
+                    previous_video = None
                     with ChunkedVideo(
                         plan, speech, output_type, output_path, FPS, self.vae_scale_factor_temporal
                     ) as video_out:
@@ -418,21 +421,20 @@ class WanFlashTalkPipeline(WanAudioPipelineBase):
                                 shape, take_generator, device, take_latents if chunk.is_first else None
                             )
                             timesteps = self.set_chunk_timesteps(num_inference_steps, shift, device)
-                            chunk_conditioning = ChunkConditioning(
-                                conditioning.image_embeds, conditioning.condition, motion, motion_frames
+                            chunk_conditioning = self.prepare_chunk_conditioning(
+                                conditioning, chunk, previous_video, num_frames, motion_frames, device
                             )
                             chunk_latents = self.denoise_chunk(
                                 chunk_latents, chunk_conditioning, chunk, timesteps, audio_embeds, prompt_embeds,
                                 negative_prompt_embeds, None, take_generator, progress_bar, callback_on_step_end,
                                 callback_on_step_end_tensor_inputs,
                             )  # fmt: skip
-                            decoded = self.finish_chunk(
+                            previous_video = self.finish_chunk(
                                 chunk_latents, chunk, chunk_conditioning, video_out, color_reference,
                                 color_correction_strength,
                             )  # fmt: skip
-                            if self.interrupt or decoded is None:  # interrupted, or the last chunk of latents
+                            if self.interrupt or previous_video is None:  # interrupted, or the last latent chunk
                                 break
-                            motion = self.encode_frames(decoded[:, :, -motion_frames:], device)
                     video, audio_out = video_out.result()
                     videos.append(video)
         finally:
@@ -475,6 +477,16 @@ class WanFlashTalkPipeline(WanAudioPipelineBase):
             timesteps = set_chunk_timesteps(self.scheduler, num_inference_steps, shift, device=device)
         self._num_timesteps = len(timesteps)
         return timesteps
+
+    def prepare_chunk_conditioning(
+        self, conditioning: FlashTalkConditioning, chunk: Chunk, previous_video, num_frames, motion_frames, device
+    ) -> ChunkConditioning:
+        """SoulX-FlashTalk's rule for a chunk: the image's CLIP tokens and VAE condition (the same for every chunk);
+        the motion latents are the clean latents of the image (first chunk) or of the last `motion_frames` frames of
+        the chunk before, as colour-corrected. Every chunk drops its first `motion_frames` frames."""
+        frames = conditioning.image if chunk.is_first else previous_video[:, :, -motion_frames:]
+        motion = self.encode_frames(frames, device)
+        return ChunkConditioning(conditioning.image_embeds, conditioning.condition, motion, motion_frames)
 
     def pin_motion_latents(self, latents: torch.Tensor, motion_latents: torch.Tensor) -> torch.Tensor:
         """The chunk's leading latents are the clean motion latents, after the noise is drawn and after every step."""
