@@ -267,3 +267,76 @@ def test_the_tiny_pipeline_and_from_original_take_flashtalks_sampler():
     pipe = make_tiny_pipeline(0, pipeline_class=WanFlashTalkPipeline)
     assert pipe.scheduler.config.stochastic_sampling and pipe.scheduler.config.shift == 5.0
     assert not WanFlashTalkPipeline.__mro__[1].default_scheduler().config.stochastic_sampling  # the others' Euler
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# diffusers' contracts (tests/test_diffusers_contracts.py's, on FlashTalk's own chunking)
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny():
+    from diffusers_multitalk.tiny import make_tiny_pipeline
+
+    pipe = make_tiny_pipeline(0, pipeline_class=WanFlashTalkPipeline)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _small(seed=0, **overrides):
+    t = np.arange(int(0.9 * 16000)) / 16000
+    wave = (0.3 * np.sin(2 * np.pi * 200 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    image = (np.random.RandomState(0).rand(64, 96, 3) * 255).astype(np.uint8)
+    inputs = dict(image=image, audio=(wave, 16000), prompt="a person talks", height=64, width=96, num_frames=9,
+                  motion_frames=5, num_inference_steps=2, generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    inputs.update(overrides)
+    return inputs  # 22 frames: 6 chunks of 4 new frames
+
+
+def test_contracts_outputs_takes_and_round_trip(tiny, tmp_path):
+    as_dict = tiny(**_small()).frames
+    assert as_dict.shape == (1, 22, 64, 96, 3)
+    np.testing.assert_array_equal(as_dict, tiny(**_small(), return_dict=False)[0])
+    generators = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    both = tiny(**_small(num_videos_per_prompt=2, generator=generators)).frames
+    np.testing.assert_allclose(both[1], tiny(**_small(seed=2)).frames[0], atol=1e-6)
+    tiny.save_pretrained(tmp_path)
+    loaded = WanFlashTalkPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.scheduler.config.stochastic_sampling
+    np.testing.assert_allclose(loaded(**_small()).frames, as_dict, atol=1e-5)
+
+
+def test_contracts_callbacks_and_interrupt(tiny):
+    seen = []
+
+    def callback(pipe, step, timestep, kwargs):
+        assert set(kwargs) == set(pipe._callback_tensor_inputs)
+        seen.append((step, pipe.num_timesteps))
+        return kwargs
+
+    tiny(**_small(mode="clip", callback_on_step_end=callback, callback_on_step_end_tensor_inputs=tiny._callback_tensor_inputs))  # fmt: skip
+    assert seen == [(0, 2), (1, 2)]
+    steps = []
+
+    def interrupt(pipe, step, timestep, kwargs):
+        steps.append(step)
+        pipe._interrupt = True
+        return kwargs
+
+    tiny(**_small(callback_on_step_end=interrupt))
+    assert steps == [0]
+
+
+def test_one_pass_per_step_without_guidance_three_with(tiny, monkeypatch):
+    calls = []
+    forward = type(tiny.transformer).forward
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(tiny.transformer), "forward", counting)
+    tiny(**_small(mode="clip"))
+    assert len(calls) == 2  # 2 steps, 1 chunk
+    calls.clear()
+    tiny(**_small(mode="clip", guidance_scale=5.0, audio_guidance_scale=4.0))
+    assert len(calls) == 6
