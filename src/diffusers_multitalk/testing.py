@@ -204,6 +204,9 @@ def _write_shards(folder: Path, tensors: dict[str, torch.Tensor], num_shards: in
 
 
 FLASHTALK_DIR_NAME = "SoulX-FlashTalk-14B"
+_WAN_IGNORED_FOR_CONFIG = {
+    "patch_size": [1, 2, 2], "cross_attn_norm": True, "qk_norm": True, "text_dim": 4096, "window_size": [-1, -1],
+}  # fmt: skip
 
 
 def flashtalk_original_config(transformer_config) -> dict:
@@ -211,6 +214,11 @@ def flashtalk_original_config(transformer_config) -> dict:
     plus the audio adapter's, as the reference's `WanModel` (a diffusers `ModelMixin`) saves them."""
     c = dict(transformer_config)
     config = wan_original_config(c)
+    # `WanModel.save_pretrained` leaves out its `ignore_for_config` fields (the reference's from_pretrained ignores
+    # them too): the real file has none of them; a tiny model keeps those that differ from the 14B model's.
+    for name, default in _WAN_IGNORED_FOR_CONFIG.items():
+        if config.get(name) == default:
+            del config[name]
     # (`audio_layers` / `audio_channels` appear only for a wav2vec2 other than 12 x 768, which the reference cannot
     # run: its audio projection is fixed; the loader reads them.)
     config.update(

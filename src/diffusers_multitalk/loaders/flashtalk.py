@@ -99,9 +99,9 @@ def flashtalk_problems(flashtalk_dir, wav2vec_dir=None, wan_dir=None) -> list[st
                 problems.append(f"{encoders / name} is missing. Download it with {_hint(encoders, name)}.")
         tokenizer = encoders / _UMT5_TOKENIZER
         if not (tokenizer / "tokenizer.json").is_file() and not (tokenizer / "spiece.model").is_file():
+            include = f"--include '{_UMT5_TOKENIZER}/*'"
             problems.append(
-                f"The umT5 tokenizer {tokenizer}/ is missing or empty. Download it with "
-                f"{_hint(encoders, f'--include {_UMT5_TOKENIZER!r}/*')}."
+                f"The umT5 tokenizer {tokenizer}/ is missing or empty. Download it with {_hint(encoders, include)}."
             )
     return problems + wav2vec_problems(wav2vec_dir)
 
