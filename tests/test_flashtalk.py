@@ -155,6 +155,8 @@ def test_a_video_or_two_persons_are_refused(pipe):
         pipe(video=str(FIXTURE / "image.png"), audio=(wave, 16000))
     with pytest.raises(ValueError, match="animates one person: give one audio track, got 2"):
         pipe(image=str(FIXTURE / "image.png"), audio=[(wave, 16000), (wave, 16000)])
+    with pytest.raises(ValueError, match="animates one person: give one speaker in the dialogue, got 2"):
+        pipe(image=str(FIXTURE / "image.png"), dialogue="(s1) Hello. (s2) Hi.")
     with pytest.raises(ValueError, match="`motion_frames` must be 4n\\+1"):
         pipe(image=str(FIXTURE / "image.png"), audio=(wave, 16000), motion_frames=4)
     with pytest.raises(TypeError, match="unexpected keyword arguments \\['colour'\\]"):

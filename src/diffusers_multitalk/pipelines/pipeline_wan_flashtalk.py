@@ -191,10 +191,10 @@ class WanFlashTalkPipeline(WanAudioPipelineBase):
             )
         if image is None:
             raise ValueError("`image` is required: the person to animate (a path, PIL image or array).")
-        if dialogue is None and audio is not None and len(audio_entries(audio)) != 1:
-            raise ValueError(
-                f"SoulX-FlashTalk animates one person: give one audio track, got {len(audio_entries(audio))}."
-            )
+        persons = self.count_persons(audio, dialogue) if (audio is not None or dialogue is not None) else 1
+        if persons != 1:
+            what = "one speaker in the dialogue" if dialogue is not None else "one audio track"
+            raise ValueError(f"SoulX-FlashTalk animates one person: give {what}, got {persons}.")
         check_motion_frames(motion_frames, num_frames)
         if window_seconds * FPS < num_frames:
             raise ValueError(
