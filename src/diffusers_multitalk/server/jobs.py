@@ -77,7 +77,11 @@ class JobManager:
             self._started = True
             self._stopping.clear()
             if self.enqueue is None:  # the embedded store: this process was its only user, its old workers are gone
-                self.store.recover(set(), self.max_attempts, INTERRUPTED)
+                for worker in self.store.workers():
+                    self.store.forget_worker(worker["id"])
+                for job_id, state in self.store.recover(set(), self.max_attempts, INTERRUPTED):
+                    if state != "queued":  # failed or cancelled: nothing half-written stays
+                        shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
             for index in range(self.workers):
                 run = (lambda: self._run) if index == 0 else (lambda i=index: self.extra_runs[i - 1])
                 lock = self.gpu_lock if index == 0 else threading.Lock()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,9 +56,13 @@ def serve(args: ServeOptions) -> None:
     where = f"http://{options.host}:{options.port}"
     runtime.note(f"serving the API at {where}/v1" + (f" and the web app at {where}/" if options.workers else "")
                  + f"; jobs kept in {job_options['store'].describe}")  # fmt: skip
+    # SIGTERM is a graceful stop (uvicorn finishes the responses, the workers hand their jobs back): uvicorn raises
+    # the signal again once it is done, which this handler takes, so the command exits 0, not 143.
+    previous = signal.signal(signal.SIGTERM, lambda *_: runtime.note("stopped (SIGTERM); the jobs are kept"))
     try:
         uvicorn.run(app, host=options.host, port=options.port, log_level="warning", timeout_graceful_shutdown=30)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         job_options["store"].close()
         if lock is not None:
             lock.close()

@@ -228,6 +228,8 @@ class QueueWorker:
             self.queue.send(job_id, delay_seconds=self.ttl)
             return
         if outcome != CLAIMED:
+            if record is not None and record["status"] in ("failed", "cancelled"):  # e.g. a dead worker's, failed
+                shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
             return
         self.job = job_id
         try:
