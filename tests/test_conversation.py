@@ -6,6 +6,7 @@ end on them. The recording is a 2-speaker conversation spoken by espeak-ng voice
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -120,3 +121,100 @@ def test_a_dub_finds_the_faces_on_the_source_video(recording, photo, tmp_path):
         **talk.pipeline_kwargs(),
     ).frames[0]
     assert abs(len(frames) - 3 * 25) <= 1
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the command line: multitalk diarize / boxes, and the input JSON's cond_audio.conversation
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def files(recording, photo, tmp_path_factory):
+    import soundfile as sf
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("conversation")
+    sf.write(folder / "talk.wav", recording[0][: 8 * SR], SR)
+    Image.fromarray(photo).save(folder / "two.png")
+    return folder
+
+
+def test_diarize_writes_a_track_per_person_and_the_turns(files, tmp_path, capsys):
+    import json
+
+    import soundfile as sf
+
+    from diffusers_multitalk.cli import main
+
+    assert main(["diarize", str(files / "talk.wav"), "--out", str(tmp_path), "--num_persons", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("2 speaker(s)") and "speaker 2" in printed
+    turns = json.loads((tmp_path / "turns.json").read_text())["turns"]
+    assert {t["speaker"] for t in turns} == {1, 2} and turns[0]["speaker"] == 1
+    lengths = [len(sf.read(tmp_path / f"person{n}.wav")[0]) for n in (1, 2)]
+    assert lengths == [8 * SR] * 2
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_boxes_prints_one_json_line_in_the_bbox_convention(files, tmp_path, capsys):
+    import json
+
+    from diffusers_multitalk.cli import main
+
+    assert main(["boxes", str(files / "two.png"), "--preview", str(tmp_path / "p.png")]) == 0
+    out, err = capsys.readouterr()
+    boxes = json.loads(out.strip())
+    assert list(boxes) == ["person1", "person2"] and boxes["person1"][1] < boxes["person2"][1]
+    assert "2 person(s) placed" in err and (tmp_path / "p.png").is_file()
+    assert main(["boxes", str(files / "nothere.png")]) == 2
+    assert "boxes: error: image: " in capsys.readouterr().err
+
+
+def test_input_json_conversation_is_checked_before_anything_loads(files, tmp_path):
+    from diffusers_multitalk.input_json import InputJSONError, validate_input
+
+    good = validate_input(
+        {"prompt": "p", "cond_image": "two.png", "cond_audio": {"conversation": "talk.wav", "binding": [2, 1]}},
+        base_dir=files,
+    )
+    assert good["conversation"] == dict(recording=str(files / "talk.wav"), num_persons=2, binding=[2, 1])
+    assert good["cond_audio"] == {}
+    bad = [
+        ({"conversation": "talk.wav", "person1": "talk.wav"}, "$.cond_audio.conversation: give person1"),
+        ({"conversation": "gone.wav"}, "$.cond_audio.conversation: 'gone.wav' does not exist"),
+        ({"conversation": "talk.wav", "binding": [1, 3]}, "$.cond_audio.binding: give each of the 2 speakers"),
+        ({"conversation": "talk.wav", "num_persons": 7}, "$.cond_audio.num_persons"),
+        ({"num_persons": 2, "person1": "talk.wav"}, "$.cond_audio.num_persons: only goes with"),
+        ({"Person1": "talk.wav"}, "did you mean 'person1'"),
+    ]
+    for block, expected in bad:
+        with pytest.raises(InputJSONError, match=re.escape(expected)):
+            validate_input({"prompt": "p", "cond_image": "two.png", "cond_audio": block}, base_dir=files)
+
+
+def test_generate_takes_a_conversation_and_draws_the_binding(files, tmp_path, capsys):
+    import json
+
+    from diffusers_multitalk.cli import main
+
+    spec = {"prompt": "two astronauts talk", "cond_image": str(files / "two.png")}
+    spec["cond_audio"] = {"conversation": str(files / "talk.wav"), "num_persons": 2, "binding": [2, 1]}
+    (tmp_path / "in.json").write_text(json.dumps(spec))
+    no_conversation = dict(spec, cond_audio={"person1": str(files / "talk.wav")})
+    (tmp_path / "plain.json").write_text(json.dumps(no_conversation))
+    common = ["generate", "--tiny", "--sample_steps", "1", "--frame_num", "41", "--motion_frame", "5"]
+    assert main([*common, "--input_json", str(tmp_path / "plain.json"), "--binding_preview", "b.png"]) == 2
+    assert "--binding_preview" in capsys.readouterr().err
+    status = main(
+        [
+            *common,
+            "--input_json",
+            str(tmp_path / "in.json"),
+            "--binding_preview",
+            str(tmp_path / "binding.png"),
+            "--save_file",
+            str(tmp_path / "talk"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert status == 0, err
+    assert "conversation: speaker 1 (first heard at" in err and "-> person 2 (face 2 from the left" in err
+    assert (tmp_path / "binding.png").is_file() and (tmp_path / "talk.mp4").is_file()

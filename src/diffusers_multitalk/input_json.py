@@ -186,6 +186,8 @@ def _schema_problems(data) -> list[tuple[list, str]]:
                         suggestion += "_voice"
                 else:
                     suggestion = _suggest(key, candidates)
+                    if path == ["cond_audio"]:
+                        suggestion = suggestion or _person_suggestion(str(key))
                 if suggestion:
                     problems.append((path + [key], f"unknown key; did you mean {suggestion!r}?"))
                 else:
@@ -200,7 +202,9 @@ def _schema_problems(data) -> list[tuple[list, str]]:
             expected = error.validator_value
             expected = expected if isinstance(expected, str) else expected[0]
             what = _TYPE_WORDS.get(expected, expected)
-            if path and path[0] in ("cond_image",) or (len(path) == 2 and path[0] == "cond_audio"):
+            if path and path[0] in ("cond_image",) or (
+                len(path) == 2 and path[0] == "cond_audio" and path[1] not in ("num_persons", "binding")
+            ):
                 what += " (a file path)"
             if path == []:
                 what += " (the file's top level)"
@@ -283,6 +287,43 @@ def _gap_problems(numbers: Iterable[int], path: list, name: str) -> list[tuple[l
 # ----------------------------------------------------------------------------------------------------------------
 # Validation
 # ----------------------------------------------------------------------------------------------------------------
+def _conversation(block: dict, persons: dict, base_dir, cwd) -> tuple[dict | None, list[tuple[list, str]]]:
+    """`cond_audio.conversation` (one mixed recording) checked: the file resolves, decodes and is not silent; not
+    beside person1, person2, ...; `binding` a permutation of 1..num_persons. Returns ({"recording", "num_persons",
+    "binding"} or None, problems)."""
+    if "conversation" not in block:
+        for key in ("num_persons", "binding"):
+            if key in block:
+                return None, [(["cond_audio", key], "only goes with cond_audio.conversation (one mixed recording)")]
+        return None, []
+    problems = []
+    if persons:
+        problems.append((["cond_audio", "conversation"], "give person1, person2, ... or conversation, not both"))
+    value, found = block["conversation"], None
+    if isinstance(value, str) and value:
+        found, tried = _resolve(value, base_dir, cwd)
+        if found is None:
+            problems.append((["cond_audio", "conversation"], _missing_message(value, tried)))
+        else:
+            why = audio_problem(found)
+            if why is not None:
+                problems.append((["cond_audio", "conversation"], f"{value!r}: {why}"))
+    count, binding = block.get("num_persons"), block.get("binding")
+    if isinstance(binding, list) and all(_json_type(v) == "number" for v in binding):
+        count = count if isinstance(count, int) else len(binding)
+        if sorted(binding) != list(range(1, count + 1)):
+            problems.append(
+                (
+                    ["cond_audio", "binding"],
+                    f"give each of the {count} speakers a different person 1..{count} (e.g. "
+                    f"{list(range(count, 0, -1))}), got {binding}",
+                )
+            )
+    recording = str(found) if found is not None else None
+    count = count if isinstance(count, int) and not isinstance(count, bool) else None
+    return dict(recording=recording, num_persons=count, binding=binding), problems
+
+
 def validate_input(
     data: Any,
     base_dir: str | os.PathLike | None = None,
@@ -318,7 +359,9 @@ def validate_input(
             if "cond_audio" not in data:
                 hint = "; this file has tts_audio: run with --audio_mode tts" if has_tts else ""
                 problems.append((["cond_audio"], f"missing (required with --audio_mode localfile){hint}"))
-            elif isinstance(data["cond_audio"], dict) and not data["cond_audio"]:
+            elif isinstance(data["cond_audio"], dict) and not any(
+                PERSON_KEY.match(k) or k == "conversation" for k in data["cond_audio"]
+            ):
                 hint = "; this file has tts_audio: run with --audio_mode tts" if has_tts else ""
                 problems.append((["cond_audio"], f"no audio given (give person1, person2, ... their files){hint}"))
         elif "tts_audio" not in data:
@@ -382,6 +425,11 @@ def validate_input(
                 cond_audio[key] = str(found)
             if persons and all(str(block.get(key)).strip() == "None" for key in persons.values()):
                 problems.append((["cond_audio"], "every person is 'None' (silent): give at least one person's audio"))
+            conversation, conversation_problems = _conversation(block, persons, base_dir, cwd)
+            problems += conversation_problems
+            if conversation and conversation["num_persons"]:
+                persons = {n: f"person{n}" for n in range(1, conversation["num_persons"] + 1)}
+            result["conversation"] = conversation
 
         # --- TTS
         tts = None
@@ -428,6 +476,8 @@ def validate_input(
 
         # --- boxes
         bbox = None
+        if isinstance(data.get("bbox"), dict) and result.get("conversation") and not persons:
+            problems.append((["bbox"], "give cond_audio.num_persons with boxes for a conversation (one box a person)"))
         if isinstance(data.get("bbox"), dict) and persons:
             block = data["bbox"]
             person_keys = {f"person{n}" for n in persons}
@@ -459,7 +509,7 @@ def validate_input(
                 prompt=data["prompt"],
                 audio_type=data.get("audio_type", "add"),
                 cond_audio={f"person{n}": cond_audio[f"person{n}"] for n in persons}
-                if audio_mode == "localfile"
+                if audio_mode == "localfile" and not result.get("conversation")
                 else {},
                 bbox=bbox or None,
                 tts_audio=tts,

@@ -79,8 +79,20 @@ def _worker():
     return cmd_worker
 
 
+def _diarize():
+    from .conversation import cmd_diarize
+
+    return cmd_diarize
+
+
+def _boxes():
+    from .conversation import cmd_boxes
+
+    return cmd_boxes
+
+
 COMMANDS = {"generate": _generate, "download": _download, "info": _info, "convert": _convert, "serve": _serve,
-            "worker": _worker}  # fmt: skip
+            "worker": _worker, "diarize": _diarize, "boxes": _boxes}  # fmt: skip
 
 __all__ = ["CLIError", "COMMANDS", "PROG", "build_parser", "main"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from argparse import Namespace
 from pathlib import Path
 
+from ..runtime.conversation import resolve_conversation
 from ..runtime.distributed import init_distributed, is_main_process, leave_together
 from ..runtime.errors import UserError, note
 from ..runtime.inputs import prompt_said
@@ -20,7 +21,7 @@ from ..runtime.request import (
     synthesize_tts,
     tiny_size,
 )
-from ..runtime.spec import GenerateOptions, RequestError
+from ..runtime.spec import FieldProblem, GenerateOptions, RequestError
 from ..utils.defaults import random_seed
 from .parser import FLAG_OF_ARGUMENT, flag_words
 
@@ -99,6 +100,11 @@ def _read_input(args: GenerateOptions):
     )
     if audio_dir is not None:
         check_writable(audio_dir / "sum.wav", "audio_save_dir")
+    if args.binding_preview:
+        if not input_data.get("conversation"):
+            why = "draws a conversation's persons: the input has no cond_audio.conversation (one mixed recording)"
+            raise RequestError([FieldProblem("binding_preview", why)])
+        check_writable(Path(args.binding_preview), "binding_preview")
     return input_data, path, audio_dir
 
 
@@ -106,6 +112,10 @@ def _prepare(args: GenerateOptions, input_data: dict):
     """TTS speech, the --tiny size and the call arguments (may differ per rank)."""
     if args.audio_mode == "tts":
         input_data = dict(input_data, cond_audio=synthesize_tts(input_data["tts_audio"]))
+    if input_data.get("conversation"):  # one mixed recording: split by speaker, faces found, said and drawn
+        main = is_main_process()
+        preview = args.binding_preview if main else None
+        input_data = resolve_conversation(input_data, preview, say=note if main else lambda line: None)
 
     if args.tiny and args.height is None and input_data.get("image_size"):
         args.height, args.width = tiny_size(input_data["image_size"], args.size)

@@ -89,6 +89,13 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
         help="also save the mixed (and TTS) audio as wav files under DIR/<image name>/ (as the reference does); "
         "default: no audio side files",
     )
+    g.add_argument(
+        "--binding_preview",
+        default=None,
+        metavar="PNG",
+        help="with cond_audio.conversation (one mixed recording): draw the persons' boxes labelled with the speaker "
+        "each one gets to this PNG, before the model loads",
+    )
     g.add_argument("--base_seed", type=int, default=42, help="seed; negative picks a random one")
     g.add_argument("--input_json", default="examples.json", help="the input file: prompt, cond_image, cond_audio, ...")
     g.add_argument(
@@ -410,18 +417,55 @@ def _add_worker_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _add_conversation_parsers(subparsers) -> None:
+    p = subparsers.add_parser(
+        "diarize",
+        help="split one mixed recording into one track per speaker (person1.wav ...) and its turns",
+        description=(
+            "Who speaks when in one recording (1-4 speakers): writes DIR/person1.wav ... personN.wav (each as long as "
+            "the recording, silent where the others speak; overlapping speech in both) and DIR/turns.json "
+            '({"turns": [{"start", "end", "speaker"}, ...]} in seconds), and prints the turns. Speakers are numbered '
+            "by who is heard first. See docs/conversation.md."
+        ),
+    )
+    p.add_argument("recording", help="the mixed recording (any audio or video file ffmpeg reads)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the folder the tracks and turns.json go to")
+    p.add_argument("--num_persons", type=int, choices=range(1, 5), default=None, help="speakers (default: estimated)")
+    p.add_argument(
+        "--diarizer",
+        choices=("embedded", "pyannote"),
+        default="embedded",
+        help="embedded (offline, default) or pyannote (pyannote.audio and its downloaded pipeline)",
+    )
+    p = subparsers.add_parser(
+        "boxes",
+        help="find the persons' faces on an image: their boxes as the input JSON's bbox (one JSON line)",
+        description=(
+            'Prints {"person1": [x_min, y_min, x_max, y_max], ...} (the input JSON\'s bbox convention: the first '
+            "pair indexes rows), persons numbered left to right; with fewer faces found than persons, the reference's "
+            "default strips and a note that says so."
+        ),
+    )
+    p.add_argument("image", help="the reference image")
+    p.add_argument("--num_persons", type=int, choices=range(1, 5), default=2, help="persons to place (2)")
+    p.add_argument("--preview", default=None, metavar="PNG", help="also draw the boxes to this PNG")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="MultiTalk (audio-driven multi-person talking video) with diffusers.",
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="{generate,download,info,convert,serve,worker}")
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="{generate,download,info,convert,serve,worker,diarize,boxes}"
+    )
     _add_generate_parser(subparsers)
     _add_download_parser(subparsers)
     _add_info_parser(subparsers)
     _add_convert_parser(subparsers)
     _add_serve_parser(subparsers)
     _add_worker_parser(subparsers)
+    _add_conversation_parsers(subparsers)
     return parser
 
 
@@ -436,6 +480,8 @@ def _flags() -> dict[str, str]:
         for action in subparser._actions:
             if action.option_strings and action.dest != "help":
                 flags.setdefault(action.dest, action.option_strings[0])
+            elif not action.option_strings:  # a positional argument (`multitalk boxes IMAGE`): its name
+                flags.setdefault(action.dest, action.dest)
     return flags
 
 

@@ -121,6 +121,7 @@ def prepare_conversation(
     num_persons: int | None = None,
     binding: Sequence[int] | None = None,
     *,
+    boxes: Sequence[Sequence[float]] | None = None,
     sample_rate: int | None = None,
     diarizer: str = "embedded",
     **diarize_kwargs,
@@ -134,15 +135,24 @@ def prepare_conversation(
         num_persons: the number of persons (1-4), i.e. of speakers; estimated from the recording when omitted.
         binding: `binding[k]` = the person (1-based, left to right) speaker k + 1 (by first turn) drives; default
             `[1, 2, ...]`.
+        boxes: the persons' boxes, left to right (`[x_min, y_min, x_max, y_max]` as the input JSON's bbox), when the
+            caller places them; then no face is looked for and `num_persons` defaults to their count.
         diarizer: `"embedded"` (offline) or `"pyannote"`; further keywords go to
             [`~audio.diarization.diarize`].
     """
     picture = conversation_picture(source)  # before the diarization: a bad picture is answered at once
+    if boxes is not None and num_persons is None:
+        num_persons = len(boxes)
     talk = diarize(recording, num_persons, sample_rate=sample_rate, diarizer=diarizer, **diarize_kwargs)
     count = max(talk.num_speakers, 1)
     binding = bind_speakers(count, binding)
     tracks = person_tracks(recording, talk, sample_rate=sample_rate)
     if not tracks:  # nobody heard: one silent person
         tracks = [np.zeros(int(round(talk.duration * SAMPLE_RATE)), dtype=np.float32)]
-    boxes = person_boxes(picture, count)
-    return Conversation(tracks_for_persons(tracks, binding), boxes, talk, binding, picture)
+    if boxes is None:
+        placed = person_boxes(picture, count)
+    else:
+        if len(boxes) != count:
+            raise ValueError(f"{len(boxes)} box(es) given for {count} speaker(s) heard; give one box a person")
+        placed = PersonBoxes([[int(round(v)) for v in box] for box in boxes], "given", picture.shape[:2])
+    return Conversation(tracks_for_persons(tracks, binding), placed, talk, binding, picture)

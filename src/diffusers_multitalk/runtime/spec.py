@@ -174,6 +174,7 @@ class OutputOptions:
     input_json: str = "examples.json"
     save_file: str | None = None
     audio_save_dir: str | None = None
+    binding_preview: str | None = None  # a PNG of a conversation's persons labelled with their speakers
 
 
 @dataclass

@@ -59,9 +59,8 @@ def binding_lines(binding: Sequence[int], boxes: Optional[PersonBoxes] = None, f
         heard = f" (first heard at {first_heard[speaker - 1]:.2f} s)" if first_heard is not None else ""
         where = ""
         if boxes is not None:
-            what = (
-                f"face {person} from the left" if boxes.source == "faces" else f"default strip {person} from the left"
-            )
+            what = {"faces": "face", "strips": "default strip"}.get(boxes.source, "box")
+            what = f"{what} {person} from the left"
             where = f" ({what}, box {boxes.boxes[person - 1]})"
         lines.append(f"speaker {speaker}{heard} -> person {person}{where}")
     return lines
