@@ -202,8 +202,10 @@ def _schema_problems(data) -> list[tuple[list, str]]:
             expected = error.validator_value
             expected = expected if isinstance(expected, str) else expected[0]
             what = _TYPE_WORDS.get(expected, expected)
-            if path and path[0] in ("cond_image",) or (
-                len(path) == 2 and path[0] == "cond_audio" and path[1] not in ("num_persons", "binding")
+            if (
+                path
+                and path[0] in ("cond_image",)
+                or (len(path) == 2 and path[0] == "cond_audio" and path[1] not in ("num_persons", "binding"))
             ):
                 what += " (a file path)"
             if path == []:
