@@ -1,5 +1,6 @@
 """SoulX-FlashTalk parity harness: runs the reference's own inference (generate_video.py, stream mode) on tiny random
-weights on the CPU, and writes what it produced to tests/fixtures/flashtalk_fullgen/ (see the MANIFEST.md there).
+weights on the CPU, for each case of CASES, and writes what it produced to tests/fixtures/flashtalk_fullgen/ (see
+the MANIFEST.md there).
 
     git -C <SoulX-FlashTalk clone> archive HEAD flash_talk generate_video.py | tar -x -C /tmp/flashtalk-ref
     git -C <SoulX-FlashTalk clone> rev-parse HEAD > /tmp/flashtalk-ref/COMMIT
@@ -33,11 +34,23 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "fixtures" / "flashtalk_fullgen"
 SEED = 0  # the tiny weights' seed (write_tiny_flashtalk_folders)
-BASE_SEED = 4242  # the reference's --base_seed
-HEIGHT, WIDTH = 64, 32  # infer_params' height/width, shrunk (the real 768x448 is 12:7; this is 2:1)
-IMAGE_SIZE = (80, 48)  # the source image, h x w: resized and centre-cropped by the reference
-SLICE = (33 - 5) * 16000 // 25  # one chunk's new audio: (frame_num - motion_frames_num) frames at 16 kHz
 PROMPT = "a person is talking to the camera"
+# The cases: `params` over the reference's infer_params.yaml (its height/width shrunk: the real 768x448 is 12:7),
+# the reference's --base_seed, the source image's size (h x w: resized and centre-cropped by the reference) and the
+# seconds of silence before the speech; each has exactly two chunks' audio. Stored as frames / frames_<name>.
+CASES = {
+    "": dict(params=dict(height=64, width=32), base_seed=4242, image_size=(80, 48), image_seed=7, silence=0.0),
+    "other": dict(
+        params=dict(height=32, width=16, sample_steps=2, motion_frames_num=9, color_correction_strength=0.5),
+        base_seed=7, image_size=(40, 120), image_seed=3, silence=0.5,
+    ),
+}  # fmt: skip
+
+
+def slice_samples(params: dict) -> int:
+    """One chunk's new audio: (frame_num - motion_frames_num) frames at 16 kHz."""
+    return (params.get("frame_num", 33) - params.get("motion_frames_num", 5)) * 16000 // 25
+
 
 STUBS = [
     "torch.cuda.current_device / synchronize: 'cpu' / no-op (t5.py evaluates current_device() at import)",
@@ -131,56 +144,74 @@ def _shrink_factories(components) -> None:
     flash_talk_pipeline.COMPILE_MODEL = flash_talk_pipeline.COMPILE_VAE = False
 
 
-def _write_inputs(folder: Path) -> tuple[Path, Path]:
-    """A smooth random image (bigger than the target, another aspect: resized and cropped) and a voiced 16 kHz
-    mono wav of exactly two chunks' audio (PCM 16)."""
+def _write_inputs(folder: Path, name: str, case: dict) -> tuple[Path, Path]:
+    """A smooth random image (another size and aspect than the target: resized and cropped) and a voiced 16 kHz
+    mono wav (PCM 16) of exactly two chunks' audio, `silence` seconds of it silent first."""
     import soundfile
     from PIL import Image
 
-    rng = np.random.RandomState(7)
+    rng = np.random.RandomState(case["image_seed"])
     small = rng.rand(5, 3, 3) * 255
-    image = Image.fromarray(small.astype(np.uint8)).resize(IMAGE_SIZE[::-1], Image.BICUBIC)
-    image_path = folder / "image.png"
+    image = Image.fromarray(small.astype(np.uint8)).resize(case["image_size"][::-1], Image.BICUBIC)
+    suffix = f"_{name}" if name else ""
+    image_path = folder / f"image{suffix}.png"
     image.save(image_path)
-    t = np.arange(2 * SLICE) / 16000
+    t = np.arange(2 * slice_samples(case["params"])) / 16000
     pitch = 140 + 40 * np.sin(2 * np.pi * 1.3 * t)
     wave = np.sin(2 * np.pi * np.cumsum(pitch) / 16000) * (0.2 + 0.15 * np.sin(2 * np.pi * 3.1 * t))
     wave += 0.02 * rng.randn(len(t))
-    audio_path = folder / "speech.wav"
+    wave[: int(case["silence"] * 16000)] = 0.0
+    audio_path = folder / f"speech{suffix}.wav"
     soundfile.write(audio_path, wave.astype(np.float32), 16000, subtype="PCM_16")
     return image_path, audio_path
 
 
-def run_reference(reference: Path, folders: dict, image: Path, audio: Path, seconds: int | None = None):
-    """generate_video.generate(args) of the reference, stream mode; returns the frames it would save
-    ([F, H, W, 3] float32 in [0, 255], the chunks concatenated) and the per-chunk frame counts."""
+def run_reference(reference: Path, folders: dict, image: Path, audio: Path, case: dict, chunks: int | None = None):
+    """generate_video.generate(args) of the reference, stream mode, with `case`'s settings; returns the frames it
+    would save ([F, H, W, 3] float32 in [0, 255], the chunks concatenated) and the per-chunk frame counts. `chunks`:
+    the first chunks' audio only."""
     os.chdir(reference)  # inference.py reads flash_talk/configs/infer_params.yaml relative to the checkout
     import generate_video
+    import yaml
     from flash_talk import inference
     from flash_talk.infinite_talk.configs import multitalk_14B
 
     for name in ("param_dtype", "t5_dtype", "clip_dtype"):
         multitalk_14B[name] = torch.float32
     inference.get_device = lambda ulysses_degree, ring_degree: "cpu"
-    inference.infer_params.update(height=HEIGHT, width=WIDTH)
-    inference.target_size = (HEIGHT, WIDTH)
+    with open("flash_talk/configs/infer_params.yaml") as f:
+        inference.infer_params.clear()
+        inference.infer_params.update(yaml.safe_load(f), **case["params"])
+    inference.target_size = (inference.infer_params["height"], inference.infer_params["width"])
     audio_path = audio
-    if seconds is not None:  # the first `seconds` chunks' audio only
+    if chunks is not None:
         import soundfile
 
         wave, rate = soundfile.read(audio, dtype="int16")
-        audio_path = Path(folders["flashtalk_dir"]).parent / f"speech_{seconds}.wav"
-        soundfile.write(audio_path, wave[: seconds * SLICE], rate, subtype="PCM_16")
+        audio_path = Path(folders["flashtalk_dir"]).parent / f"speech_{chunks}.wav"
+        soundfile.write(audio_path, wave[: chunks * slice_samples(case["params"])], rate, subtype="PCM_16")
     captured = {}
     generate_video.save_video = lambda frames_list, video_path, audio_path, fps: captured.update(chunks=frames_list)
     args = argparse.Namespace(
         ckpt_dir=str(folders["flashtalk_dir"]), wav2vec_dir=str(folders["wav2vec_dir"]), save_file="unused.mp4",
-        base_seed=BASE_SEED, input_prompt=PROMPT, cond_image=str(image), audio_path=str(audio_path),
+        base_seed=case["base_seed"], input_prompt=PROMPT, cond_image=str(image), audio_path=str(audio_path),
         audio_encode_mode="stream", cpu_offload=False,
     )  # fmt: skip
     generate_video.generate(args)
-    chunks = captured["chunks"]
-    return torch.cat(chunks).float().numpy(), [len(c) for c in chunks]
+    return torch.cat(captured["chunks"]).float().numpy(), [len(c) for c in captured["chunks"]]
+
+
+def run_case(reference: Path, folders: dict, out: Path, name: str, case: dict) -> tuple[np.ndarray, dict]:
+    """Two chunks, one chunk (must equal the first) and two chunks again (must be bit-identical)."""
+    image, audio = _write_inputs(out, name, case)
+    two, counts = run_reference(reference, folders, image, audio, case)
+    one, _ = run_reference(reference, folders, image, audio, case, chunks=1)
+    rerun, _ = run_reference(reference, folders, image, audio, case)
+    return two, dict(
+        settings={k: v for k, v in case.items() if k != "image_seed"}, chunk_frames=counts,
+        one_chunk_equals_first_chunk=bool(np.array_equal(one, two[: len(one)])),
+        rerun_max_abs_diff=float(np.abs(rerun - two).max()), frames_shape=list(two.shape), frames_std=float(two.std()),
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -201,26 +232,20 @@ def main() -> None:
     sys.path.insert(0, str(args.reference.resolve()))
 
     args.out.mkdir(parents=True, exist_ok=True)
+    outputs, report = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         folders = write_tiny_flashtalk_folders(tmp, seed=SEED)
         _shrink_factories(make_tiny_components(SEED, reference_widths=True))
-        image, audio = _write_inputs(args.out)
-        two, two_counts = run_reference(args.reference, folders, image, audio)
-        one, one_counts = run_reference(args.reference, folders, image, audio, seconds=1)
-        rerun, _ = run_reference(args.reference, folders, image, audio)
-    first_chunk_equal = bool(np.array_equal(one, two[: len(one)]))
-    rerun_diff = float(np.abs(rerun - two).max())
-    save_file({"frames": torch.from_numpy(two).contiguous()}, str(args.out / "outputs.safetensors"))
+        for name, case in CASES.items():
+            frames, report[name or "main"] = run_case(args.reference, folders, args.out, name, case)
+            outputs[f"frames_{name}" if name else "frames"] = torch.from_numpy(frames).contiguous()
+    save_file(outputs, str(args.out / "outputs.safetensors"))
     commit = subprocess.run(
         ["git", "-C", str(args.reference), "rev-parse", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     if not commit and (args.reference / "COMMIT").is_file():  # a `git archive` export: its commit written beside it
         commit = (args.reference / "COMMIT").read_text().strip()
-    report = dict(
-        reference_commit=commit or "(not a git checkout: see the MANIFEST)", chunk_frames=two_counts,
-        one_chunk_frames=one_counts, one_chunk_equals_first_chunk=first_chunk_equal, rerun_max_abs_diff=rerun_diff,
-        frames_shape=list(two.shape), frames_std=float(two.std()), stubs=STUBS,
-    )  # fmt: skip
+    report = dict(reference_commit=commit or "(not a git checkout: see the MANIFEST)", cases=report, stubs=STUBS)
     print(json.dumps(report, indent=2))
 
 

@@ -51,20 +51,33 @@ def _generate(pipe, audio, **kwargs):
     ).frames[0]
 
 
-def test_two_chunks_match_the_reference(pipe, expected):
-    frames = _generate(pipe, str(FIXTURE / "speech.wav"))
+# The harness's cases (scripts/flashtalk_parity.py CASES): the reference's defaults at 64x32; and 32x16 with 2 steps,
+# 9 motion frames, colour correction 0.5, a wide image and half a second of silence first.
+CASES = {
+    "": dict(height=64, width=32, seed=4242, kwargs={}),
+    "other": dict(
+        height=32, width=16, seed=7, kwargs=dict(num_inference_steps=2, motion_frames=9, color_correction_strength=0.5)
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES), ids=["defaults", "other"])
+@pytest.mark.parametrize("chunks", [1, 2])
+def test_frames_match_the_reference(pipe, name, chunks):
+    case = CASES[name]
+    suffix = f"_{name}" if name else ""
+    reference = load_file(FIXTURE / "outputs.safetensors")[f"frames{suffix}"].numpy() / 255.0
+    per_chunk = len(reference) // 2
+    wave, rate = soundfile.read(FIXTURE / f"speech{suffix}.wav", dtype="float32")
+    audio = (wave[: len(wave) * chunks // 2], rate) if chunks == 1 else str(FIXTURE / f"speech{suffix}.wav")
+    frames = pipe(
+        image=str(FIXTURE / f"image{suffix}.png"), audio=audio, prompt=PROMPT, height=case["height"],
+        width=case["width"], generator=torch.Generator().manual_seed(case["seed"]), **case["kwargs"],
+    ).frames[0]  # fmt: skip
+    expected = reference[: per_chunk * chunks]
     assert frames.shape == expected.shape
     error = float(np.abs(frames - expected).max())
-    print(f"flashtalk parity, 2 chunks: max abs {error:.2e}")
-    assert error < TOLERANCE
-
-
-def test_one_chunk_matches_the_reference(pipe, expected):
-    wave, rate = soundfile.read(FIXTURE / "speech.wav", dtype="float32")
-    frames = _generate(pipe, (wave[:SLICE], rate))
-    assert frames.shape == (28, 64, 32, 3)
-    error = float(np.abs(frames - expected[:28]).max())
-    print(f"flashtalk parity, 1 chunk: max abs {error:.2e}")
+    print(f"flashtalk parity, {name or 'defaults'}, {chunks} chunk(s): max abs {error:.2e}")
     assert error < TOLERANCE
 
 
