@@ -11,7 +11,7 @@
 # Needs, in the repository root: .whl/ (the wheels the device lacks: diffusers, torchao, peft, soundfile, cffi,
 # pycparser, einops, pytest, pluggy, iniconfig, pygments; and for A fa3-src.tgz, see build_flash_attention_3.sh,
 # for B the flash_attn_3 wheel A returns) and .old/ (`git archive a0c637d src benchmarks | tar -x -C .old`).
-#   usage: bash benchmarks/gpu_recheck.sh A|B        (results in $OUT/STAGE.tgz, the log in $OUT/STAGE.log)
+#   usage: bash benchmarks/gpu_recheck.sh A|B (or ONE, then LOWVRAM)        (results in $OUT/STAGE.tgz, the log in $OUT/STAGE.log)
 set -uo pipefail
 STAGE=$1
 RES=/tmp/res_$STAGE
@@ -46,6 +46,24 @@ bf16@480p2,fp8+fa3fp8@480p2,fp8+fa3fp8+audio+mean:audio_attn.to_out@480p1 --budg
   pack
   step new_transformer 100 python3 benchmarks/bench_transformer.py --setups sdpa+compile --persons 1,2 --warmup 1 \
     --repeats 2
+  ;;
+ONE)  # everything that matters most in one call, for a session with device time for one call only
+  FA3_FP8=1 bash benchmarks/build_flash_attention_3.sh .whl/fa3-src.tgz /tmp/fa3 && cp /tmp/fa3/*.whl "$OUT"/ \
+    && python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/fa3/*.whl
+  step new_fp8 175 python3 benchmarks/bench_fp8.py --jobs bf16@480p1,fp8+fa3fp8@480p1,fp8+fa3fp8+audio@480p1,\
+bf16@480p2,fp8+fa3fp8@480p2 --budget-s 140
+  [ -n "$OLD" ] && step old_fp8 60 python3 .old/benchmarks/bench_fp8.py --jobs fp8+fa3fp8@480p1
+  step new_fast_preset 215 python3 benchmarks/bench_fast_preset.py --budget-s 150 --setups bf16+latents,\
+fp8+fa3fp8,fp8+fa3fp8+unipc+steps:6
+  if [ "$SECONDS" -lt 500 ]; then
+    mkdir -p "$RES/test_cuda"
+    timeout $((570 - SECONDS)) python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py -rs \
+      --junitxml "$RES/test_cuda/junit.xml" || echo "=== test_cuda exited $?"
+    pack
+  fi
+  ;;
+LOWVRAM)
+  step low_vram_pipeline 280 python3 benchmarks/bench_low_vram_pipeline.py --setups resident,low+tiled
   ;;
 B)
   step new_fast_preset 250 python3 benchmarks/bench_fast_preset.py --budget-s 190 --setups bf16+latents,\
