@@ -286,7 +286,7 @@ def create_app(
 
     @app.get("/healthz", response_model=Health, summary="Liveness, the queue and the live workers")
     def healthz():
-        return health(manager, holder.loaded)
+        return health(manager, holder.loaded or _is_pipeline(source))
 
     add_metrics(app, manager)
 
