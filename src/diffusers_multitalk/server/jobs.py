@@ -111,7 +111,11 @@ class JobManager:
     def submit(self, job: Job) -> int:
         position = self.store.add(job.record(), self.max_queue)
         if self.enqueue is not None:
-            self.enqueue(job.id)
+            try:
+                self.enqueue(job.id)
+            except BaseException:  # not sent (the queue is unreachable): no job that nothing would ever run
+                self.store.delete(job.id)
+                raise
         self._wake.set()
         self.start()
         return position
