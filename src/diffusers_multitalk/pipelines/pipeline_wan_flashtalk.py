@@ -363,8 +363,7 @@ class WanFlashTalkPipeline(WanAudioPipelineBase):
             audio; with `return_dict=False` the tuple `(frames, audio)`.
         """
         self.log_ignored(ignored)
-        if prompt is None and prompt_embeds is None:
-            prompt = DEFAULT_PROMPT
+        prompt = DEFAULT_PROMPT if prompt is None and prompt_embeds is None else prompt
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
 
@@ -383,7 +382,7 @@ class WanFlashTalkPipeline(WanAudioPipelineBase):
         device = self._execution_device
         try:
             # 2. Prepare the image (resized and cropped to the output size) and the speech
-            source = self.prepare_source(image, bucket_resolution(resolution), height, width, allow_upscale)
+            source = self.prepare_source(image, resolution, height, width, allow_upscale)
             speech = self.load_speech(audio, dialogue, dialogue_voices, tts_engine)
 
             # 3. Encode input prompt, and the image (CLIP, VAE condition): once, for every chunk
@@ -392,7 +391,6 @@ class WanFlashTalkPipeline(WanAudioPipelineBase):
                 max_sequence_length, device, self.transformer.dtype,
             )  # fmt: skip
             conditioning = self.prepare_flashtalk_conditioning(source, num_frames, device)
-            color_reference = source if color_correction_strength > 0 else None
 
             # 4. Plan the chunks and prepare timesteps
             plan = self.plan_stream(len(speech), num_frames, motion_frames, max_frames, mode)
@@ -430,8 +428,7 @@ class WanFlashTalkPipeline(WanAudioPipelineBase):
                                 callback_on_step_end_tensor_inputs,
                             )  # fmt: skip
                             previous_video = self.finish_chunk(
-                                chunk_latents, chunk, chunk_conditioning, video_out, color_reference,
-                                color_correction_strength,
+                                chunk_latents, chunk, chunk_conditioning, video_out, source, color_correction_strength,
                             )  # fmt: skip
                             if self.interrupt or previous_video is None:  # interrupted, or the last latent chunk
                                 break
@@ -557,8 +554,3 @@ class WanFlashTalkPipeline(WanAudioPipelineBase):
             skip = conditioning.num_motion_frames
             video_out.add_frames(video, chunk, skip, self.video_processor.postprocess_video, skip=skip)
         return video
-
-
-def bucket_resolution(resolution: str | int) -> str | int:
-    """The bucket table of a size name (SoulX-FlashTalk's sizes name their own table)."""
-    return str(resolution).strip().lower() if isinstance(resolution, str) else resolution
