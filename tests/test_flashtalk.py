@@ -355,3 +355,43 @@ def test_one_pass_per_step_without_guidance_three_with(tiny, monkeypatch):
     calls.clear()
     tiny(**_small(mode="clip", guidance_scale=5.0, audio_guidance_scale=4.0))
     assert len(calls) == 6
+
+
+def _cache_repo(cache: Path, repo_id: str, folder: Path, revision: str = "main") -> None:
+    """`folder`'s files as huggingface_hub caches a snapshot (blobs by hash, the snapshot's files linking to them,
+    `refs/<revision>` naming the commit), as tests/test_release_loading.py builds its cache."""
+    import hashlib
+    import os
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest()
+    for source in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = source.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        target = repo / "snapshots" / commit / source.relative_to(folder)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(blob, target.parent), target)
+    ref = repo / "refs" / revision
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    ref.write_text(commit)
+
+
+def test_the_hub_id_from_the_cache(tmp_path, monkeypatch):
+    """`from_pretrained("Soul-AILab/SoulX-FlashTalk-14B")` reads the release and chinese-wav2vec2-base (its pull
+    request's model.safetensors) from the Hugging Face cache, offline; a missing cache is named."""
+    from diffusers_multitalk.loaders.original_folders import WAV2VEC_REPO, WAV2VEC_SAFETENSORS_REVISION
+
+    small = write_tiny_flashtalk_folders(tmp_path / "downloads", seed=0, reference_widths=False)
+    cache = tmp_path / "hub"
+    _cache_repo(cache, "Soul-AILab/SoulX-FlashTalk-14B", small["flashtalk_dir"])
+    _cache_repo(cache, WAV2VEC_REPO, small["wav2vec_dir"], revision=WAV2VEC_SAFETENSORS_REVISION)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = WanFlashTalkPipeline.from_pretrained("Soul-AILab/SoulX-FlashTalk-14B", cache_dir=cache, dtype=torch.float32)
+    direct = WanFlashTalkPipeline.from_original(small["flashtalk_dir"], wav2vec_dir=small["wav2vec_dir"])
+    a, b = pipe.transformer.state_dict(), direct.transformer.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert pipe.scheduler.config.stochastic_sampling
+    with pytest.raises(OSError, match="Soul-AILab/SoulX-FlashTalk-14B is not in the Hugging Face cache"):
+        WanFlashTalkPipeline.from_pretrained("Soul-AILab/SoulX-FlashTalk-14B", cache_dir=tmp_path / "empty")

@@ -164,21 +164,53 @@ class WanFlashTalkPipeline(WanAudioPipelineBase):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """A converted folder or repository as for the other pipelines; and SoulX-FlashTalk-14B's folder as
-        downloaded, through `from_original` (`wav2vec_dir=`, or the `chinese-wav2vec2-base/` folder beside it;
-        `dtype=` / `torch_dtype=`)."""
+        """A converted folder or repository as for the other pipelines; SoulX-FlashTalk-14B's folder as downloaded
+        (`wav2vec_dir=`, or the `chinese-wav2vec2-base/` folder beside it); or its Hub id,
+        `Soul-AILab/SoulX-FlashTalk-14B`, fetched with chinese-wav2vec2-base into the Hugging Face cache (the files
+        `multitalk download` fetches; `cache_dir`, `local_files_only`, `revision`, `token`, `force_download` apply as
+        in diffusers, HF_HUB_OFFLINE too). The original routes load with `from_original` (`dtype=`)."""
+        from ..loaders.flashtalk import FLASHTALK_REPO
         from ..loaders.original_folders import original_folder_kind
 
-        path = Path(os.fspath(pretrained_model_name_or_path))
+        name = pretrained_model_name_or_path
+        if isinstance(name, str) and name.strip("/").casefold() == FLASHTALK_REPO.casefold():
+            return cls._from_flashtalk_hub(kwargs)
+        path = Path(os.fspath(name))
         if path.is_dir() and not (path / "model_index.json").is_file() and original_folder_kind(path) == "flashtalk":
             wav2vec_dir = kwargs.pop("wav2vec_dir", None) or path.parent / "chinese-wav2vec2-base"
-            dtype = resolve_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
-            if kwargs:
-                raise TypeError(
-                    f"{cls.__name__}.from_pretrained of {path} takes wav2vec_dir and dtype, not {sorted(kwargs)}"
-                )
-            return cls.from_original(path, wav2vec_dir=wav2vec_dir, dtype=dtype)
+            return cls.from_original(path, wav2vec_dir=wav2vec_dir, dtype=cls._original_dtype(path, kwargs))
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def _original_dtype(cls, what, kwargs: dict):
+        """`dtype` (or `torch_dtype`) of an original route's keywords; any other keyword is refused."""
+        dtype = resolve_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
+        if kwargs:
+            raise TypeError(
+                f"{cls.__name__}.from_pretrained of {what} takes wav2vec_dir and dtype, not {sorted(kwargs)}"
+            )
+        return dtype
+
+    @classmethod
+    def _from_flashtalk_hub(cls, kwargs: dict):
+        from ..loaders.flashtalk import FLASHTALK_ALLOW_PATTERNS, FLASHTALK_REPO
+        from ..loaders.original_folders import (
+            WAV2VEC_ALLOW_PATTERNS,
+            WAV2VEC_REPO,
+            WAV2VEC_SAFETENSORS_PATTERNS,
+            WAV2VEC_SAFETENSORS_REVISION,
+        )
+        from .release_loading import _HUB_KWARGS, _hub_offline, _snapshot
+
+        hub = {key: kwargs.pop(key) for key in _HUB_KWARGS if kwargs.get(key) is not None}
+        revision = hub.pop("revision", None)
+        hub.setdefault("local_files_only", _hub_offline())
+        folder = _snapshot(FLASHTALK_REPO, list(FLASHTALK_ALLOW_PATTERNS), revision, hub)
+        wav2vec_dir = kwargs.pop("wav2vec_dir", None)
+        if wav2vec_dir is None:  # the pull request holding model.safetensors carries main's configs too
+            patterns = [*WAV2VEC_ALLOW_PATTERNS, *WAV2VEC_SAFETENSORS_PATTERNS]
+            wav2vec_dir = _snapshot(WAV2VEC_REPO, patterns, WAV2VEC_SAFETENSORS_REVISION, hub)
+        return cls.from_original(folder, wav2vec_dir=wav2vec_dir, dtype=cls._original_dtype(FLASHTALK_REPO, kwargs))
 
     # ------------------------------------------------------------------------------------------------------------
     # Inputs
