@@ -241,6 +241,10 @@ def main():
                 run["reference"] = reference[0]
         except Exception as e:  # keep going: one broken set-up must not cost the others' device time
             run["error"] = f"{type(e).__name__}: {e}"[:2000]
+            pipe.transformer = None  # its DiT would stay on the GPU beside the next set-up's (out of memory)
+            gc.collect()
+            if on_cuda:
+                torch.cuda.empty_cache()
         run["elapsed_s"] = time.perf_counter() - t_start
         result["runs"].append(run)
         print(json.dumps(run), flush=True)

@@ -9,7 +9,7 @@
 # On a device other than the H200 of the earlier numbers, the code they were measured with (OLD, commit a0c637d)
 # is timed in the same calls.
 # Needs, in the repository root: .whl/ (the wheels the device lacks: diffusers, torchao, peft, soundfile, cffi,
-# pycparser, einops, pytest, pluggy, iniconfig, pygments; and for A fa3-src.tgz, see build_flash_attention_3.sh,
+# pycparser, einops, pyloudnorm (the pipelines' loudness normalisation), pytest, pluggy, iniconfig, pygments; and for A fa3-src.tgz, see build_flash_attention_3.sh,
 # for B the flash_attn_3 wheel A returns) and .old/ (`git archive a0c637d src benchmarks | tar -x -C .old`).
 #   usage: bash benchmarks/gpu_recheck.sh A|B (or ONE, then LOWVRAM)        (results in $OUT/STAGE.tgz, the log in $OUT/STAGE.log)
 set -uo pipefail

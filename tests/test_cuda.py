@@ -219,7 +219,8 @@ def test_quant_fp8_on_an_fp8_gpu_runs_torchao_through_the_runtime(capsys):
     runtime.check_generate_args(args)
     pipe = runtime.load_pipeline(args, torch.device("cuda"), torch.bfloat16)
     assert quantized_linear_count(pipe.transformer) == {"Float8Tensor": 8 * len(pipe.transformer.blocks)}
-    assert "(torchao)" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "torchao: " in said and "run in FP8" in said
     # the input JSON's fields as load_input_json gives them, the speech as a 16 kHz array (the lent GPU's image has
     # neither jsonschema nor librosa)
     speech = (0.3 * np.sin(np.linspace(0, 2 * np.pi * 220, 16000))).astype(np.float32)
