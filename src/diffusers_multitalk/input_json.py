@@ -186,8 +186,11 @@ def _schema_problems(data) -> list[tuple[list, str]]:
                         suggestion += "_voice"
                 else:
                     suggestion = _suggest(key, candidates)
-                    if path == ["cond_audio"]:
-                        suggestion = suggestion or _person_suggestion(str(key))
+                if path == ["cond_audio"] and not suggestion:  # a person's key, misspelt
+                    person = _person_suggestion(str(key))
+                    hint = f"; did you mean {person!r}?" if person else " (or conversation, num_persons, binding)"
+                    problems.append((path + [key], f"persons are named person1, person2, ...{hint}"))
+                    continue
                 if suggestion:
                     problems.append((path + [key], f"unknown key; did you mean {suggestion!r}?"))
                 else:
