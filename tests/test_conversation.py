@@ -218,3 +218,37 @@ def test_generate_takes_a_conversation_and_draws_the_binding(files, tmp_path, ca
     assert status == 0, err
     assert "conversation: speaker 1 (first heard at" in err and "-> person 2 (face 2 from the left" in err
     assert (tmp_path / "binding.png").is_file() and (tmp_path / "talk.mp4").is_file()
+
+
+def test_the_http_api_takes_one_recording_and_says_the_binding(files, tmp_path):
+    import json
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from diffusers_multitalk import server
+
+    app = server.create_app(make_tiny_pipeline(seed=0), output_dir=tmp_path, tiny=True, ui=False)
+    client = TestClient(app)
+    image = ("image", ("two.png", (files / "two.png").read_bytes(), "image/png"))
+    recording = ("conversation", ("talk.wav", (files / "talk.wav").read_bytes(), "audio/wav"))
+    settings = {"sample_steps": 1, "frame_num": 41, "motion_frame": 5, "height": 32, "width": 64}
+    form = {"prompt": "two astronauts talk", "settings": json.dumps(settings)}
+
+    speech = ("audio", ("a.wav", (files / "talk.wav").read_bytes(), "audio/wav"))
+    both = client.post("/v1/jobs", files=[image, recording, speech], data=form)
+    assert both.status_code == 422 and "conversation / audio" in both.json()["detail"]
+    swapped = client.post("/v1/jobs", files=[image, recording], data=dict(form, binding="[1, 1]"))
+    assert swapped.status_code == 422 and swapped.json()["detail"].startswith("binding:")
+
+    created = client.post("/v1/jobs", files=[image, recording], data=dict(form, num_persons="2", binding="[2, 1]"))
+    assert created.status_code == 202, created.text
+    job_id = created.json()["id"]
+    deadline = time.monotonic() + 900  # a bound that stops a hung job, not a speed check
+    while (body := client.get(f"/v1/jobs/{job_id}").json())["status"] not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, body
+        time.sleep(0.1)
+    assert body["status"] == "succeeded", body
+    said = "\n".join(body["warnings"])
+    assert "conversation: speaker 1 (first heard at" in said and "-> person 2" in said
+    assert client.get(f"/v1/jobs/{job_id}/video").status_code == 200

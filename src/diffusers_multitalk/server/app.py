@@ -3,6 +3,7 @@ one model for both."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 from contextlib import asynccontextmanager
@@ -166,6 +167,16 @@ def create_app(
             default=[], description="one recording per person, in order (WAV, FLAC, OGG, MP3)"
         ),
         tts: str | None = Form(None, description="instead of audio: a script '(s1) Hi! (s2) Hello.' spoken by TTS"),
+        conversation: UploadFile | None = File(
+            None,
+            description="instead of audio: one recording of all the persons (a podcast, an interview), split by "
+            "speaker; the persons' faces are found on the image (or the video's first frame) unless settings.bbox "
+            "places them, and the first voice heard drives the leftmost face",
+        ),
+        num_persons: int | None = Form(None, ge=1, le=4, description="with conversation: its speakers (estimated)"),
+        binding: str | None = Form(
+            None, description="with conversation: the person each speaker drives, as JSON, e.g. [2, 1]"
+        ),
         settings: str | None = Form(
             None,
             description='a JobSettings JSON object, e.g. {"mode": "clip", "sample_steps": 8}; unset fields keep their '
@@ -183,7 +194,8 @@ def create_app(
             raise HTTPException(422, refusal(err)) from None
         except runtime.UserError as err:
             raise HTTPException(422, str(err)) from None
-        _check_form(image is not None, video is not None, prompt, len(audio), tts)
+        _check_form(image is not None, video is not None, prompt, len(audio) + (conversation is not None), tts)
+        extras = dict(extras, conversation=_conversation_form(conversation, audio, tts, num_persons, binding))
         if video is not None and dubs() is False:
             raise HTTPException(422, NEEDS_DUBBING_MODEL)
         try:
@@ -196,6 +208,10 @@ def create_app(
             for i, upload in enumerate(audio):
                 field = api_words(f"cond_audio.person{i + 1}")
                 speech.append(check_audio(await read_limited(upload, field, limits), field, limits))
+            if conversation is not None:  # one mixed recording: stored as the job's one audio file
+                speech.append(
+                    check_audio(await read_limited(conversation, "conversation", limits), "conversation", limits)
+                )
         except UploadRejected as err:
             raise HTTPException(err.status_code, err.detail) from None
         # the runtime's checks of the inputs (speech not silent, image size, boxes), before anything is queued
@@ -330,11 +346,17 @@ def _check_inputs(checked, is_video: bool, speech, extras: dict, tts: str | None
     """The runtime's checks of a job's inputs (the image's size, each person's speech, the boxes inside the image),
     answered 422 naming the API's fields; returns the warnings the job starts with (a prompt the text encoder cuts)."""
     problems = [] if is_video else runtime.image_problems(checked.data, "cond_image")[0]
-    tracks = {f"person{i}": clip.data for i, clip in enumerate(speech, start=1)}
+    conversation = extras.get("conversation")
+    if conversation is not None:  # one mixed recording: it must decode and be heard; its persons come later
+        tracks = {"conversation": speech[0].data}
+        persons = conversation["num_persons"] or len(extras.get("bbox") or ()) or None
+    else:
+        tracks = {f"person{i}": clip.data for i, clip in enumerate(speech, start=1)}
+        persons = len(speech) if speech else _speakers(tts)
     problems += runtime.speech_problems(tracks, LISTENER)
     if extras.get("bbox") is not None:
         try:
-            boxes = bbox_block(extras["bbox"], len(speech) if speech else _speakers(tts))
+            boxes = bbox_block(extras["bbox"], persons)
         except runtime.RequestError as err:
             problems += err.problems
         else:
@@ -343,6 +365,29 @@ def _check_inputs(checked, is_video: bool, speech, extras: dict, tts: str | None
         raise HTTPException(422, refusal(runtime.RequestError(problems)))
     warning = runtime.prompt_problem(prompt)
     return [] if warning is None else [warning.render(api_words)]
+
+
+def _conversation_form(upload, audio: list, tts: str | None, num_persons: int | None, binding: str | None):
+    """The job's `conversation` extras ({"num_persons", "binding"}) for a mixed-recording job, else None; 422 for
+    one given with per-person audio or a script, or a binding that is not a permutation of the persons."""
+    if upload is None:
+        if num_persons is not None or binding is not None:
+            raise HTTPException(422, "num_persons / binding: only go with a conversation upload (one mixed recording)")
+        return None
+    if audio or tts is not None:
+        raise HTTPException(422, "conversation / audio / tts: give one mixed recording, or one per person, or a script")
+    order = None
+    if binding is not None:
+        try:
+            order = json.loads(binding)
+        except json.JSONDecodeError:
+            order = binding
+        count = num_persons or (len(order) if isinstance(order, list) else 0)
+        if not isinstance(order, list) or sorted(order) != list(range(1, count + 1)):
+            raise HTTPException(
+                422, f"binding: give each speaker a different person 1..{count or 'N'} as a JSON list, e.g. [2, 1]"
+            )
+    return {"num_persons": num_persons or (len(order) if order else None), "binding": order}
 
 
 def _check_form(image: bool, video: bool, prompt: str, recordings: int, tts: str | None) -> None:

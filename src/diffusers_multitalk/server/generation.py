@@ -4,6 +4,7 @@ through the pipeline with progress and cancellation (the same flag -> argument m
 from __future__ import annotations
 
 import json
+import logging
 import re
 import types
 import typing
@@ -13,10 +14,13 @@ from typing import Callable
 
 from .. import runtime
 from .._diffusers_compat import execution_device
+from ..runtime.conversation import resolve_conversation
 from ..runtime.spec import GenerateOptions
 from ..variants import dubbing_requirement, get_size, variant_of_pipeline
 from .schemas import JobSettings
 
+
+logger = logging.getLogger(__name__)
 
 # The settings a job may carry (schemas.JobSettings, built from the runtime's GenerationSettings): the generation
 # settings (not the model's, fixed when the server starts) and the input JSON's fields besides the prompt, image and
@@ -64,7 +68,7 @@ def api_words(field: str) -> str:
     if found:
         return f"settings.bbox (person{found.group(2)})"
     named = {"cond_image": "image", "cond_video": "video", "prompt": "prompt", "tts_audio.text": "tts",
-             "cond_audio": "audio"}  # fmt: skip
+             "cond_audio": "audio", "cond_audio.conversation": "conversation"}  # fmt: skip
     return named.get(field, f"settings.{field}")
 
 
@@ -162,9 +166,14 @@ def run_job(pipe, job, on_progress: Callable[[dict], None], should_stop: Callabl
                   "audio_type": job.extras.get("audio_type", "add")}  # fmt: skip
     if job.extras.get("negative_prompt") is not None:
         input_data["negative_prompt"] = job.extras["negative_prompt"]
-    boxes = bbox_block(job.extras.get("bbox"), len(cond_audio))
+    conversation = job.extras.get("conversation")
+    persons = conversation["num_persons"] if conversation else len(cond_audio)
+    boxes = bbox_block(job.extras.get("bbox"), persons or len(job.extras.get("bbox") or ()))
     if boxes:
         input_data["bbox"] = boxes
+    if conversation is not None:  # one mixed recording: split by speaker; the binding goes into the job's warnings
+        input_data = dict(input_data, cond_audio={}, conversation=dict(conversation, recording=str(job.audio_paths[0])))
+        input_data = resolve_conversation(input_data, say=logger.warning)
     kwargs = runtime.build_generation_kwargs(options, input_data)
 
     steps = kwargs["num_inference_steps"]
