@@ -252,3 +252,31 @@ def test_the_http_api_takes_one_recording_and_says_the_binding(files, tmp_path):
     said = "\n".join(body["warnings"])
     assert "conversation: speaker 1 (first heard at" in said and "-> person 2" in said
     assert client.get(f"/v1/jobs/{job_id}/video").status_code == 200
+
+
+def test_the_web_app_previews_the_binding_and_generates_from_one_recording(files, tmp_path):
+    import gradio as gr
+
+    from diffusers_multitalk import app
+
+    picture, lines = app.preview_binding(str(files / "two.png"), None, str(files / "talk.wav"), "2, 1", 2)
+    assert picture.size == (1024, 512) and "speaker 1 (first heard at" in lines and "-> person 2" in lines
+    with pytest.raises(gr.Error, match=re.escape(app.BINDING_LABEL)):
+        app.preview_binding(str(files / "two.png"), None, str(files / "talk.wav"), "1, 1", 2)
+    with pytest.raises(gr.Error, match=re.escape(app.CONVERSATION_LABEL)):
+        app.preview_binding(str(files / "two.png"), None, None, "", 2)
+    result = app.generate_video(
+        make_tiny_pipeline(seed=0),
+        str(files / "two.png"),
+        "two astronauts talk",
+        conversation=str(files / "talk.wav"),
+        num_persons=2,
+        num_frames=41,
+        motion_frames=5,
+        num_inference_steps=1,
+        height=32,
+        width=64,
+        output_dir=tmp_path,
+    )
+    assert Path(result.video).is_file() and "2 recordings (para)" in result.status
+    assert abs(result.num_frames - 8 * 25) <= 1

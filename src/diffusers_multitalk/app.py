@@ -57,6 +57,7 @@ DEFAULT_VOICES = ("af_heart", "am_adam", "af_bella", "am_michael")
 TTS_ENGINES = ("auto", "kokoro", "espeak-ng")
 SPEECH_FILES = "Audio files"
 SPEECH_TTS = "TTS script"
+SPEECH_CONVERSATION = "One recording (conversation)"
 DEFAULT_OUTPUT_DIR = Path("outputs") / "app"
 
 # Field labels: the UI shows them, and error messages name the field with them.
@@ -65,6 +66,8 @@ VIDEO_LABEL = f"Video to dub ({' or '.join(v.name for v in VARIANTS if v.dubs_vi
 PROMPT_LABEL = "Prompt"
 TTS_TEXT_LABEL = "TTS script"
 PERSONS_LABEL = "Persons"
+CONVERSATION_LABEL = "Conversation recording"
+BINDING_LABEL = "Binding: the person of speaker 1, 2, ..."
 
 
 # The settings' labels, by the runtime's field names (runtime/spec.py): the form shows them, and a problem the
@@ -74,6 +77,7 @@ FIELD_LABELS = {
     "cond_video": VIDEO_LABEL,
     "prompt": PROMPT_LABEL,
     "tts_audio.text": TTS_TEXT_LABEL,
+    "cond_audio.conversation": CONVERSATION_LABEL,
     "audio_type": "Recordings play",
     "size": "Resolution",
     "mode": "Mode",
@@ -188,6 +192,42 @@ def _parse_bboxes(bboxes: Sequence | None, num_persons: int, image_size: tuple[i
     if problems:
         raise _refuse(problems)
     return list(boxes.values())
+
+
+def _conversation(conversation, binding: str | None, source, num_persons: int, bbox):
+    """One mixed recording -> (tracks, boxes, the `Conversation`): checked first (it decodes and is heard), then
+    diarized into `num_persons` speakers bound to the persons (default: the first voice heard drives the leftmost
+    face; `binding` "2, 1" swaps), whose faces are found on `source` unless `bbox` places them."""
+    from .pipelines.conversation import prepare_conversation
+
+    if _is_empty(conversation):
+        raise gr.Error(f"{CONVERSATION_LABEL}: missing; upload the recording of everyone speaking.")
+    problems = runtime.speech_problems({"conversation": conversation}, LISTENER)
+    if problems:
+        raise _refuse(problems)
+    order = None
+    if not _is_empty(binding):
+        try:
+            order = [int(v) for v in str(binding).replace(",", " ").split()]
+        except ValueError:
+            order = []
+        if sorted(order) != list(range(1, num_persons + 1)):
+            example = ", ".join(str(n) for n in range(num_persons, 0, -1))
+            raise gr.Error(
+                f"{BINDING_LABEL}: {binding!r}; give each of the {num_persons} speakers a different person 1.."
+                f"{num_persons}, e.g. '{example}'."
+            )
+    talk = prepare_conversation(conversation, source, num_persons, order, boxes=bbox)
+    boxes = [list(box) for box in talk.boxes.boxes] if talk.num_persons > 1 else None
+    return [(track, talk.sample_rate) for track in talk.tracks], boxes, talk
+
+
+def preview_binding(image, video, conversation, binding, num_persons):
+    """The web app's binding preview: the picture with each person's box labelled with its speaker, and the lines
+    saying who speaks when and which voice drives which face (before Generate, no model needed)."""
+    image, video, _ = _checked_source(image, video)
+    talk = _conversation(conversation, binding, image if video is None else video, int(num_persons), None)[2]
+    return talk.preview(), "\n".join(talk.lines())
 
 
 def _check_script(text: str | None, num_persons: int) -> None:
@@ -348,6 +388,8 @@ def generate_video(
     tts_text: str | None = None,
     tts_voices: Sequence[str | None] | None = None,
     tts_engine: str | None = None,
+    conversation: str | None = None,
+    binding: str | None = None,
     num_persons: int | None = None,
     audio_type: str = "add",
     negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
@@ -389,6 +431,9 @@ def generate_video(
         tts_voices: the persons' voices (Kokoro names such as "af_heart", `.pt` files, or espeak-ng voices; empty
             entries take a default); their number is the number of persons.
         tts_engine: "auto" / None (Kokoro-82M when its weights are here, else espeak-ng), "kokoro" or "espeak-ng".
+        conversation: instead of `audio`, one recording of all the persons (a podcast, an interview), split into
+            `num_persons` speakers; the first voice heard drives the leftmost face found on the image, unless
+            `binding` ("2, 1": speaker 1 drives person 2) or `bboxes` say otherwise.
         num_persons: how many persons speak (default: the number of `audio` entries or voices).
         audio_type: "add" (recordings in turns) or "para" (at the same time); a TTS script is always laid out in
             turns already.
@@ -422,8 +467,18 @@ def generate_video(
     if _is_empty(prompt):
         raise gr.Error(f"{PROMPT_LABEL}: empty; describe the scene, e.g. 'Two friends chat in a studio.'.")
     use_tts = tts_text is not None
-    num_persons, audio, voices = _checked_speech(audio, tts_text, tts_voices, num_persons)
-    bbox = _parse_bboxes(bboxes, num_persons, source_size)
+    if conversation is not None:  # one mixed recording: split by speaker, the faces found, before the model loads
+        if audio or use_tts:
+            raise gr.Error(f"Speech: give a {CONVERSATION_LABEL}, recordings or a {TTS_TEXT_LABEL}, one of them.")
+        num_persons = int(num_persons or 2)
+        bbox = _parse_bboxes(bboxes, num_persons, source_size)
+        audio, bbox, talk = _conversation(conversation, binding, image if video is None else video, num_persons, bbox)
+        num_persons, voices, audio_type = len(audio), None, "para"
+        for line in talk.lines():
+            gr.Info(line)
+    else:
+        num_persons, audio, voices = _checked_speech(audio, tts_text, tts_voices, num_persons)
+        bbox = _parse_bboxes(bboxes, num_persons, source_size)
     seed = int(seed)
     if seed < 0:
         seed = random_seed()
@@ -595,7 +650,7 @@ def _input_fields(fields: dict[str, Any], dubs: bool | None):
         fields["video"] = gr.Video(label=VIDEO_LABEL, sources=["upload"], height=IMAGE_HEIGHT, visible=bool(dubs))
     fields["prompt"] = gr.Textbox(label=PROMPT_LABEL, lines=2, placeholder="Two people talk in a studio.")
     with gr.Row():
-        fields["speech"] = gr.Radio([SPEECH_FILES, SPEECH_TTS], value=SPEECH_FILES, label="Speech")
+        fields["speech"] = gr.Radio([SPEECH_FILES, SPEECH_TTS, SPEECH_CONVERSATION], value=SPEECH_FILES, label="Speech")
         fields["num_persons"] = gr.Slider(1, MAX_PERSONS, value=DEFAULT_PERSONS, step=1, label=PERSONS_LABEL)
     fields["audio_type"] = gr.Radio(
         ["add", "para"],
@@ -616,6 +671,14 @@ def _input_fields(fields: dict[str, Any], dubs: bool | None):
             label="TTS engine",
             info="auto: Kokoro-82M when its weights are here, else espeak-ng",
         )
+    with gr.Group(visible=False) as conversation_group:
+        fields["conversation"] = gr.Audio(label=CONVERSATION_LABEL, type="filepath")
+        with gr.Row():
+            fields["binding"] = gr.Textbox(label=BINDING_LABEL, placeholder="optional, e.g. 2, 1", scale=3)
+            preview_button = gr.Button("Preview binding", scale=1)
+        preview_image = gr.Image(label="Who drives which face", interactive=False, height=IMAGE_HEIGHT)
+        preview_text = gr.Textbox(label="Speakers", interactive=False, lines=3)
+    preview = (preview_button, preview_image, preview_text, conversation_group)
     person_groups, audio_inputs, voice_inputs = [], [], []
     for person in range(1, MAX_PERSONS + 1):
         with gr.Group(visible=person <= DEFAULT_PERSONS) as group:
@@ -633,7 +696,7 @@ def _input_fields(fields: dict[str, Any], dubs: bool | None):
         person_groups.append(group)
         audio_inputs.append(fields[f"audio_{person}"])
         voice_inputs.append(fields[f"voice_{person}"])
-    return person_groups, audio_inputs, voice_inputs, tts_group
+    return person_groups, audio_inputs, voice_inputs, tts_group, preview
 
 
 def _generation_settings(fields: dict[str, Any]) -> None:
@@ -740,7 +803,7 @@ def build_app(
         header = gr.Markdown(_header(title, tiny, dubs))
         with gr.Row(equal_height=False):
             with gr.Column(scale=1):
-                person_groups, audio_inputs, voice_inputs, tts_group = _input_fields(fields, dubs)
+                person_groups, audio_inputs, voice_inputs, tts_group, preview = _input_fields(fields, dubs)
             with gr.Column(scale=1):
                 run = gr.Button("Generate", variant="primary", size="lg")
                 video = gr.Video(label="Video", height=RESULT_HEIGHT, elem_id=RESULT_VIDEO_ID, interactive=False)
@@ -753,12 +816,12 @@ def build_app(
             return [gr.update(visible=i < int(count)) for i in range(MAX_PERSONS)]
 
         def show_speech(kind):
-            tts = kind == SPEECH_TTS
+            tts, mixed = kind == SPEECH_TTS, kind == SPEECH_CONVERSATION
             return (
-                [gr.update(visible=tts)]
-                + [gr.update(visible=not tts) for _ in audio_inputs]
+                [gr.update(visible=tts), gr.update(visible=mixed)]
+                + [gr.update(visible=not tts and not mixed) for _ in audio_inputs]
                 + [gr.update(visible=tts) for _ in voice_inputs]
-                + [gr.update(visible=not tts)]
+                + [gr.update(visible=not tts and not mixed)]
             )
 
         def default_shift(resolution):
@@ -766,8 +829,12 @@ def build_app(
 
         fields["num_persons"].change(show_persons, fields["num_persons"], person_groups)
         fields["speech"].change(
-            show_speech, fields["speech"], [tts_group, *audio_inputs, *voice_inputs, fields["audio_type"]]
+            show_speech,
+            fields["speech"],
+            [tts_group, preview[3], *audio_inputs, *voice_inputs, fields["audio_type"]],
         )
+        preview_inputs = [fields[name] for name in ("image", "video", "conversation", "binding", "num_persons")]
+        preview[0].click(preview_binding, inputs=preview_inputs, outputs=list(preview[1:3]))
         fields["resolution"].change(default_shift, fields["resolution"], fields["shift"])
 
         def show_model():
@@ -782,13 +849,15 @@ def build_app(
         def on_generate(values, progress=gr.Progress(track_tqdm=True)):
             form = {names[component]: value for component, value in values.items() if component in names}
             count = int(form["num_persons"])
-            tts = form["speech"] == SPEECH_TTS
+            tts, mixed = form["speech"] == SPEECH_TTS, form["speech"] == SPEECH_CONVERSATION
             result = generate_video(
                 get_pipeline,
                 form["image"],
                 form["prompt"],
                 video=form.get("video"),
-                audio=None if tts else [form[f"audio_{i}"] for i in range(1, count + 1)],
+                audio=None if tts or mixed else [form[f"audio_{i}"] for i in range(1, count + 1)],
+                conversation=form["conversation"] if mixed else None,
+                binding=form["binding"] if mixed else None,
                 tts_text=(form["tts_text"] or "") if tts else None,
                 tts_voices=[form[f"voice_{i}"] for i in range(1, count + 1)] if tts else None,
                 tts_engine=form["tts_engine"],
