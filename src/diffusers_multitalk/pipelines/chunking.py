@@ -18,6 +18,7 @@ import torch
 from ..audio.encoder import audio_windows, mirror_pad_embedding
 from ..audio.processing import TARGET_SAMPLE_RATE
 from ..utils.host_memory import release_host_memory
+from .live_stream import LiveStream
 from .video_io import VideoWriter
 
 
@@ -94,11 +95,14 @@ class ChunkedAudio:
 class ChunkedVideo:
     """Gathers one take's chunks into the output: the new frames of each decoded chunk (streamed to `output_path` as
     an mp4 with `audio`, or kept), or, for `output_type="latent"`, the chunks' latents joined along time without
-    their overlap. Use it as a context manager: a half-written mp4 is removed on any error."""
+    their overlap. With `live_dir`, each decoded chunk's new frames are also appended to a live HLS stream there
+    (`live_stream.LiveStream`: one segment per chunk, with its audio). Use it as a context manager: a half-written
+    mp4 and live stream are removed on any error; on success the stream is ended (`#EXT-X-ENDLIST`)."""
 
     def __init__(
-        self, plan: VideoPlan, audio: np.ndarray | None, output_type: str, output_path=None, fps: int = 25, vae_scale=4
-    ):
+        self, plan: VideoPlan, audio: np.ndarray | None, output_type: str, output_path=None, fps: int = 25, vae_scale=4,
+        live_dir=None,
+    ):  # fmt: skip
         self.plan, self.output_type, self.fps, self.vae_scale = plan, output_type, fps, vae_scale
         self.audio = None
         if audio is not None:
@@ -107,6 +111,9 @@ class ChunkedVideo:
         self.writer = (
             VideoWriter(output_path, fps=fps, audio=self.audio, sample_rate=TARGET_SAMPLE_RATE) if output_path else None
         )
+        self.live = None
+        if live_dir is not None and output_type != "latent":
+            self.live = LiveStream(live_dir, fps, self.audio, TARGET_SAMPLE_RATE, plan.chunk_frames / fps)
         self.frames, self.latents = [], []
         self.frames_done = 0
 
@@ -114,12 +121,17 @@ class ChunkedVideo:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.writer is None:
-            return
-        if exc_type is None:
-            self.writer.close()  # an interrupted video's audio ends with its frames (the writer cuts it)
-        else:
-            self.writer.abort()
+        try:
+            if self.writer is not None and exc_type is None:
+                self.writer.close()  # an interrupted video's audio ends with its frames (the writer cuts it)
+            elif self.writer is not None:
+                self.writer.abort()
+        except BaseException:
+            if self.live is not None:
+                self.live.abort()
+            raise
+        if self.live is not None:  # ended once the mp4 is in place; removed with it
+            self.live.close() if exc_type is None else self.live.abort()
 
     def add_latents(self, latents: torch.Tensor, chunk: Chunk, num_motion_latents: int) -> None:
         """Keeps a chunk's latents, less the leading frames that repeat the previous chunk's."""
@@ -134,8 +146,12 @@ class ChunkedVideo:
         new_frames = video[:, :, skip:]
         new_frames = new_frames[:, :, : self.plan.num_frames - self.frames_done]
         self.frames_done += new_frames.shape[2]
+        frames = None
+        if self.live is not None:  # the live segment first: it is what a viewer waits for
+            frames = postprocess(new_frames, output_type="np")[0]
+            self.live.write(frames)
         if self.writer is not None:
-            self.writer.write(postprocess(new_frames, output_type="np")[0])
+            self.writer.write(postprocess(new_frames, output_type="np")[0] if frames is None else frames)
             release_host_memory()  # this chunk's temporaries go back to the OS: flat RSS in length
         else:
             self.frames.append(new_frames)

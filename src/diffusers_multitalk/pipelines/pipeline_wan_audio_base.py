@@ -271,6 +271,7 @@ class WanAudioPipelineBase(
         callback_on_step_end_tensor_inputs=None,
         dialogue=None,
         dialogue_voices=None,
+        live_dir=None,
     ):
         """Every check that needs no model run, before any encoder runs; each error names the argument."""
         self.check_audio_inputs(audio, dialogue, dialogue_voices)
@@ -299,7 +300,7 @@ class WanAudioPipelineBase(
                 raise ValueError(f"`{name}` must be a finite number >= 0 (1 turns that guidance off), got {scale}.")
         if num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be >= 1, got {num_inference_steps}.")
-        self.check_output_inputs(num_videos_per_prompt, generator, output_type, output_path)
+        self.check_output_inputs(num_videos_per_prompt, generator, output_type, output_path, live_dir)
         if latents is not None and (latents.ndim != 5 or latents.shape[0] != num_videos_per_prompt):
             raise ValueError(
                 f"`latents` must be [num_videos_per_prompt, 16, T, h, w] (the first chunk's noise, one per video), got "
@@ -312,7 +313,7 @@ class WanAudioPipelineBase(
                 raise ValueError(f"`callback_on_step_end_tensor_inputs` {bad} not in {self._callback_tensor_inputs}.")
 
     @staticmethod
-    def check_output_inputs(num_videos_per_prompt, generator, output_type, output_path) -> None:
+    def check_output_inputs(num_videos_per_prompt, generator, output_type, output_path, live_dir=None) -> None:
         if int(num_videos_per_prompt) != num_videos_per_prompt or num_videos_per_prompt < 1:
             raise ValueError(f"`num_videos_per_prompt` must be a positive integer, got {num_videos_per_prompt!r}.")
         if isinstance(generator, list) and len(generator) != num_videos_per_prompt:
@@ -326,6 +327,8 @@ class WanAudioPipelineBase(
             raise ValueError("`output_path` writes decoded frames: it cannot be combined with output_type='latent'.")
         if output_path is not None and num_videos_per_prompt > 1:
             raise ValueError("`output_path` writes one video: use num_videos_per_prompt=1 with it.")
+        if live_dir is not None and (output_type == "latent" or num_videos_per_prompt > 1):
+            raise ValueError("`live_dir` streams one decoded video: use it with num_videos_per_prompt=1, not 'latent'.")
 
     # ------------------------------------------------------------------------------------------------------------
     # Encoders

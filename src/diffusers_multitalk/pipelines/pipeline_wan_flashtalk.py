@@ -331,6 +331,7 @@ class WanFlashTalkPipeline(WanAudioPipelineBase):
         tts_engine: str | Any | None = None,
         normalize_loudness: bool = True,
         output_path: str | os.PathLike | None = None,
+        live_dir: str | os.PathLike | None = None,
         **ignored: Any,
     ):
         r"""
@@ -379,7 +380,7 @@ class WanFlashTalkPipeline(WanAudioPipelineBase):
                 cached_audio_duration).
             generator / latents / prompt_embeds / negative_prompt_embeds / max_sequence_length / output_type /
             return_dict / callback_on_step_end / callback_on_step_end_tensor_inputs / attention_kwargs / dialogue /
-            dialogue_voices / tts_engine / output_path:
+            dialogue_voices / tts_engine / output_path / live_dir:
                 As for [`WanMultiTalkPipeline`] (`latents`: the first chunk's noise `[videos, 16, T, h, w]`).
             normalize_loudness (`bool`, *optional*, defaults to `True`):
                 Normalise every rolling window to -23 LUFS, as the reference does.
@@ -408,7 +409,7 @@ class WanFlashTalkPipeline(WanAudioPipelineBase):
             audio_guidance_scale=audio_guidance_scale, num_videos_per_prompt=num_videos_per_prompt,
             generator=generator, latents=latents, output_type=output_type, output_path=output_path,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, dialogue=dialogue,
-            dialogue_voices=dialogue_voices,
+            dialogue_voices=dialogue_voices, live_dir=live_dir,
         )  # fmt: skip
         self.start_call(guidance_scale, audio_guidance_scale, attention_kwargs, False, 0.0, 0.0)
         device = self._execution_device
@@ -440,7 +441,7 @@ class WanFlashTalkPipeline(WanAudioPipelineBase):
                     )
                     previous_video = None
                     with ChunkedVideo(
-                        plan, speech, output_type, output_path, FPS, self.vae_scale_factor_temporal
+                        plan, speech, output_type, output_path, FPS, self.vae_scale_factor_temporal, live_dir
                     ) as video_out:
                         for index in range(plan.num_chunks):
                             chunk = Chunk(index, index * (num_frames - motion_frames), index == plan.num_chunks - 1)

@@ -243,6 +243,7 @@ class WanInfiniteTalkPipeline(WanAudioPipelineBase):
         tts_engine: str | Any | None = None,
         normalize_loudness: bool = True,
         output_path: str | os.PathLike | None = None,
+        live_dir: str | os.PathLike | None = None,
         text_guidance_scale: float | None = None,
     ):
         r"""
@@ -298,6 +299,8 @@ class WanInfiniteTalkPipeline(WanAudioPipelineBase):
             output_path (`str` or `os.PathLike`, *optional*):
                 Write the dubbed video with the new audio to this mp4 as each chunk is decoded (flat memory); `frames`
                 is then None and `video_path` names the file.
+            live_dir (`str` or `os.PathLike`, *optional*):
+                As for [`WanMultiTalkPipeline`]: a live HLS stream of the chunks as they are decoded.
 
         Examples:
 
@@ -318,7 +321,7 @@ class WanInfiniteTalkPipeline(WanAudioPipelineBase):
             audio_guidance_scale=audio_guidance_scale, num_videos_per_prompt=num_videos_per_prompt,
             generator=generator, latents=latents, output_type=output_type, output_path=output_path,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, dialogue=dialogue,
-            dialogue_voices=dialogue_voices,
+            dialogue_voices=dialogue_voices, live_dir=live_dir,
         )  # fmt: skip
         if dialogue is not None:
             audio, audio_type, normalize_loudness = self.dialogue_audio(dialogue, dialogue_voices, tts_engine)
@@ -366,7 +369,7 @@ class WanInfiniteTalkPipeline(WanAudioPipelineBase):
                     chunked_audio = ChunkedAudio(audio_embeds, plan, motion_frames)
                     previous_video = None
                     with ChunkedVideo(
-                        plan, mixed_audio, output_type, output_path, FPS, self.vae_scale_factor_temporal
+                        plan, mixed_audio, output_type, output_path, FPS, self.vae_scale_factor_temporal, live_dir
                     ) as video_out:
                         for chunk in chunked_audio:
                             if plan.num_chunks > 1:

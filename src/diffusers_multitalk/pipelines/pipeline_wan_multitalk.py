@@ -282,6 +282,7 @@ class WanMultiTalkPipeline(WanAudioPipelineBase):
         tts_engine: str | Any | None = None,
         normalize_loudness: bool = True,
         output_path: str | os.PathLike | None = None,
+        live_dir: str | os.PathLike | None = None,
         text_guidance_scale: float | None = None,
     ):
         r"""
@@ -374,6 +375,10 @@ class WanMultiTalkPipeline(WanAudioPipelineBase):
             output_path (`str` or `os.PathLike`, *optional*):
                 Write the video (with the mixed audio) to this mp4 as each chunk is decoded, so memory stays flat however
                 long the video is; `frames` is then None. The file appears only when complete.
+            live_dir (`str` or `os.PathLike`, *optional*):
+                Also stream each decoded chunk, with its audio, to an HLS stream in this folder while the video is made:
+                `live.m3u8` (an EVENT playlist, ended with `#EXT-X-ENDLIST` when the call returns) and one MPEG-TS
+                segment per chunk; removed on an error, as the mp4's part file (see docs/streaming.md).
             text_guidance_scale (`float`, *optional*):
                 Deprecated: use `guidance_scale`.
 
@@ -397,7 +402,7 @@ class WanMultiTalkPipeline(WanAudioPipelineBase):
             audio_guidance_scale=audio_guidance_scale, num_videos_per_prompt=num_videos_per_prompt,
             generator=generator, latents=latents, output_type=output_type, output_path=output_path,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, dialogue=dialogue,
-            dialogue_voices=dialogue_voices,
+            dialogue_voices=dialogue_voices, live_dir=live_dir,
         )  # fmt: skip
         if dialogue is not None:
             audio, audio_type, normalize_loudness = self.dialogue_audio(dialogue, dialogue_voices, tts_engine)
@@ -440,7 +445,7 @@ class WanMultiTalkPipeline(WanAudioPipelineBase):
                     chunked_audio = ChunkedAudio(audio_embeds, plan, motion_frames)
                     previous_video = None
                     with ChunkedVideo(
-                        plan, mixed_audio, output_type, output_path, FPS, self.vae_scale_factor_temporal
+                        plan, mixed_audio, output_type, output_path, FPS, self.vae_scale_factor_temporal, live_dir
                     ) as video_out:
                         for chunk in chunked_audio:
                             if plan.num_chunks > 1:
