@@ -26,7 +26,7 @@ VENV = ".venv/bin/"
 VENV_PROGRAMS = {"multitalk", "python", "python3", "pip", "pip3", "torchrun"}
 SHELL_LANGUAGES = {"bash", "sh", "shell", "console"}
 SEPARATORS = {";", "&&", "||", "|", "&"}
-SUBCOMMANDS = {"generate", "download", "info", "convert", "serve", "worker"}
+SUBCOMMANDS = {"generate", "download", "info", "convert", "serve", "worker", "diarize", "boxes"}
 
 
 @dataclass(frozen=True)

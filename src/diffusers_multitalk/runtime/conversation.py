@@ -10,6 +10,7 @@ long as the recording and silent where that person listens.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Callable
 
 from .errors import note
@@ -42,9 +43,16 @@ def resolve_conversation(
     )
     for line in talk.lines():
         say(f"conversation: {line}")
-    if preview_path is not None:
-        talk.preview(preview_path)
-        say(f"conversation: the binding preview is {os.fspath(preview_path)}")
+    if preview_path is not None:  # written whole: under a temporary name, renamed when complete
+        path = Path(preview_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(f".{path.name}.part")
+        try:
+            talk.preview().save(part, format="PNG")
+            os.replace(part, path)
+        finally:
+            part.unlink(missing_ok=True)
+        say(f"conversation: the binding preview is {path}")
     persons = [f"person{n}" for n in range(1, talk.num_persons + 1)]
     return dict(
         input_data,
