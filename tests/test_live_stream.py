@@ -182,3 +182,28 @@ def test_stream_playlist_and_cleanup(tmp_path):
     made.write(frames[:4])
     made.abort()
     assert not (tmp_path / "made").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# multitalk generate --live DIR
+# ----------------------------------------------------------------------------------------------------------------------
+def test_cli_live_writes_the_stream_beside_the_mp4(tmp_path, capsys):
+    from pathlib import Path
+
+    from diffusers_multitalk.cli import main
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    flags = ["generate", "--tiny", "--input_json", str(examples / "single_tiny.json"), "--frame_num", "9",
+             "--motion_frame", "5", "--max_frame_num", "17", "--sample_steps", "1", "--height", "32", "--width", "48",
+             "--device", "cpu", "--save_file", str(tmp_path / "talk")]  # fmt: skip
+    assert main([*flags, "--live", str(tmp_path / "live")]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "talk.mp4")
+    names, ended = playlist_segments(tmp_path / "live")
+    assert ended and len(names) == 3  # 9 + 4 + 4 frames
+    assert sum(len(decode(tmp_path / "live" / n)) for n in names) == len(decode(tmp_path / "talk.mp4")) == 17
+
+    (tmp_path / "a_file").write_text("")
+    assert main([*flags, "--live", str(tmp_path / "a_file")]) == 2
+    assert "--live" in capsys.readouterr().err
+    assert main([*flags, "--live", str(tmp_path / "live2"), "--scene_seg"]) == 2
+    assert "--scene_seg" in capsys.readouterr().err

@@ -28,6 +28,11 @@ FAST = {"mode": "clip", "frame_num": 5, "sample_steps": 1, "sample_text_guide_sc
 TIMEOUT = 900
 
 
+def live_files(job_id: str, chunks: int = 1) -> list[str]:
+    """A finished job's live stream (tests/test_live_stream.py tests it)."""
+    return [f"{job_id}/live/live.m3u8", *(f"{job_id}/live/segment_{i:05d}.ts" for i in range(chunks))]
+
+
 @pytest.fixture(scope="module")
 def tiny_pipe():
     from diffusers_multitalk import make_tiny_pipeline
@@ -128,9 +133,9 @@ def test_job_runs_with_events_to_an_mp4_with_video_and_audio(tiny_pipe, tmp_path
         streams = _streams(out)
         assert any("Video: h264" in s and "96x64" in s for s in streams), streams
         assert any("Audio: aac" in s for s in streams), streams
-        # the job's own folder holds its inputs and the finished video, no part file
+        # the job's own folder holds its inputs, the finished video and its ended live stream, no part file
         assert _files(tmp_path / "jobs") == sorted(
-            [f"{job_id}/image.png", f"{job_id}/person1.wav", f"{job_id}/video.mp4"]
+            [f"{job_id}/image.png", f"{job_id}/person1.wav", f"{job_id}/video.mp4", *live_files(job_id)]
         )
         health = client.get("/healthz").json()
         assert {k: health[k] for k in ("status", "model_loaded", "queued", "running", "max_queue")} == {
@@ -208,7 +213,7 @@ def test_dub_job_on_infinitetalk_runs_to_an_mp4_with_the_new_speech(dub_pipe, tm
         assert imageio_ffmpeg.count_frames_and_secs(str(out))[0] == int(0.5 * 25)  # the dub follows the new speech
         # the job's folder holds its inputs (the source named apart from the output) and the finished video
         assert _files(tmp_path / "jobs") == sorted(
-            [f"{job_id}/video_in.mp4", f"{job_id}/person1.wav", f"{job_id}/video.mp4"]
+            [f"{job_id}/video_in.mp4", f"{job_id}/person1.wav", f"{job_id}/video.mp4", *live_files(job_id)]
         )
     finally:
         app.state.jobs.stop()
@@ -305,7 +310,7 @@ def test_queue_full_answers_429_and_queued_and_running_jobs_cancel(tiny_pipe, tm
         assert not (tmp_path / "jobs" / first).exists(), "the cancelled job left files"
         assert _wait(client, third["id"])["status"] == "succeeded"
         assert _files(tmp_path / "jobs") == sorted(
-            [f"{third['id']}/image.png", f"{third['id']}/person1.wav", f"{third['id']}/video.mp4"]
+            [f"{third['id']}/{name}" for name in ("image.png", "person1.wav", "video.mp4")] + live_files(third["id"])
         )
     finally:
         manager.stop()

@@ -105,7 +105,20 @@ def _read_input(args: GenerateOptions):
             why = "draws a conversation's persons: the input has no cond_audio.conversation (one mixed recording)"
             raise RequestError([FieldProblem("binding_preview", why)])
         check_writable(Path(args.binding_preview), "binding_preview")
+    if args.live:
+        _check_live(args)
     return input_data, path, audio_dir
+
+
+def _check_live(args: GenerateOptions) -> None:
+    """--live DIR: a folder that can be written (its old stream is replaced), one stream per run."""
+    live = Path(args.live)
+    if live.exists() and not live.is_dir():
+        raise RequestError([FieldProblem("live", "is a file; give a folder for the stream", live)])
+    if args.scene_seg:
+        why = "streams one take: --scene_seg makes one per scene; leave one of them out"
+        raise RequestError([FieldProblem("live", why, live)])
+    check_writable(live / "live.m3u8", "live")
 
 
 def _prepare(args: GenerateOptions, input_data: dict):
@@ -147,6 +160,9 @@ def _generate(args: GenerateOptions) -> int:
     # Every process makes the same video; the first one writes it, chunk by chunk as they are decoded.
     if is_main_process():
         kwargs["output_path"] = path
+        if args.live:
+            kwargs["live_dir"] = Path(args.live)
+            note(f"{flag_words('live')}: {Path(args.live) / 'live.m3u8'} grows by a segment per chunk")
     try:
         with prompt_said(kwargs["prompt"]):  # the input's check said a cut prompt already: once is enough
             if args.scene_seg:

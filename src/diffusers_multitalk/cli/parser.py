@@ -96,6 +96,13 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
         help="with cond_audio.conversation (one mixed recording): draw the persons' boxes labelled with the speaker "
         "each one gets to this PNG, before the model loads",
     )
+    g.add_argument(
+        "--live",
+        default=None,
+        metavar="DIR",
+        help="also stream the video while it is made: DIR/live.m3u8 (HLS, playable as it grows; ended when the mp4 "
+        "is complete, removed on an error) and one segment per chunk, with its audio",
+    )
     g.add_argument("--base_seed", type=int, default=42, help="seed; negative picks a random one")
     g.add_argument("--input_json", default="examples.json", help="the input file: prompt, cond_image, cond_audio, ...")
     g.add_argument(
@@ -513,4 +520,5 @@ FLAG_OF_ARGUMENT = {
     "width": "--width",
     "resolution": "--size",
     "mode": "--mode",
+    "live_dir": "--live",
 }

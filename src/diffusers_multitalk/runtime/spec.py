@@ -175,6 +175,7 @@ class OutputOptions:
     save_file: str | None = None
     audio_save_dir: str | None = None
     binding_preview: str | None = None  # a PNG of a conversation's persons labelled with their speakers
+    live: str | None = None  # a folder for the live HLS stream (live.m3u8 + one segment per chunk) as chunks decode
 
 
 @dataclass

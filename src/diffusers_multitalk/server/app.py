@@ -21,6 +21,7 @@ from ..variants import variant_of_pipeline
 from .events import job_events
 from .generation import NEEDS_DUBBING_MODEL, api_words, bbox_block, can_dub, parse_settings, refusal, run_job
 from .jobs import Job, JobManager, QueueFull, new_job_id
+from .live import add_live_routes
 from .metrics import JOB_ID, add_metrics, health
 from .schemas import MAX_PERSONS, ErrorBody, Health, JobCreated, JobInfo, JobSettings, JobState
 from .uploads import MB, Limits, UploadRejected, check_audio, check_image, check_video, read_limited
@@ -267,6 +268,8 @@ def create_app(
         if not path.is_relative_to(jobs_dir.resolve()):
             raise HTTPException(404, "no such file")
         return path
+
+    add_live_routes(api, job_or_404, confined)  # GET /jobs/{id}/live.m3u8 and its segments, while the job runs
 
     @api.get("/jobs", response_model=list[JobInfo], summary="The newest jobs (a server with an api_key)")
     def list_jobs(request: Request, limit: int = 100):

@@ -17,6 +17,7 @@ from .._diffusers_compat import execution_device
 from ..runtime.conversation import resolve_conversation
 from ..runtime.spec import GenerateOptions
 from ..variants import dubbing_requirement, get_size, variant_of_pipeline
+from .live import live_dir
 from .schemas import JobSettings
 
 
@@ -198,7 +199,8 @@ def run_job(pipe, job, on_progress: Callable[[dict], None], should_stop: Callabl
         )
     path = Path(job.folder) / "video.mp4"
     with runtime.prompt_said(job.prompt):  # the job's warnings have it from the submission
-        pipe(**kwargs, output_path=path, callback_on_step_end=step_end, callback_on_step_end_tensor_inputs=["latents"])
+        pipe(**kwargs, output_path=path, live_dir=live_dir(job.folder), callback_on_step_end=step_end,
+             callback_on_step_end_tensor_inputs=["latents"])  # fmt: skip
     return path
 
 
