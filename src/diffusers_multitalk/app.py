@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 from . import runtime
 from ._diffusers_compat import execution_device
 from .pipelines.pipeline_wan_multitalk import DEFAULT_NEGATIVE_PROMPT
+from .runtime.live import follow_live
 from .utils.defaults import random_seed
 from .variants import VARIANTS, dubbing_requirement, get_size
 
@@ -413,6 +414,7 @@ def generate_video(
     tiny: bool = False,
     output_dir: str | os.PathLike = DEFAULT_OUTPUT_DIR,
     progress: Callable | None = None,
+    live_dir: str | os.PathLike | None = None,
 ) -> GenerationResult:
     r"""
     Generates one talking video and writes it, with the mixed speech, to ``output_dir``. Bad input raises
@@ -448,6 +450,7 @@ def generate_video(
         tiny: the pipeline is the tiny random model: without `height`/`width`, generate at the bucket / 8, as
             `multitalk generate --tiny` does.
         output_dir: where the mp4 goes.
+        live_dir: also stream the chunks to an HLS stream there as they are decoded (see `runtime.live`).
         progress: a `gr.Progress` (or any `progress(fraction, desc=...)` callable) for the stages.
 
     Returns:
@@ -559,7 +562,7 @@ def generate_video(
         input_data["bbox"] = {f"person{i}": box for i, box in enumerate(bbox, start=1)}
     kwargs = runtime.build_generation_kwargs(args, input_data)
     path = _video_path(Path(output_dir), seed)
-    kwargs.update(max_frames=max_frames, output_path=path)
+    kwargs.update(max_frames=max_frames, output_path=path, live_dir=live_dir)
     report(0.0, desc="Generating")
     try:
         output = pipe(**kwargs)
@@ -784,8 +787,9 @@ def build_app(
         title: the page title.
 
     Returns:
-        the `gr.Blocks`; its `generate_fn` is the Generate button's handler (`{component: value}` -> `(video path,
-        status)`), to drive the form without a browser.
+        the `gr.Blocks`; its `generate_fn` is the form's handler (`{component: value}` -> `(video path, status)`),
+        to drive the form without a browser; `generate_live_fn`, the Generate button's, yields each chunk's preview
+        (`(mp4, status)`) as it is decoded, then the same answer.
     """
     if tiny is None:
         tiny = bool(getattr(source, "tiny", False)) if isinstance(source, runtime.GenerateOptions) else False
@@ -806,7 +810,9 @@ def build_app(
                 person_groups, audio_inputs, voice_inputs, tts_group, preview = _input_fields(fields, dubs)
             with gr.Column(scale=1):
                 run = gr.Button("Generate", variant="primary", size="lg")
-                video = gr.Video(label="Video", height=RESULT_HEIGHT, elem_id=RESULT_VIDEO_ID, interactive=False)
+                video = gr.Video(
+                    label="Video", height=RESULT_HEIGHT, elem_id=RESULT_VIDEO_ID, interactive=False, autoplay=True
+                )  # each chunk as it is decoded, then the whole video
                 status = gr.Textbox(label="Status", interactive=False, lines=3)
                 _generation_settings(fields)
                 _advanced_settings(fields, tiny, use_teacache, teacache_threshold)
@@ -846,7 +852,7 @@ def build_app(
 
         names = {component: name for name, component in fields.items()}
 
-        def on_generate(values, progress=gr.Progress(track_tqdm=True)):
+        def on_generate(values, progress=gr.Progress(track_tqdm=True), *, live_dir=None):
             form = {names[component]: value for component, value in values.items() if component in names}
             count = int(form["num_persons"])
             tts, mixed = form["speech"] == SPEECH_TTS, form["speech"] == SPEECH_CONVERSATION
@@ -884,12 +890,24 @@ def build_app(
                 tiny=tiny,
                 output_dir=output_dir,
                 progress=progress,
+                live_dir=live_dir,
             )
             return result.video, result.status
 
+        def on_generate_live(values, progress=gr.Progress(track_tqdm=True)):
+            """The Generate button: each chunk plays as it is decoded (the live stream's newest segment), then the
+            whole video (runtime.live says why not Gradio's HLS player)."""
+            live = Path(output_dir) / "live" / f"{time.time_ns():x}"
+            for kind, value in follow_live(lambda: on_generate(values, progress, live_dir=live), live):
+                if kind == "chunk":
+                    yield str(value[0]), f"Generating: chunk {value[1]} is ready and playing; the whole video follows."
+                else:
+                    yield value
+
         # A set of inputs hands the handler one {component: value} dict, read by name above.
-        run.click(on_generate, inputs=set(fields.values()), outputs=[video, status], api_name="generate")
-    demo.generate_fn = on_generate  # the wired handler, for callers (and tests) without a browser
+        run.click(on_generate_live, inputs=set(fields.values()), outputs=[video, status], api_name="generate")
+    demo.generate_fn = on_generate  # the handler, for callers (and tests) without a browser
+    demo.generate_live_fn = on_generate_live  # the button's: yields each chunk's preview, then on_generate's answer
     return demo
 
 
