@@ -270,6 +270,12 @@ def test_readme_commands_map_to_pipeline_kwargs(name, flags, data, world_size, c
 
 def test_reference_defaults():
     args = parse("")
+    # the size, frames per chunk and guidance are the model's own unless given (the variant registry's)
+    assert (args.size, args.frame_num, args.sample_text_guide_scale, args.sample_audio_guide_scale) == (None,) * 4
+    flashtalk = runtime.with_model_defaults(parse("--task flashtalk-14B"))
+    assert (flashtalk.size, flashtalk.frame_num, flashtalk.sample_text_guide_scale) == ("flashtalk-448", 33, 1.0)
+    assert runtime.with_model_defaults(parse("--frame_num 41")).frame_num == 41  # what the user gives stays
+    runtime.with_model_defaults(args)
     assert (args.task, args.size, args.frame_num, args.motion_frame, args.mode) == (
         "multitalk-14B",
         "multitalk-480",

@@ -43,11 +43,12 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--size",
-        default=DEFAULT_VARIANT.sizes[0].name,
+        default=None,
         choices=SIZES,
-        help="resolution bucket table (each model's own); the video follows the image's aspect ratio",
+        help="resolution bucket table (each model's own; default: the model's first); the video follows the image's "
+        "aspect ratio",
     )
-    g.add_argument("--frame_num", type=int, default=81, help="frames per clip, 4n+1 (81)")
+    g.add_argument("--frame_num", type=int, default=None, help="frames per clip, 4n+1 (the model's: 81; FlashTalk 33)")
     g.add_argument("--ckpt_dir", default=None, help="the Wan2.1-I2V-14B folder, with MultiTalk's weights linked in")
     g.add_argument("--quant_dir", default=None, help="the MeiGen-MultiTalk folder whose quant_models/ --quant reads")
     g.add_argument("--wav2vec_dir", default=None, help="the chinese-wav2vec2-base folder")
@@ -129,10 +130,16 @@ def _add_generate_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--sample_steps", type=int, default=None, help=f"sampling steps ({DEFAULT_SAMPLE_STEPS})")
     g.add_argument("--sample_shift", type=float, default=None, help="timestep shift (7 at 480P, 11 at 720P)")
     g.add_argument(
-        "--sample_text_guide_scale", type=float, default=5.0, help="text guidance (5; 1 with distillation LoRAs)"
+        "--sample_text_guide_scale",
+        type=float,
+        default=None,
+        help="text guidance (the model's: 5, FlashTalk 1; 1 with distillation LoRAs)",
     )
     g.add_argument(
-        "--sample_audio_guide_scale", type=float, default=4.0, help="audio guidance (4; 2 with distillation LoRAs)"
+        "--sample_audio_guide_scale",
+        type=float,
+        default=None,
+        help="audio guidance (the model's: 4, FlashTalk 1; 2 with distillation LoRAs)",
     )
     g.add_argument(
         "--num_persistent_param_in_dit",

@@ -14,6 +14,7 @@ from .options import (
     settings_problems,
     unsupported_flags,
     variant_of_options,
+    with_model_defaults,
 )
 from .request import (
     build_generation_kwargs,
@@ -35,4 +36,5 @@ __all__ = [
     "image_problems", "load_from_options", "load_pipeline", "lora_specs", "note", "output_path", "prompt_problem", "prompt_said",
     "raise_terminated", "resolve_device", "resolve_dtype", "settings_problems", "speak", "speech_problems",
     "synthesize_tts", "tiny_size", "tts_tracks", "unsupported_flags", "variant_of_options",
+    "with_model_defaults",
 ]  # fmt: skip

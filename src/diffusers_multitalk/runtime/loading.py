@@ -13,7 +13,7 @@ from .errors import PROG, UserError, note
 from .folders import inspect_wan_dir, inspect_wav2vec_dir
 from .hub import hub_error, is_hub_connection_error
 from .kernels import apply_self_attention_kernel
-from .options import lora_specs, quant_dit_path, variant_of_options
+from .options import lora_specs, quant_dit_path, variant_of_options, with_model_defaults
 from .quantization import choose_quant_backend, quantize_on_the_fly, resolve_auto_quant
 from .spec import FieldProblem, GenerateOptions, RequestError, note_about
 
@@ -102,6 +102,7 @@ def load_pipeline(args: GenerateOptions, device, dtype):
     """The pipeline from --tiny, --model or --ckpt_dir/--wav2vec_dir, with LoRAs, quantisation, attention backend
     and placement."""
     resolve_auto_quant(args, device)  # `--quant auto` / `none` (the command line has settled them already)
+    with_model_defaults(args)
     variant = variant_of_options(args)
     # MultiTalk's quantised FusionX DiT comes through --lora_dir: only where the weights are linked into the Wan folder
     own_weights = not variant.weights_linked_into_wan

@@ -23,8 +23,8 @@ GENERATE_DEFAULTS = dataclasses.asdict(GenerateOptions())
 # The options a preset's sampling settings fill in, and the values that count as "not given".
 _PRESET_OPTIONS = {
     "num_inference_steps": ("sample_steps", None),
-    "guidance_scale": ("sample_text_guide_scale", 5.0),
-    "audio_guidance_scale": ("sample_audio_guide_scale", 4.0),
+    "guidance_scale": ("sample_text_guide_scale", None),
+    "audio_guidance_scale": ("sample_audio_guide_scale", None),
     "shift": ("sample_shift", None),
 }
 
@@ -78,6 +78,24 @@ def variant_of_options(options: GenerateOptions, input_data: dict | None = None)
         tuple(option.name for option in WEIGHTS_OPTIONS if getattr(options, option.name, None)),
         bool(input_data and input_data.get("cond_video")),
     )
+
+
+def with_model_defaults(options: GenerateOptions, input_data: dict | None = None) -> GenerateOptions:
+    """Fills the settings left unset (None) with the model's own (the variant registry): its first size, frames per
+    chunk and guidance scales (MultiTalk and InfiniteTalk: 81 frames, text 5, audio 4; SoulX-FlashTalk: 33 frames,
+    no guidance, flashtalk-448), so that each model runs with its reference's defaults unless told otherwise. Returns
+    `options`, changed in place. Every front end calls it once its options (and preset) are settled."""
+    variant = variant_of_options(options, input_data)
+    defaults = {
+        "size": variant.sizes[0].name,
+        "frame_num": variant.frame_num,
+        "sample_text_guide_scale": variant.guidance_scale,
+        "sample_audio_guide_scale": variant.audio_guidance_scale,
+    }
+    for name, value in defaults.items():
+        if getattr(options, name, None) is None:
+            setattr(options, name, value)
+    return options
 
 
 def motion_frames(options: GenerateOptions, input_data: dict | None = None) -> int:
@@ -216,6 +234,7 @@ def settings_problems(args) -> list[FieldProblem]:
     """The generation settings' problems (size, mode, frames, sampling, guidance, output size): the one check every
     front end runs on a request before any model, whatever model serves it. The limits are the settings' own
     (runtime/spec.py's `GenerationSettings` metadata, which the HTTP API's schema states too)."""
+    with_model_defaults(args)
     problems = []
     for setting in dataclasses.fields(GenerationSettings):
         name, value = setting.name, getattr(args, setting.name)

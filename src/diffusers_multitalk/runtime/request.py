@@ -10,7 +10,7 @@ from pathlib import Path
 from ..utils.defaults import random_seed
 from ..variants import get_size
 from .errors import UserError, note
-from .options import SIZES, motion_frames, variant_of_options
+from .options import SIZES, motion_frames, variant_of_options, with_model_defaults
 from .spec import FieldProblem, GenerateOptions, RequestError
 
 
@@ -29,6 +29,7 @@ def build_generation_kwargs(args: GenerateOptions, input_data: dict) -> dict:
     """
     import torch
 
+    with_model_defaults(args, input_data)
     if args.size not in SIZES:
         raise RequestError([FieldProblem("size", f"expected one of {', '.join(SIZES)}", args.size)])
     audio_block = input_data.get("cond_audio") or {}
@@ -82,6 +83,7 @@ def build_generation_kwargs(args: GenerateOptions, input_data: dict) -> dict:
 def default_save_file(args: GenerateOptions, prompt: str, now: datetime.datetime | None = None) -> str:
     """The reference's default output name: ``{task}_{size}_{ulysses}_{ring}_{prompt[:50]}_{YYYYmmdd_HHMMSS}``."""
     now = now or datetime.datetime.now()
+    with_model_defaults(args)  # the size named is the one the model runs at
     words = prompt.replace(" ", "_").replace("/", "_")[:50]
     return f"{args.task}_{args.size}_{args.ulysses_size}_{args.ring_size}_{words}_{now.strftime('%Y%m%d_%H%M%S')}"
 

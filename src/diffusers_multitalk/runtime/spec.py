@@ -135,19 +135,23 @@ class GenerationSettings:
     """How one video is made: size, length, sampling, guidance, seed (MultiTalk's flag names and defaults). Each
     field's metadata holds what it does and its limits (`setting_limits`)."""
 
-    size: str = _setting(
-        DEFAULT_VARIANT.sizes[0].name, "the resolution bucket table (each model's own)", choices=SIZE_NAMES
+    size: str | None = _setting(
+        None, "the resolution bucket table (each model's own; none: the model's first)", choices=SIZE_NAMES
     )
     mode: str | None = _setting(
         None, "clip: one chunk; streaming: chunks until the audio ends; none: the whole audio", choices=MODES
     )
-    frame_num: int = _setting(81, "frames per chunk, 4n+1", ge=5)
+    frame_num: int | None = _setting(None, "frames per chunk, 4n+1 (none: the model's)", ge=5)
     motion_frame: int | None = _setting(None, "frames each chunk continues from, 4n+1 (none: the model's)", ge=1)
     max_frame_num: int | None = _setting(None, "cap the video at N frames (25 fps)", ge=5, hint="0.2 s")
     sample_steps: int | None = _setting(None, "sampling steps (none: the model's)", ge=1)
     sample_shift: float | None = _setting(None, "timestep shift (none: the size's)")
-    sample_text_guide_scale: float = _setting(5.0, "text guidance", ge=0, hint="1 turns that guidance off")
-    sample_audio_guide_scale: float = _setting(4.0, "audio guidance", ge=0, hint="1 turns that guidance off")
+    sample_text_guide_scale: float | None = _setting(
+        None, "text guidance (none: the model's)", ge=0, hint="1 turns that guidance off"
+    )
+    sample_audio_guide_scale: float | None = _setting(
+        None, "audio guidance (none: the model's)", ge=0, hint="1 turns that guidance off"
+    )
     use_teacache: bool = _setting(False, "TeaCache: skip the DiT on steps whose timestep changed little")
     teacache_thresh: float = _setting(0.2, "TeaCache threshold", gt=0, hint="MultiTalk advises 0.2 to 0.5")
     use_apg: bool = _setting(False, "adaptive projected guidance")
