@@ -112,9 +112,10 @@ class LiveStream:
         return path
 
     def _write_playlist(self) -> None:
+        # EXT-X-START: players start at the beginning, not at the live edge (a talk is watched from its start)
         lines = [
-            "#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-PLAYLIST-TYPE:EVENT",
-            f"#EXT-X-TARGETDURATION:{self.target_duration}", "#EXT-X-MEDIA-SEQUENCE:0",
+            "#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-PLAYLIST-TYPE:EVENT", "#EXT-X-INDEPENDENT-SEGMENTS",
+            "#EXT-X-START:TIME-OFFSET=0", f"#EXT-X-TARGETDURATION:{self.target_duration}", "#EXT-X-MEDIA-SEQUENCE:0",
         ]  # fmt: skip
         for name, seconds in self.segments:
             lines += [f"#EXTINF:{seconds:.6f},", name]
