@@ -207,3 +207,28 @@ def test_cli_live_writes_the_stream_beside_the_mp4(tmp_path, capsys):
     assert "--live" in capsys.readouterr().err
     assert main([*flags, "--live", str(tmp_path / "live2"), "--scene_seg"]) == 2
     assert "--scene_seg" in capsys.readouterr().err
+
+
+def test_a_failing_stream_is_dropped_and_the_video_goes_on(image, tmp_path, monkeypatch, caplog):
+    from diffusers.utils import logging as diffusers_logging
+
+    pipe = make_tiny_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    original, calls = LiveStream.write, []
+
+    def fail_on_the_second_segment(self, frames):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        return original(self, frames)
+
+    monkeypatch.setattr(LiveStream, "write", fail_on_the_second_segment)
+    diffusers_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            out = run(pipe, image, output_path=tmp_path / "talk.mp4", live_dir=tmp_path / "live")
+    finally:
+        diffusers_logging.disable_propagation()
+    assert "live stream" in caplog.text and "disk full" in caplog.text
+    assert not (tmp_path / "live").exists() and len(decode(out.video_path)) == 15
+    assert len(calls) == 2  # no segment tried after the failure

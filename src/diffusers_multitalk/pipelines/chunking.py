@@ -14,6 +14,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
+from diffusers.utils import logging
 
 from ..audio.encoder import audio_windows, mirror_pad_embedding
 from ..audio.processing import TARGET_SAMPLE_RATE
@@ -23,6 +24,8 @@ from .video_io import VideoWriter
 
 
 __all__ = ["Chunk", "ChunkConditioning", "ChunkedAudio", "ChunkedVideo", "VideoPlan"]
+
+logger = logging.get_logger(__name__)
 
 
 class VideoPlan(NamedTuple):
@@ -149,12 +152,22 @@ class ChunkedVideo:
         frames = None
         if self.live is not None:  # the live segment first: it is what a viewer waits for
             frames = postprocess(new_frames, output_type="np")[0]
-            self.live.write(frames)
+            self.write_live(frames)
         if self.writer is not None:
             self.writer.write(postprocess(new_frames, output_type="np")[0] if frames is None else frames)
             release_host_memory()  # this chunk's temporaries go back to the OS: flat RSS in length
         else:
             self.frames.append(new_frames)
+
+    def write_live(self, frames) -> None:
+        """Appends a chunk to the live stream; a stream that fails (ffmpeg, a full disk) is removed with a warning
+        and the video goes on without it: the mp4 is what the call was asked for."""
+        try:
+            self.live.write(frames)
+        except Exception as err:  # noqa: BLE001 - said, and the stream dropped
+            logger.warning(f"the live stream in {self.live.folder} stopped and was removed ({err}); the video goes on")
+            self.live.abort()
+            self.live = None
 
     def result(self):
         """`(video, audio)`: the frames `[1, 3, F, H, W]` in [-1, 1] (None when written to a file), or the latents
