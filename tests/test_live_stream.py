@@ -92,6 +92,7 @@ def test_the_playlist_grows_by_a_segment_per_chunk_while_the_call_runs(pipe, ima
     final = decode(out.video_path)
     segments = [decode(live / name) for name in names]
     assert sum(len(s) for s in segments) == len(final) == 15
+    assert len(decode(live / PLAYLIST_NAME)) == 15  # a player (ffmpeg's HLS demuxer) reads the playlist whole
     for name in names:  # each segment carries its own frames' audio
         assert stream_seconds(live / name, "a") > 0
     # the same frames as the mp4, up to H.264 (the two are encoded separately)
