@@ -562,7 +562,9 @@ def generate_video(
         input_data["bbox"] = {f"person{i}": box for i, box in enumerate(bbox, start=1)}
     kwargs = runtime.build_generation_kwargs(args, input_data)
     path = _video_path(Path(output_dir), seed)
-    kwargs.update(max_frames=max_frames, output_path=path, live_dir=live_dir)
+    kwargs.update(max_frames=max_frames, output_path=path)
+    if live_dir is not None:  # as the command line passes it: only when asked for
+        kwargs["live_dir"] = live_dir
     report(0.0, desc="Generating")
     try:
         output = pipe(**kwargs)
