@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from argparse import Namespace
 from pathlib import Path
 
@@ -139,7 +140,11 @@ def _prepare(args: GenerateOptions, input_data: dict):
 def _generate(args: GenerateOptions) -> int:
     apply_preset_options(args)
     check_generate_args(args)  # every flag checked before torch is imported: a bad value answers at once
-    input_data, path, audio_dir = _read_input(args)  # and the input, before torch too
+    # and the input, before torch too; under torchrun after the processes join instead, so that a rank whose files
+    # fail stops every rank (one that failed before joining would leave the others waiting for it)
+    several = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    if not several:
+        input_data, path, audio_dir = _read_input(args)
     if torchao_available():
         import_torchao_quietly()  # before diffusers, peft or transformers import it (they do whenever it is installed)
     device = resolve_device(args.device)
@@ -150,6 +155,8 @@ def _generate(args: GenerateOptions) -> int:
         args.base_seed = random_seed()
     # The processes join first (the same flags everywhere), so that a rank whose files fail stops all of them.
     init_distributed(args, device)
+    if several:
+        input_data, path, audio_dir = _on_every_rank(_read_input, args)
     if seed_was_random and is_main_process():
         note(f"--base_seed was negative: using {args.base_seed}")
     _on_every_rank(resolve_auto_quant, args, device)  # --quant auto (--preset fast): fp8 where it runs
