@@ -111,17 +111,21 @@ def test_healthz_and_metrics_say_the_queue_workers_and_jobs(tiny_pipe, tmp_path)
 
 
 def test_two_local_workers_run_two_jobs_at_once(tiny_pipe, tmp_path):
+    from diffusers_multitalk import make_tiny_pipeline
     from diffusers_multitalk.server.generation import run_job
 
     both = threading.Barrier(2, timeout=600)
 
-    def run(job, on_progress, should_stop):  # each worker waits for the other to be running a job too
-        both.wait()
-        return run_job(tiny_pipe, job, on_progress, should_stop)
+    def runner(pipe):  # a model each, as `multitalk serve --workers N` loads one per GPU (a pipeline is not shared)
+        def run(job, on_progress, should_stop):  # each worker waits for the other to be running a job too
+            both.wait()
+            return run_job(pipe, job, on_progress, should_stop)
+
+        return run
 
     app = server.create_app(tiny_pipe, output_dir=tmp_path, tiny=True, ui=False,
-                            job_options=dict(workers=2, extra_runs=[run]))  # fmt: skip
-    app.state.jobs._run = run
+                            job_options=dict(workers=2, extra_runs=[runner(make_tiny_pipeline(seed=0))]))  # fmt: skip
+    app.state.jobs._run = runner(tiny_pipe)
     with TestClient(app) as client:
         assert len(client.get("/healthz").json()["workers"]) == 2
         ids = [_submit(client).json()["id"] for _ in range(2)]
