@@ -679,17 +679,19 @@ class WanAudioPipelineBase(
             latents = self.pin_motion_latents(latents, motion)
 
             if callback_on_step_end is not None:
-                available = {
-                    "latents": latents, "noise_pred": noise_pred, "prompt_embeds": prompt_embeds,
-                    "negative_prompt_embeds": negative_prompt_embeds, "audio_embeds": audio_embeds,
-                }  # fmt: skip
-                callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
-                callback_outputs = callback_on_step_end(self, chunk.index * len(timesteps) + i, t, callback_kwargs)
-                latents = callback_outputs.pop("latents", latents)
-                prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
-                negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
+                latents, prompt_embeds, negative_prompt_embeds = self.run_step_callback(
+                    callback_on_step_end, callback_on_step_end_tensor_inputs, chunk.index * len(timesteps) + i, t,
+                    latents=latents, noise_pred=noise_pred, prompt_embeds=prompt_embeds,
+                    negative_prompt_embeds=negative_prompt_embeds, audio_embeds=audio_embeds,
+                )  # fmt: skip
             progress_bar.update()
         return latents
+
+    def run_step_callback(self, callback, tensor_inputs, step: int, t, **available):
+        """diffusers' `callback_on_step_end` after one step: the tensors it asks for (`tensor_inputs`) in, and back
+        the `latents`, `prompt_embeds` and `negative_prompt_embeds` it returns (or the ones it left alone)."""
+        outputs = callback(self, step, t, {k: available[k] for k in tensor_inputs})
+        return tuple(outputs.pop(k, available[k]) for k in ("latents", "prompt_embeds", "negative_prompt_embeds"))
 
     def set_chunk_timesteps(self, num_inference_steps: int, shift: float | None, device) -> torch.Tensor:
         """Resets the scheduler for a chunk (every chunk starts from pure noise) and the cache hooks' state (each

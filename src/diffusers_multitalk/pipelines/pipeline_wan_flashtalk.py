@@ -548,14 +548,11 @@ class WanFlashTalkPipeline(WanAudioPipelineBase):
             latents = self.scheduler.step(noise_pred, t, latents, generator=generator, return_dict=False)[0]
             latents = self.pin_motion_latents(latents, motion)
             if callback_on_step_end is not None:
-                available = {
-                    "latents": latents, "noise_pred": noise_pred, "prompt_embeds": prompt_embeds,
-                    "negative_prompt_embeds": negative_prompt_embeds, "audio_embeds": audio_embeds,
-                }  # fmt: skip
-                callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
-                outputs = callback_on_step_end(self, chunk.index * len(timesteps) + i, t, callback_kwargs)
-                latents = outputs.pop("latents", latents)
-                prompt_embeds = outputs.pop("prompt_embeds", prompt_embeds)
+                latents, prompt_embeds, negative_prompt_embeds = self.run_step_callback(
+                    callback_on_step_end, callback_on_step_end_tensor_inputs, chunk.index * len(timesteps) + i, t,
+                    latents=latents, noise_pred=noise_pred, prompt_embeds=prompt_embeds,
+                    negative_prompt_embeds=negative_prompt_embeds, audio_embeds=audio_embeds,
+                )  # fmt: skip
             progress_bar.update()
         return latents
 
